@@ -1,0 +1,24 @@
+//! `filesync-master`: the master's brain. It turns a directory into `Change`s and owns the
+//! vocabulary every other part speaks. It knows nothing of the bus or the network, so all of
+//! it is tested with plain directories.
+//!
+//! # Layout
+//!
+//! - [`relpath`]: `RelPath`, a validated path relative to the synced root (bytes, not UTF-8).
+//! - [`model`]: `Kind`, `Entry`, `Change` and `Model`, the state a sequence of changes implies.
+//! - [`hash`]: SHA-256 of files in bounded memory, refusing files that change mid-read.
+//! - [`ignore`]: `.filesyncignore` (gitignore syntax) and the agents' temp files.
+//! - [`tree`]: `Tree`, which compares the disk with the model and yields changes.
+//! - [`watch`]: `DirWatcher`, inotify through `notify`, reduced to a few signals.
+//! - [`coalesce`]: `Coalescer`, which decides when each signalled path is looked at.
+
+pub mod coalesce;
+pub mod hash;
+pub mod ignore;
+pub mod model;
+pub mod relpath;
+pub mod tree;
+pub mod watch;
+
+pub use model::{Change, Entry, Kind, Model};
+pub use relpath::{RelPath, RelPathError};

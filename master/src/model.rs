@@ -1,0 +1,373 @@
+//! The change vocabulary (`Kind`, `Entry`, `Change`) and `Model`, the state a sequence of
+//! changes implies.
+//!
+//! `Model::apply` is the single definition of what a change means. The master keeps its view
+//! of the directory in a `Model`; the checker replays notifies and consumes into `Model`s and
+//! compares them; the slave applies the same changes to a real directory.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use crate::RelPath;
+
+/// What sort of entry a path names. Other file types (FIFOs, sockets, devices) are not synced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    File,
+    Dir,
+    Symlink,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::File => "file",
+            Kind::Dir => "dir",
+            Kind::Symlink => "symlink",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Kind> {
+        match text {
+            "file" => Some(Kind::File),
+            "dir" => Some(Kind::Dir),
+            "symlink" => Some(Kind::Symlink),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Local facts the master uses to tell "unchanged" without rehashing. Never leaves the master
+/// and never takes part in equality.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    pub size: u64,
+    pub mtime_ns: i128,
+    pub ino: u64,
+}
+
+/// What the synced tree holds at one path.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub kind: Kind,
+    /// Byte length (files only; 0 otherwise).
+    pub size: u64,
+    /// Lowercase hex SHA-256 of the content (files only).
+    pub sha256: Option<String>,
+    /// Unix permission bits (`st_mode & 0o7777`); 0 for symlinks, whose mode Linux ignores.
+    pub mode: u32,
+    /// The link's target, as stored (symlinks only). Bytes, since targets need not be UTF-8.
+    pub target: Option<Vec<u8>>,
+    pub stamp: Option<Stamp>,
+}
+
+impl PartialEq for Entry {
+    fn eq(&self, other: &Entry) -> bool {
+        self.kind == other.kind
+            && self.size == other.size
+            && self.sha256 == other.sha256
+            && self.mode == other.mode
+            && self.target == other.target
+    }
+}
+
+impl Eq for Entry {}
+
+impl Entry {
+    pub fn dir(mode: u32) -> Entry {
+        Entry {
+            kind: Kind::Dir,
+            size: 0,
+            sha256: None,
+            mode,
+            target: None,
+            stamp: None,
+        }
+    }
+
+    pub fn file(size: u64, sha256: String, mode: u32) -> Entry {
+        Entry {
+            kind: Kind::File,
+            size,
+            sha256: Some(sha256),
+            mode,
+            target: None,
+            stamp: None,
+        }
+    }
+
+    pub fn symlink(target: Vec<u8>) -> Entry {
+        Entry {
+            kind: Kind::Symlink,
+            size: 0,
+            sha256: None,
+            mode: 0,
+            target: Some(target),
+            stamp: None,
+        }
+    }
+}
+
+/// One change to the synced tree, as the master observes it and the slave applies it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Create or replace `path` with `entry` (a file's content is fetched by `entry.sha256`).
+    Put { path: RelPath, entry: Entry },
+    /// Remove `path` and, for a directory, everything beneath it.
+    Delete { path: RelPath, kind: Kind },
+    /// Rename `from` to `to`, with everything beneath it; replaces whatever was at `to`.
+    Move {
+        from: RelPath,
+        to: RelPath,
+        kind: Kind,
+    },
+}
+
+impl Change {
+    pub fn op(&self) -> &'static str {
+        match self {
+            Change::Put { .. } => "put",
+            Change::Delete { .. } => "delete",
+            Change::Move { .. } => "move",
+        }
+    }
+
+    pub fn kind(&self) -> Kind {
+        match self {
+            Change::Put { entry, .. } => entry.kind,
+            Change::Delete { kind, .. } | Change::Move { kind, .. } => *kind,
+        }
+    }
+
+    /// The paths this change touches.
+    pub fn paths(&self) -> Vec<&RelPath> {
+        match self {
+            Change::Put { path, .. } | Change::Delete { path, .. } => vec![path],
+            Change::Move { from, to, .. } => vec![from, to],
+        }
+    }
+}
+
+impl fmt::Display for Change {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Change::Put { path, entry } => write!(f, "put {} {path}", entry.kind),
+            Change::Delete { path, kind } => write!(f, "delete {kind} {path}"),
+            Change::Move { from, to, kind } => write!(f, "move {kind} {from} -> {to}"),
+        }
+    }
+}
+
+/// Why a change cannot apply to a model.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ModelError {
+    #[error("{0} is not in the tree")]
+    Missing(RelPath),
+    #[error("the parent of {0} is not a directory in the tree")]
+    NoParent(RelPath),
+    #[error("cannot move {0} into itself")]
+    IntoItself(RelPath),
+}
+
+/// The state of a synced tree: every path and what it holds, ordered so that a directory's
+/// descendants form one contiguous range after it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Model {
+    entries: BTreeMap<RelPath, Entry>,
+}
+
+impl Model {
+    pub fn new() -> Model {
+        Model::default()
+    }
+
+    pub fn get(&self, path: &RelPath) -> Option<&Entry> {
+        self.entries.get(path)
+    }
+
+    pub fn get_mut(&mut self, path: &RelPath) -> Option<&mut Entry> {
+        self.entries.get_mut(path)
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&RelPath, &Entry)> {
+        self.entries.iter()
+    }
+
+    /// `path` itself (if present) and everything beneath it, in order.
+    pub fn subtree<'a>(
+        &'a self,
+        path: &'a RelPath,
+    ) -> impl Iterator<Item = (&'a RelPath, &'a Entry)> {
+        self.entries
+            .range(path.clone()..)
+            .take_while(move |(p, _)| p.starts_with(path))
+    }
+
+    /// Applies a change, checking that it makes sense against the current state.
+    pub fn apply(&mut self, change: &Change) -> Result<(), ModelError> {
+        match change {
+            Change::Put { path, entry } => {
+                self.require_parent(path)?;
+                self.put(path.clone(), entry.clone());
+            }
+            Change::Delete { path, .. } => {
+                if self.remove_subtree(path).is_empty() {
+                    return Err(ModelError::Missing(path.clone()));
+                }
+            }
+            Change::Move { from, to, .. } => {
+                if to.starts_with(from) && to != from {
+                    return Err(ModelError::IntoItself(from.clone()));
+                }
+                if !self.entries.contains_key(from) {
+                    return Err(ModelError::Missing(from.clone()));
+                }
+                self.require_parent(to)?;
+                self.rename(from, to);
+            }
+        }
+        Ok(())
+    }
+
+    /// Inserts or replaces one entry; replacing a directory with anything else drops its
+    /// descendants, as the file system would have had to.
+    pub fn put(&mut self, path: RelPath, entry: Entry) {
+        let replaces_dir = self
+            .entries
+            .get(&path)
+            .is_some_and(|old| old.kind == Kind::Dir && entry.kind != Kind::Dir);
+        if replaces_dir {
+            self.remove_subtree(&path);
+        }
+        self.entries.insert(path, entry);
+    }
+
+    /// Removes `path` and its descendants; returns what was removed, in order.
+    pub fn remove_subtree(&mut self, path: &RelPath) -> Vec<(RelPath, Entry)> {
+        let doomed: Vec<RelPath> = self.subtree(path).map(|(p, _)| p.clone()).collect();
+        doomed
+            .into_iter()
+            .filter_map(|p| self.entries.remove_entry(&p))
+            .collect()
+    }
+
+    /// Re-keys `from` and its descendants under `to`, replacing whatever was at `to`.
+    pub fn rename(&mut self, from: &RelPath, to: &RelPath) {
+        if from == to {
+            return;
+        }
+        let moving = self.remove_subtree(from);
+        self.remove_subtree(to);
+        for (path, entry) in moving {
+            if let Some(new_path) = path.rebase(from, to) {
+                self.entries.insert(new_path, entry);
+            }
+        }
+    }
+
+    fn require_parent(&self, path: &RelPath) -> Result<(), ModelError> {
+        match path.parent() {
+            None => Ok(()),
+            Some(parent) => match self.entries.get(&parent) {
+                Some(entry) if entry.kind == Kind::Dir => Ok(()),
+                _ => Err(ModelError::NoParent(path.clone())),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> RelPath {
+        RelPath::new(s).expect("valid test path")
+    }
+
+    fn put_file(model: &mut Model, path: &str, sha: &str) {
+        model
+            .apply(&Change::Put {
+                path: p(path),
+                entry: Entry::file(1, sha.into(), 0o644),
+            })
+            .expect("put applies");
+    }
+
+    #[test]
+    fn moving_a_directory_carries_its_subtree() {
+        let mut model = Model::new();
+        model
+            .apply(&Change::Put {
+                path: p("a"),
+                entry: Entry::dir(0o755),
+            })
+            .expect("dir");
+        put_file(&mut model, "a/x", "1");
+        put_file(&mut model, "ab", "2");
+        model
+            .apply(&Change::Move {
+                from: p("a"),
+                to: p("b"),
+                kind: Kind::Dir,
+            })
+            .expect("move");
+        let paths: Vec<String> = model.iter().map(|(p, _)| p.lossy()).collect();
+        assert_eq!(paths, ["ab", "b", "b/x"]);
+    }
+
+    #[test]
+    fn rejects_changes_that_do_not_fit() {
+        let mut model = Model::new();
+        let orphan = Change::Put {
+            path: p("no/parent"),
+            entry: Entry::file(1, "1".into(), 0o644),
+        };
+        assert_eq!(
+            model.apply(&orphan),
+            Err(ModelError::NoParent(p("no/parent")))
+        );
+        let ghost = Change::Delete {
+            path: p("ghost"),
+            kind: Kind::File,
+        };
+        assert_eq!(model.apply(&ghost), Err(ModelError::Missing(p("ghost"))));
+        model
+            .apply(&Change::Put {
+                path: p("d"),
+                entry: Entry::dir(0o755),
+            })
+            .expect("dir");
+        let into_itself = Change::Move {
+            from: p("d"),
+            to: p("d/e"),
+            kind: Kind::Dir,
+        };
+        assert_eq!(
+            model.apply(&into_itself),
+            Err(ModelError::IntoItself(p("d")))
+        );
+    }
+
+    #[test]
+    fn replacing_a_dir_with_a_file_drops_its_children() {
+        let mut model = Model::new();
+        model.put(p("d"), Entry::dir(0o755));
+        model.put(p("d/x"), Entry::file(1, "1".into(), 0o644));
+        model.put(p("d"), Entry::file(1, "2".into(), 0o644));
+        assert_eq!(model.len(), 1);
+    }
+}

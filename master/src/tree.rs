@@ -1,0 +1,465 @@
+//! `Tree`: the master's view of its directory, and the one place that turns "something
+//! happened at this path" into `Change`s by comparing the disk with the model.
+//!
+//! Every entry point re-reads the file system instead of trusting event details, so events
+//! may be coalesced, reordered or repeated without changing the outcome: the result always
+//! describes the disk as it is now.
+
+use std::collections::HashSet;
+use std::fs::{self, Metadata};
+use std::io;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use walkdir::WalkDir;
+
+use crate::hash::{hash_file, HashError};
+use crate::ignore::IgnoreRules;
+use crate::model::{Change, Entry, Kind, Model, Stamp};
+use crate::RelPath;
+
+/// A change the master observed, with the file's content when it was small enough to keep
+/// from hashing (so it is not read twice).
+#[derive(Debug, Clone)]
+pub struct Observed {
+    pub change: Change,
+    pub content: Option<Vec<u8>>,
+}
+
+/// What a refresh produces, in order.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Publish this.
+    Changed(Observed),
+    /// The file is still being written: look again once it is quiet.
+    Retry(RelPath),
+}
+
+/// The master's directory and what it has published of it.
+pub struct Tree {
+    root: PathBuf,
+    model: Model,
+    ignore: IgnoreRules,
+}
+
+impl Tree {
+    /// A tree whose published state is `model` (replayed from the event log).
+    pub fn new(root: &Path, model: Model) -> Tree {
+        Tree {
+            root: root.to_path_buf(),
+            model,
+            ignore: IgnoreRules::load(root),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    pub fn ignore(&self) -> &IgnoreRules {
+        &self.ignore
+    }
+
+    /// Re-reads `.filesyncignore`. Call `rescan_all` afterwards: newly unignored paths
+    /// must be published.
+    pub fn reload_ignore(&mut self) {
+        self.ignore = IgnoreRules::load(&self.root);
+    }
+
+    /// Compares the whole directory with the model (start-up, queue overflow, rules changed).
+    pub fn rescan_all(&mut self, out: &mut dyn FnMut(Outcome)) {
+        self.rescan_under(None, out);
+    }
+
+    /// Something happened at `path`: publish whatever differs there (recursively for dirs).
+    pub fn refresh(&mut self, path: &RelPath, out: &mut dyn FnMut(Outcome)) {
+        // Parents are published before children: an unknown ancestor is refreshed whole.
+        for ancestor in path.ancestors() {
+            let known_dir = self
+                .model
+                .get(&ancestor)
+                .is_some_and(|entry| entry.kind == Kind::Dir);
+            if !known_dir {
+                if fs::symlink_metadata(ancestor.to_path(&self.root)).is_ok_and(|m| m.is_dir()) {
+                    return self.refresh(&ancestor, out);
+                }
+                // The ancestor is gone or not a directory: deleting it covers `path` too.
+                return self.forget_missing(&ancestor, out);
+            }
+        }
+        match fs::symlink_metadata(path.to_path(&self.root)) {
+            Ok(meta) => {
+                if self.ignore.is_ignored(path, meta.is_dir()) {
+                    return;
+                }
+                self.observe(path, &meta, out);
+                if meta.is_dir() {
+                    self.rescan_under(Some(path), out);
+                }
+            }
+            Err(err) if err.kind() == io::ErrorKind::NotFound => self.forget_missing(path, out),
+            Err(err) => tracing::warn!("cannot read {}: {err}", path.to_path(&self.root).display()),
+        }
+    }
+
+    /// `from` was renamed to `to` inside the tree. Publishes one move when `from` was
+    /// published, then whatever else differs at `to` (an editor may have rewritten it).
+    pub fn moved(&mut self, from: &RelPath, to: &RelPath, out: &mut dyn FnMut(Outcome)) {
+        let to_meta = fs::symlink_metadata(to.to_path(&self.root)).ok();
+        let to_ignored = to_meta
+            .as_ref()
+            .is_some_and(|m| self.ignore.is_ignored(to, m.is_dir()));
+        let parent_known = to
+            .parent()
+            .is_none_or(|parent| self.model.get(&parent).is_some_and(|e| e.kind == Kind::Dir));
+        if let (Some(entry), Some(meta), false, true) =
+            (self.model.get(from), &to_meta, to_ignored, parent_known)
+        {
+            if kind_of(meta) == Some(entry.kind) && !to.starts_with(from) {
+                let kind = entry.kind;
+                self.model.rename(from, to);
+                out(Outcome::Changed(Observed {
+                    change: Change::Move {
+                        from: from.clone(),
+                        to: to.clone(),
+                        kind,
+                    },
+                    content: None,
+                }));
+                self.refresh(to, out);
+                return;
+            }
+        }
+        self.refresh(from, out);
+        self.refresh(to, out);
+    }
+
+    /// `path` is gone from disk: delete the highest vanished ancestor that was published.
+    fn forget_missing(&mut self, path: &RelPath, out: &mut dyn FnMut(Outcome)) {
+        let mut victim = path.clone();
+        for ancestor in path.ancestors() {
+            if fs::symlink_metadata(ancestor.to_path(&self.root)).is_err() {
+                victim = ancestor;
+                break;
+            }
+        }
+        if let Some(entry) = self.model.get(&victim) {
+            let kind = entry.kind;
+            self.model.remove_subtree(&victim);
+            out(Outcome::Changed(Observed {
+                change: Change::Delete { path: victim, kind },
+                content: None,
+            }));
+        }
+    }
+
+    /// Walks the root (or `under`, which must be a known directory) and publishes every
+    /// difference: new or changed entries in walk order (parents first), then deletions.
+    fn rescan_under(&mut self, under: Option<&RelPath>, out: &mut dyn FnMut(Outcome)) {
+        let start = match under {
+            Some(path) => path.to_path(&self.root),
+            None => self.root.clone(),
+        };
+        let mut seen: HashSet<RelPath> = HashSet::new();
+        // Directories we could not read: their published contents must not be deleted.
+        let mut unreadable: Vec<RelPath> = Vec::new();
+        let root = self.root.clone();
+        let ignore = self.ignore.clone();
+        let walker = WalkDir::new(&start)
+            .min_depth(1)
+            .follow_links(false)
+            .sort_by(|a, b| a.file_name().as_bytes().cmp(b.file_name().as_bytes()))
+            .into_iter()
+            .filter_entry(|entry| match RelPath::from_full(&root, entry.path()) {
+                Ok(rel) => !ignore.is_ignored(&rel, entry.file_type().is_dir()),
+                Err(_) => false,
+            });
+        for item in walker {
+            let entry = match item {
+                Ok(entry) => entry,
+                Err(err) => {
+                    let vanished =
+                        err.io_error().map(|e| e.kind()) == Some(io::ErrorKind::NotFound);
+                    if !vanished {
+                        tracing::warn!("scan: {err}");
+                        if let Some(rel) =
+                            err.path().and_then(|p| RelPath::from_full(&root, p).ok())
+                        {
+                            unreadable.push(rel);
+                        }
+                    }
+                    continue;
+                }
+            };
+            let Ok(rel) = RelPath::from_full(&root, entry.path()) else {
+                continue;
+            };
+            match entry.metadata() {
+                Ok(meta) => self.observe(&rel, &meta, out),
+                Err(err) => {
+                    tracing::debug!("scan: {}: {err}", entry.path().display());
+                    continue;
+                }
+            }
+            seen.insert(rel);
+        }
+        let candidates: Vec<RelPath> = match under {
+            Some(path) => self
+                .model
+                .subtree(path)
+                .filter(|(p, _)| *p != path)
+                .map(|(p, _)| p.clone())
+                .collect(),
+            None => self.model.iter().map(|(p, _)| p.clone()).collect(),
+        };
+        let mut deleted: Vec<RelPath> = Vec::new();
+        for path in candidates {
+            if seen.contains(&path)
+                || unreadable.iter().any(|u| path.starts_with(u))
+                || deleted.iter().any(|d| path.starts_with(d))
+            {
+                continue;
+            }
+            if let Some(entry) = self.model.get(&path) {
+                let kind = entry.kind;
+                self.model.remove_subtree(&path);
+                deleted.push(path.clone());
+                out(Outcome::Changed(Observed {
+                    change: Change::Delete { path, kind },
+                    content: None,
+                }));
+            }
+        }
+    }
+
+    /// Publishes `path` if what is on disk differs from the model (not recursive).
+    fn observe(&mut self, path: &RelPath, meta: &Metadata, out: &mut dyn FnMut(Outcome)) {
+        let Some(kind) = kind_of(meta) else {
+            tracing::debug!("not syncing {path}: not a file, directory or symlink");
+            return;
+        };
+        if let Some(old) = self.model.get(path) {
+            if old.kind != kind {
+                let old_kind = old.kind;
+                self.model.remove_subtree(path);
+                out(Outcome::Changed(Observed {
+                    change: Change::Delete {
+                        path: path.clone(),
+                        kind: old_kind,
+                    },
+                    content: None,
+                }));
+            }
+        }
+        let full = path.to_path(&self.root);
+        let old = self.model.get(path);
+        let (entry, content) = match kind {
+            Kind::Dir => {
+                let mode = meta.mode() & 0o7777;
+                if old.is_some_and(|e| e.mode == mode) {
+                    return;
+                }
+                (Entry::dir(mode), None)
+            }
+            Kind::Symlink => {
+                let target = match fs::read_link(&full) {
+                    Ok(target) => target.into_os_string().into_vec(),
+                    Err(err) => return tracing::debug!("readlink {}: {err}", full.display()),
+                };
+                if old.is_some_and(|e| e.target.as_deref() == Some(&target[..])) {
+                    return;
+                }
+                (Entry::symlink(target), None)
+            }
+            Kind::File => {
+                let stamp = Stamp {
+                    size: meta.len(),
+                    mtime_ns: crate::hash::mtime_ns(meta),
+                    ino: meta.ino(),
+                };
+                let mode = meta.mode() & 0o7777;
+                if old.is_some_and(|e| e.stamp == Some(stamp) && e.mode == mode) {
+                    return;
+                }
+                let hashed = match hash_file(&full) {
+                    Ok(hashed) => hashed,
+                    Err(HashError::Unstable) => return out(Outcome::Retry(path.clone())),
+                    Err(HashError::Io(err)) if err.kind() == io::ErrorKind::NotFound => return,
+                    Err(HashError::Io(err)) => {
+                        return tracing::warn!("cannot read {}: {err}", full.display())
+                    }
+                };
+                let mut entry = Entry::file(hashed.size, hashed.sha256, hashed.mode);
+                entry.stamp = Some(Stamp {
+                    size: hashed.size,
+                    mtime_ns: hashed.mtime_ns,
+                    ino: hashed.ino,
+                });
+                if old.is_some_and(|old| *old == entry) {
+                    if let Some(model_entry) = self.model.get_mut(path) {
+                        model_entry.stamp = entry.stamp;
+                    }
+                    return;
+                }
+                (entry, hashed.content)
+            }
+        };
+        self.model.put(path.clone(), entry.clone());
+        out(Outcome::Changed(Observed {
+            change: Change::Put {
+                path: path.clone(),
+                entry,
+            },
+            content,
+        }));
+    }
+}
+
+fn kind_of(meta: &Metadata) -> Option<Kind> {
+    let file_type = meta.file_type();
+    if file_type.is_symlink() {
+        Some(Kind::Symlink)
+    } else if file_type.is_dir() {
+        Some(Kind::Dir)
+    } else if file_type.is_file() {
+        Some(Kind::File)
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn p(s: &str) -> RelPath {
+        RelPath::new(s).expect("valid test path")
+    }
+
+    fn changes(tree: &mut Tree, f: impl FnOnce(&mut Tree, &mut dyn FnMut(Outcome))) -> Vec<String> {
+        let mut seen = Vec::new();
+        f(tree, &mut |outcome| match outcome {
+            Outcome::Changed(observed) => seen.push(observed.change.to_string()),
+            Outcome::Retry(path) => seen.push(format!("retry {path}")),
+        });
+        seen
+    }
+
+    #[test]
+    fn initial_scan_publishes_parents_first_and_skips_ignored() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        fs::create_dir_all(root.join("a/b")).expect("mkdir");
+        fs::write(root.join("a/b/f.txt"), "x").expect("write");
+        fs::write(root.join("empty"), "").expect("write");
+        fs::write(root.join("x.log"), "log").expect("write");
+        fs::write(root.join(".filesyncignore"), "*.log\n").expect("write");
+        std::os::unix::fs::symlink("a/b/f.txt", root.join("link")).expect("symlink");
+        let mut tree = Tree::new(root, Model::new());
+        let seen = changes(&mut tree, |t, out| t.rescan_all(out));
+        assert_eq!(
+            seen,
+            [
+                "put file .filesyncignore",
+                "put dir a",
+                "put dir a/b",
+                "put file a/b/f.txt",
+                "put file empty",
+                "put symlink link"
+            ]
+        );
+        assert!(
+            changes(&mut tree, |t, out| t.rescan_all(out)).is_empty(),
+            "a second scan finds nothing new"
+        );
+    }
+
+    #[test]
+    fn rescan_reports_only_differences() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        fs::create_dir(root.join("d")).expect("mkdir");
+        fs::write(root.join("d/keep"), "k").expect("write");
+        fs::write(root.join("d/gone"), "g").expect("write");
+        fs::write(root.join("edit"), "1").expect("write");
+        let mut tree = Tree::new(root, Model::new());
+        changes(&mut tree, |t, out| t.rescan_all(out));
+        fs::remove_file(root.join("d/gone")).expect("rm");
+        fs::write(root.join("edit"), "22").expect("write");
+        fs::set_permissions(root.join("d/keep"), fs::Permissions::from_mode(0o600)).expect("chmod");
+        let seen = changes(&mut tree, |t, out| t.rescan_all(out));
+        assert_eq!(
+            seen,
+            ["put file d/keep", "put file edit", "delete file d/gone"]
+        );
+    }
+
+    #[test]
+    fn a_deleted_tree_is_one_delete() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        fs::create_dir_all(root.join("t/u")).expect("mkdir");
+        fs::write(root.join("t/u/f"), "f").expect("write");
+        let mut tree = Tree::new(root, Model::new());
+        changes(&mut tree, |t, out| t.rescan_all(out));
+        fs::remove_dir_all(root.join("t")).expect("rm");
+        let seen = changes(&mut tree, |t, out| t.refresh(&p("t/u/f"), out));
+        assert_eq!(seen, ["delete dir t"]);
+        assert!(changes(&mut tree, |t, out| t.refresh(&p("t/u"), out)).is_empty());
+    }
+
+    #[test]
+    fn a_renamed_directory_is_one_move() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        fs::create_dir(root.join("src")).expect("mkdir");
+        for i in 0..50 {
+            fs::write(root.join(format!("src/{i}")), format!("{i}")).expect("write");
+        }
+        let mut tree = Tree::new(root, Model::new());
+        changes(&mut tree, |t, out| t.rescan_all(out));
+        fs::rename(root.join("src"), root.join("dst")).expect("rename");
+        let seen = changes(&mut tree, |t, out| t.moved(&p("src"), &p("dst"), out));
+        assert_eq!(seen, ["move dir src -> dst"]);
+    }
+
+    #[test]
+    fn a_new_tree_is_found_from_any_path_inside_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        let mut tree = Tree::new(root, Model::new());
+        fs::create_dir_all(root.join("a/b/c")).expect("mkdir");
+        fs::write(root.join("a/b/c/f"), "x").expect("write");
+        let seen = changes(&mut tree, |t, out| t.refresh(&p("a/b/c/f"), out));
+        assert_eq!(
+            seen,
+            [
+                "put dir a",
+                "put dir a/b",
+                "put dir a/b/c",
+                "put file a/b/c/f"
+            ]
+        );
+    }
+
+    #[test]
+    fn an_editor_save_via_temp_file_is_a_put_of_the_target() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        fs::write(root.join("doc.txt"), "v1").expect("write");
+        let mut tree = Tree::new(root, Model::new());
+        changes(&mut tree, |t, out| t.rescan_all(out));
+        fs::write(root.join("doc.txt.swp"), "v2").expect("write");
+        fs::rename(root.join("doc.txt.swp"), root.join("doc.txt")).expect("rename");
+        let seen = changes(&mut tree, |t, out| {
+            t.moved(&p("doc.txt.swp"), &p("doc.txt"), out)
+        });
+        assert_eq!(seen, ["put file doc.txt"]);
+    }
+}
