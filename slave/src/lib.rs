@@ -1,1 +1,193 @@
-pub fn x() {}
+//! `filesync-slave`: the slave's brain. It turns `Change`s back into a directory, atomically,
+//! idempotently, and never outside its root. It knows nothing of the bus: content arrives in
+//! pieces through [`StagedFile::write`], from wherever the caller fetched it.
+//!
+//! # Layout
+//!
+//! - [`safety`]: resolving a path under the root, refusing to cross symlinks.
+//! - [`apply`]: `Applier` and `StagedFile`, the writes themselves.
+
+pub mod apply;
+pub mod safety;
+
+use filesync_master::RelPath;
+
+pub use apply::{Applied, Applier, StagedFile};
+
+/// Why a change could not be applied. Every variant names the path and reads as a sentence,
+/// because it becomes the `error` field of an `error` event.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApplyError {
+    #[error("refusing {path}: {reason}")]
+    Unsafe { path: RelPath, reason: String },
+    #[error("invalid change for {path}: {reason}")]
+    Invalid { path: RelPath, reason: String },
+    #[error("cannot {action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: RelPath,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("content of {path} does not match: expected sha256 {expected}, got {actual}")]
+    ContentMismatch {
+        path: RelPath,
+        expected: String,
+        actual: String,
+    },
+    #[error("cannot move {0}: it does not exist")]
+    Missing(RelPath),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use filesync_master::hash::sha256_hex;
+    use filesync_master::{Change, Entry, Kind};
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn p(s: &str) -> RelPath {
+        RelPath::new(s).expect("valid test path")
+    }
+
+    fn put(
+        applier: &Applier,
+        path: &str,
+        content: &[u8],
+        mode: u32,
+    ) -> Result<Applied, ApplyError> {
+        let entry = Entry::file(content.len() as u64, sha256_hex(content), mode);
+        let mut staged = applier.stage_file(&p(path), &entry)?;
+        staged.write(content)?;
+        staged.commit()
+    }
+
+    fn listing(root: &std::path::Path) -> Vec<String> {
+        let mut names: Vec<String> = walkdir(root);
+        names.sort();
+        names
+    }
+
+    fn walkdir(root: &std::path::Path) -> Vec<String> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(root).expect("read_dir") {
+            let entry = entry.expect("entry");
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if entry.file_type().expect("type").is_dir() {
+                out.extend(
+                    walkdir(&entry.path())
+                        .into_iter()
+                        .map(|n| format!("{name}/{n}")),
+                );
+            }
+            out.push(name);
+        }
+        out
+    }
+
+    #[test]
+    fn put_writes_atomically_with_mode_and_leaves_no_temp() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let applier = Applier::new(root.path());
+        let applied = put(&applier, "d/f.sh", b"#!/bin/sh\n", 0o755).expect("put");
+        assert_eq!(applied.sha256, Some(sha256_hex(b"#!/bin/sh\n")));
+        let meta = fs::metadata(root.path().join("d/f.sh")).expect("exists");
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o755);
+        assert_eq!(listing(root.path()), ["d", "d/f.sh"]);
+    }
+
+    #[test]
+    fn a_corrupt_transfer_is_refused_and_the_old_file_kept() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let applier = Applier::new(root.path());
+        put(&applier, "f", b"old", 0o644).expect("put");
+        let entry = Entry::file(3, sha256_hex(b"new"), 0o644);
+        let mut staged = applier.stage_file(&p("f"), &entry).expect("stage");
+        staged.write(b"bad").expect("write");
+        let err = staged.commit().expect_err("mismatch");
+        assert!(matches!(err, ApplyError::ContentMismatch { .. }), "{err}");
+        assert_eq!(fs::read(root.path().join("f")).expect("read"), b"old");
+        assert_eq!(listing(root.path()), ["f"], "no temporary file left behind");
+    }
+
+    #[test]
+    fn every_change_is_idempotent() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let applier = Applier::new(root.path());
+        let changes = [
+            Change::Put {
+                path: p("d"),
+                entry: Entry::dir(0o755),
+            },
+            Change::Put {
+                path: p("d/link"),
+                entry: Entry::symlink(b"../elsewhere".to_vec()),
+            },
+            Change::Move {
+                from: p("d"),
+                to: p("e"),
+                kind: Kind::Dir,
+            },
+            Change::Delete {
+                path: p("e/link"),
+                kind: Kind::Symlink,
+            },
+        ];
+        for change in &changes {
+            applier.apply(change).expect("first time");
+            applier.apply(change).expect("second time");
+        }
+        assert_eq!(listing(root.path()), ["e"]);
+        let entry = Entry::file(1, sha256_hex(b"x"), 0o644);
+        put(&applier, "e/x", b"x", 0o644).expect("put");
+        let again = applier.already_has(&p("e/x"), &entry).expect("check");
+        assert_eq!(again.map(|a| a.bytes_written), Some(0));
+    }
+
+    #[test]
+    fn hostile_changes_write_nothing_outside_the_root() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let outside = tempfile::tempdir().expect("tempdir");
+        let applier = Applier::new(root.path());
+        std::os::unix::fs::symlink(outside.path(), root.path().join("escape")).expect("symlink");
+        assert!(put(&applier, "escape/owned", b"x", 0o644).is_err());
+        let through_link = Change::Put {
+            path: p("escape/dir"),
+            entry: Entry::dir(0o755),
+        };
+        assert!(applier.apply(&through_link).is_err());
+        let delete_through = Change::Delete {
+            path: p("escape/anything"),
+            kind: Kind::File,
+        };
+        assert!(applier.apply(&delete_through).is_err());
+        assert!(fs::read_dir(outside.path()).expect("read").next().is_none());
+    }
+
+    #[test]
+    fn a_move_over_a_directory_replaces_it() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let applier = Applier::new(root.path());
+        put(&applier, "a/x", b"x", 0o644).expect("put");
+        put(&applier, "b/y", b"y", 0o644).expect("put");
+        applier
+            .apply(&Change::Move {
+                from: p("a"),
+                to: p("b"),
+                kind: Kind::Dir,
+            })
+            .expect("move");
+        assert_eq!(listing(root.path()), ["b", "b/x"]);
+        let missing = Change::Move {
+            from: p("nope"),
+            to: p("nowhere"),
+            kind: Kind::File,
+        };
+        assert!(matches!(
+            applier.apply(&missing),
+            Err(ApplyError::Missing(_))
+        ));
+    }
+}

@@ -1,0 +1,371 @@
+//! `Applier`: applies `Change`s to the slave's directory, atomically and idempotently.
+//!
+//! - A file is written to a temporary name beside its target (same directory, so the final
+//!   rename is atomic), hashed while written, checked against the expected SHA-256, given its
+//!   mode, and only then renamed into place. A reader sees the old file or the new one.
+//! - Every change can be applied twice with the same result (a slave that crashed after
+//!   applying but before recording its position applies it again on restart).
+//! - Content arrives in pieces through `StagedFile::write`, so the caller decides where it
+//!   comes from (the bus's blob store) and memory never depends on file size.
+
+use std::ffi::OsStr;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use filesync_master::ignore::TEMP_PREFIX;
+use filesync_master::{Change, Entry, Kind, RelPath};
+use sha2::{Digest, Sha256};
+
+use crate::safety::resolve;
+use crate::ApplyError;
+
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// What a change left on disk, echoed in the slave's consume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// SHA-256 of the file now at the target (file puts only).
+    pub sha256: Option<String>,
+    /// Bytes written (0 when the target already held this content).
+    pub bytes_written: u64,
+}
+
+/// The slave's directory.
+#[derive(Debug, Clone)]
+pub struct Applier {
+    root: PathBuf,
+}
+
+impl Applier {
+    pub fn new(root: &Path) -> Applier {
+        Applier {
+            root: root.to_path_buf(),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Applies a change that needs no content: a directory or symlink put, a delete, a move.
+    /// File puts go through `stage_file` (or `already_has`).
+    pub fn apply(&self, change: &Change) -> Result<Applied, ApplyError> {
+        match change {
+            Change::Put { path, entry } => match entry.kind {
+                Kind::Dir => self.put_dir(path, entry.mode),
+                Kind::Symlink => {
+                    self.put_symlink(path, entry.target.as_deref().unwrap_or_default())
+                }
+                Kind::File => Err(ApplyError::Invalid {
+                    path: path.clone(),
+                    reason: "file content must be staged".into(),
+                }),
+            },
+            Change::Delete { path, .. } => self.delete(path),
+            Change::Move { from, to, .. } => self.rename(from, to),
+        }
+    }
+
+    /// When the target already holds exactly this file (same size and hash), fixes its mode
+    /// and returns what a put would have: re-applying costs no writes.
+    pub fn already_has(
+        &self,
+        path: &RelPath,
+        entry: &Entry,
+    ) -> Result<Option<Applied>, ApplyError> {
+        let target = resolve(&self.root, path, false).ok();
+        let Some(target) = target else {
+            return Ok(None);
+        };
+        let Ok(meta) = fs::symlink_metadata(&target) else {
+            return Ok(None);
+        };
+        if !meta.is_file() || meta.len() != entry.size {
+            return Ok(None);
+        }
+        let Ok(sha256) = hash_path(&target) else {
+            return Ok(None);
+        };
+        if Some(&sha256) != entry.sha256.as_ref() {
+            return Ok(None);
+        }
+        set_mode(&target, entry.mode, path)?;
+        Ok(Some(Applied {
+            sha256: Some(sha256),
+            bytes_written: 0,
+        }))
+    }
+
+    /// Opens a temporary file beside `path` for its new content.
+    pub fn stage_file(&self, path: &RelPath, entry: &Entry) -> Result<StagedFile, ApplyError> {
+        let target = resolve(&self.root, path, true)?;
+        let temp = temp_beside(&target);
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&temp)
+            .map_err(|source| ApplyError::Io {
+                action: "create temporary file for",
+                path: path.clone(),
+                source,
+            })?;
+        Ok(StagedFile {
+            path: path.clone(),
+            entry: entry.clone(),
+            target,
+            temp,
+            file: Some(file),
+            hasher: Sha256::new(),
+            written: 0,
+        })
+    }
+
+    fn put_dir(&self, path: &RelPath, mode: u32) -> Result<Applied, ApplyError> {
+        let target = resolve(&self.root, path, true)?;
+        match fs::symlink_metadata(&target) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => remove_any(&target, path)?,
+            Err(_) => {}
+        }
+        match fs::create_dir(&target) {
+            Ok(()) => {}
+            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(source) => {
+                return Err(ApplyError::Io {
+                    action: "create directory",
+                    path: path.clone(),
+                    source,
+                })
+            }
+        }
+        set_mode(&target, mode, path)?;
+        Ok(Applied {
+            sha256: None,
+            bytes_written: 0,
+        })
+    }
+
+    fn put_symlink(&self, path: &RelPath, link_target: &[u8]) -> Result<Applied, ApplyError> {
+        let target = resolve(&self.root, path, true)?;
+        if let Ok(existing) = fs::read_link(&target) {
+            if existing.as_os_str().as_bytes() == link_target {
+                return Ok(Applied {
+                    sha256: None,
+                    bytes_written: 0,
+                });
+            }
+        }
+        if fs::symlink_metadata(&target).is_ok_and(|m| m.is_dir()) {
+            remove_any(&target, path)?;
+        }
+        let temp = temp_beside(&target);
+        std::os::unix::fs::symlink(OsStr::from_bytes(link_target), &temp).map_err(|source| {
+            ApplyError::Io {
+                action: "create symlink",
+                path: path.clone(),
+                source,
+            }
+        })?;
+        fs::rename(&temp, &target).map_err(|source| {
+            let _ = fs::remove_file(&temp);
+            ApplyError::Io {
+                action: "rename symlink into place at",
+                path: path.clone(),
+                source,
+            }
+        })?;
+        Ok(Applied {
+            sha256: None,
+            bytes_written: 0,
+        })
+    }
+
+    fn delete(&self, path: &RelPath) -> Result<Applied, ApplyError> {
+        let target = resolve(&self.root, path, false)?;
+        match fs::symlink_metadata(&target) {
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(ApplyError::Io {
+                    action: "inspect",
+                    path: path.clone(),
+                    source,
+                })
+            }
+            Ok(_) => remove_any(&target, path)?,
+        }
+        Ok(Applied {
+            sha256: None,
+            bytes_written: 0,
+        })
+    }
+
+    fn rename(&self, from: &RelPath, to: &RelPath) -> Result<Applied, ApplyError> {
+        if to.starts_with(from) {
+            return Err(ApplyError::Invalid {
+                path: to.clone(),
+                reason: format!("cannot move {from} into itself"),
+            });
+        }
+        let source = resolve(&self.root, from, false)?;
+        let dest = resolve(&self.root, to, true)?;
+        let source_meta = match fs::symlink_metadata(&source) {
+            Ok(meta) => meta,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                // Applied before (a restart replays it): fine when the destination exists.
+                if fs::symlink_metadata(&dest).is_ok() {
+                    return Ok(Applied {
+                        sha256: None,
+                        bytes_written: 0,
+                    });
+                }
+                return Err(ApplyError::Missing(from.clone()));
+            }
+            Err(source) => {
+                return Err(ApplyError::Io {
+                    action: "inspect",
+                    path: from.clone(),
+                    source,
+                })
+            }
+        };
+        // rename(2) cannot replace a non-empty directory, or a directory by a file.
+        if let Ok(dest_meta) = fs::symlink_metadata(&dest) {
+            if dest_meta.is_dir() || source_meta.is_dir() {
+                remove_any(&dest, to)?;
+            }
+        }
+        fs::rename(&source, &dest).map_err(|source| ApplyError::Io {
+            action: "rename",
+            path: from.clone(),
+            source,
+        })?;
+        Ok(Applied {
+            sha256: None,
+            bytes_written: 0,
+        })
+    }
+}
+
+/// A file being received: content goes to a temporary file, and `commit` renames it into
+/// place once its hash is verified. Dropping it uncommitted removes the temporary file.
+pub struct StagedFile {
+    path: RelPath,
+    entry: Entry,
+    target: PathBuf,
+    temp: PathBuf,
+    file: Option<File>,
+    hasher: Sha256,
+    written: u64,
+}
+
+impl StagedFile {
+    /// Bytes received so far (where the next piece starts).
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    pub fn write(&mut self, bytes: &[u8]) -> Result<(), ApplyError> {
+        let file = self.file.as_mut().ok_or_else(|| ApplyError::Invalid {
+            path: self.path.clone(),
+            reason: "staged file already closed".into(),
+        })?;
+        file.write_all(bytes).map_err(|source| ApplyError::Io {
+            action: "write",
+            path: self.path.clone(),
+            source,
+        })?;
+        self.hasher.update(bytes);
+        self.written += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Verifies size and SHA-256, sets the mode and renames into place.
+    pub fn commit(mut self) -> Result<Applied, ApplyError> {
+        let file = self.file.take();
+        drop(file);
+        let actual = hex::encode(std::mem::take(&mut self.hasher).finalize());
+        let expected = self.entry.sha256.clone().unwrap_or_default();
+        if actual != expected || self.written != self.entry.size {
+            return Err(ApplyError::ContentMismatch {
+                path: self.path.clone(),
+                expected,
+                actual,
+            });
+        }
+        set_mode(&self.temp, self.entry.mode, &self.path)?;
+        if fs::symlink_metadata(&self.target).is_ok_and(|m| m.is_dir()) {
+            remove_any(&self.target, &self.path)?;
+        }
+        fs::rename(&self.temp, &self.target).map_err(|source| ApplyError::Io {
+            action: "rename into place",
+            path: self.path.clone(),
+            source,
+        })?;
+        Ok(Applied {
+            sha256: Some(actual),
+            bytes_written: self.written,
+        })
+    }
+}
+
+impl Drop for StagedFile {
+    fn drop(&mut self) {
+        // Uncommitted (an error, a disconnect): leave nothing behind. After commit the
+        // temporary name no longer exists and this fails harmlessly.
+        let _ = fs::remove_file(&self.temp);
+    }
+}
+
+fn temp_beside(target: &Path) -> PathBuf {
+    let mut name = TEMP_PREFIX.to_vec();
+    name.extend_from_slice(
+        format!(
+            "{}-{}",
+            std::process::id(),
+            TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+        )
+        .as_bytes(),
+    );
+    target.with_file_name(OsStr::from_bytes(&name))
+}
+
+fn set_mode(target: &Path, mode: u32, path: &RelPath) -> Result<(), ApplyError> {
+    fs::set_permissions(target, fs::Permissions::from_mode(mode)).map_err(|source| ApplyError::Io {
+        action: "set mode of",
+        path: path.clone(),
+        source,
+    })
+}
+
+fn remove_any(target: &Path, path: &RelPath) -> Result<(), ApplyError> {
+    let result = match fs::symlink_metadata(target) {
+        // remove_dir_all does not follow symlinks inside the tree.
+        Ok(meta) if meta.is_dir() => fs::remove_dir_all(target),
+        Ok(_) => fs::remove_file(target),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(err) => Err(err),
+    };
+    result.map_err(|source| ApplyError::Io {
+        action: "remove",
+        path: path.clone(),
+        source,
+    })
+}
+
+fn hash_path(path: &Path) -> io::Result<String> {
+    let mut file = File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 1 << 16];
+    loop {
+        let n = file.read(&mut buffer)?;
+        if n == 0 {
+            return Ok(hex::encode(hasher.finalize()));
+        }
+        hasher.update(&buffer[..n]);
+    }
+}
