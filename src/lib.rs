@@ -1,1 +1,22 @@
+//! filesync: a live directory mirror whose correctness is proven from its event log.
+//!
+//! # Layout
+//!
+//! - [`event`]: the event log line, and how names that are not UTF-8 are carried.
+//! - [`bus`]: the bus server (log, blob store, fan-out) and its client.
+//! - [`agent`]: wiring the master's changes onto the bus, and the bus into the slave.
+//! - [`check`]: the invariants behind `filesync check`.
+//! - [`testkit`]: listening to the bus and expecting events; running agents as processes.
+//! - [`cli`]: the command line, called by `main.rs`.
+//!
+//! The master's brain (scan, watch, hash) is the `filesync-master` crate; the slave's
+//! (apply changes safely) is `filesync-slave`. Neither knows the bus exists.
 
+pub mod agent;
+pub mod bus;
+pub mod check;
+pub mod cli;
+pub mod demo;
+pub mod event;
+pub mod listen;
+pub mod testkit;

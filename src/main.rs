@@ -1,1 +1,37 @@
-fn main() {}
+//! The `filesync` binary: parse, set up logging, call the library, map errors to one line.
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+fn main() {
+    let cli = filesync::cli::Cli::parse();
+    let default_level = match (cli.quiet, cli.verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "info",
+        (false, _) => "debug",
+    };
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("filesync: cannot start the runtime: {err}");
+            std::process::exit(2);
+        }
+    };
+    let code = match runtime.block_on(filesync::cli::run(cli)) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("filesync: {err:#}");
+            2
+        }
+    };
+    // Blocking work (a master's worker mid-scan) must not hold up the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    std::process::exit(code);
+}

@@ -71,6 +71,17 @@ impl Tree {
         self.ignore = IgnoreRules::load(&self.root);
     }
 
+    /// Forgets the published content of the file at `path` (its upload failed), so that the
+    /// next refresh publishes it again, or publishes its deletion if it is gone.
+    pub fn invalidate(&mut self, path: &RelPath) {
+        if let Some(entry) = self.model.get_mut(path) {
+            if entry.kind == Kind::File {
+                entry.sha256 = None;
+                entry.stamp = None;
+            }
+        }
+    }
+
     /// Compares the whole directory with the model (start-up, queue overflow, rules changed).
     pub fn rescan_all(&mut self, out: &mut dyn FnMut(Outcome)) {
         self.rescan_under(None, out);

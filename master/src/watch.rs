@@ -68,6 +68,11 @@ pub enum WatchError {
     },
 }
 
+/// The watcher's thread stopped: no more signals will come.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the directory watcher stopped")]
+pub struct WatcherGone;
+
 /// A recursive watch on one root.
 pub struct DirWatcher {
     // Dropping the watcher stops its thread; keep it alive as long as we read signals.
@@ -113,14 +118,14 @@ impl DirWatcher {
 
     /// The next signal, waiting at most `timeout`. `Ok(None)` on timeout; `Err` when the
     /// watcher is gone.
-    pub fn next(&self, timeout: Duration) -> Result<Option<Signal>, ()> {
+    pub fn next(&self, timeout: Duration) -> Result<Option<Signal>, WatcherGone> {
         if self.overflowed.swap(false, Ordering::SeqCst) {
             return Ok(Some(Signal::Rescan));
         }
         match self.signals.recv_timeout(timeout) {
             Ok(signal) => Ok(Some(signal)),
             Err(RecvTimeoutError::Timeout) => Ok(None),
-            Err(RecvTimeoutError::Disconnected) => Err(()),
+            Err(RecvTimeoutError::Disconnected) => Err(WatcherGone),
         }
     }
 }

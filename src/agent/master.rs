@@ -1,0 +1,268 @@
+//! The master agent: its directory's changes, onto the bus.
+//!
+//! A worker thread owns the blocking parts (inotify, walking, hashing): it starts the watch,
+//! then reconciles the directory with the state the log implies (so a restart republishes
+//! only what changed while it was down), sends `Ready`, and from then on turns coalesced
+//! signals into changes. The async side uploads content the bus lacks and publishes each
+//! notify. The two are joined by a bounded channel, so a slow bus slows the scan instead of
+//! filling memory.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc as std_mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use filesync_master::coalesce::{Coalescer, Timing, Work};
+use filesync_master::ignore::IGNORE_FILE;
+use filesync_master::tree::{Observed, Outcome, Tree};
+use filesync_master::watch::{DirWatcher, Signal};
+use filesync_master::{Change, Kind, Model, RelPath};
+use tokio::sync::mpsc;
+
+use super::{connect_with_retry, SessionEnd, FIRST_CONNECT_PATIENCE};
+use crate::bus::client::UploadError;
+use crate::bus::{BusClient, ClientError, Hello, Subscription};
+use crate::event::{Draft, Role, Tag};
+
+/// How the master runs.
+#[derive(Debug, Clone)]
+pub struct MasterOptions {
+    pub dir: PathBuf,
+    pub bus: String,
+    pub name: String,
+    pub token: Option<String>,
+}
+
+/// With the watch limit reached, the whole tree is compared this often instead.
+const POLL_INTERVAL: Duration = Duration::from_secs(2);
+
+/// From the worker thread to the async side.
+enum WorkerMsg {
+    Change(Observed),
+    Ready,
+    Fatal(String),
+}
+
+/// Runs the master until `shutdown`, reconnecting when the bus goes away.
+pub async fn run(options: MasterOptions, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let dir = std::fs::canonicalize(&options.dir)
+        .with_context(|| format!("master directory {} is not usable", options.dir.display()))?;
+    if !dir.is_dir() {
+        bail!("master directory {} is not a directory", dir.display());
+    }
+    let hello = Hello {
+        role: Role::Master,
+        name: options.name.clone(),
+        token: options.token.clone(),
+        dir: Some(dir.to_string_lossy().into_owned()),
+    };
+    let mut shutdown = Box::pin(shutdown);
+    let mut patience = Some(FIRST_CONNECT_PATIENCE);
+    loop {
+        let connected = connect_with_retry(&options.bus, &hello, patience, &mut shutdown)
+            .await
+            .with_context(|| format!("bus unreachable at {}", options.bus))?;
+        let Some((client, welcome)) = connected else {
+            return Ok(());
+        };
+        patience = None;
+        match session(&dir, client, welcome.head, &mut shutdown).await? {
+            SessionEnd::Stopped => return Ok(()),
+            SessionEnd::BusLost(err) => tracing::warn!("{err}; reconnecting"),
+        }
+    }
+}
+
+/// The published state: every notify in the log up to `head`, replayed.
+async fn replay_log(client: &BusClient, head: u64) -> Result<Model, ClientError> {
+    let mut model = Model::new();
+    let mut subscription = Subscription::new(client.clone(), 1);
+    while subscription.position() <= head {
+        let event = subscription.next().await?;
+        if event.tag() != Some(Tag::Notify) {
+            continue;
+        }
+        match event.body.change() {
+            Ok(change) => {
+                if let Err(err) = model.apply(&change) {
+                    tracing::warn!("log #{}: {err}; the rescan will correct it", event.seq);
+                }
+            }
+            Err(err) => tracing::warn!("log #{}: unreadable notify: {err}", event.seq),
+        }
+    }
+    Ok(model)
+}
+
+async fn session(
+    dir: &Path,
+    client: BusClient,
+    head: u64,
+    shutdown: &mut (impl Future<Output = ()> + Unpin),
+) -> anyhow::Result<SessionEnd> {
+    let model = match replay_log(&client, head).await {
+        Ok(model) => model,
+        Err(err) if err.is_connection() => return Ok(SessionEnd::BusLost(err)),
+        Err(err) => return Err(err).context("cannot read the event log"),
+    };
+    let (tx, mut rx) = mpsc::channel::<WorkerMsg>(256);
+    let (retry_tx, retry_rx) = std_mpsc::channel::<RelPath>();
+    let stop = Arc::new(AtomicBool::new(false));
+    let worker = {
+        let dir = dir.to_path_buf();
+        let stop = stop.clone();
+        std::thread::Builder::new()
+            .name("master-worker".into())
+            .spawn(move || worker(&dir, model, &tx, &retry_rx, &stop))
+            .context("cannot start the master's worker thread")?
+    };
+    let end = loop {
+        let msg = tokio::select! {
+            _ = &mut *shutdown => {
+                if let Err(err) = client.publish(Draft::tagged(Tag::Leave)).await {
+                    tracing::warn!("could not publish leave: {err}");
+                }
+                break Ok(SessionEnd::Stopped);
+            }
+            msg = rx.recv() => msg,
+        };
+        let result = match msg {
+            Some(WorkerMsg::Change(observed)) => {
+                publish_change(&client, dir, observed, &retry_tx).await
+            }
+            Some(WorkerMsg::Ready) => {
+                tracing::info!("master ready: watching {}", dir.display());
+                client.publish(Draft::tagged(Tag::Ready)).await.map(|_| ())
+            }
+            Some(WorkerMsg::Fatal(message)) => break Err(anyhow::anyhow!(message)),
+            None => break Err(anyhow::anyhow!("the master's worker stopped unexpectedly")),
+        };
+        match result {
+            Ok(()) => {}
+            Err(err) if err.is_connection() => break Ok(SessionEnd::BusLost(err)),
+            Err(err) => tracing::error!("{err}"),
+        }
+    };
+    stop.store(true, Ordering::SeqCst);
+    drop(rx);
+    let _ = tokio::task::spawn_blocking(move || worker.join()).await;
+    end
+}
+
+/// Uploads what the bus lacks, then publishes. A file that changed since it was hashed is
+/// handed back to the worker to look at again, and not published.
+async fn publish_change(
+    client: &BusClient,
+    dir: &Path,
+    observed: Observed,
+    retry: &std_mpsc::Sender<RelPath>,
+) -> Result<(), ClientError> {
+    if let Change::Put { path, entry } = &observed.change {
+        if let (Kind::File, Some(sha256)) = (entry.kind, &entry.sha256) {
+            let uploaded = match &observed.content {
+                Some(content) => client
+                    .blob_put(sha256, 0, true, content)
+                    .await
+                    .map_err(UploadError::from),
+                None => client.upload_file(&path.to_path(dir), sha256).await,
+            };
+            match uploaded {
+                Ok(()) => {}
+                Err(UploadError::Bus(err)) if err.is_connection() => return Err(err),
+                Err(err) => {
+                    tracing::debug!("{path} changed while uploading ({err}); looking again");
+                    let _ = retry.send(path.clone());
+                    return Ok(());
+                }
+            }
+        }
+    }
+    let seq = client.publish(Draft::notify(&observed.change)).await?;
+    tracing::debug!("#{seq} notify {}", observed.change);
+    Ok(())
+}
+
+/// The blocking side: watch first, then reconcile, then follow signals.
+fn worker(
+    dir: &Path,
+    model: Model,
+    tx: &mpsc::Sender<WorkerMsg>,
+    retries: &std_mpsc::Receiver<RelPath>,
+    stop: &AtomicBool,
+) {
+    let watcher = match DirWatcher::start(dir) {
+        Ok(watcher) => watcher,
+        Err(err) => {
+            let _ = tx.blocking_send(WorkerMsg::Fatal(err.to_string()));
+            return;
+        }
+    };
+    let mut tree = Tree::new(dir, model);
+    let mut coalescer = Coalescer::new(Timing::default());
+    // Paths whose hash was unstable, handed from the emit callback back to the coalescer.
+    let unstable: std::cell::RefCell<Vec<RelPath>> = std::cell::RefCell::new(Vec::new());
+    let mut emit = |outcome: Outcome| match outcome {
+        Outcome::Changed(observed) => {
+            if tx.blocking_send(WorkerMsg::Change(observed)).is_err() {
+                stop.store(true, Ordering::SeqCst);
+            }
+        }
+        Outcome::Retry(path) => unstable.borrow_mut().push(path),
+    };
+    tree.rescan_all(&mut emit);
+    if tx.blocking_send(WorkerMsg::Ready).is_err() {
+        return;
+    }
+    let ignore_file = RelPath::new(IGNORE_FILE).ok();
+    let mut polling_since: Option<Instant> = None;
+    while !stop.load(Ordering::SeqCst) {
+        let now = Instant::now();
+        for path in unstable.borrow_mut().drain(..) {
+            coalescer.retry(path, now);
+        }
+        while let Ok(path) = retries.try_recv() {
+            tree.invalidate(&path);
+            coalescer.retry(path, now);
+        }
+        // Wake for the next deadline, and at least every 100 ms to notice `stop`.
+        let wait = coalescer
+            .next_deadline()
+            .map(|deadline| deadline.saturating_duration_since(now))
+            .unwrap_or(Duration::from_millis(100))
+            .min(Duration::from_millis(100));
+        let mut next = watcher.next(wait);
+        while let Ok(Some(signal)) = next {
+            if signal == Signal::WatchLimit {
+                polling_since.get_or_insert_with(Instant::now);
+            }
+            coalescer.observe(signal, Instant::now());
+            next = watcher.next(Duration::ZERO);
+        }
+        if next.is_err() {
+            let _ = tx.blocking_send(WorkerMsg::Fatal("the directory watcher stopped".into()));
+            return;
+        }
+        if polling_since.is_some_and(|since| since.elapsed() >= POLL_INTERVAL) {
+            polling_since = Some(Instant::now());
+            coalescer.observe(Signal::Rescan, Instant::now());
+        }
+        for work in coalescer.take_due(Instant::now()) {
+            match work {
+                Work::Refresh(path) => {
+                    tree.refresh(&path, &mut emit);
+                    if Some(&path) == ignore_file.as_ref() {
+                        tree.reload_ignore();
+                        tree.rescan_all(&mut emit);
+                    }
+                }
+                Work::Move { from, to } => tree.moved(&from, &to, &mut emit),
+                Work::RescanAll => {
+                    tree.reload_ignore();
+                    tree.rescan_all(&mut emit);
+                }
+            }
+        }
+    }
+}

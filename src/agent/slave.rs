@@ -1,0 +1,256 @@
+//! The slave agent: the bus, into its directory.
+//!
+//! It follows the log in `seq` order from its durable position, applies each notify with
+//! `filesync-slave`, and answers it with a `consume` (echoing what it wrote) or an `error`.
+//! Delivery is at-least-once (a crash between applying and recording the position replays
+//! the event) and application is idempotent, which together give effectively-once. The log
+//! decides what has been answered: the bus tells us the highest notify our name answered,
+//! and we never answer one twice, even when our position file was lost.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use filesync_master::{Change, Kind};
+use filesync_slave::{Applied, Applier};
+
+use super::{connect_with_retry, SessionEnd, FIRST_CONNECT_PATIENCE};
+use crate::bus::{BusClient, ClientError, Hello, Subscription, Welcome};
+use crate::event::{Draft, Event, Role, Tag};
+
+/// How the slave runs.
+#[derive(Debug, Clone)]
+pub struct SlaveOptions {
+    pub dir: PathBuf,
+    pub bus: String,
+    pub name: String,
+    pub token: Option<String>,
+    pub state_dir: PathBuf,
+}
+
+/// Why a notify could not be applied.
+enum ApplyFailure {
+    /// Reported as an `error` event; the slave goes on.
+    Change(String),
+    /// The bus went away mid-transfer: reconnect and try the same event again.
+    Bus(ClientError),
+}
+
+/// Runs the slave until `shutdown`, reconnecting when the bus goes away.
+pub async fn run(options: SlaveOptions, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&options.dir)
+        .with_context(|| format!("cannot create slave directory {}", options.dir.display()))?;
+    let dir = std::fs::canonicalize(&options.dir)
+        .with_context(|| format!("slave directory {} is not usable", options.dir.display()))?;
+    std::fs::create_dir_all(&options.state_dir).with_context(|| {
+        format!(
+            "cannot create state directory {}",
+            options.state_dir.display()
+        )
+    })?;
+    let state_dir = std::fs::canonicalize(&options.state_dir)?;
+    if state_dir.starts_with(&dir) {
+        bail!(
+            "state directory {} must not be inside the synced directory {}",
+            state_dir.display(),
+            dir.display()
+        );
+    }
+    let position_file = state_dir.join("position");
+    // Fail now, not at the first event, when the state is unreadable.
+    read_position(&position_file)?;
+    let hello = Hello {
+        role: Role::Slave,
+        name: options.name.clone(),
+        token: options.token.clone(),
+        dir: Some(dir.to_string_lossy().into_owned()),
+    };
+    let mut shutdown = Box::pin(shutdown);
+    let mut patience = Some(FIRST_CONNECT_PATIENCE);
+    loop {
+        let connected = connect_with_retry(&options.bus, &hello, patience, &mut shutdown)
+            .await
+            .with_context(|| format!("bus unreachable at {}", options.bus))?;
+        let Some((client, welcome)) = connected else {
+            return Ok(());
+        };
+        patience = None;
+        refuse_nesting(&dir, &welcome)?;
+        match session(&dir, &position_file, client, welcome, &mut shutdown).await? {
+            SessionEnd::Stopped => return Ok(()),
+            SessionEnd::BusLost(err) => tracing::warn!("{err}; reconnecting"),
+        }
+    }
+}
+
+fn refuse_nesting(dir: &Path, welcome: &Welcome) -> anyhow::Result<()> {
+    if let Some(master_dir) = &welcome.master_dir {
+        let master_dir = Path::new(master_dir);
+        if dir.starts_with(master_dir) || master_dir.starts_with(dir) {
+            bail!(
+                "slave directory {} and master directory {} must not contain each other",
+                dir.display(),
+                master_dir.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn session(
+    dir: &Path,
+    position_file: &Path,
+    client: BusClient,
+    welcome: Welcome,
+    shutdown: &mut (impl Future<Output = ()> + Unpin),
+) -> anyhow::Result<SessionEnd> {
+    let applier = Applier::new(dir);
+    let mut position = read_position(position_file)?;
+    if position > welcome.head {
+        tracing::warn!(
+            "our position {position} is past the bus's log (head {}): a new log; replaying from the start",
+            welcome.head
+        );
+        position = 0;
+    }
+    let mut ready = false;
+    let mut subscription = Subscription::new(client.clone(), position + 1);
+    if position >= welcome.head {
+        if let Err(err) = announce_ready(&client, dir, &mut ready).await {
+            return Ok(SessionEnd::BusLost(err));
+        }
+    }
+    loop {
+        let event = tokio::select! {
+            _ = &mut *shutdown => {
+                if let Err(err) = client.publish(Draft::tagged(Tag::Leave)).await {
+                    tracing::warn!("could not publish leave: {err}");
+                }
+                return Ok(SessionEnd::Stopped);
+            }
+            event = subscription.next() => event,
+        };
+        let event = match event {
+            Ok(event) => event,
+            Err(err) if err.is_connection() => return Ok(SessionEnd::BusLost(err)),
+            Err(err) => return Err(err).context("cannot follow the event log"),
+        };
+        if event.tag() == Some(Tag::Notify) {
+            if let Err(err) = answer(&applier, &client, &event, welcome.answered).await {
+                return Ok(SessionEnd::BusLost(err));
+            }
+            write_position(position_file, event.seq)?;
+        }
+        if event.seq >= welcome.head && !ready {
+            if let Err(err) = announce_ready(&client, dir, &mut ready).await {
+                return Ok(SessionEnd::BusLost(err));
+            }
+        }
+    }
+}
+
+async fn announce_ready(
+    client: &BusClient,
+    dir: &Path,
+    ready: &mut bool,
+) -> Result<(), ClientError> {
+    client.publish(Draft::tagged(Tag::Ready)).await?;
+    tracing::info!("slave ready: mirroring into {}", dir.display());
+    *ready = true;
+    Ok(())
+}
+
+/// Applies one notify and publishes the answer, unless the log shows we already answered it
+/// (a replay after a crash), in which case it is only re-applied.
+async fn answer(
+    applier: &Applier,
+    client: &BusClient,
+    event: &Event,
+    answered: u64,
+) -> Result<(), ClientError> {
+    let outcome = apply(applier, client, &event.body).await;
+    let already_answered = event.seq <= answered;
+    let reply = match outcome {
+        Ok((change, applied)) => {
+            tracing::debug!("#{} applied {change}", event.seq);
+            Draft::consume(&change, event.seq, applied.sha256)
+        }
+        Err(ApplyFailure::Bus(err)) => return Err(err),
+        Err(ApplyFailure::Change(message)) => {
+            tracing::warn!("#{}: {message}", event.seq);
+            Draft::error(&event.body, event.seq, message)
+        }
+    };
+    if !already_answered {
+        match client.publish(reply).await {
+            Ok(_) => {}
+            Err(err) if err.is_connection() => return Err(err),
+            Err(err) => tracing::error!("#{}: the bus refused our answer: {err}", event.seq),
+        }
+    }
+    Ok(())
+}
+
+async fn apply(
+    applier: &Applier,
+    client: &BusClient,
+    notify: &Draft,
+) -> Result<(Change, Applied), ApplyFailure> {
+    let change = notify
+        .change()
+        .map_err(|err| ApplyFailure::Change(format!("invalid change: {err}")))?;
+    let failed = |err: filesync_slave::ApplyError| ApplyFailure::Change(err.to_string());
+    let applied = match &change {
+        Change::Put { path, entry } if entry.kind == Kind::File => {
+            if let Some(applied) = applier.already_has(path, entry).map_err(failed)? {
+                return Ok((change, applied));
+            }
+            let sha256 = entry.sha256.clone().unwrap_or_default();
+            let mut staged = applier.stage_file(path, entry).map_err(failed)?;
+            loop {
+                let (data, eof) = match client.blob_get(&sha256, staged.written()).await {
+                    Ok(piece) => piece,
+                    Err(err) if err.is_connection() => return Err(ApplyFailure::Bus(err)),
+                    Err(err) => {
+                        return Err(ApplyFailure::Change(format!("cannot fetch {path}: {err}")))
+                    }
+                };
+                staged.write(&data).map_err(failed)?;
+                if eof {
+                    break;
+                }
+                if data.is_empty() {
+                    return Err(ApplyFailure::Change(format!(
+                        "content of {path} ended early"
+                    )));
+                }
+            }
+            staged.commit().map_err(failed)?
+        }
+        other => applier.apply(other).map_err(failed)?,
+    };
+    Ok((change, applied))
+}
+
+/// The `seq` of the last notify applied; 0 when there is none yet.
+fn read_position(file: &Path) -> anyhow::Result<u64> {
+    match std::fs::read_to_string(file) {
+        Ok(text) => text.trim().parse().with_context(|| {
+            format!(
+                "state file {} is corrupt: {:?}",
+                file.display(),
+                text.trim()
+            )
+        }),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(err) => Err(err).with_context(|| format!("cannot read state file {}", file.display())),
+    }
+}
+
+/// Records the position atomically (a crash leaves the old or the new value).
+fn write_position(file: &Path, seq: u64) -> anyhow::Result<()> {
+    let temp = file.with_extension("tmp");
+    std::fs::write(&temp, format!("{seq}\n"))
+        .and_then(|()| std::fs::rename(&temp, file))
+        .with_context(|| format!("cannot record position in {}", file.display()))
+}

@@ -1,0 +1,193 @@
+//! `BlobStore`: file content, addressed by SHA-256, under `SDIR/blobs/`.
+//!
+//! Content is written to `blobs/tmp/` while it arrives, hashed as it is written, and renamed
+//! to `blobs/<first two hex digits>/<the rest>` only once the SHA-256 matches the address it
+//! was uploaded under. A blob in place is therefore always whole and correct. Identical
+//! files are stored once. Nothing is ever deleted (no garbage collection yet).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use sha2::{Digest, Sha256};
+
+use crate::event::is_sha256;
+
+static UPLOAD_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Why a blob operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    #[error("not a sha256: {0:?}")]
+    BadAddress(String),
+    #[error("no blob {0}")]
+    Missing(String),
+    #[error("upload of {sha256} out of order: expected offset {expected}, got {got}")]
+    OutOfOrder {
+        sha256: String,
+        expected: u64,
+        got: u64,
+    },
+    #[error("uploaded content hashes to {actual}, not {sha256}")]
+    Mismatch { sha256: String, actual: String },
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// The store's directory.
+#[derive(Debug, Clone)]
+pub struct BlobStore {
+    dir: PathBuf,
+}
+
+/// A blob being received.
+pub struct Upload {
+    sha256: String,
+    temp: PathBuf,
+    file: File,
+    hasher: Sha256,
+    written: u64,
+}
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        // Abandoned or committed: either way the temporary name must go.
+        let _ = fs::remove_file(&self.temp);
+    }
+}
+
+impl BlobStore {
+    pub fn open(dir: &Path) -> io::Result<BlobStore> {
+        fs::create_dir_all(dir.join("tmp"))?;
+        // Leftovers of uploads cut off by a crash.
+        for entry in fs::read_dir(dir.join("tmp"))?.flatten() {
+            let _ = fs::remove_file(entry.path());
+        }
+        Ok(BlobStore {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    fn path_of(&self, sha256: &str) -> Result<PathBuf, BlobError> {
+        if !is_sha256(sha256) {
+            return Err(BlobError::BadAddress(sha256.to_owned()));
+        }
+        Ok(self.dir.join(&sha256[..2]).join(&sha256[2..]))
+    }
+
+    pub fn contains(&self, sha256: &str) -> Result<bool, BlobError> {
+        Ok(self.path_of(sha256)?.is_file())
+    }
+
+    /// Starts receiving `sha256`.
+    pub fn begin(&self, sha256: &str) -> Result<Upload, BlobError> {
+        self.path_of(sha256)?;
+        let temp = self.dir.join("tmp").join(format!(
+            "{sha256}.{}",
+            UPLOAD_COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&temp)?;
+        Ok(Upload {
+            sha256: sha256.to_owned(),
+            temp,
+            file,
+            hasher: Sha256::new(),
+            written: 0,
+        })
+    }
+
+    /// Appends a piece at `offset`, which must be where the previous piece ended.
+    pub fn write(&self, upload: &mut Upload, offset: u64, bytes: &[u8]) -> Result<(), BlobError> {
+        if offset != upload.written {
+            return Err(BlobError::OutOfOrder {
+                sha256: upload.sha256.clone(),
+                expected: upload.written,
+                got: offset,
+            });
+        }
+        upload.file.write_all(bytes)?;
+        upload.hasher.update(bytes);
+        upload.written += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Verifies the content against its address and moves it into place.
+    pub fn commit(&self, mut upload: Upload) -> Result<(), BlobError> {
+        let actual = hex::encode(std::mem::take(&mut upload.hasher).finalize());
+        if actual != upload.sha256 {
+            return Err(BlobError::Mismatch {
+                sha256: upload.sha256.clone(),
+                actual,
+            });
+        }
+        let final_path = self.path_of(&upload.sha256)?;
+        if let Some(parent) = final_path.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        fs::rename(&upload.temp, &final_path)?;
+        Ok(())
+    }
+
+    /// Reads up to `len` bytes at `offset`; the flag is true when that reaches the end.
+    pub fn read(&self, sha256: &str, offset: u64, len: u64) -> Result<(Vec<u8>, bool), BlobError> {
+        let path = self.path_of(sha256)?;
+        let mut file = match File::open(&path) {
+            Ok(file) => file,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                return Err(BlobError::Missing(sha256.to_owned()))
+            }
+            Err(err) => return Err(err.into()),
+        };
+        let size = file.metadata()?.len();
+        let start = offset.min(size);
+        let want = len.min(size - start);
+        file.seek(SeekFrom::Start(start))?;
+        let mut buf = vec![0u8; want as usize];
+        file.read_exact(&mut buf)?;
+        Ok((buf, start + want >= size))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use filesync_master::hash::sha256_hex;
+
+    #[test]
+    fn uploads_are_verified_before_they_exist() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = BlobStore::open(dir.path()).expect("open");
+        let sha = sha256_hex(b"hello world");
+        let mut upload = store.begin(&sha).expect("begin");
+        store.write(&mut upload, 0, b"hello ").expect("piece");
+        assert!(matches!(
+            store.write(&mut upload, 0, b"x"),
+            Err(BlobError::OutOfOrder { .. })
+        ));
+        store.write(&mut upload, 6, b"world").expect("piece");
+        store.commit(upload).expect("commit");
+        assert!(store.contains(&sha).expect("address"));
+        assert_eq!(
+            store.read(&sha, 6, 100).expect("read"),
+            (b"world".to_vec(), true)
+        );
+
+        let wrong = sha256_hex(b"something else");
+        let mut lie = store.begin(&wrong).expect("begin");
+        store.write(&mut lie, 0, b"not it").expect("piece");
+        assert!(matches!(store.commit(lie), Err(BlobError::Mismatch { .. })));
+        assert!(!store.contains(&wrong).expect("address"));
+        assert!(matches!(
+            store.begin("../../etc/passwd"),
+            Err(BlobError::BadAddress(_))
+        ));
+        assert_eq!(
+            fs::read_dir(dir.path().join("tmp")).expect("tmp").count(),
+            0
+        );
+    }
+}

@@ -1,0 +1,391 @@
+//! `BusClient`: an agent's connection to the bus, and `Subscription`, an ordered stream of
+//! events from any `seq`.
+//!
+//! Requests are correlated with replies by id, so several may be in flight on one
+//! connection (a subscription's long poll does not hold up an upload). A reader task routes
+//! replies; it never blocks, because each reply has its own one-shot channel.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use filesync_master::hash::CHUNK_SIZE;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+
+use super::frame::{read_frame, write_frame, Frame};
+use super::protocol::{Reply, Request, PROTOCOL_VERSION};
+use crate::event::{Draft, Event, Role};
+
+/// How much of the log one poll asks for.
+const POLL_BYTES: u64 = 256 * 1024;
+
+/// Why a bus request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot connect to the bus at {addr}: {source}")]
+    Connect {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the bus refused us: {0}")]
+    Rejected(String),
+    #[error("the bus refused the request: {0}")]
+    Refused(String),
+    #[error("the bus sent something unexpected: {0}")]
+    Protocol(String),
+    #[error("lost the connection to the bus")]
+    Lost,
+}
+
+impl ClientError {
+    /// True when retrying on a new connection may help.
+    pub fn is_connection(&self) -> bool {
+        matches!(self, ClientError::Connect { .. } | ClientError::Lost)
+    }
+}
+
+/// What the bus told us when we joined.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Welcome {
+    pub head: u64,
+    pub answered: u64,
+    pub master_dir: Option<String>,
+}
+
+/// Who we are, for the handshake.
+#[derive(Debug, Clone)]
+pub struct Hello {
+    pub role: Role,
+    pub name: String,
+    pub token: Option<String>,
+    pub dir: Option<String>,
+}
+
+type Pending = Arc<Mutex<Option<HashMap<u64, oneshot::Sender<(Reply, Vec<u8>)>>>>>;
+
+/// A connection to the bus. Cheap to clone; all clones share the connection.
+#[derive(Clone)]
+pub struct BusClient {
+    writer: Arc<tokio::sync::Mutex<BufWriter<OwnedWriteHalf>>>,
+    pending: Pending,
+    next_id: Arc<AtomicU64>,
+}
+
+impl BusClient {
+    /// Connects and says hello.
+    pub async fn connect(addr: &str, hello: Hello) -> Result<(BusClient, Welcome), ClientError> {
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|source| ClientError::Connect {
+                addr: addr.to_owned(),
+                source,
+            })?;
+        let _ = stream.set_nodelay(true);
+        let (read_half, write_half) = stream.into_split();
+        let mut reader = BufReader::new(read_half);
+        let mut writer = BufWriter::new(write_half);
+        let request = Request::Hello {
+            protocol: PROTOCOL_VERSION,
+            role: hello.role,
+            name: hello.name,
+            token: hello.token,
+            dir: hello.dir,
+        };
+        send(&mut writer, &request, &[]).await?;
+        let frame = read_frame(&mut reader)
+            .await
+            .map_err(|err| ClientError::Protocol(err.to_string()))?
+            .ok_or(ClientError::Lost)?;
+        let welcome = match serde_json::from_slice::<Reply>(&frame.header) {
+            Ok(Reply::Welcome {
+                protocol,
+                head,
+                answered,
+                master_dir,
+            }) if protocol == PROTOCOL_VERSION => Welcome {
+                head,
+                answered,
+                master_dir,
+            },
+            Ok(Reply::Reject { error }) => return Err(ClientError::Rejected(error)),
+            Ok(other) => {
+                return Err(ClientError::Protocol(format!(
+                    "expected welcome, got {other:?}"
+                )))
+            }
+            Err(err) => return Err(ClientError::Protocol(err.to_string())),
+        };
+        let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
+        tokio::spawn(read_loop(reader, pending.clone()));
+        Ok((
+            BusClient {
+                writer: Arc::new(tokio::sync::Mutex::new(writer)),
+                pending,
+                next_id: Arc::new(AtomicU64::new(1)),
+            },
+            welcome,
+        ))
+    }
+
+    async fn request(
+        &self,
+        make: impl FnOnce(u64) -> Request,
+        body: &[u8],
+    ) -> Result<(Reply, Vec<u8>), ClientError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            pending.as_mut().ok_or(ClientError::Lost)?.insert(id, tx);
+        }
+        {
+            let mut writer = self.writer.lock().await;
+            send(&mut writer, &make(id), body).await?;
+        }
+        let (reply, body) = rx.await.map_err(|_| ClientError::Lost)?;
+        match reply {
+            Reply::Err { error, .. } => Err(ClientError::Refused(error)),
+            reply => Ok((reply, body)),
+        }
+    }
+
+    /// Publishes an event; returns the `seq` the bus gave it.
+    pub async fn publish(&self, event: Draft) -> Result<u64, ClientError> {
+        match self
+            .request(
+                |id| Request::Publish {
+                    id,
+                    event: Box::new(event),
+                },
+                &[],
+            )
+            .await?
+        {
+            (Reply::Ok { seq: Some(seq), .. }, _) => Ok(seq),
+            (other, _) => Err(ClientError::Protocol(format!(
+                "expected ok with seq, got {other:?}"
+            ))),
+        }
+    }
+
+    /// Events from `from` on; waits until at least one exists.
+    pub async fn poll(&self, from: u64) -> Result<Vec<Event>, ClientError> {
+        let (reply, body) = self
+            .request(
+                |id| Request::Poll {
+                    id,
+                    from,
+                    max_bytes: POLL_BYTES,
+                },
+                &[],
+            )
+            .await?;
+        if !matches!(reply, Reply::Events { .. }) {
+            return Err(ClientError::Protocol(format!(
+                "expected events, got {reply:?}"
+            )));
+        }
+        let text =
+            std::str::from_utf8(&body).map_err(|err| ClientError::Protocol(err.to_string()))?;
+        text.lines()
+            .map(|line| {
+                Event::parse(line)
+                    .map_err(|err| ClientError::Protocol(format!("bad log line: {err}")))
+            })
+            .collect()
+    }
+
+    pub async fn blob_has(&self, sha256: &str) -> Result<bool, ClientError> {
+        let sha256 = sha256.to_owned();
+        match self
+            .request(|id| Request::BlobHas { id, sha256 }, &[])
+            .await?
+        {
+            (
+                Reply::Ok {
+                    present: Some(present),
+                    ..
+                },
+                _,
+            ) => Ok(present),
+            (other, _) => Err(ClientError::Protocol(format!("expected ok, got {other:?}"))),
+        }
+    }
+
+    /// Uploads one piece of a blob.
+    pub async fn blob_put(
+        &self,
+        sha256: &str,
+        offset: u64,
+        last: bool,
+        data: &[u8],
+    ) -> Result<(), ClientError> {
+        let sha256 = sha256.to_owned();
+        self.request(
+            |id| Request::BlobPut {
+                id,
+                sha256,
+                offset,
+                last,
+            },
+            data,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Fetches one piece of a blob; the flag says it was the last.
+    pub async fn blob_get(
+        &self,
+        sha256: &str,
+        offset: u64,
+    ) -> Result<(Vec<u8>, bool), ClientError> {
+        let sha256 = sha256.to_owned();
+        let len = CHUNK_SIZE as u64;
+        match self
+            .request(
+                |id| Request::BlobGet {
+                    id,
+                    sha256,
+                    offset,
+                    len,
+                },
+                &[],
+            )
+            .await?
+        {
+            (Reply::BlobData { eof, .. }, body) => Ok((body, eof)),
+            (other, _) => Err(ClientError::Protocol(format!(
+                "expected blob data, got {other:?}"
+            ))),
+        }
+    }
+
+    /// Uploads a file's content under `sha256`, piece by piece, unless the bus has it. The
+    /// bus verifies the hash at the end, so a file that changed meanwhile is refused.
+    pub async fn upload_file(&self, path: &Path, sha256: &str) -> Result<(), UploadError> {
+        if self.blob_has(sha256).await? {
+            return Ok(());
+        }
+        let mut file = tokio::fs::File::open(path).await?;
+        let size = file.metadata().await?.len();
+        let mut buffer = vec![0u8; CHUNK_SIZE];
+        let mut offset = 0u64;
+        loop {
+            let mut filled = 0;
+            while filled < buffer.len() {
+                let n = file.read(&mut buffer[filled..]).await?;
+                if n == 0 {
+                    break;
+                }
+                filled += n;
+            }
+            let last = offset + filled as u64 >= size || filled < buffer.len();
+            self.blob_put(sha256, offset, last, &buffer[..filled])
+                .await?;
+            offset += filled as u64;
+            if last {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Why an upload failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    #[error(transparent)]
+    Bus(#[from] ClientError),
+    #[error("cannot read the file: {0}")]
+    Read(#[from] std::io::Error),
+}
+
+async fn send(
+    writer: &mut BufWriter<OwnedWriteHalf>,
+    request: &Request,
+    body: &[u8],
+) -> Result<(), ClientError> {
+    let header =
+        serde_json::to_vec(request).map_err(|err| ClientError::Protocol(err.to_string()))?;
+    let frame = Frame::new(header, body.to_vec());
+    write_frame(writer, &frame)
+        .await
+        .map_err(|_| ClientError::Lost)?;
+    writer.flush().await.map_err(|_| ClientError::Lost)
+}
+
+async fn read_loop(mut reader: BufReader<tokio::net::tcp::OwnedReadHalf>, pending: Pending) {
+    loop {
+        let frame = match read_frame(&mut reader).await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break,
+            Err(err) => {
+                tracing::debug!("bus connection: {err}");
+                break;
+            }
+        };
+        let Ok(reply) = serde_json::from_slice::<Reply>(&frame.header) else {
+            tracing::warn!("the bus sent an unreadable frame; closing");
+            break;
+        };
+        let Some(id) = reply.id() else { continue };
+        let waiter = pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+            .and_then(|map| map.remove(&id));
+        if let Some(waiter) = waiter {
+            let _ = waiter.send((reply, frame.body));
+        }
+    }
+    // Dropping every waiter tells each request the connection is gone.
+    pending.lock().unwrap_or_else(|p| p.into_inner()).take();
+}
+
+/// The log, in order, from a chosen `seq` on: backlog first, then live events.
+pub struct Subscription {
+    client: BusClient,
+    next: u64,
+    buffered: VecDeque<Event>,
+}
+
+impl Subscription {
+    pub fn new(client: BusClient, from: u64) -> Subscription {
+        Subscription {
+            client,
+            next: from.max(1),
+            buffered: VecDeque::new(),
+        }
+    }
+
+    /// The `seq` the next event will have.
+    pub fn position(&self) -> u64 {
+        self.next
+    }
+
+    pub async fn next(&mut self) -> Result<Event, ClientError> {
+        loop {
+            if let Some(event) = self.buffered.pop_front() {
+                self.next = event.seq + 1;
+                return Ok(event);
+            }
+            let events = self.client.poll(self.next).await?;
+            // Guard against a confused bus: only the exact next seq is accepted.
+            for event in events {
+                let expected = self.next + self.buffered.len() as u64;
+                if event.seq != expected {
+                    return Err(ClientError::Protocol(format!(
+                        "expected seq {expected}, got {}",
+                        event.seq
+                    )));
+                }
+                self.buffered.push_back(event);
+            }
+        }
+    }
+}

@@ -1,0 +1,19 @@
+//! The bus: the only writer of the event log, the content store, and the way agents reach
+//! each other.
+//!
+//! - [`frame`]: the wire framing (length-prefixed JSON header + binary body).
+//! - [`protocol`]: the messages, version 1.
+//! - [`log`]: `events.jsonl`: append, recover, read by `seq`.
+//! - [`blobs`]: content addressed by SHA-256.
+//! - [`server`]: accepts agents and serves all of the above.
+//! - [`client`]: the agents' side, and `Subscription`.
+
+pub mod blobs;
+pub mod client;
+pub mod frame;
+pub mod log;
+pub mod protocol;
+pub mod server;
+
+pub use client::{BusClient, ClientError, Hello, Subscription, Welcome};
+pub use server::{Bus, BusOptions};

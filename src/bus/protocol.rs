@@ -1,0 +1,115 @@
+//! The bus protocol's messages (version 1), carried in frame headers as JSON.
+//!
+//! A connection starts with `hello` from the client, answered by `welcome` or `reject`
+//! (after which the bus closes the connection). Then the client sends requests, each with an
+//! `id` the bus echoes in its reply; replies may come out of order (a `poll` waits for new
+//! events while other requests are answered).
+//!
+//! | request | body | reply |
+//! |---|---|---|
+//! | `publish {id, event}` | | `ok {id, seq}` once appended, or `err {id, error}` |
+//! | `poll {id, from, max_bytes}` | | `events {id}` with log lines from `from` in the body; waits until one exists |
+//! | `blob_has {id, sha256}` | | `ok {id, present}` |
+//! | `blob_put {id, sha256, offset, last}` | content piece | `ok {id}`; on `last` the bus verifies the SHA-256 |
+//! | `blob_get {id, sha256, offset, len}` | | `blob_data {id, eof}` with the piece in the body |
+//!
+//! Subscription is pull-based: a subscriber asks for events from the `seq` it wants next,
+//! so each one goes at its own pace and the bus keeps no per-subscriber queue.
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::{Draft, Role};
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Messages from an agent to the bus.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    Hello {
+        protocol: u32,
+        role: Role,
+        name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<String>,
+        /// The synced directory (masters and slaves), so the bus can refuse nested setups.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        dir: Option<String>,
+    },
+    Publish {
+        id: u64,
+        event: Box<Draft>,
+    },
+    Poll {
+        id: u64,
+        from: u64,
+        max_bytes: u64,
+    },
+    BlobHas {
+        id: u64,
+        sha256: String,
+    },
+    BlobPut {
+        id: u64,
+        sha256: String,
+        offset: u64,
+        last: bool,
+    },
+    BlobGet {
+        id: u64,
+        sha256: String,
+        offset: u64,
+        len: u64,
+    },
+}
+
+/// Messages from the bus to an agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Reply {
+    Welcome {
+        protocol: u32,
+        /// The last `seq` in the log when this agent joined (its own `join` excluded).
+        head: u64,
+        /// The highest notify `seq` this agent's name has answered, per the log.
+        answered: u64,
+        /// The master's directory, when a master is connected (to refuse nested setups).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        master_dir: Option<String>,
+    },
+    Reject {
+        error: String,
+    },
+    Ok {
+        id: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seq: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        present: Option<bool>,
+    },
+    Err {
+        id: u64,
+        error: String,
+    },
+    Events {
+        id: u64,
+    },
+    BlobData {
+        id: u64,
+        eof: bool,
+    },
+}
+
+impl Reply {
+    /// The request this answers, if any.
+    pub fn id(&self) -> Option<u64> {
+        match self {
+            Reply::Ok { id, .. }
+            | Reply::Err { id, .. }
+            | Reply::Events { id }
+            | Reply::BlobData { id, .. } => Some(*id),
+            Reply::Welcome { .. } | Reply::Reject { .. } => None,
+        }
+    }
+}

@@ -1,0 +1,564 @@
+//! The bus server: accepts agents, appends what they publish to the log, answers polls from
+//! the log, and keeps the blob store.
+//!
+//! Architecture invariant: the log is appended before anything is delivered, because
+//! delivery *is* reading the log. There is no per-subscriber queue to overflow: a slow
+//! subscriber only falls behind in the file, and the bus never waits for it.
+//!
+//! What a peer sends is untrusted. A frame that is not a valid message, or is too large,
+//! ends that peer's connection with a warning on stderr; a well-formed request that is
+//! wrong (a path with `..`, a put of content the store does not have, a notify from a
+//! slave) gets an `err` reply and is never logged. Either way the bus and other agents go on.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use anyhow::Context;
+use filesync_master::hash::CHUNK_SIZE;
+use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::task::JoinSet;
+
+use super::blobs::{BlobStore, Upload};
+use super::frame::{read_frame, write_frame, Frame};
+use super::log::{read_lines, EventLog, Head};
+use super::protocol::{Reply, Request, PROTOCOL_VERSION};
+use crate::event::{Draft, Op, Role, Tag};
+
+/// At most this many agents at once; more wait in the kernel's accept queue.
+const MAX_CONNECTIONS: usize = 1024;
+/// A peer that has not said hello by then is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Uploads one connection may have open at once.
+const MAX_UPLOADS: usize = 8;
+/// Replies waiting for a slow peer's socket; past this the peer's reads simply wait.
+const OUTBOX: usize = 64;
+
+/// How the bus is set up.
+#[derive(Debug, Clone)]
+pub struct BusOptions {
+    /// Holds `events.jsonl` and `blobs/`.
+    pub state_dir: PathBuf,
+    /// When set, every peer must present it in its hello.
+    pub token: Option<String>,
+}
+
+struct Shared {
+    log: Mutex<EventLog>,
+    log_path: PathBuf,
+    head: watch::Sender<Head>,
+    blobs: BlobStore,
+    answered: Mutex<HashMap<String, u64>>,
+    master_dir: Mutex<Option<String>>,
+    token: Option<String>,
+}
+
+/// Locks a mutex, recovering the data if a panicking task poisoned it: every critical
+/// section below leaves the data consistent at each step.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Opens the bus's state (log and blobs) so that errors surface before listening.
+pub struct Bus {
+    shared: Arc<Shared>,
+}
+
+impl Bus {
+    pub fn open(options: &BusOptions) -> anyhow::Result<Bus> {
+        std::fs::create_dir_all(&options.state_dir).with_context(|| {
+            format!(
+                "cannot create state directory {}",
+                options.state_dir.display()
+            )
+        })?;
+        let log_path = options.state_dir.join("events.jsonl");
+        let (log, recovered) = EventLog::open(&log_path)
+            .with_context(|| format!("cannot open event log {}", log_path.display()))?;
+        let blobs = BlobStore::open(&options.state_dir.join("blobs")).with_context(|| {
+            format!("cannot open blob store in {}", options.state_dir.display())
+        })?;
+        let (head, _) = watch::channel(log.head());
+        Ok(Bus {
+            shared: Arc::new(Shared {
+                log: Mutex::new(log),
+                log_path,
+                head,
+                blobs,
+                answered: Mutex::new(recovered.answered),
+                master_dir: Mutex::new(None),
+                token: options.token.clone(),
+            }),
+        })
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.shared.log_path
+    }
+
+    /// Serves agents on `listener` until `shutdown` completes.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let mut connections = JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            let permit = tokio::select! {
+                _ = &mut shutdown => break,
+                permit = limit.clone().acquire_owned() => permit.context("connection limit closed")?,
+            };
+            let accepted = tokio::select! {
+                _ = &mut shutdown => break,
+                accepted = listener.accept() => accepted,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    let shared = self.shared.clone();
+                    connections.spawn(async move {
+                        let _permit = permit;
+                        handle_connection(shared, stream, peer.to_string()).await;
+                    });
+                }
+                Err(err) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!("accept failed: {err}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+            while connections.try_join_next().is_some() {}
+        }
+        connections.shutdown().await;
+        Ok(())
+    }
+}
+
+/// One agent's identity, from its hello.
+struct Peer {
+    role: Role,
+    name: String,
+    addr: String,
+}
+
+async fn handle_connection(shared: Arc<Shared>, stream: TcpStream, addr: String) {
+    let _ = stream.set_nodelay(true);
+    let (read_half, write_half) = stream.into_split();
+    let mut reader = BufReader::new(read_half);
+    let (outbox, outbox_rx) = mpsc::channel::<Frame>(OUTBOX);
+    let writer = tokio::spawn(write_loop(write_half, outbox_rx));
+
+    let hello = match tokio::time::timeout(HANDSHAKE_TIMEOUT, read_frame(&mut reader)).await {
+        Ok(Ok(Some(frame))) => frame,
+        Ok(Ok(None)) => return,
+        Ok(Err(err)) => {
+            tracing::warn!("peer {addr}: bad handshake frame: {err}; dropping it");
+            return reject(outbox, writer, format!("bad frame: {err}")).await;
+        }
+        Err(_) => {
+            tracing::warn!("peer {addr}: no hello within {HANDSHAKE_TIMEOUT:?}; dropping it");
+            return reject(outbox, writer, "no hello in time".into()).await;
+        }
+    };
+    let peer = match accept_hello(&shared, &hello, addr.clone()) {
+        Ok(peer) => peer,
+        Err(error) => {
+            tracing::warn!("peer {addr}: refused: {error}");
+            return reject(outbox, writer, error).await;
+        }
+    };
+    let welcome = {
+        let mut log = lock(&shared.log);
+        let head = log.head().seq;
+        let answered = lock(&shared.answered).get(&peer.name).copied().unwrap_or(0);
+        let master_dir = lock(&shared.master_dir).clone();
+        let join = Draft {
+            role: Some(peer.role),
+            ..Draft::tagged(Tag::Join)
+        };
+        match log.append(&peer.name, join) {
+            Ok(_) => {
+                shared.head.send_replace(log.head());
+            }
+            Err(err) => tracing::error!("cannot append to the event log: {err}"),
+        }
+        Reply::Welcome {
+            protocol: PROTOCOL_VERSION,
+            head,
+            answered,
+            master_dir,
+        }
+    };
+    if outbox
+        .send(reply_frame(&welcome, Vec::new()))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    tracing::info!("{} {} joined from {}", peer.role, peer.name, peer.addr);
+
+    let mut uploads: HashMap<String, Upload> = HashMap::new();
+    let mut polls = JoinSet::new();
+    loop {
+        let frame = match read_frame(&mut reader).await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break,
+            Err(err) => {
+                tracing::warn!(
+                    "peer {} ({}): {err}; dropping the connection",
+                    peer.name,
+                    peer.addr
+                );
+                break;
+            }
+        };
+        let request: Request = match serde_json::from_slice(&frame.header) {
+            Ok(request) => request,
+            Err(err) => {
+                tracing::warn!(
+                    "peer {} ({}): not a request: {err}; dropping the connection",
+                    peer.name,
+                    peer.addr
+                );
+                break;
+            }
+        };
+        let reply = match request {
+            Request::Hello { .. } => {
+                tracing::warn!(
+                    "peer {} ({}): second hello; dropping the connection",
+                    peer.name,
+                    peer.addr
+                );
+                break;
+            }
+            Request::Publish { id, event } => match publish(&shared, &peer, *event) {
+                Ok(seq) => reply_frame(
+                    &Reply::Ok {
+                        id,
+                        seq: Some(seq),
+                        present: None,
+                    },
+                    Vec::new(),
+                ),
+                Err(error) => {
+                    tracing::warn!("peer {}: publish refused: {error}", peer.name);
+                    reply_frame(&Reply::Err { id, error }, Vec::new())
+                }
+            },
+            Request::Poll {
+                id,
+                from,
+                max_bytes,
+            } => {
+                polls.spawn(poll(
+                    shared.clone(),
+                    outbox.clone(),
+                    id,
+                    from.max(1),
+                    max_bytes,
+                ));
+                while polls.try_join_next().is_some() {}
+                continue;
+            }
+            Request::BlobHas { id, sha256 } => match shared.blobs.contains(&sha256) {
+                Ok(present) => reply_frame(
+                    &Reply::Ok {
+                        id,
+                        seq: None,
+                        present: Some(present),
+                    },
+                    Vec::new(),
+                ),
+                Err(err) => reply_frame(
+                    &Reply::Err {
+                        id,
+                        error: err.to_string(),
+                    },
+                    Vec::new(),
+                ),
+            },
+            Request::BlobPut {
+                id,
+                sha256,
+                offset,
+                last,
+            } => {
+                match blob_put(
+                    &shared.blobs,
+                    &mut uploads,
+                    &sha256,
+                    offset,
+                    last,
+                    &frame.body,
+                ) {
+                    Ok(()) => reply_frame(
+                        &Reply::Ok {
+                            id,
+                            seq: None,
+                            present: Some(true),
+                        },
+                        Vec::new(),
+                    ),
+                    Err(error) => reply_frame(&Reply::Err { id, error }, Vec::new()),
+                }
+            }
+            Request::BlobGet {
+                id,
+                sha256,
+                offset,
+                len,
+            } => {
+                match shared
+                    .blobs
+                    .read(&sha256, offset, len.min(CHUNK_SIZE as u64))
+                {
+                    Ok((data, eof)) => reply_frame(&Reply::BlobData { id, eof }, data),
+                    Err(err) => reply_frame(
+                        &Reply::Err {
+                            id,
+                            error: err.to_string(),
+                        },
+                        Vec::new(),
+                    ),
+                }
+            }
+        };
+        if outbox.send(reply).await.is_err() {
+            break;
+        }
+    }
+    polls.shutdown().await;
+    drop(outbox);
+    let _ = writer.await;
+    tracing::info!("{} {} disconnected", peer.role, peer.name);
+}
+
+async fn reject(outbox: mpsc::Sender<Frame>, writer: tokio::task::JoinHandle<()>, error: String) {
+    let _ = outbox
+        .send(reply_frame(&Reply::Reject { error }, Vec::new()))
+        .await;
+    drop(outbox);
+    let _ = writer.await;
+}
+
+fn accept_hello(shared: &Shared, frame: &Frame, addr: String) -> Result<Peer, String> {
+    let request: Request =
+        serde_json::from_slice(&frame.header).map_err(|err| format!("expected a hello: {err}"))?;
+    let Request::Hello {
+        protocol,
+        role,
+        name,
+        token,
+        dir,
+    } = request
+    else {
+        return Err("expected a hello first".into());
+    };
+    if protocol != PROTOCOL_VERSION {
+        return Err(format!(
+            "protocol {protocol} not supported (this bus speaks {PROTOCOL_VERSION})"
+        ));
+    }
+    if let Some(expected) = &shared.token {
+        if !constant_time_eq(
+            token.as_deref().unwrap_or("").as_bytes(),
+            expected.as_bytes(),
+        ) {
+            return Err("missing or wrong token".into());
+        }
+    }
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    {
+        return Err(format!(
+            "agent name {name:?} must be 1-64 of A-Z a-z 0-9 . _ -"
+        ));
+    }
+    if role == Role::Master {
+        *lock(&shared.master_dir) = dir;
+    }
+    Ok(Peer { role, name, addr })
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Validates a peer's event and appends it; returns its `seq`.
+fn publish(shared: &Shared, peer: &Peer, mut draft: Draft) -> Result<u64, String> {
+    let tag = draft.tag.ok_or("missing field `tag`")?;
+    let allowed = match tag {
+        Tag::Join => false,
+        Tag::Ready | Tag::Leave => true,
+        Tag::Notify => peer.role == Role::Master,
+        Tag::Consume | Tag::Error => peer.role == Role::Slave,
+    };
+    if !allowed {
+        return Err(format!("a {} may not publish {tag} events", peer.role));
+    }
+    draft.role = None;
+    // No path in the log may escape the root, whatever the tag.
+    for (field, text, b64) in [
+        ("path", &draft.path, &draft.path_b64),
+        ("from", &draft.from, &draft.from_b64),
+        ("to", &draft.to, &draft.to_b64),
+    ] {
+        if text.is_some() || b64.is_some() {
+            let mut probe = Draft::tagged(Tag::Notify);
+            probe.op = Some(Op::Delete);
+            probe.kind = Some(crate::event::EntryKind::File);
+            probe.path = text.clone();
+            probe.path_b64 = b64.clone();
+            probe.change().map_err(|err| format!("{field}: {err}"))?;
+        }
+    }
+    if matches!(tag, Tag::Notify | Tag::Consume) {
+        let change = draft.change().map_err(|err| err.to_string())?;
+        if tag == Tag::Notify {
+            if let filesync_master::Change::Put { entry, path } = &change {
+                if let Some(sha256) = &entry.sha256 {
+                    if !shared.blobs.contains(sha256).unwrap_or(false) {
+                        return Err(format!(
+                            "put of {path}: the bus has no content {sha256}; upload it first"
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    let head = shared.head.borrow().seq;
+    if matches!(tag, Tag::Consume | Tag::Error) {
+        let cause = draft.cause.ok_or("missing field `cause`")?;
+        if cause == 0 || cause > head {
+            return Err(format!("cause {cause} is not in the log (head is {head})"));
+        }
+        if tag == Tag::Error && draft.error.is_none() {
+            return Err("missing field `error`".into());
+        }
+    }
+    let cause = draft.cause;
+    let mut log = lock(&shared.log);
+    let event = log.append(&peer.name, draft).map_err(|err| {
+        tracing::error!("cannot append to the event log: {err}");
+        format!("bus cannot append to its log: {err}")
+    })?;
+    if let (Some(cause), Tag::Consume | Tag::Error) = (cause, tag) {
+        let mut answered = lock(&shared.answered);
+        let entry = answered.entry(peer.name.clone()).or_default();
+        *entry = (*entry).max(cause);
+    }
+    shared.head.send_replace(log.head());
+    Ok(event.seq)
+}
+
+fn blob_put(
+    blobs: &BlobStore,
+    uploads: &mut HashMap<String, Upload>,
+    sha256: &str,
+    offset: u64,
+    last: bool,
+    body: &[u8],
+) -> Result<(), String> {
+    if offset == 0 {
+        uploads.remove(sha256);
+        if last && blobs.contains(sha256).map_err(|e| e.to_string())? {
+            return Ok(());
+        }
+        if uploads.len() >= MAX_UPLOADS {
+            return Err(format!("more than {MAX_UPLOADS} uploads at once"));
+        }
+        let upload = blobs.begin(sha256).map_err(|e| e.to_string())?;
+        uploads.insert(sha256.to_owned(), upload);
+    }
+    let upload = uploads
+        .get_mut(sha256)
+        .ok_or_else(|| format!("no upload of {sha256} in progress at offset {offset}"))?;
+    if let Err(err) = blobs.write(upload, offset, body) {
+        uploads.remove(sha256);
+        return Err(err.to_string());
+    }
+    if last {
+        let upload = uploads.remove(sha256).ok_or("upload vanished")?;
+        blobs.commit(upload).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Answers one poll: waits until `from` exists, then sends the lines from there.
+async fn poll(
+    shared: Arc<Shared>,
+    outbox: mpsc::Sender<Frame>,
+    id: u64,
+    from: u64,
+    max_bytes: u64,
+) {
+    let mut head_rx = shared.head.subscribe();
+    let head = loop {
+        let head = *head_rx.borrow_and_update();
+        if head.seq >= from {
+            break head;
+        }
+        if head_rx.changed().await.is_err() {
+            return;
+        }
+    };
+    let start = lock(&shared.log).offset_of(from);
+    let path = shared.log_path.clone();
+    let max = max_bytes.clamp(1, CHUNK_SIZE as u64);
+    let lines = tokio::task::spawn_blocking(move || read_lines(&path, start, head.end, max)).await;
+    let frame = match lines {
+        Ok(Ok(lines)) => reply_frame(&Reply::Events { id }, lines),
+        Ok(Err(err)) => reply_frame(
+            &Reply::Err {
+                id,
+                error: format!("cannot read the log: {err}"),
+            },
+            Vec::new(),
+        ),
+        Err(err) => reply_frame(
+            &Reply::Err {
+                id,
+                error: format!("log reader failed: {err}"),
+            },
+            Vec::new(),
+        ),
+    };
+    let _ = outbox.send(frame).await;
+}
+
+fn reply_frame(reply: &Reply, body: Vec<u8>) -> Frame {
+    // Replies are plain data: serialising them cannot fail.
+    Frame::new(serde_json::to_vec(reply).unwrap_or_default(), body)
+}
+
+async fn write_loop(write_half: OwnedWriteHalf, mut outbox: mpsc::Receiver<Frame>) {
+    let mut writer = BufWriter::new(write_half);
+    while let Some(frame) = outbox.recv().await {
+        if write_frame(&mut writer, &frame).await.is_err() {
+            return;
+        }
+        // Batch whatever is already queued into one flush.
+        while let Ok(frame) = outbox.try_recv() {
+            if write_frame(&mut writer, &frame).await.is_err() {
+                return;
+            }
+        }
+        if writer.flush().await.is_err() {
+            return;
+        }
+    }
+    let _ = writer.shutdown().await;
+}

@@ -1,0 +1,516 @@
+//! The invariants behind `filesync check`, callable from tests as [`check_log`].
+//!
+//! 1. `seq` starts at 1 and has no gaps; `time` never goes backwards.
+//! 2. Every notify after a slave's `join` gets exactly one consume or error from that slave,
+//!    with `cause` pointing at it, and a slave answers notifies in `seq` order.
+//! 3. A consume agrees with its notify (`op`, paths, `kind`, `sha256`).
+//! 4. Replaying the notifies in order from an empty directory gives the master's state;
+//!    replaying a slave's consumes gives that slave's state; when nothing is pending and no
+//!    error was reported, the two are equal.
+//! 5. No path in any event escapes the root.
+//!
+//! Notifies published after a slave's last event that it has not answered yet are reported
+//! as *pending*: a violation by default (a log taken at a quiet point has none), allowed with
+//! `CheckOptions::allow_pending` for logs cut while agents were still busy or down.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::fs;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use filesync_master::hash::hash_file;
+use filesync_master::{Entry, Kind, Model, RelPath};
+
+use crate::event::{Draft, Event, Role, Tag};
+
+/// What to be lenient about.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CheckOptions {
+    /// Do not report notifies a slave has not answered yet.
+    pub allow_pending: bool,
+}
+
+/// One broken promise, with the events that show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    /// 1 to 5 (see the module docs); 0 for a directory that differs from the log.
+    pub invariant: u8,
+    /// The events involved, by `seq`.
+    pub seqs: Vec<u64>,
+    pub message: String,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let title = match self.invariant {
+            1 => "seq and time",
+            2 => "every notify answered once, in order",
+            3 => "consume agrees with notify",
+            4 => "replays agree",
+            5 => "paths stay inside the root",
+            _ => "directory matches the log",
+        };
+        if self.invariant == 0 {
+            write!(f, "[{title}] {}", self.message)
+        } else {
+            write!(f, "[invariant {} {title}] {}", self.invariant, self.message)
+        }
+    }
+}
+
+/// The verdict on one log.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    pub n_events: usize,
+    pub n_notifies: usize,
+    pub slaves: Vec<String>,
+    pub violations: Vec<Violation>,
+    /// The state the master's notifies imply.
+    pub master_state: Model,
+}
+
+impl Report {
+    pub fn is_ok(&self) -> bool {
+        self.violations.is_empty()
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{} events, {} notifies, slaves: {}",
+            self.n_events,
+            self.n_notifies,
+            if self.slaves.is_empty() {
+                "none".to_owned()
+            } else {
+                self.slaves.join(", ")
+            }
+        )?;
+        if self.violations.is_empty() {
+            return writeln!(f, "OK: all invariants hold");
+        }
+        writeln!(f, "FAILED: {} violation(s)", self.violations.len())?;
+        for violation in &self.violations {
+            writeln!(f, "  {violation}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Per slave: what it owes and what it did.
+#[derive(Default)]
+struct SlaveTrack {
+    joined_at: u64,
+    /// Notify seq -> the seqs of answers from this slave.
+    answers: BTreeMap<u64, Vec<u64>>,
+    last_cause: u64,
+    state: Model,
+    errors: usize,
+}
+
+/// Checks every invariant over a whole log.
+pub fn check_log(events: &[Event], options: CheckOptions) -> Report {
+    let mut report = Report {
+        n_events: events.len(),
+        ..Report::default()
+    };
+    let mut violations = Vec::new();
+    let mut by_seq: HashMap<u64, &Event> = HashMap::new();
+    let mut notifies: Vec<&Event> = Vec::new();
+    let mut slaves: BTreeMap<String, SlaveTrack> = BTreeMap::new();
+    let mut last_time = None;
+
+    for (idx, event) in events.iter().enumerate() {
+        // 1: seq and time.
+        if event.seq != idx as u64 + 1 {
+            violations.push(Violation {
+                invariant: 1,
+                seqs: vec![event.seq],
+                message: format!(
+                    "line {} has seq {}, expected {}",
+                    idx + 1,
+                    event.seq,
+                    idx + 1
+                ),
+            });
+        }
+        match humantime::parse_rfc3339(&event.time) {
+            Ok(time) => {
+                if last_time.is_some_and(|last| time < last) {
+                    violations.push(Violation {
+                        invariant: 1,
+                        seqs: vec![event.seq],
+                        message: format!("#{} time {} goes backwards", event.seq, event.time),
+                    });
+                }
+                last_time = Some(time);
+            }
+            Err(err) => violations.push(Violation {
+                invariant: 1,
+                seqs: vec![event.seq],
+                message: format!(
+                    "#{} time {:?} is not RFC 3339: {err}",
+                    event.seq, event.time
+                ),
+            }),
+        }
+        by_seq.insert(event.seq, event);
+        // 5: paths.
+        if let Some(message) = escaping_path(&event.body) {
+            violations.push(Violation {
+                invariant: 5,
+                seqs: vec![event.seq],
+                message: format!("#{} {message}", event.seq),
+            });
+        }
+        match event.tag() {
+            Some(Tag::Join) if event.body.role == Some(Role::Slave) => {
+                slaves
+                    .entry(event.agent.clone())
+                    .or_insert_with(|| SlaveTrack {
+                        joined_at: event.seq,
+                        ..SlaveTrack::default()
+                    });
+            }
+            Some(Tag::Notify) => {
+                notifies.push(event);
+                match event.body.change() {
+                    Ok(change) => {
+                        if let Err(err) = report.master_state.apply(&change) {
+                            violations.push(Violation {
+                                invariant: 4,
+                                seqs: vec![event.seq],
+                                message: format!("#{} notify {change} does not apply to the master's state: {err}", event.seq),
+                            });
+                        }
+                    }
+                    Err(err) => violations.push(Violation {
+                        invariant: 4,
+                        seqs: vec![event.seq],
+                        message: format!("#{} notify is not a valid change: {err}", event.seq),
+                    }),
+                }
+            }
+            Some(tag @ (Tag::Consume | Tag::Error)) => {
+                let Some(track) = slaves.get_mut(&event.agent) else {
+                    violations.push(Violation {
+                        invariant: 2,
+                        seqs: vec![event.seq],
+                        message: format!(
+                            "#{} {tag} from {}, which never joined as a slave",
+                            event.seq, event.agent
+                        ),
+                    });
+                    continue;
+                };
+                let Some(cause) = event.body.cause else {
+                    violations.push(Violation {
+                        invariant: 2,
+                        seqs: vec![event.seq],
+                        message: format!("#{} {tag} has no cause", event.seq),
+                    });
+                    continue;
+                };
+                let notify = by_seq.get(&cause).filter(|n| n.tag() == Some(Tag::Notify));
+                let Some(notify) = notify else {
+                    violations.push(Violation {
+                        invariant: 2,
+                        seqs: vec![event.seq, cause],
+                        message: format!(
+                            "#{} {tag} names cause #{cause}, which is not an earlier notify",
+                            event.seq
+                        ),
+                    });
+                    continue;
+                };
+                if cause <= track.last_cause && !track.answers.contains_key(&cause) {
+                    violations.push(Violation {
+                        invariant: 2,
+                        seqs: vec![event.seq, cause],
+                        message: format!(
+                            "#{} {} answered #{cause} after already answering #{}: out of order",
+                            event.seq, event.agent, track.last_cause
+                        ),
+                    });
+                }
+                track.last_cause = track.last_cause.max(cause);
+                track.answers.entry(cause).or_default().push(event.seq);
+                if tag == Tag::Error {
+                    track.errors += 1;
+                    continue;
+                }
+                // 3: consume agrees with notify.
+                if let Some(message) = disagreement(&notify.body, &event.body) {
+                    violations.push(Violation {
+                        invariant: 3,
+                        seqs: vec![cause, event.seq],
+                        message: format!(
+                            "#{} consume by {} of #{cause}: {message}",
+                            event.seq, event.agent
+                        ),
+                    });
+                    continue;
+                }
+                if let Ok(change) = event.body.change() {
+                    if let Err(err) = track.state.apply(&change) {
+                        violations.push(Violation {
+                            invariant: 4,
+                            seqs: vec![event.seq],
+                            message: format!(
+                                "#{} consume {change} does not apply to {}'s state: {err}",
+                                event.seq, event.agent
+                            ),
+                        });
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    report.n_notifies = notifies.len();
+
+    // 2: exactly one answer to every notify after the join.
+    for (name, track) in &slaves {
+        let mut pending = Vec::new();
+        for notify in notifies.iter().filter(|n| n.seq > track.joined_at) {
+            match track.answers.get(&notify.seq).map(Vec::len).unwrap_or(0) {
+                0 => pending.push(notify.seq),
+                1 => {}
+                _ => violations.push(Violation {
+                    invariant: 2,
+                    seqs: std::iter::once(notify.seq)
+                        .chain(track.answers[&notify.seq].iter().copied())
+                        .collect(),
+                    message: format!(
+                        "notify #{} ({}) answered {} times by {name}: {}",
+                        notify.seq,
+                        describe(&notify.body),
+                        track.answers[&notify.seq].len(),
+                        list(&track.answers[&notify.seq])
+                    ),
+                }),
+            }
+        }
+        // A notify that comes before the slave's last answer and was skipped is never
+        // "pending": the slave moved past it.
+        let (skipped, waiting): (Vec<u64>, Vec<u64>) =
+            pending.into_iter().partition(|seq| *seq < track.last_cause);
+        for seq in skipped {
+            violations.push(Violation {
+                invariant: 2,
+                seqs: vec![seq],
+                message: format!(
+                    "notify #{seq} ({}) was never answered by {name}",
+                    by_seq
+                        .get(&seq)
+                        .map(|e| describe(&e.body))
+                        .unwrap_or_default()
+                ),
+            });
+        }
+        if !waiting.is_empty() && !options.allow_pending {
+            violations.push(Violation {
+                invariant: 2,
+                seqs: waiting.clone(),
+                message: format!(
+                    "{name} has not answered {} notify(s) at the end of the log: {}",
+                    waiting.len(),
+                    list(&waiting)
+                ),
+            });
+        }
+        // 4: a slave that answered every notify without error holds the master's state.
+        let answered_all = notifies.iter().all(|n| track.answers.contains_key(&n.seq));
+        if answered_all && track.errors == 0 && track.state != report.master_state {
+            violations.push(Violation {
+                invariant: 4,
+                seqs: Vec::new(),
+                message: format!(
+                    "{name}'s replayed state differs from the master's: {}",
+                    model_diff(&report.master_state, &track.state)
+                ),
+            });
+        }
+    }
+    report.slaves = slaves.keys().cloned().collect();
+    report.violations = violations;
+    report
+}
+
+fn list(seqs: &[u64]) -> String {
+    let shown: Vec<String> = seqs.iter().take(10).map(|s| format!("#{s}")).collect();
+    let more = if seqs.len() > 10 {
+        format!(" and {} more", seqs.len() - 10)
+    } else {
+        String::new()
+    };
+    format!("{}{more}", shown.join(", "))
+}
+
+fn describe(body: &Draft) -> String {
+    format!(
+        "{} {}",
+        body.op.map(|o| o.as_str()).unwrap_or("?"),
+        body.display_path()
+    )
+}
+
+/// Invariant 5 for one event: any path-like field that is present must be a valid RelPath.
+fn escaping_path(body: &Draft) -> Option<String> {
+    for (field, text, b64) in [
+        ("path", &body.path, &body.path_b64),
+        ("from", &body.from, &body.from_b64),
+        ("to", &body.to, &body.to_b64),
+    ] {
+        if text.is_none() && b64.is_none() {
+            continue;
+        }
+        let probe = Draft {
+            op: Some(crate::event::Op::Delete),
+            kind: Some(crate::event::EntryKind::File),
+            path: text.clone(),
+            path_b64: b64.clone(),
+            ..Draft::tagged(Tag::Notify)
+        };
+        if let Err(err) = probe.change() {
+            return Some(format!(
+                "{field} {:?}: {err}",
+                text.as_deref().unwrap_or("")
+            ));
+        }
+    }
+    None
+}
+
+/// Invariant 3 for one pair.
+fn disagreement(notify: &Draft, consume: &Draft) -> Option<String> {
+    let fields = [
+        (
+            "op",
+            notify.op.map(|o| o.to_string()),
+            consume.op.map(|o| o.to_string()),
+        ),
+        (
+            "kind",
+            notify.kind.map(|k| format!("{k:?}")),
+            consume.kind.map(|k| format!("{k:?}")),
+        ),
+        ("path", notify.path.clone(), consume.path.clone()),
+        (
+            "path_b64",
+            notify.path_b64.clone(),
+            consume.path_b64.clone(),
+        ),
+        ("from", notify.from.clone(), consume.from.clone()),
+        ("to", notify.to.clone(), consume.to.clone()),
+        ("sha256", notify.sha256.clone(), consume.sha256.clone()),
+    ];
+    for (name, expected, got) in fields {
+        if expected != got {
+            return Some(format!("{name} is {got:?}, the notify says {expected:?}"));
+        }
+    }
+    None
+}
+
+fn model_diff(expected: &Model, actual: &Model) -> String {
+    let mut differences = Vec::new();
+    for (path, entry) in expected.iter() {
+        match actual.get(path) {
+            None => differences.push(format!("{path} missing")),
+            Some(other) if other != entry => differences.push(format!(
+                "{path} differs ({} vs {})",
+                summary(entry),
+                summary(other)
+            )),
+            Some(_) => {}
+        }
+    }
+    for (path, _) in actual.iter() {
+        if expected.get(path).is_none() {
+            differences.push(format!("{path} unexpected"));
+        }
+    }
+    let n = differences.len();
+    differences.truncate(10);
+    let mut text = differences.join("; ");
+    if n > 10 {
+        text.push_str(&format!("; and {} more", n - 10));
+    }
+    text
+}
+
+fn summary(entry: &Entry) -> String {
+    match entry.kind {
+        Kind::File => format!(
+            "file {} bytes sha256 {}… mode {:o}",
+            entry.size,
+            entry
+                .sha256
+                .as_deref()
+                .unwrap_or("?")
+                .get(..12)
+                .unwrap_or("?"),
+            entry.mode
+        ),
+        Kind::Dir => format!("dir mode {:o}", entry.mode),
+        Kind::Symlink => format!(
+            "symlink -> {}",
+            String::from_utf8_lossy(entry.target.as_deref().unwrap_or_default())
+        ),
+    }
+}
+
+/// Reads a directory into a `Model`, as the master would publish it (the agents' temp files
+/// excluded, `.filesyncignore` rules applied).
+pub fn model_of_dir(root: &Path) -> io::Result<Model> {
+    let ignore = filesync_master::ignore::IgnoreRules::load(root);
+    let mut model = Model::new();
+    let walker = walkdir::WalkDir::new(root)
+        .min_depth(1)
+        .follow_links(false)
+        .into_iter()
+        .filter_entry(|e| {
+            RelPath::from_full(root, e.path())
+                .is_ok_and(|rel| !ignore.is_ignored(&rel, e.file_type().is_dir()))
+        });
+    for item in walker {
+        let item = item.map_err(io::Error::other)?;
+        let rel = RelPath::from_full(root, item.path()).map_err(io::Error::other)?;
+        let meta = item.path().symlink_metadata()?;
+        let entry = if meta.file_type().is_symlink() {
+            Entry::symlink(fs::read_link(item.path())?.as_os_str().as_bytes().to_vec())
+        } else if meta.is_dir() {
+            Entry::dir(meta.permissions().mode() & 0o7777)
+        } else if meta.is_file() {
+            let hashed = hash_file(item.path()).map_err(io::Error::other)?;
+            Entry::file(hashed.size, hashed.sha256, meta.mode() & 0o7777)
+        } else {
+            continue;
+        };
+        model.put(rel, entry);
+    }
+    Ok(model)
+}
+
+/// Compares a directory with the state the log implies; a violation per difference group.
+pub fn check_dir(report: &Report, dir: &Path) -> io::Result<Option<Violation>> {
+    let on_disk = model_of_dir(dir)?;
+    if on_disk == report.master_state {
+        return Ok(None);
+    }
+    Ok(Some(Violation {
+        invariant: 0,
+        seqs: Vec::new(),
+        message: format!(
+            "{} differs from the log's state: {}",
+            dir.display(),
+            model_diff(&report.master_state, &on_disk)
+        ),
+    }))
+}

@@ -1,0 +1,291 @@
+//! The command line: parses arguments (clap derive) and calls the library. Exit codes: 0
+//! success, 1 a check that failed, 2 a bad invocation or a runtime error (one line on
+//! stderr, never a backtrace).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+
+use crate::agent::{self, default_state_dir};
+use crate::bus::{Bus, BusOptions};
+
+const EXAMPLES: &str = "\
+Examples:
+  filesync demo                                   # see it work, in temporary directories
+  filesync master --dir ~/src                     # terminal 1: watch ~/src, bus on 127.0.0.1:7878
+  filesync slave --dir /backup/src                # terminal 2: mirror it
+  filesync listen --op put --path 'docs/**'       # watch the event log live
+  filesync check ~/.local/state/filesync/master/events.jsonl --dir /backup/src";
+
+/// A live directory mirror whose correctness is proven from its event log.
+#[derive(Debug, Parser)]
+#[command(name = "filesync", version, about, after_help = EXAMPLES)]
+pub struct Cli {
+    /// More logging on stderr (-v info, -vv debug); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Only errors on stderr.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Watch DIR and publish its changes (hosting the bus unless --bus is given).
+    #[command(
+        after_help = "Examples:\n  filesync master --dir ~/src\n  filesync master --dir ~/src --listen 127.0.0.1:0\n  filesync master --dir ~/src --bus 10.0.0.5:7878 --token s3cret"
+    )]
+    Master(MasterArgs),
+    /// Mirror the master into DIR (created if missing).
+    #[command(
+        after_help = "Examples:\n  filesync slave --dir /backup/src\n  filesync slave --dir /backup/src --bus 127.0.0.1:41234 --name backup"
+    )]
+    Slave(SlaveArgs),
+    /// A standalone bus, for setups where agents come and go.
+    #[command(
+        after_help = "Examples:\n  filesync bus\n  filesync bus --listen 0.0.0.0:7878 --token s3cret --state /var/lib/filesync"
+    )]
+    Bus(BusArgs),
+    /// Print events as they happen, filtered.
+    #[command(
+        after_help = "Examples:\n  filesync listen\n  filesync listen --from 1 --json > copy.jsonl\n  filesync listen --tag consume --agent slave --path '*.txt'"
+    )]
+    Listen(ListenArgs),
+    /// Validate an event log offline; exit 0 when it holds, 1 with a report when not.
+    #[command(
+        after_help = "Examples:\n  filesync check events.jsonl\n  filesync check events.jsonl --dir /backup/src"
+    )]
+    Check(CheckArgs),
+    /// Run master, slave and listener in temporary directories and walk through a session.
+    Demo,
+}
+
+#[derive(Debug, Args)]
+pub struct MasterArgs {
+    /// The directory to watch.
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// Host the bus here (HOST:PORT; port 0 picks a free one).
+    #[arg(long, default_value = "127.0.0.1:7878", conflicts_with = "bus")]
+    pub listen: String,
+    /// Use a bus running elsewhere instead of hosting one.
+    #[arg(long)]
+    pub bus: Option<String>,
+    /// Where the state lives (the bus's log and blobs when hosting it).
+    #[arg(long)]
+    pub state: Option<PathBuf>,
+    /// This agent's name in the log.
+    #[arg(long, default_value = "master")]
+    pub name: String,
+    /// Shared secret every peer must present (required to listen beyond loopback).
+    #[arg(long, env = "FILESYNC_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct SlaveArgs {
+    /// The directory to mirror into.
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// The bus to follow.
+    #[arg(long, default_value = "127.0.0.1:7878")]
+    pub bus: String,
+    /// Where the slave records its position.
+    #[arg(long)]
+    pub state: Option<PathBuf>,
+    /// This agent's name in the log.
+    #[arg(long, default_value = "slave")]
+    pub name: String,
+    #[arg(long, env = "FILESYNC_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct BusArgs {
+    #[arg(long, default_value = "127.0.0.1:7878")]
+    pub listen: String,
+    /// Holds events.jsonl and the blob store.
+    #[arg(long)]
+    pub state: Option<PathBuf>,
+    #[arg(long, env = "FILESYNC_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ListenArgs {
+    #[arg(long, default_value = "127.0.0.1:7878")]
+    pub bus: String,
+    /// First seq to print (default: from now on; 1 for the whole log).
+    #[arg(long)]
+    pub from: Option<u64>,
+    /// Only this tag (join, ready, notify, consume, error, leave).
+    #[arg(long)]
+    pub tag: Option<String>,
+    /// Only this op (put, delete, move).
+    #[arg(long)]
+    pub op: Option<String>,
+    /// Only events by this agent.
+    #[arg(long)]
+    pub agent: Option<String>,
+    /// Only events whose path (or move source or destination) matches this glob.
+    #[arg(long)]
+    pub path: Option<String>,
+    /// Print the log lines unchanged instead of a readable line.
+    #[arg(long)]
+    pub json: bool,
+    #[arg(long, env = "FILESYNC_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The event log (events.jsonl).
+    pub log: PathBuf,
+    /// Also compare this directory with the state the log implies.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Do not report notifies that slaves have not answered yet (a log cut mid-flight).
+    #[arg(long)]
+    pub allow_pending: bool,
+}
+
+/// Resolves when Ctrl-C or SIGTERM arrives.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+}
+
+/// Runs a parsed command; returns the process exit code.
+pub async fn run(cli: Cli) -> anyhow::Result<i32> {
+    match cli.command {
+        Command::Master(args) => run_master(args).await.map(|()| 0),
+        Command::Slave(args) => {
+            let state_dir = args.state.unwrap_or_else(|| default_state_dir(&args.name));
+            let options = agent::slave::SlaveOptions {
+                dir: args.dir,
+                bus: args.bus,
+                name: args.name,
+                token: args.token,
+                state_dir,
+            };
+            agent::slave::run(options, shutdown_signal())
+                .await
+                .map(|()| 0)
+        }
+        Command::Bus(args) => {
+            let state = args.state.unwrap_or_else(|| default_state_dir("bus"));
+            let (bus, listener) = open_bus(&args.listen, &state, args.token).await?;
+            bus.serve(listener, shutdown_signal()).await.map(|()| 0)
+        }
+        Command::Listen(args) => crate::listen::run(args).await,
+        Command::Check(args) => run_check(args),
+        Command::Demo => crate::demo::run().await,
+    }
+}
+
+fn is_loopback(addr: &SocketAddr) -> bool {
+    addr.ip().is_loopback()
+}
+
+/// Opens the bus state and binds its listener; prints `listening on ADDR` on stderr.
+async fn open_bus(
+    listen: &str,
+    state: &Path,
+    token: Option<String>,
+) -> anyhow::Result<(Bus, tokio::net::TcpListener)> {
+    let bus = Bus::open(&BusOptions {
+        state_dir: state.to_path_buf(),
+        token: token.clone(),
+    })?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let addr = listener.local_addr()?;
+    if !is_loopback(&addr) && token.is_none() {
+        bail!("listening on {addr} (beyond loopback) needs a shared token: pass --token or set FILESYNC_TOKEN");
+    }
+    // Not through tracing: scripts and tests read this line whatever the log level.
+    eprintln!("listening on {addr}");
+    Ok((bus, listener))
+}
+
+async fn run_master(args: MasterArgs) -> anyhow::Result<()> {
+    let dir = std::fs::canonicalize(&args.dir)
+        .with_context(|| format!("master directory {} does not exist", args.dir.display()))?;
+    if !dir.is_dir() {
+        bail!("master directory {} is not a directory", dir.display());
+    }
+    let mut options = agent::master::MasterOptions {
+        dir: dir.clone(),
+        bus: String::new(),
+        name: args.name.clone(),
+        token: args.token.clone(),
+    };
+    if let Some(bus) = args.bus {
+        options.bus = bus;
+        return agent::master::run(options, shutdown_signal()).await;
+    }
+    let state = args.state.unwrap_or_else(|| default_state_dir(&args.name));
+    std::fs::create_dir_all(&state)
+        .with_context(|| format!("cannot create state directory {}", state.display()))?;
+    let state = std::fs::canonicalize(&state)?;
+    if state.starts_with(&dir) {
+        bail!(
+            "state directory {} must not be inside the watched directory {}",
+            state.display(),
+            dir.display()
+        );
+    }
+    let (bus, listener) = open_bus(&args.listen, &state, args.token).await?;
+    options.bus = listener.local_addr()?.to_string();
+    let (stop_bus, bus_stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(bus.serve(listener, async move {
+        let _ = bus_stopped.await;
+    }));
+    // The agent publishes its `leave` before the bus it hosts goes down.
+    let result = agent::master::run(options, shutdown_signal()).await;
+    let _ = stop_bus.send(());
+    match server.await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => tracing::error!("bus: {err:#}"),
+        Err(err) => tracing::error!("bus task: {err}"),
+    }
+    result
+}
+
+fn run_check(args: CheckArgs) -> anyhow::Result<i32> {
+    let events = crate::bus::log::read_log(&args.log)
+        .with_context(|| format!("cannot read {}", args.log.display()))?;
+    let mut report = crate::check::check_log(
+        &events,
+        crate::check::CheckOptions {
+            allow_pending: args.allow_pending,
+        },
+    );
+    if let Some(dir) = &args.dir {
+        if let Some(violation) = crate::check::check_dir(&report, dir)
+            .with_context(|| format!("cannot read {}", dir.display()))?
+        {
+            report.violations.push(violation);
+        }
+    }
+    print!("{report}");
+    Ok(if report.is_ok() { 0 } else { 1 })
+}

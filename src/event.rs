@@ -1,0 +1,483 @@
+//! The event log line: what the bus appends to `events.jsonl` and delivers to subscribers.
+//!
+//! # Format
+//!
+//! One JSON object per line. Fields (absent when they do not apply):
+//!
+//! | field | in | meaning |
+//! |---|---|---|
+//! | `seq` | all | 1, 2, 3 ... assigned by the bus; gapless |
+//! | `time` | all | RFC 3339 UTC with microseconds, when the bus appended it; never goes back |
+//! | `tag` | all | `join`, `ready`, `notify`, `consume`, `error`, `leave` |
+//! | `agent` | all | the emitting agent's name (set by the bus from the handshake) |
+//! | `role` | join | `master`, `slave`, `listener` |
+//! | `op` | notify, consume, error | `put`, `delete`, `move` |
+//! | `path` | put, delete | relative, `/`-separated |
+//! | `from`, `to` | move | same form as `path` |
+//! | `kind` | notify, consume | `file`, `dir`, `symlink` |
+//! | `size`, `sha256` | put of a file | byte length, lowercase hex SHA-256 |
+//! | `mode` | put | Unix permission bits, as a number |
+//! | `target` | put of a symlink | the link's target |
+//! | `cause` | consume, error | `seq` of the notify answered |
+//! | `error` | error | a readable message |
+//!
+//! **Names that are not UTF-8.** `path`, `from`, `to` and `target` are always readable
+//! strings; when the underlying bytes are not valid UTF-8, the string has U+FFFD in place of
+//! the bad bytes and a sibling field `path_b64` (`from_b64`, `to_b64`, `target_b64`) holds
+//! the exact bytes in standard base64. Readers that need the exact name use the `_b64` field
+//! when present. Nothing else is ever encoded.
+
+use std::fmt;
+use std::time::SystemTime;
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
+use filesync_master::{Change, Entry, Kind, RelPath};
+use serde::{Deserialize, Serialize};
+
+/// What an event is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tag {
+    Join,
+    Ready,
+    Notify,
+    Consume,
+    Error,
+    Leave,
+}
+
+impl Tag {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tag::Join => "join",
+            Tag::Ready => "ready",
+            Tag::Notify => "notify",
+            Tag::Consume => "consume",
+            Tag::Error => "error",
+            Tag::Leave => "leave",
+        }
+    }
+}
+
+impl fmt::Display for Tag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What an agent is, as announced in its handshake and recorded in its `join`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Master,
+    Slave,
+    Listener,
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Role::Master => "master",
+            Role::Slave => "slave",
+            Role::Listener => "listener",
+        })
+    }
+}
+
+/// The operation a notify, consume or error is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Op {
+    Put,
+    Delete,
+    Move,
+}
+
+impl Op {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Put => "put",
+            Op::Delete => "delete",
+            Op::Move => "move",
+        }
+    }
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `Kind` as it appears in the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EntryKind {
+    File,
+    Dir,
+    Symlink,
+}
+
+impl From<Kind> for EntryKind {
+    fn from(kind: Kind) -> EntryKind {
+        match kind {
+            Kind::File => EntryKind::File,
+            Kind::Dir => EntryKind::Dir,
+            Kind::Symlink => EntryKind::Symlink,
+        }
+    }
+}
+
+impl From<EntryKind> for Kind {
+    fn from(kind: EntryKind) -> Kind {
+        match kind {
+            EntryKind::File => Kind::File,
+            EntryKind::Dir => Kind::Dir,
+            EntryKind::Symlink => Kind::Symlink,
+        }
+    }
+}
+
+/// An event as an agent publishes it: everything but what the bus assigns (`seq`, `time`,
+/// `agent`). Unknown fields are refused, so a peer's typo is an error, not silence.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Draft {
+    pub tag: Option<Tag>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub op: Option<Op>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_b64: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_b64: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_b64: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<EntryKind>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_b64: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// One line of the event log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub seq: u64,
+    pub time: String,
+    pub agent: String,
+    #[serde(flatten)]
+    pub body: Draft,
+}
+
+/// Why an event does not describe a valid change.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EventError {
+    #[error("missing field `{0}`")]
+    Missing(&'static str),
+    #[error("field `{field}`: {reason}")]
+    Bad { field: &'static str, reason: String },
+}
+
+/// `(readable, exact bytes when not UTF-8)` for a name.
+pub fn encode_bytes(bytes: &[u8]) -> (String, Option<String>) {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => (text.to_owned(), None),
+        Err(_) => (
+            String::from_utf8_lossy(bytes).into_owned(),
+            Some(BASE64.encode(bytes)),
+        ),
+    }
+}
+
+fn decode_bytes(
+    field: &'static str,
+    text: Option<&String>,
+    b64: Option<&String>,
+) -> Result<Vec<u8>, EventError> {
+    match (text, b64) {
+        (_, Some(b64)) => BASE64.decode(b64).map_err(|err| EventError::Bad {
+            field,
+            reason: format!("invalid base64: {err}"),
+        }),
+        (Some(text), None) => Ok(text.as_bytes().to_vec()),
+        (None, None) => Err(EventError::Missing(field)),
+    }
+}
+
+fn decode_path(
+    field: &'static str,
+    text: Option<&String>,
+    b64: Option<&String>,
+) -> Result<RelPath, EventError> {
+    let bytes = decode_bytes(field, text, b64)?;
+    RelPath::from_bytes(&bytes).map_err(|err| EventError::Bad {
+        field,
+        reason: err.to_string(),
+    })
+}
+
+/// True for 64 lowercase hex digits: the only form a content address may take (it becomes
+/// a file name in the blob store).
+pub fn is_sha256(text: &str) -> bool {
+    text.len() == 64
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// The current time in the log's format.
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_micros(SystemTime::now()).to_string()
+}
+
+impl Draft {
+    pub fn tagged(tag: Tag) -> Draft {
+        Draft {
+            tag: Some(tag),
+            ..Draft::default()
+        }
+    }
+
+    /// The master's notify for a change.
+    pub fn notify(change: &Change) -> Draft {
+        let mut draft = Draft::tagged(Tag::Notify);
+        draft.set_change(change);
+        draft
+    }
+
+    /// A slave's consume of notify `cause`, echoing the change and the sha256 it wrote.
+    pub fn consume(change: &Change, cause: u64, written_sha256: Option<String>) -> Draft {
+        let mut draft = Draft::tagged(Tag::Consume);
+        draft.set_change(change);
+        draft.cause = Some(cause);
+        if draft.kind == Some(EntryKind::File) && draft.op == Some(Op::Put) {
+            draft.sha256 = written_sha256;
+        }
+        draft
+    }
+
+    /// A slave's error answering notify `cause`; `op` and paths are echoed when known.
+    pub fn error(notify: &Draft, cause: u64, message: String) -> Draft {
+        Draft {
+            tag: Some(Tag::Error),
+            op: notify.op,
+            path: notify.path.clone(),
+            path_b64: notify.path_b64.clone(),
+            from: notify.from.clone(),
+            from_b64: notify.from_b64.clone(),
+            to: notify.to.clone(),
+            to_b64: notify.to_b64.clone(),
+            cause: Some(cause),
+            error: Some(message),
+            ..Draft::default()
+        }
+    }
+
+    fn set_change(&mut self, change: &Change) {
+        self.kind = Some(change.kind().into());
+        match change {
+            Change::Put { path, entry } => {
+                self.op = Some(Op::Put);
+                (self.path, self.path_b64) = split(encode_bytes(path.as_bytes()));
+                self.mode = Some(entry.mode);
+                if entry.kind == Kind::File {
+                    self.size = Some(entry.size);
+                    self.sha256.clone_from(&entry.sha256);
+                }
+                if let Some(target) = &entry.target {
+                    (self.target, self.target_b64) = split(encode_bytes(target));
+                }
+            }
+            Change::Delete { path, .. } => {
+                self.op = Some(Op::Delete);
+                (self.path, self.path_b64) = split(encode_bytes(path.as_bytes()));
+            }
+            Change::Move { from, to, .. } => {
+                self.op = Some(Op::Move);
+                (self.from, self.from_b64) = split(encode_bytes(from.as_bytes()));
+                (self.to, self.to_b64) = split(encode_bytes(to.as_bytes()));
+            }
+        }
+    }
+
+    /// The change this notify or consume describes, validated: paths cannot escape the root,
+    /// a file put carries a well-formed sha256 and size, a symlink put a target.
+    pub fn change(&self) -> Result<Change, EventError> {
+        let op = self.op.ok_or(EventError::Missing("op"))?;
+        let kind: Kind = self.kind.ok_or(EventError::Missing("kind"))?.into();
+        match op {
+            Op::Put => {
+                let path = decode_path("path", self.path.as_ref(), self.path_b64.as_ref())?;
+                let mode = self.mode.ok_or(EventError::Missing("mode"))?;
+                if mode > 0o7777 {
+                    return Err(EventError::Bad {
+                        field: "mode",
+                        reason: format!("{mode:o} is not a permission mode"),
+                    });
+                }
+                let entry = match kind {
+                    Kind::Dir => Entry::dir(mode),
+                    Kind::File => {
+                        let sha256 = self.sha256.clone().ok_or(EventError::Missing("sha256"))?;
+                        if !is_sha256(&sha256) {
+                            return Err(EventError::Bad {
+                                field: "sha256",
+                                reason: "not 64 lowercase hex digits".into(),
+                            });
+                        }
+                        let size = self.size.ok_or(EventError::Missing("size"))?;
+                        Entry::file(size, sha256, mode)
+                    }
+                    Kind::Symlink => Entry::symlink(decode_bytes(
+                        "target",
+                        self.target.as_ref(),
+                        self.target_b64.as_ref(),
+                    )?),
+                };
+                Ok(Change::Put { path, entry })
+            }
+            Op::Delete => Ok(Change::Delete {
+                path: decode_path("path", self.path.as_ref(), self.path_b64.as_ref())?,
+                kind,
+            }),
+            Op::Move => Ok(Change::Move {
+                from: decode_path("from", self.from.as_ref(), self.from_b64.as_ref())?,
+                to: decode_path("to", self.to.as_ref(), self.to_b64.as_ref())?,
+                kind,
+            }),
+        }
+    }
+
+    /// The path (or `from -> to`) for people.
+    pub fn display_path(&self) -> String {
+        match (&self.path, &self.from, &self.to) {
+            (Some(path), _, _) => path.clone(),
+            (None, Some(from), Some(to)) => format!("{from} -> {to}"),
+            _ => String::new(),
+        }
+    }
+}
+
+fn split(pair: (String, Option<String>)) -> (Option<String>, Option<String>) {
+    (Some(pair.0), pair.1)
+}
+
+impl Event {
+    pub fn tag(&self) -> Option<Tag> {
+        self.body.tag
+    }
+
+    /// Parses one log line.
+    pub fn parse(line: &str) -> Result<Event, serde_json::Error> {
+        serde_json::from_str(line)
+    }
+
+    /// The log line, without its newline.
+    pub fn to_line(&self) -> String {
+        // Serialising plain strings and numbers cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+impl fmt::Display for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let tag = self.body.tag.map(Tag::as_str).unwrap_or("?");
+        let op = self.body.op.map(Op::as_str).unwrap_or("");
+        write!(
+            f,
+            "#{} {tag} {} {op} {}",
+            self.seq,
+            self.agent,
+            self.body.display_path()
+        )?;
+        if let Some(cause) = self.body.cause {
+            write!(f, " (cause #{cause})")?;
+        }
+        if let Some(error) = &self.body.error {
+            write!(f, " error: {error}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_notify_round_trips_through_a_log_line() {
+        let change = Change::Put {
+            path: RelPath::new("dir/foo.txt").expect("valid"),
+            entry: Entry::file(3, "a".repeat(64), 0o644),
+        };
+        let event = Event {
+            seq: 7,
+            time: now_rfc3339(),
+            agent: "master".into(),
+            body: Draft::notify(&change),
+        };
+        let line = event.to_line();
+        assert!(
+            line.contains(r#""tag":"notify""#) && line.contains(r#""path":"dir/foo.txt""#),
+            "{line}"
+        );
+        assert!(
+            !line.contains("path_b64"),
+            "UTF-8 names carry no encoding: {line}"
+        );
+        let back = Event::parse(&line).expect("parses");
+        assert_eq!(back, event);
+        assert_eq!(back.body.change(), Ok(change));
+    }
+
+    #[test]
+    fn non_utf8_names_are_carried_exactly() {
+        let change = Change::Move {
+            from: RelPath::from_bytes(b"caf\xe9").expect("valid"),
+            to: RelPath::new("cafe").expect("valid"),
+            kind: Kind::File,
+        };
+        let draft = Draft::notify(&change);
+        assert_eq!(draft.from.as_deref(), Some("caf\u{fffd}"));
+        assert_eq!(draft.from_b64.as_deref(), Some("Y2Fm6Q=="));
+        assert_eq!(draft.change(), Ok(change));
+    }
+
+    #[test]
+    fn hostile_drafts_are_refused() {
+        let parse = |json: &str| serde_json::from_str::<Draft>(json);
+        assert!(
+            parse(r#"{"tag":"notify","surprise":1}"#).is_err(),
+            "unknown fields"
+        );
+        let escape = parse(r#"{"tag":"notify","op":"delete","kind":"file","path":"../etc"}"#)
+            .expect("parses");
+        assert!(escape.change().is_err());
+        let absolute =
+            parse(r#"{"tag":"notify","op":"delete","kind":"file","path":"/etc"}"#).expect("parses");
+        assert!(absolute.change().is_err());
+        let bad_sha = parse(r#"{"tag":"notify","op":"put","kind":"file","path":"f","mode":420,"size":1,"sha256":"../../x"}"#)
+            .expect("parses");
+        assert!(bad_sha.change().is_err());
+    }
+}

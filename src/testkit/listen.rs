@@ -1,0 +1,335 @@
+//! `EventStream`: the SPARKL listener, done right. A subscription on its own task feeds the
+//! test every event from a chosen `seq`; expectations wait for events with two timeouts (an
+//! overall deadline, and a quiet period: fail when nothing new arrives for 3 s), and fail
+//! with the unmet patterns and a timeline of everything seen.
+//!
+//! Every expectation also fails at once on an `error` event, unless the test lifted that
+//! rule with [`EventStream::allow_errors`]: errors are never silently tolerated.
+
+use std::fmt;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::pattern::Pattern;
+use super::timeline::timeline;
+use crate::bus::{BusClient, Hello, Subscription};
+use crate::event::{Event, Role, Tag};
+
+/// Why an expectation failed. Its `Display` is the report a person reads.
+#[derive(Debug, Clone)]
+pub struct ExpectError {
+    pub reason: String,
+    pub unmet: Vec<String>,
+    pub events: Vec<Event>,
+}
+
+impl fmt::Display for ExpectError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "expectation failed: {}", self.reason)?;
+        for pattern in &self.unmet {
+            writeln!(f, "  unmet: {pattern}")?;
+        }
+        writeln!(f, "events seen ({}):", self.events.len())?;
+        f.write_str(&timeline(&self.events))
+    }
+}
+
+impl std::error::Error for ExpectError {}
+
+/// Events from the bus, and expectations over them.
+pub struct EventStream {
+    rx: mpsc::UnboundedReceiver<Result<Event, String>>,
+    seen: Vec<Event>,
+    /// Seqs already returned by an expectation, so one event satisfies one expectation.
+    claimed: std::collections::HashSet<u64>,
+    /// Fail when no new event arrives for this long (3 s, as in the seed).
+    pub quiet: Duration,
+    /// Fail when an expectation takes longer than this overall.
+    pub deadline: Duration,
+    errors_allowed: bool,
+    closed: Option<String>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for EventStream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl EventStream {
+    /// Subscribes from `from` (1 for the whole log) as listener `name`.
+    pub async fn connect(
+        addr: &str,
+        from: u64,
+        token: Option<String>,
+    ) -> Result<EventStream, crate::bus::ClientError> {
+        let hello = Hello {
+            role: Role::Listener,
+            name: "testkit".into(),
+            token,
+            dir: None,
+        };
+        let (client, _) = BusClient::connect(addr, hello).await?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            let mut subscription = Subscription::new(client, from);
+            loop {
+                let next = subscription.next().await.map_err(|err| err.to_string());
+                let failed = next.is_err();
+                if tx.send(next).is_err() || failed {
+                    return;
+                }
+            }
+        });
+        Ok(EventStream {
+            rx,
+            seen: Vec::new(),
+            claimed: Default::default(),
+            quiet: Duration::from_secs(3),
+            deadline: Duration::from_secs(30),
+            errors_allowed: false,
+            closed: None,
+            task,
+        })
+    }
+
+    /// Carries over what an older stream saw (after a bus restart), so expectations and the
+    /// timeline cover the whole test.
+    pub fn absorb(&mut self, older: &mut EventStream) {
+        let mut seen = std::mem::take(&mut older.seen);
+        seen.append(&mut self.seen);
+        self.seen = seen;
+        self.claimed.extend(older.claimed.drain());
+        self.errors_allowed |= older.errors_allowed;
+        self.quiet = older.quiet;
+        self.deadline = older.deadline;
+    }
+
+    /// Lifts the implicit "no error events" rule (for tests that provoke errors).
+    pub fn allow_errors(&mut self) -> &mut EventStream {
+        self.errors_allowed = true;
+        self
+    }
+
+    /// Every event received so far.
+    pub fn seen(&self) -> &[Event] {
+        &self.seen
+    }
+
+    /// The timeline of everything received so far.
+    pub fn timeline(&self) -> String {
+        timeline(&self.seen)
+    }
+
+    /// How many received events match.
+    pub fn count(&self, pattern: &Pattern) -> usize {
+        self.seen.iter().filter(|e| pattern.matches(e)).count()
+    }
+
+    fn failure(&self, reason: String, unmet: &[&Pattern]) -> ExpectError {
+        ExpectError {
+            reason,
+            unmet: unmet.iter().map(|p| p.to_string()).collect(),
+            events: self.seen.clone(),
+        }
+    }
+
+    /// Takes what has arrived; waits up to `wait` for at least one more.
+    async fn receive(&mut self, wait: Duration) -> Result<bool, String> {
+        if let Some(reason) = &self.closed {
+            return Err(reason.clone());
+        }
+        let first = match tokio::time::timeout(wait, self.rx.recv()).await {
+            Err(_) => return Ok(false),
+            Ok(None) => Err("the subscription ended".to_owned()),
+            Ok(Some(result)) => result,
+        };
+        let mut next = Some(first);
+        while let Some(result) = next.take() {
+            match result {
+                Ok(event) => {
+                    if event.tag() == Some(Tag::Error) && !self.errors_allowed {
+                        let seq = event.seq;
+                        self.seen.push(event);
+                        return Err(format!("error event #{seq} (lift with allow_errors)"));
+                    }
+                    self.seen.push(event);
+                }
+                Err(reason) => {
+                    self.closed = Some(reason.clone());
+                    return Err(reason);
+                }
+            }
+            next = self.rx.try_recv().ok();
+        }
+        Ok(true)
+    }
+
+    /// Waits for one event matching `pattern` that no earlier expectation claimed.
+    pub async fn expect(&mut self, pattern: Pattern) -> Result<Event, ExpectError> {
+        let mut found = self.expect_all(vec![pattern]).await?;
+        Ok(found.remove(0))
+    }
+
+    /// Waits until every pattern has matched a distinct event, in any order. Returns them
+    /// in the order of the patterns.
+    pub async fn expect_all(&mut self, patterns: Vec<Pattern>) -> Result<Vec<Event>, ExpectError> {
+        self.expect_matching(patterns, false).await
+    }
+
+    /// Like `expect_all`, but the matches must occur in the given order.
+    pub async fn expect_seq(&mut self, patterns: Vec<Pattern>) -> Result<Vec<Event>, ExpectError> {
+        self.expect_matching(patterns, true).await
+    }
+
+    async fn expect_matching(
+        &mut self,
+        patterns: Vec<Pattern>,
+        ordered: bool,
+    ) -> Result<Vec<Event>, ExpectError> {
+        let started = Instant::now();
+        let mut last_arrival = Instant::now();
+        loop {
+            if let Some(found) = self.try_match(&patterns, ordered) {
+                for event in &found {
+                    self.claimed.insert(event.seq);
+                }
+                return Ok(found);
+            }
+            let now = Instant::now();
+            let quiet_left = self.quiet.saturating_sub(now - last_arrival);
+            let deadline_left = self.deadline.saturating_sub(now - started);
+            let unmet = self.unmet(&patterns, ordered);
+            if deadline_left.is_zero() {
+                return Err(self.failure(format!("not met within {:?}", self.deadline), &unmet));
+            }
+            if quiet_left.is_zero() {
+                return Err(self.failure(format!("no new event for {:?}", self.quiet), &unmet));
+            }
+            match self.receive(quiet_left.min(deadline_left)).await {
+                Ok(true) => last_arrival = Instant::now(),
+                Ok(false) => {}
+                Err(reason) => return Err(self.failure(reason, &unmet)),
+            }
+        }
+    }
+
+    fn try_match(&self, patterns: &[Pattern], ordered: bool) -> Option<Vec<Event>> {
+        let mut used: std::collections::HashSet<u64> = std::collections::HashSet::new();
+        let mut found = Vec::with_capacity(patterns.len());
+        let mut after = 0;
+        for pattern in patterns {
+            let hit = self.seen.iter().find(|e| {
+                (!ordered || e.seq > after)
+                    && !self.claimed.contains(&e.seq)
+                    && !used.contains(&e.seq)
+                    && pattern.matches(e)
+            })?;
+            used.insert(hit.seq);
+            after = hit.seq;
+            found.push(hit.clone());
+        }
+        Some(found)
+    }
+
+    fn unmet<'p>(&self, patterns: &'p [Pattern], ordered: bool) -> Vec<&'p Pattern> {
+        let mut used: std::collections::HashSet<u64> = std::collections::HashSet::new();
+        let mut after = 0;
+        let mut unmet = Vec::new();
+        for pattern in patterns {
+            let hit = self.seen.iter().find(|e| {
+                (!ordered || e.seq > after)
+                    && !self.claimed.contains(&e.seq)
+                    && !used.contains(&e.seq)
+                    && pattern.matches(e)
+            });
+            match hit {
+                Some(hit) => {
+                    used.insert(hit.seq);
+                    after = hit.seq;
+                }
+                None => unmet.push(pattern),
+            }
+        }
+        unmet
+    }
+
+    /// Asserts that nothing matching `pattern` arrives during `window` (nor has arrived
+    /// unclaimed before it).
+    pub async fn expect_none(
+        &mut self,
+        pattern: Pattern,
+        window: Duration,
+    ) -> Result<(), ExpectError> {
+        let until = Instant::now() + window;
+        loop {
+            if let Some(event) = self
+                .seen
+                .iter()
+                .find(|e| !self.claimed.contains(&e.seq) && pattern.matches(e))
+            {
+                let reason = format!("#{} matches {pattern}, which must not happen", event.seq);
+                return Err(self.failure(reason, &[]));
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(());
+            }
+            if let Err(reason) = self.receive(left).await {
+                return Err(self.failure(reason, &[]));
+            }
+        }
+    }
+
+    /// Waits for exactly `n` events matching `pattern` in total: fails if fewer arrive in
+    /// time, or if more than `n` have arrived once `settle` has passed after the n-th.
+    pub async fn expect_count(
+        &mut self,
+        pattern: Pattern,
+        n: usize,
+        settle: Duration,
+    ) -> Result<Vec<Event>, ExpectError> {
+        let started = Instant::now();
+        let mut last_arrival = Instant::now();
+        while self.count(&pattern) < n {
+            let now = Instant::now();
+            let quiet_left = self.quiet.saturating_sub(now - last_arrival);
+            let deadline_left = self.deadline.saturating_sub(now - started);
+            if quiet_left.is_zero() || deadline_left.is_zero() {
+                let reason = format!("saw {} of {n} × {pattern}", self.count(&pattern));
+                return Err(self.failure(reason, &[&pattern]));
+            }
+            match self.receive(quiet_left.min(deadline_left)).await {
+                Ok(true) => last_arrival = Instant::now(),
+                Ok(false) => {}
+                Err(reason) => return Err(self.failure(reason, &[&pattern])),
+            }
+        }
+        let until = Instant::now() + settle;
+        while Instant::now() < until {
+            if let Err(reason) = self
+                .receive(until.saturating_duration_since(Instant::now()))
+                .await
+            {
+                return Err(self.failure(reason, &[]));
+            }
+        }
+        let hits: Vec<Event> = self
+            .seen
+            .iter()
+            .filter(|e| pattern.matches(e))
+            .cloned()
+            .collect();
+        if hits.len() != n {
+            let reason = format!("expected exactly {n} × {pattern}, saw {}", hits.len());
+            return Err(self.failure(reason, &[]));
+        }
+        for event in &hits {
+            self.claimed.insert(event.seq);
+        }
+        Ok(hits)
+    }
+}

@@ -1,0 +1,20 @@
+//! The test kit: test an event-driven system through its event log.
+//!
+//! - [`pattern`]: `Pattern`, what an expected event looks like.
+//! - [`listen`]: `EventStream`, a subscription with `expect`, `expect_all`, `expect_seq`,
+//!   `expect_none` and `expect_count`, failing with a timeline.
+//! - [`process`]: `Proc` and `TestDir`: processes with logs, killed on drop; directories
+//!   kept when a test fails.
+//! - [`cluster`]: `Cluster`, a master and slaves as real processes, awaited until ready.
+//! - [`timeline`]: the aligned, readable rendering of events.
+
+pub mod cluster;
+pub mod listen;
+pub mod pattern;
+pub mod process;
+pub mod timeline;
+
+pub use cluster::{slave_name, Cluster};
+pub use listen::{EventStream, ExpectError};
+pub use pattern::Pattern;
+pub use process::{Proc, TestDir};
