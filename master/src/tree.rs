@@ -108,7 +108,7 @@ impl Tree {
                 if self.ignore.is_ignored(path, meta.is_dir()) {
                     return;
                 }
-                self.observe(path, &meta, out);
+                self.observe(path, &meta, false, out);
                 if meta.is_dir() {
                     self.rescan_under(Some(path), out);
                 }
@@ -211,7 +211,7 @@ impl Tree {
                 continue;
             };
             match entry.metadata() {
-                Ok(meta) => self.observe(&rel, &meta, out),
+                Ok(meta) => self.observe(&rel, &meta, true, out),
                 Err(err) => {
                     tracing::debug!("scan: {}: {err}", entry.path().display());
                     continue;
@@ -249,7 +249,13 @@ impl Tree {
     }
 
     /// Publishes `path` if what is on disk differs from the model (not recursive).
-    fn observe(&mut self, path: &RelPath, meta: &Metadata, out: &mut dyn FnMut(Outcome)) {
+    fn observe(
+        &mut self,
+        path: &RelPath,
+        meta: &Metadata,
+        found_by_scan: bool,
+        out: &mut dyn FnMut(Outcome),
+    ) {
         let Some(kind) = kind_of(meta) else {
             tracing::debug!("not syncing {path}: not a file, directory or symlink");
             return;
@@ -297,6 +303,12 @@ impl Tree {
                 if old.is_some_and(|e| e.stamp == Some(stamp) && e.mode == mode) {
                     return;
                 }
+                // A scan cannot know whether a writer still holds the file (a new directory's
+                // files were created before their watch existed, so their close-write is
+                // never reported). Something written moments ago is looked at again later.
+                if found_by_scan && modified_within(meta, SCAN_SETTLE) {
+                    return out(Outcome::Retry(path.clone()));
+                }
                 let hashed = match hash_file(&full) {
                     Ok(hashed) => hashed,
                     Err(HashError::Unstable) => return out(Outcome::Retry(path.clone())),
@@ -331,6 +343,16 @@ impl Tree {
     }
 }
 
+/// How recently written a file found by a scan may be before it is trusted as complete.
+pub const SCAN_SETTLE: std::time::Duration = std::time::Duration::from_millis(50);
+
+fn modified_within(meta: &Metadata, window: std::time::Duration) -> bool {
+    meta.modified()
+        .ok()
+        .and_then(|mtime| std::time::SystemTime::now().duration_since(mtime).ok())
+        .is_some_and(|age| age < window)
+}
+
 fn kind_of(meta: &Metadata) -> Option<Kind> {
     let file_type = meta.file_type();
     if file_type.is_symlink() {
@@ -353,6 +375,14 @@ mod tests {
         RelPath::new(s).expect("valid test path")
     }
 
+    /// Writes a file whose mtime is a second old: a finished file, as a scan would trust it.
+    fn write_aged(path: &Path, contents: &str) {
+        fs::write(path, contents).expect("write");
+        let file = fs::File::options().write(true).open(path).expect("open");
+        let past = std::time::SystemTime::now() - std::time::Duration::from_secs(1);
+        file.set_modified(past).expect("set mtime");
+    }
+
     fn changes(tree: &mut Tree, f: impl FnOnce(&mut Tree, &mut dyn FnMut(Outcome))) -> Vec<String> {
         let mut seen = Vec::new();
         f(tree, &mut |outcome| match outcome {
@@ -367,10 +397,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path();
         fs::create_dir_all(root.join("a/b")).expect("mkdir");
-        fs::write(root.join("a/b/f.txt"), "x").expect("write");
-        fs::write(root.join("empty"), "").expect("write");
-        fs::write(root.join("x.log"), "log").expect("write");
-        fs::write(root.join(".filesyncignore"), "*.log\n").expect("write");
+        write_aged(&root.join("a/b/f.txt"), "x");
+        write_aged(&root.join("empty"), "");
+        write_aged(&root.join("x.log"), "log");
+        write_aged(&root.join(".filesyncignore"), "*.log\n");
         std::os::unix::fs::symlink("a/b/f.txt", root.join("link")).expect("symlink");
         let mut tree = Tree::new(root, Model::new());
         let seen = changes(&mut tree, |t, out| t.rescan_all(out));
@@ -396,13 +426,13 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path();
         fs::create_dir(root.join("d")).expect("mkdir");
-        fs::write(root.join("d/keep"), "k").expect("write");
-        fs::write(root.join("d/gone"), "g").expect("write");
-        fs::write(root.join("edit"), "1").expect("write");
+        write_aged(&root.join("d/keep"), "k");
+        write_aged(&root.join("d/gone"), "g");
+        write_aged(&root.join("edit"), "1");
         let mut tree = Tree::new(root, Model::new());
         changes(&mut tree, |t, out| t.rescan_all(out));
         fs::remove_file(root.join("d/gone")).expect("rm");
-        fs::write(root.join("edit"), "22").expect("write");
+        write_aged(&root.join("edit"), "22");
         fs::set_permissions(root.join("d/keep"), fs::Permissions::from_mode(0o600)).expect("chmod");
         let seen = changes(&mut tree, |t, out| t.rescan_all(out));
         assert_eq!(
@@ -416,7 +446,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path();
         fs::create_dir_all(root.join("t/u")).expect("mkdir");
-        fs::write(root.join("t/u/f"), "f").expect("write");
+        write_aged(&root.join("t/u/f"), "f");
         let mut tree = Tree::new(root, Model::new());
         changes(&mut tree, |t, out| t.rescan_all(out));
         fs::remove_dir_all(root.join("t")).expect("rm");
@@ -431,7 +461,7 @@ mod tests {
         let root = dir.path();
         fs::create_dir(root.join("src")).expect("mkdir");
         for i in 0..50 {
-            fs::write(root.join(format!("src/{i}")), format!("{i}")).expect("write");
+            write_aged(&root.join(format!("src/{i}")), &format!("{i}"));
         }
         let mut tree = Tree::new(root, Model::new());
         changes(&mut tree, |t, out| t.rescan_all(out));
@@ -446,7 +476,7 @@ mod tests {
         let root = dir.path();
         let mut tree = Tree::new(root, Model::new());
         fs::create_dir_all(root.join("a/b/c")).expect("mkdir");
-        fs::write(root.join("a/b/c/f"), "x").expect("write");
+        write_aged(&root.join("a/b/c/f"), "x");
         let seen = changes(&mut tree, |t, out| t.refresh(&p("a/b/c/f"), out));
         assert_eq!(
             seen,
@@ -460,13 +490,30 @@ mod tests {
     }
 
     #[test]
+    fn a_file_written_moments_ago_is_retried_not_trusted_by_a_scan() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        fs::write(root.join("fresh"), "maybe half written").expect("write");
+        let mut tree = Tree::new(root, Model::new());
+        assert_eq!(
+            changes(&mut tree, |t, out| t.rescan_all(out)),
+            ["retry fresh"]
+        );
+        // Looked at directly (after its close-write, or after quiet), it is published.
+        assert_eq!(
+            changes(&mut tree, |t, out| t.refresh(&p("fresh"), out)),
+            ["put file fresh"]
+        );
+    }
+
+    #[test]
     fn an_editor_save_via_temp_file_is_a_put_of_the_target() {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path();
-        fs::write(root.join("doc.txt"), "v1").expect("write");
+        write_aged(&root.join("doc.txt"), "v1");
         let mut tree = Tree::new(root, Model::new());
         changes(&mut tree, |t, out| t.rescan_all(out));
-        fs::write(root.join("doc.txt.swp"), "v2").expect("write");
+        write_aged(&root.join("doc.txt.swp"), "v2");
         fs::rename(root.join("doc.txt.swp"), root.join("doc.txt")).expect("rename");
         let seen = changes(&mut tree, |t, out| {
             t.moved(&p("doc.txt.swp"), &p("doc.txt"), out)

@@ -16,7 +16,7 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
-use super::frame::{read_frame, write_frame, Frame};
+use super::frame::{read_frame, write_frame, Frame, FrameError};
 use super::protocol::{Reply, Request, PROTOCOL_VERSION};
 use crate::event::{Draft, Event, Role};
 
@@ -97,10 +97,12 @@ impl BusClient {
             dir: hello.dir,
         };
         send(&mut writer, &request, &[]).await?;
-        let frame = read_frame(&mut reader)
-            .await
-            .map_err(|err| ClientError::Protocol(err.to_string()))?
-            .ok_or(ClientError::Lost)?;
+        let frame = match read_frame(&mut reader).await {
+            Ok(Some(frame)) => frame,
+            // Reset, refused mid-handshake or closed: the bus is (re)starting; try again.
+            Ok(None) | Err(FrameError::Io(_) | FrameError::Torn) => return Err(ClientError::Lost),
+            Err(err) => return Err(ClientError::Protocol(err.to_string())),
+        };
         let welcome = match serde_json::from_slice::<Reply>(&frame.header) {
             Ok(Reply::Welcome {
                 protocol,

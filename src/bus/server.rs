@@ -387,8 +387,8 @@ fn accept_hello(shared: &Shared, frame: &Frame, addr: String) -> Result<Peer, St
             "agent name {name:?} must be 1-64 of A-Z a-z 0-9 . _ -"
         ));
     }
-    if role == Role::Master {
-        *lock(&shared.master_dir) = dir;
+    if let (Role::Master, Some(dir)) = (role, dir) {
+        *lock(&shared.master_dir) = Some(dir);
     }
     Ok(Peer { role, name, addr })
 }

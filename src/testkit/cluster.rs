@@ -205,6 +205,40 @@ impl Cluster {
         }
     }
 
+    /// Waits for a quiet point: no event for a moment, and every notify answered by every
+    /// running slave. Then a check of the log and the directories is meaningful.
+    pub async fn settle(&mut self) -> Result<(), String> {
+        let running: Vec<String> = self
+            .slaves
+            .iter()
+            .filter(|s| s.proc.is_some())
+            .map(|s| s.name.clone())
+            .collect();
+        for _ in 0..50 {
+            self.events
+                .wait_quiet(Duration::from_millis(150))
+                .await
+                .map_err(|e| e.to_string())?;
+            let seen = self.events.seen();
+            let all_answered = seen
+                .iter()
+                .filter(|e| Pattern::notify().matches(e))
+                .all(|notify| {
+                    running.iter().all(|name| {
+                        seen.iter()
+                            .any(|e| e.agent == *name && e.body.cause == Some(notify.seq))
+                    })
+                });
+            if all_answered {
+                return Ok(());
+            }
+        }
+        Err(format!(
+            "the cluster never settled: notifies are still unanswered\n{}",
+            self.events.timeline()
+        ))
+    }
+
     /// Checks the whole log, and every directory against the state it implies.
     pub fn check(&self, options: CheckOptions) -> Report {
         let events = match read_log(&self.log_path()) {

@@ -257,6 +257,24 @@ impl EventStream {
         unmet
     }
 
+    /// Waits until no event has arrived for `window` (within the deadline).
+    pub async fn wait_quiet(&mut self, window: Duration) -> Result<(), ExpectError> {
+        let started = Instant::now();
+        loop {
+            if started.elapsed() >= self.deadline {
+                return Err(self.failure(
+                    format!("never quiet for {window:?} within {:?}", self.deadline),
+                    &[],
+                ));
+            }
+            match self.receive(window).await {
+                Ok(true) => {}
+                Ok(false) => return Ok(()),
+                Err(reason) => return Err(self.failure(reason, &[])),
+            }
+        }
+    }
+
     /// Asserts that nothing matching `pattern` arrives during `window` (nor has arrived
     /// unclaimed before it).
     pub async fn expect_none(

@@ -1,0 +1,113 @@
+//! `filesync check` on golden logs, and the CLI's behaviour on bad invocations.
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::util::bin;
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/logs")
+        .join(name)
+}
+
+#[test]
+fn check_accepts_a_valid_log_and_reports_each_broken_one() {
+    let ok = Command::new(bin())
+        .arg("check")
+        .arg(fixture("valid.jsonl"))
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&ok.stdout);
+    assert_eq!(ok.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("OK: all invariants hold"), "{stdout}");
+    let broken = [
+        ("broken-gap.jsonl", "invariant 1"),
+        ("broken-time.jsonl", "goes backwards"),
+        ("broken-double-consume.jsonl", "answered 2 times"),
+        ("broken-unanswered.jsonl", "never answered"),
+        ("broken-mismatch.jsonl", "invariant 3"),
+        ("broken-escape.jsonl", "invariant 5"),
+        ("broken-replay.jsonl", "invariant 4"),
+    ];
+    for (name, needle) in broken {
+        let out = Command::new(bin())
+            .arg("check")
+            .arg(fixture(name))
+            .output()
+            .expect("run");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "{name} should fail:\n{stdout}");
+        assert!(
+            stdout.contains(needle),
+            "{name}: report lacks {needle:?}:\n{stdout}"
+        );
+    }
+}
+
+fn one_clear_line(out: &std::process::Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains(needle), "stderr lacks {needle:?}: {stderr}");
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("backtrace"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn bad_invocations_end_with_one_clear_line() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let missing = tmp.path().join("nope");
+    let out = Command::new(bin())
+        .args(["master", "--dir"])
+        .arg(&missing)
+        .output()
+        .expect("run");
+    one_clear_line(&out, "does not exist");
+
+    let out = Command::new(bin())
+        .args(["master", "--dir"])
+        .arg(tmp.path())
+        .arg("--state")
+        .arg(tmp.path().join("state"))
+        .output()
+        .expect("run");
+    one_clear_line(&out, "must not be inside");
+
+    let out = Command::new(bin())
+        .arg("check")
+        .arg(&missing)
+        .output()
+        .expect("run");
+    one_clear_line(&out, "cannot read");
+
+    std::fs::write(tmp.path().join("garbage.jsonl"), "not json\n").expect("write");
+    let out = Command::new(bin())
+        .arg("check")
+        .arg(tmp.path().join("garbage.jsonl"))
+        .output()
+        .expect("run");
+    one_clear_line(&out, "line 1");
+
+    let out = Command::new(bin())
+        .args(["bus", "--listen", "0.0.0.0:0", "--state"])
+        .arg(tmp.path().join("bus"))
+        .env_remove("FILESYNC_TOKEN")
+        .output()
+        .expect("run");
+    one_clear_line(&out, "token");
+}
+
+#[test]
+fn an_address_in_use_is_a_clear_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(bin())
+        .args(["bus", "--listen", &addr, "--state"])
+        .arg(tmp.path().join("bus"))
+        .output()
+        .expect("run");
+    one_clear_line(&out, "cannot listen on");
+}

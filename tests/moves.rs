@@ -1,0 +1,164 @@
+//! Renames: one `move` event for a file or a whole directory, never a re-publication of the
+//! contents; things moved in from outside are scanned, things moved out are deleted.
+
+use std::fs;
+use std::time::{Duration, Instant};
+
+use filesync::check::CheckOptions;
+use filesync::event::EntryKind;
+use filesync::testkit::Pattern;
+
+use crate::util::{cluster, must};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renaming_a_file_is_one_move() {
+    let mut c = cluster("move-file", 1).await;
+    let m = c.master_dir();
+    fs::write(m.join("old.txt"), "content").expect("write");
+    must(
+        c.events
+            .expect(Pattern::consume().by("slave").put().path("old.txt"))
+            .await,
+    );
+    fs::rename(m.join("old.txt"), m.join("new.txt")).expect("rename");
+    must(
+        c.events
+            .expect_seq(vec![
+                Pattern::notify()
+                    .by("master")
+                    .moved()
+                    .from("old.txt")
+                    .path("new.txt")
+                    .kind(EntryKind::File),
+                Pattern::consume()
+                    .by("slave")
+                    .moved()
+                    .from("old.txt")
+                    .path("new.txt"),
+            ])
+            .await,
+    );
+    must(
+        c.events
+            .expect_none(
+                Pattern::notify().put().path("new.txt"),
+                Duration::from_millis(300),
+            )
+            .await,
+    );
+    c.assert_checks(CheckOptions::default());
+}
+
+/// A directory of 2,000 files renamed: exactly one notify, no put for anything inside it,
+/// and the slave applies it as one rename.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renaming_a_full_directory_is_one_move_and_copies_nothing() {
+    let mut c = must(
+        filesync::testkit::Cluster::start_with(&crate::util::bin(), "move-dir", 1, |m| {
+            fs::create_dir(m.join("project")).expect("mkdir");
+            for i in 0..2000 {
+                fs::write(m.join(format!("project/f{i}")), format!("{i}")).expect("write");
+            }
+        })
+        .await,
+    );
+    let m = c.master_dir();
+    let started = Instant::now();
+    fs::rename(m.join("project"), m.join("renamed")).expect("rename");
+    let pair = must(
+        c.events
+            .expect_seq(vec![
+                Pattern::notify()
+                    .by("master")
+                    .moved()
+                    .from("project")
+                    .path("renamed")
+                    .kind(EntryKind::Dir),
+                Pattern::consume().by("slave").moved().path("renamed"),
+            ])
+            .await,
+    );
+    let elapsed = started.elapsed();
+    must(
+        c.events
+            .expect_none(
+                Pattern::notify().path_glob("renamed/**"),
+                Duration::from_millis(500),
+            )
+            .await,
+    );
+    assert_eq!(
+        c.events.count(&Pattern::notify().moved()),
+        1,
+        "{}",
+        c.events.timeline()
+    );
+    assert!(c.slaves[0].dir.join("renamed/f1999").is_file());
+    eprintln!(
+        "2,000-file directory rename mirrored in {elapsed:?} (consume #{})",
+        pair[1].seq
+    );
+    c.assert_checks(CheckOptions::default());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_tree_is_one_delete() {
+    let mut c = cluster("rm-tree", 1).await;
+    let m = c.master_dir();
+    fs::create_dir_all(m.join("tree/sub")).expect("mkdir");
+    for i in 0..50 {
+        fs::write(m.join(format!("tree/sub/{i}")), "x").expect("write");
+    }
+    must(
+        c.events
+            .expect_count(
+                Pattern::consume().by("slave").put().kind(EntryKind::File),
+                50,
+                Duration::from_millis(200),
+            )
+            .await,
+    );
+    fs::remove_dir_all(m.join("tree")).expect("rm -rf");
+    must(
+        c.events
+            .expect(Pattern::consume().by("slave").delete().path("tree"))
+            .await,
+    );
+    must(c.settle().await);
+    assert_eq!(
+        c.events.count(&Pattern::notify().delete()),
+        1,
+        "{}",
+        c.events.timeline()
+    );
+    assert!(!c.slaves[0].dir.join("tree").exists());
+    c.assert_checks(CheckOptions::default());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moved_in_from_outside_is_scanned_and_moved_out_is_deleted() {
+    let mut c = cluster("move-in-out", 1).await;
+    let m = c.master_dir();
+    let outside = c.dir.path().join("outside");
+    fs::create_dir_all(outside.join("incoming/deep")).expect("mkdir");
+    fs::write(outside.join("incoming/deep/file"), "from outside").expect("write");
+    fs::rename(outside.join("incoming"), m.join("incoming")).expect("move in");
+    must(
+        c.events
+            .expect(
+                Pattern::consume()
+                    .by("slave")
+                    .put()
+                    .path("incoming/deep/file"),
+            )
+            .await,
+    );
+    fs::rename(m.join("incoming"), outside.join("gone")).expect("move out");
+    must(
+        c.events
+            .expect(Pattern::consume().by("slave").delete().path("incoming"))
+            .await,
+    );
+    must(c.settle().await);
+    c.assert_checks(CheckOptions::default());
+}
