@@ -531,3 +531,90 @@ pub fn check_dir(report: &Report, dir: &Path) -> io::Result<Option<Violation>> {
         ),
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::log::read_log;
+
+    fn golden(name: &str) -> Report {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures/logs")
+            .join(name);
+        let events = read_log(&path).unwrap_or_else(|err| panic!("{name}: {err}"));
+        check_log(&events, CheckOptions::default())
+    }
+
+    fn invariants(report: &Report) -> Vec<u8> {
+        let mut found: Vec<u8> = report.violations.iter().map(|v| v.invariant).collect();
+        found.dedup();
+        found
+    }
+
+    #[test]
+    fn a_real_session_checks_out() {
+        let report = golden("valid.jsonl");
+        assert!(report.is_ok(), "{report}");
+        assert_eq!(report.n_notifies, 9);
+        assert_eq!(report.slaves, ["slave"]);
+        // The replay of a real session includes a non-UTF-8 name and a moved directory.
+        assert!(report
+            .master_state
+            .iter()
+            .any(|(p, _)| p.as_str().is_none()));
+        assert!(report
+            .master_state
+            .get(&RelPath::new("manual/guide/intro.md").expect("valid"))
+            .is_some());
+    }
+
+    #[test]
+    fn each_broken_log_names_the_invariant_it_breaks() {
+        for (name, expected) in [
+            ("broken-gap.jsonl", vec![1, 2]),
+            ("broken-time.jsonl", vec![1]),
+            ("broken-double-consume.jsonl", vec![2]),
+            ("broken-mismatch.jsonl", vec![3]),
+            ("broken-replay.jsonl", vec![4]),
+            ("broken-escape.jsonl", vec![5, 4, 5]),
+        ] {
+            let report = golden(name);
+            assert_eq!(invariants(&report), expected, "{name}:\n{report}");
+        }
+        let unanswered = golden("broken-unanswered.jsonl");
+        assert!(
+            unanswered
+                .violations
+                .iter()
+                .any(|v| v.invariant == 2 && v.message.contains("never answered")),
+            "{unanswered}"
+        );
+    }
+
+    #[test]
+    fn pending_answers_are_reported_unless_allowed() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/logs/valid.jsonl");
+        let mut events = read_log(&path).expect("read");
+        // Cut the log just after the last notify, before the slave answered it.
+        let last_notify = events
+            .iter()
+            .rposition(|e| e.tag() == Some(Tag::Notify))
+            .expect("a notify");
+        events.truncate(last_notify + 1);
+        let strict = check_log(&events, CheckOptions::default());
+        assert!(
+            strict
+                .violations
+                .iter()
+                .any(|v| v.message.contains("has not answered")),
+            "{strict}"
+        );
+        let lenient = check_log(
+            &events,
+            CheckOptions {
+                allow_pending: true,
+            },
+        );
+        assert!(lenient.is_ok(), "{lenient}");
+    }
+}

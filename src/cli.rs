@@ -222,7 +222,9 @@ async fn open_bus(
         bail!("listening on {addr} (beyond loopback) needs a shared token: pass --token or set FILESYNC_TOKEN");
     }
     // Not through tracing: scripts and tests read this line whatever the log level.
-    eprintln!("listening on {addr}");
+    // One write, so a reader never sees half the line.
+    let line = format!("listening on {addr}\n");
+    let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), line.as_bytes());
     Ok((bus, listener))
 }
 

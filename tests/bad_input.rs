@@ -322,3 +322,42 @@ async fn a_full_disk_is_an_error_event_and_the_slave_keeps_going() {
     // The error answered its notify; once big.bin is gone again the states agree.
     c.assert_checks(CheckOptions::default());
 }
+
+/// A subscriber that asks for everything and never reads its socket: its replies pile up in
+/// its own connection only. Everyone else keeps getting events at full speed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_never_reads_stalls_nobody() {
+    let mut c = cluster("slow-reader", 1).await;
+    // Something to read: a few hundred KiB of log.
+    for i in 0..200 {
+        fs::write(c.master_dir().join(format!("f{i}")), "x").expect("write");
+    }
+    must(
+        c.events
+            .expect_count(
+                Pattern::consume().by("slave").put(),
+                200,
+                Duration::from_millis(100),
+            )
+            .await,
+    );
+    let mut sloth = hello(&c.addr, Role::Listener, "sloth").await;
+    for id in 0..2000u64 {
+        let poll = Request::Poll {
+            id,
+            from: 1,
+            max_bytes: 1 << 20,
+        };
+        let frame = Frame::new(serde_json::to_vec(&poll).expect("json"), Vec::new());
+        // The bus stops reading from us once our replies back up; that must not matter.
+        if tokio::time::timeout(Duration::from_millis(50), write_frame(&mut sloth, &frame))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    still_works(&mut c, "while-sloth-sleeps.txt").await;
+    drop(sloth);
+    c.assert_checks(CheckOptions::default());
+}

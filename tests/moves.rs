@@ -101,8 +101,11 @@ async fn renaming_a_full_directory_is_one_move_and_copies_nothing() {
     c.assert_checks(CheckOptions::default());
 }
 
+/// `rm -rf` of a tree: the slave loses the whole tree, and no file inside it is ever
+/// re-published. (Usually this is one delete of `tree`; when `rm` is slower than the settle
+/// delay, deletes of parts of it may come first, which is just as correct.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deleting_a_tree_is_one_delete() {
+async fn deleting_a_tree_mirrors_its_removal() {
     let mut c = cluster("rm-tree", 1).await;
     let m = c.master_dir();
     fs::create_dir_all(m.join("tree/sub")).expect("mkdir");
@@ -125,12 +128,10 @@ async fn deleting_a_tree_is_one_delete() {
             .await,
     );
     must(c.settle().await);
-    assert_eq!(
-        c.events.count(&Pattern::notify().delete()),
-        1,
-        "{}",
-        c.events.timeline()
-    );
+    let deletes = c.events.count(&Pattern::notify().delete());
+    assert!((1..=52).contains(&deletes), "{}", c.events.timeline());
+    let puts = c.events.count(&Pattern::notify().put());
+    assert_eq!(puts, 52, "nothing re-published:\n{}", c.events.timeline());
     assert!(!c.slaves[0].dir.join("tree").exists());
     c.assert_checks(CheckOptions::default());
 }

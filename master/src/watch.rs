@@ -76,7 +76,7 @@ pub struct WatcherGone;
 /// A recursive watch on one root.
 pub struct DirWatcher {
     // Dropping the watcher stops its thread; keep it alive as long as we read signals.
-    _watcher: RecommendedWatcher,
+    watcher: RecommendedWatcher,
     signals: Receiver<Signal>,
     overflowed: Arc<AtomicBool>,
 }
@@ -110,10 +110,26 @@ impl DirWatcher {
                 },
             })?;
         Ok(DirWatcher {
-            _watcher: watcher,
+            watcher,
             signals,
             overflowed,
         })
+    }
+
+    /// Makes sure `dir` (and everything under it) is watched, and returns only once it is.
+    /// Call before scanning a directory that just appeared: notify adds such watches itself,
+    /// but only after handing out the event, so a scan could otherwise run first and miss a
+    /// file created before the watch existed.
+    pub fn watch_now(&mut self, dir: &Path) -> Result<(), WatchError> {
+        self.watcher
+            .watch(dir, RecursiveMode::Recursive)
+            .map_err(|source| match source.kind {
+                notify::ErrorKind::MaxFilesWatch => WatchError::WatchLimit,
+                _ => WatchError::Notify {
+                    path: dir.to_path_buf(),
+                    source,
+                },
+            })
     }
 
     /// The next signal, waiting at most `timeout`. `Ok(None)` on timeout; `Err` when the

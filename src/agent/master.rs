@@ -192,7 +192,7 @@ fn worker(
     retries: &std_mpsc::Receiver<RelPath>,
     stop: &AtomicBool,
 ) {
-    let watcher = match DirWatcher::start(dir) {
+    let mut watcher = match DirWatcher::start(dir) {
         Ok(watcher) => watcher,
         Err(err) => {
             let _ = tx.blocking_send(WorkerMsg::Fatal(err.to_string()));
@@ -249,6 +249,22 @@ fn worker(
             coalescer.observe(Signal::Rescan, Instant::now());
         }
         for work in coalescer.take_due(Instant::now()) {
+            // Watch before scan: a directory about to be scanned is watched first, so that
+            // nothing created in it after the scan passed by goes unreported.
+            let scanned = match &work {
+                Work::Refresh(path) | Work::Move { to: path, .. } => Some(path.to_path(dir)),
+                Work::RescanAll => None,
+            };
+            if let Some(full) =
+                scanned.filter(|full| full.symlink_metadata().is_ok_and(|m| m.is_dir()))
+            {
+                if let Err(err) = watcher.watch_now(&full) {
+                    tracing::error!("{err}");
+                    if matches!(err, filesync_master::watch::WatchError::WatchLimit) {
+                        polling_since.get_or_insert_with(Instant::now);
+                    }
+                }
+            }
             match work {
                 Work::Refresh(path) => {
                     tree.refresh(&path, &mut emit);

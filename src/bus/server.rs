@@ -38,6 +38,9 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_UPLOADS: usize = 8;
 /// Replies waiting for a slow peer's socket; past this the peer's reads simply wait.
 const OUTBOX: usize = 64;
+/// Polls one connection may have waiting at once. Each may hold a piece of the log in
+/// memory, so a peer firing polls without reading must not be able to pile them up.
+const MAX_POLLS: usize = 4;
 
 /// How the bus is set up.
 #[derive(Debug, Clone)]
@@ -260,15 +263,15 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream, addr: String)
                 from,
                 max_bytes,
             } => {
-                polls.spawn(poll(
-                    shared.clone(),
-                    outbox.clone(),
-                    id,
-                    from.max(1),
-                    max_bytes,
-                ));
                 while polls.try_join_next().is_some() {}
-                continue;
+                if polls.len() >= MAX_POLLS {
+                    let error = format!("more than {MAX_POLLS} polls in flight");
+                    reply_frame(&Reply::Err { id, error }, Vec::new())
+                } else {
+                    let from = from.max(1);
+                    polls.spawn(poll(shared.clone(), outbox.clone(), id, from, max_bytes));
+                    continue;
+                }
             }
             Request::BlobHas { id, sha256 } => match shared.blobs.contains(&sha256) {
                 Ok(present) => reply_frame(

@@ -111,7 +111,9 @@ impl Proc {
         let until = Instant::now() + timeout;
         loop {
             let text = fs::read_to_string(&self.stderr_log).unwrap_or_default();
-            if let Some(line) = text.lines().find(|l| l.contains(needle)) {
+            // Only whole lines: the process may be in the middle of writing the last one.
+            let complete = &text[..text.rfind('\n').map_or(0, |idx| idx + 1)];
+            if let Some(line) = complete.lines().find(|l| l.contains(needle)) {
                 if let Some(idx) = line.find(needle) {
                     return Ok(line[idx + needle.len()..].trim().to_owned());
                 }
