@@ -217,28 +217,12 @@ impl EventStream {
         }
     }
 
-    fn try_match(&self, patterns: &[Pattern], ordered: bool) -> Option<Vec<Event>> {
-        let mut used: std::collections::HashSet<u64> = std::collections::HashSet::new();
-        let mut found = Vec::with_capacity(patterns.len());
-        let mut after = 0;
-        for pattern in patterns {
-            let hit = self.seen.iter().find(|e| {
-                (!ordered || e.seq > after)
-                    && !self.claimed.contains(&e.seq)
-                    && !used.contains(&e.seq)
-                    && pattern.matches(e)
-            })?;
-            used.insert(hit.seq);
-            after = hit.seq;
-            found.push(hit.clone());
-        }
-        Some(found)
-    }
-
-    fn unmet<'p>(&self, patterns: &'p [Pattern], ordered: bool) -> Vec<&'p Pattern> {
+    /// Assigns each pattern the first unclaimed, unused event it matches (after the previous
+    /// pattern's event, when `ordered`): `None` for patterns left unmet.
+    fn assign(&self, patterns: &[Pattern], ordered: bool) -> Vec<Option<Event>> {
         let mut used: std::collections::HashSet<u64> = std::collections::HashSet::new();
         let mut after = 0;
-        let mut unmet = Vec::new();
+        let mut assigned = Vec::with_capacity(patterns.len());
         for pattern in patterns {
             let hit = self.seen.iter().find(|e| {
                 (!ordered || e.seq > after)
@@ -246,15 +230,27 @@ impl EventStream {
                     && !used.contains(&e.seq)
                     && pattern.matches(e)
             });
-            match hit {
-                Some(hit) => {
-                    used.insert(hit.seq);
-                    after = hit.seq;
-                }
-                None => unmet.push(pattern),
+            if let Some(hit) = hit {
+                used.insert(hit.seq);
+                after = hit.seq;
             }
+            assigned.push(hit.cloned());
         }
-        unmet
+        assigned
+    }
+
+    fn try_match(&self, patterns: &[Pattern], ordered: bool) -> Option<Vec<Event>> {
+        self.assign(patterns, ordered).into_iter().collect()
+    }
+
+    fn unmet<'p>(&self, patterns: &'p [Pattern], ordered: bool) -> Vec<&'p Pattern> {
+        let assigned = self.assign(patterns, ordered);
+        patterns
+            .iter()
+            .zip(assigned)
+            .filter(|(_, hit)| hit.is_none())
+            .map(|(pattern, _)| pattern)
+            .collect()
     }
 
     /// Waits until no event has arrived for `window` (within the deadline).
@@ -262,10 +258,8 @@ impl EventStream {
         let started = Instant::now();
         loop {
             if started.elapsed() >= self.deadline {
-                return Err(self.failure(
-                    format!("never quiet for {window:?} within {:?}", self.deadline),
-                    &[],
-                ));
+                let reason = format!("never quiet for {window:?} within {:?}", self.deadline);
+                return Err(self.failure(reason, &[]));
             }
             match self.receive(window).await {
                 Ok(true) => {}
