@@ -111,3 +111,25 @@ fn an_address_in_use_is_a_clear_error() {
         .expect("run");
     one_clear_line(&out, "cannot listen on");
 }
+
+#[test]
+fn the_demo_runs_and_its_log_checks_out() {
+    let out = Command::new(bin()).arg("demo").output().expect("run demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for needle in [
+        "notify   master     move   docs -> manual",
+        "consume  slave      delete greeting.txt",
+        "OK: all invariants hold",
+    ] {
+        assert!(
+            stdout.contains(needle),
+            "demo output lacks {needle:?}:\n{stdout}"
+        );
+    }
+}

@@ -7,5 +7,6 @@ mod util;
 mod bad_input;
 mod basics;
 mod check_cli;
+mod cli;
 mod moves;
 mod restarts;
