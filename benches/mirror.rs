@@ -137,10 +137,10 @@ async fn latency(rows: &mut Vec<[String; 4]>) {
 }
 
 async fn large_file(rows: &mut Vec<[String; 4]>) {
-    let c = Cluster::start(&bin(), "bench-1gib", 1)
+    let mut c = Cluster::start(&bin(), "bench-1gib", 1)
         .await
         .expect("cluster");
-    let staging = c.dir.path().join("staging");
+    let staging = c.dir().join("staging");
     fs::create_dir_all(&staging).expect("mkdir");
     let source = staging.join("big.bin");
     {
@@ -173,8 +173,8 @@ async fn large_file(rows: &mut Vec<[String; 4]>) {
         format!("cp {:.2} s", cp_time.as_secs_f64()),
         format!("{:.1}x cp", took.as_secs_f64() / cp_time.as_secs_f64()),
     ]);
-    let master_pid = c.master.as_ref().map(|p| p.pid()).unwrap_or(0);
-    let slave_pid = c.slaves[0].proc.as_ref().map(|p| p.pid()).unwrap_or(0);
+    let master_pid = c.master_pid().unwrap_or(0);
+    let slave_pid = c.slave_pid(0).unwrap_or(0);
     rows.push([
         "peak RSS, master (1 GiB run)".into(),
         format!("{:.1} MiB", peak_rss_mib(master_pid)),

@@ -429,7 +429,12 @@ fn disagreement(notify: &Draft, consume: &Draft) -> Option<String> {
     ];
     for (name, expected, got) in fields {
         if expected != got {
-            return Some(format!("{name} is {got:?}, the notify says {expected:?}"));
+            let show = |value: Option<String>| value.unwrap_or_else(|| "absent".into());
+            return Some(format!(
+                "{name} is {}, the notify says {}",
+                show(got),
+                show(expected)
+            ));
         }
     }
     None

@@ -57,7 +57,7 @@ pub enum Command {
     Listen(ListenArgs),
     /// Validate an event log offline; exit 0 when it holds, 1 with a report when not.
     #[command(
-        after_help = "Examples:\n  filesync check events.jsonl\n  filesync check events.jsonl --dir /backup/src"
+        after_help = "Examples:\n  filesync check events.jsonl\n  filesync check events.jsonl --dir /backup/src --html timeline.html"
     )]
     Check(CheckArgs),
     /// Run master, slave and listener in temporary directories and walk through a session.
@@ -84,6 +84,9 @@ pub struct MasterArgs {
     /// Shared secret every peer must present (required to listen beyond loopback).
     #[arg(long, env = "FILESYNC_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// For test suites only: let peers hold agents at checkpoints (refused beyond loopback).
+    #[arg(long, hide = true)]
+    pub test_checkpoints: bool,
 }
 
 #[derive(Debug, Args)]
@@ -113,6 +116,9 @@ pub struct BusArgs {
     pub state: Option<PathBuf>,
     #[arg(long, env = "FILESYNC_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// For test suites only: let peers hold agents at checkpoints (refused beyond loopback).
+    #[arg(long, hide = true)]
+    pub test_checkpoints: bool,
 }
 
 #[derive(Debug, Args)]
@@ -151,6 +157,9 @@ pub struct CheckArgs {
     /// Do not report notifies that slaves have not answered yet (a log cut mid-flight).
     #[arg(long)]
     pub allow_pending: bool,
+    /// Also draw the log as a timeline into this self-contained HTML file.
+    #[arg(long, value_name = "OUT")]
+    pub html: Option<PathBuf>,
 }
 
 /// Resolves when Ctrl-C or SIGTERM arrives.
@@ -191,7 +200,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Bus(args) => {
             let state = args.state.unwrap_or_else(|| default_state_dir("bus"));
-            let (bus, listener) = open_bus(&args.listen, &state, args.token).await?;
+            let (bus, listener) =
+                open_bus(&args.listen, &state, args.token, args.test_checkpoints).await?;
             bus.serve(listener, shutdown_signal()).await.map(|()| 0)
         }
         Command::Listen(args) => crate::listen::run(args).await,
@@ -209,15 +219,20 @@ async fn open_bus(
     listen: &str,
     state: &Path,
     token: Option<String>,
+    checkpoints: bool,
 ) -> anyhow::Result<(Bus, tokio::net::TcpListener)> {
     let bus = Bus::open(&BusOptions {
         state_dir: state.to_path_buf(),
         token: token.clone(),
+        checkpoints,
     })?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
+    if checkpoints && !is_loopback(&addr) {
+        bail!("--test-checkpoints lets any peer pause agents: it is refused beyond loopback");
+    }
     if !is_loopback(&addr) && token.is_none() {
         bail!("listening on {addr} (beyond loopback) needs a shared token: pass --token or set FILESYNC_TOKEN");
     }
@@ -255,7 +270,7 @@ async fn run_master(args: MasterArgs) -> anyhow::Result<()> {
             dir.display()
         );
     }
-    let (bus, listener) = open_bus(&args.listen, &state, args.token).await?;
+    let (bus, listener) = open_bus(&args.listen, &state, args.token, args.test_checkpoints).await?;
     options.bus = listener.local_addr()?.to_string();
     let (stop_bus, bus_stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(bus.serve(listener, async move {
@@ -287,6 +302,10 @@ fn run_check(args: CheckArgs) -> anyhow::Result<i32> {
         {
             report.violations.push(violation);
         }
+    }
+    if let Some(out) = &args.html {
+        let html = crate::html::render(&events, Some(&report), &[]);
+        std::fs::write(out, html).with_context(|| format!("cannot write {}", out.display()))?;
     }
     print!("{report}");
     Ok(if report.is_ok() { 0 } else { 1 })

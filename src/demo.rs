@@ -50,7 +50,7 @@ pub async fn run() -> anyhow::Result<i32> {
     let _ = listener.kill();
     let _ = listener.wait();
     if let Err(err) = outcome {
-        let kept = cluster.dir.keep();
+        let kept = cluster.keep();
         println!(
             "\nDEMO FAILED: {err}\n(directories and process logs kept in {})",
             kept.display()
@@ -70,7 +70,7 @@ pub async fn run() -> anyhow::Result<i32> {
         println!("Next: `cargo test` runs the suite; README.md walks through two terminals.");
         Ok(0)
     } else {
-        let kept = cluster.dir.keep();
+        let kept = cluster.keep();
         println!(
             "\nDEMO FAILED (directories and logs kept in {})",
             kept.display()

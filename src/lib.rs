@@ -6,6 +6,7 @@
 //! - [`bus`]: the bus server (log, blob store, fan-out) and its client.
 //! - [`agent`]: wiring the master's changes onto the bus, and the bus into the slave.
 //! - [`check`]: the invariants behind `filesync check`.
+//! - [`html`]: the log drawn as a timeline (`filesync check --html`).
 //! - [`testkit`]: listening to the bus and expecting events; running agents as processes.
 //! - [`cli`]: the command line, called by `main.rs`.
 //!
@@ -18,5 +19,6 @@ pub mod check;
 pub mod cli;
 pub mod demo;
 pub mod event;
+pub mod html;
 pub mod listen;
 pub mod testkit;

@@ -106,7 +106,7 @@ async fn garbage_and_oversized_frames_drop_only_that_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_events_are_refused_and_never_logged() {
     let mut c = cluster("hostile", 1).await;
-    let outside = c.dir.path().join("outside-target");
+    let outside = c.dir().join("outside-target");
     let mut evil = hello(&c.addr, Role::Master, "evil").await;
     let mut id = 0;
     let mut publish = |draft: Draft| {
@@ -217,7 +217,7 @@ async fn a_symlink_planted_on_the_slave_is_never_written_through() {
             .expect(Pattern::consume().by("slave").put().path("data"))
             .await,
     );
-    let outside = c.dir.path().join("outside");
+    let outside = c.dir().join("outside");
     fs::create_dir(&outside).expect("mkdir");
     let s = c.slaves[0].dir.clone();
     fs::remove_dir(s.join("data")).expect("rmdir");

@@ -87,7 +87,7 @@ async fn a_slave_inside_the_master_directory_is_refused() {
         .args(["slave", "--bus", &c.addr, "--dir"])
         .arg(c.master_dir().join("inner"))
         .arg("--state")
-        .arg(c.dir.path().join("state/nested"))
+        .arg(c.dir().join("state/nested"))
         .stdin(Stdio::null())
         .output()
         .expect("run");

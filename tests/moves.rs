@@ -140,7 +140,7 @@ async fn deleting_a_tree_mirrors_its_removal() {
 async fn moved_in_from_outside_is_scanned_and_moved_out_is_deleted() {
     let mut c = cluster("move-in-out", 1).await;
     let m = c.master_dir();
-    let outside = c.dir.path().join("outside");
+    let outside = c.dir().join("outside");
     fs::create_dir_all(outside.join("incoming/deep")).expect("mkdir");
     fs::write(outside.join("incoming/deep/file"), "from outside").expect("write");
     fs::rename(outside.join("incoming"), m.join("incoming")).expect("move in");

@@ -29,7 +29,7 @@ async fn a_slave_killed_mid_burst_converges_after_restart() {
                     )
                     .await,
             );
-            c.crash_slave(0);
+            must(c.crash_slave(0));
         }
     }
     must(
@@ -59,7 +59,7 @@ async fn a_master_killed_mid_burst_converges_after_restart() {
             .expect(Pattern::notify().by("master").put().path_glob("f*"))
             .await,
     );
-    c.crash_master();
+    must(c.crash_master());
     must(c.start_master().await);
     must(c.settle().await);
     c.assert_checks(CheckOptions::default());

@@ -9,4 +9,5 @@ mod basics;
 mod check_cli;
 mod cli;
 mod moves;
+mod races;
 mod restarts;

@@ -298,6 +298,45 @@ impl BusClient {
     }
 }
 
+impl BusClient {
+    /// Test buses only: arms a checkpoint gate.
+    pub async fn arm(&self, name: &str, gate: super::gates::Gate) -> Result<(), ClientError> {
+        let name = name.to_owned();
+        self.request(|id| Request::Arm { id, name, gate }, &[])
+            .await
+            .map(|_| ())
+    }
+
+    /// Test buses only: lets the agent held at gate `name` go on.
+    pub async fn release(&self, name: &str) -> Result<(), ClientError> {
+        let name = name.to_owned();
+        self.request(|id| Request::Release { id, name }, &[])
+            .await
+            .map(|_| ())
+    }
+
+    /// Test buses only: waits until gate `name` fires; returns the `seq` it fired at.
+    pub async fn reached(&self, name: &str) -> Result<u64, ClientError> {
+        let name = name.to_owned();
+        match self
+            .request(|id| Request::Reached { id, name }, &[])
+            .await?
+        {
+            (Reply::Ok { seq: Some(seq), .. }, _) => Ok(seq),
+            (other, _) => Err(ClientError::Protocol(format!(
+                "expected ok with seq, got {other:?}"
+            ))),
+        }
+    }
+
+    /// Test buses only: releases and forgets every gate.
+    pub async fn disarm(&self) -> Result<(), ClientError> {
+        self.request(|id| Request::Disarm { id }, &[])
+            .await
+            .map(|_| ())
+    }
+}
+
 /// Why an upload failed.
 #[derive(Debug, thiserror::Error)]
 pub enum UploadError {

@@ -5,12 +5,14 @@
 //! - [`protocol`]: the messages, version 1.
 //! - [`log`]: `events.jsonl`: append, recover, read by `seq`.
 //! - [`blobs`]: content addressed by SHA-256.
+//! - [`gates`]: checkpoint gates that hold agents, on test buses only.
 //! - [`server`]: accepts agents and serves all of the above.
 //! - [`client`]: the agents' side, and `Subscription`.
 
 pub mod blobs;
 pub mod client;
 pub mod frame;
+pub mod gates;
 pub mod log;
 pub mod protocol;
 pub mod server;

@@ -13,11 +13,14 @@
 //! | `blob_put {id, sha256, offset, last}` | content piece | `ok {id}`; on `last` the bus verifies the SHA-256 |
 //! | `blob_get {id, sha256, offset, len}` | | `blob_data {id, eof}` with the piece in the body |
 //!
+//! | `arm`, `release`, `reached`, `disarm` | | checkpoint gates, on buses started with `--test-checkpoints` only |
+//!
 //! Subscription is pull-based: a subscriber asks for events from the `seq` it wants next,
 //! so each one goes at its own pace and the bus keeps no per-subscriber queue.
 
 use serde::{Deserialize, Serialize};
 
+use super::gates::Gate;
 use crate::event::{Draft, Role};
 
 /// The protocol version this build speaks.
@@ -61,6 +64,26 @@ pub enum Request {
         sha256: String,
         offset: u64,
         len: u64,
+    },
+    /// Test buses only (`--test-checkpoints`): hold an agent where `gate` says.
+    Arm {
+        id: u64,
+        name: String,
+        gate: Gate,
+    },
+    /// Test buses only: let the agent held at gate `name` go on.
+    Release {
+        id: u64,
+        name: String,
+    },
+    /// Test buses only: answered (`ok {seq}`) once gate `name` has fired.
+    Reached {
+        id: u64,
+        name: String,
+    },
+    /// Test buses only: release and forget every gate.
+    Disarm {
+        id: u64,
     },
 }
 

@@ -28,7 +28,7 @@ use super::blobs::{BlobStore, Upload};
 use super::frame::{read_frame, write_frame, Frame};
 use super::log::{read_lines, EventLog, Head};
 use super::protocol::{Reply, Request, PROTOCOL_VERSION};
-use crate::event::{Draft, Op, Role, Tag};
+use crate::event::{Draft, Event, Op, Role, Tag};
 
 /// At most this many agents at once; more wait in the kernel's accept queue.
 const MAX_CONNECTIONS: usize = 1024;
@@ -49,6 +49,8 @@ pub struct BusOptions {
     pub state_dir: PathBuf,
     /// When set, every peer must present it in its hello.
     pub token: Option<String>,
+    /// Test buses only: let a peer hold agents at checkpoints (see `gates`).
+    pub checkpoints: bool,
 }
 
 struct Shared {
@@ -59,6 +61,8 @@ struct Shared {
     answered: Mutex<HashMap<String, u64>>,
     master_dir: Mutex<Option<String>>,
     token: Option<String>,
+    /// Present only on a bus started with checkpoints enabled.
+    gates: Option<super::gates::Gates>,
 }
 
 /// Locks a mutex, recovering the data if a panicking task poisoned it: every critical
@@ -98,6 +102,7 @@ impl Bus {
                 answered: Mutex::new(recovered.answered),
                 master_dir: Mutex::new(None),
                 token: options.token.clone(),
+                gates: options.checkpoints.then(super::gates::Gates::default),
             }),
         })
     }
@@ -244,20 +249,31 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream, addr: String)
                 );
                 break;
             }
-            Request::Publish { id, event } => match publish(&shared, &peer, *event) {
-                Ok(seq) => reply_frame(
-                    &Reply::Ok {
-                        id,
-                        seq: Some(seq),
-                        present: None,
-                    },
-                    Vec::new(),
-                ),
-                Err(error) => {
-                    tracing::warn!("peer {}: publish refused: {error}", peer.name);
-                    reply_frame(&Reply::Err { id, error }, Vec::new())
+            Request::Publish { id, event } => {
+                if let Some(gates) = &shared.gates {
+                    gates.before_append(&peer.name, &event).await;
                 }
-            },
+                match publish(&shared, &peer, *event) {
+                    Ok(event) => {
+                        if let Some(gates) = &shared.gates {
+                            gates.after_append(&peer.name, &event).await;
+                        }
+                        let seq = Some(event.seq);
+                        reply_frame(
+                            &Reply::Ok {
+                                id,
+                                seq,
+                                present: None,
+                            },
+                            Vec::new(),
+                        )
+                    }
+                    Err(error) => {
+                        tracing::warn!("peer {}: publish refused: {error}", peer.name);
+                        reply_frame(&Reply::Err { id, error }, Vec::new())
+                    }
+                }
+            }
             Request::Poll {
                 id,
                 from,
@@ -269,8 +285,25 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream, addr: String)
                     reply_frame(&Reply::Err { id, error }, Vec::new())
                 } else {
                     let from = from.max(1);
-                    polls.spawn(poll(shared.clone(), outbox.clone(), id, from, max_bytes));
+                    let agent = peer.name.clone();
+                    polls.spawn(poll(
+                        shared.clone(),
+                        outbox.clone(),
+                        agent,
+                        id,
+                        from,
+                        max_bytes,
+                    ));
                     continue;
+                }
+            }
+            Request::Arm { .. }
+            | Request::Release { .. }
+            | Request::Reached { .. }
+            | Request::Disarm { .. } => {
+                match checkpoint_request(&shared, request, &outbox, &mut polls) {
+                    Some(reply) => reply,
+                    None => continue,
                 }
             }
             Request::BlobHas { id, sha256 } => match shared.blobs.contains(&sha256) {
@@ -400,8 +433,76 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Validates a peer's event and appends it; returns its `seq`.
-fn publish(shared: &Shared, peer: &Peer, mut draft: Draft) -> Result<u64, String> {
+/// Serves a gate request; `None` when the reply comes later (from a spawned waiter).
+fn checkpoint_request(
+    shared: &Arc<Shared>,
+    request: Request,
+    outbox: &mpsc::Sender<Frame>,
+    waiters: &mut JoinSet<()>,
+) -> Option<Frame> {
+    let ok = |id| {
+        reply_frame(
+            &Reply::Ok {
+                id,
+                seq: None,
+                present: None,
+            },
+            Vec::new(),
+        )
+    };
+    let err = |id, error: String| reply_frame(&Reply::Err { id, error }, Vec::new());
+    let Some(gates) = &shared.gates else {
+        let id = match &request {
+            Request::Arm { id, .. }
+            | Request::Release { id, .. }
+            | Request::Reached { id, .. }
+            | Request::Disarm { id } => *id,
+            _ => 0,
+        };
+        return Some(err(
+            id,
+            "checkpoints are disabled on this bus (start it with --test-checkpoints)".into(),
+        ));
+    };
+    match request {
+        Request::Arm { id, name, gate } => Some(match gates.arm(name, gate) {
+            Ok(()) => ok(id),
+            Err(error) => err(id, error),
+        }),
+        Request::Release { id, name } => Some(match gates.release(&name) {
+            Ok(()) => ok(id),
+            Err(error) => err(id, error),
+        }),
+        Request::Disarm { id } => {
+            gates.disarm_all();
+            Some(ok(id))
+        }
+        Request::Reached { id, name } => {
+            let shared = shared.clone();
+            let outbox = outbox.clone();
+            waiters.spawn(async move {
+                let Some(gates) = &shared.gates else { return };
+                let frame = match gates.wait_reached(&name).await {
+                    Ok(seq) => reply_frame(
+                        &Reply::Ok {
+                            id,
+                            seq: Some(seq),
+                            present: None,
+                        },
+                        Vec::new(),
+                    ),
+                    Err(error) => reply_frame(&Reply::Err { id, error }, Vec::new()),
+                };
+                let _ = outbox.send(frame).await;
+            });
+            None
+        }
+        _ => None,
+    }
+}
+
+/// Validates a peer's event and appends it.
+fn publish(shared: &Shared, peer: &Peer, mut draft: Draft) -> Result<Event, String> {
     let tag = draft.tag.ok_or("missing field `tag`")?;
     let allowed = match tag {
         Tag::Join => false,
@@ -464,7 +565,7 @@ fn publish(shared: &Shared, peer: &Peer, mut draft: Draft) -> Result<u64, String
         *entry = (*entry).max(cause);
     }
     shared.head.send_replace(log.head());
-    Ok(event.seq)
+    Ok(event)
 }
 
 fn blob_put(
@@ -500,10 +601,12 @@ fn blob_put(
     Ok(())
 }
 
-/// Answers one poll: waits until `from` exists, then sends the lines from there.
+/// Answers one poll: waits until `from` exists, then sends the lines from there (up to the
+/// first event a checkpoint gate holds back from `agent`).
 async fn poll(
     shared: Arc<Shared>,
     outbox: mpsc::Sender<Frame>,
+    agent: String,
     id: u64,
     from: u64,
     max_bytes: u64,
@@ -523,7 +626,24 @@ async fn poll(
     let max = max_bytes.clamp(1, CHUNK_SIZE as u64);
     let lines = tokio::task::spawn_blocking(move || read_lines(&path, start, head.end, max)).await;
     let frame = match lines {
-        Ok(Ok(lines)) => reply_frame(&Reply::Events { id }, lines),
+        Ok(Ok(mut lines)) => {
+            if let Some(gates) = &shared.gates {
+                let events: Vec<Event> = std::str::from_utf8(&lines)
+                    .unwrap_or_default()
+                    .lines()
+                    .filter_map(|line| Event::parse(line).ok())
+                    .collect();
+                let allowed = gates.before_deliver(&agent, &events).await;
+                let cut = lines
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, &b)| b == b'\n')
+                    .nth(allowed.saturating_sub(1))
+                    .map_or(0, |(idx, _)| idx + 1);
+                lines.truncate(if allowed == 0 { 0 } else { cut });
+            }
+            reply_frame(&Reply::Events { id }, lines)
+        }
         Ok(Err(err)) => reply_frame(
             &Reply::Err {
                 id,

@@ -1,6 +1,10 @@
-//! `Cluster`: a master (hosting the bus on a free port) and N slaves as real processes, each
-//! in its own directory with its own state, started in order and awaited until `ready`; and
-//! an `EventStream` on the bus from `seq` 1, so a test sees the whole log.
+//! `Cluster`: a master (hosting the bus on a free port) and N slaves as real processes under
+//! a `Plan`, each in its own directory with its own state, started in order and awaited until
+//! `ready`; and an `EventStream` on the bus from `seq` 1, so a test sees the whole log.
+//!
+//! Every step checks the plan first, so an agent that died unexpectedly fails the test by
+//! name with the tail of its log. A test that panics keeps its directory and gets
+//! `timeline.html` there: the log drawn as lanes, with the checker's verdict.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -8,34 +12,31 @@ use std::time::Duration;
 
 use super::listen::EventStream;
 use super::pattern::Pattern;
-use super::process::{Proc, TestDir};
+use super::plan::{Plan, ProcId};
 use crate::bus::log::read_log;
-use crate::check::{check_dir, check_log, CheckOptions, Report};
+use crate::check::{check_dir, check_log, CheckOptions, Report, Violation};
 
-/// How long a process may take to print its address or become ready.
+/// How long a process may take to print its address.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
-/// How long SIGTERM may take before SIGKILL.
-const GRACE: Duration = Duration::from_secs(10);
 
 /// One slave's place.
 pub struct SlaveAgent {
     pub name: String,
     pub dir: PathBuf,
     pub state: PathBuf,
-    pub proc: Option<Proc>,
-    runs: usize,
+    pub proc: Option<ProcId>,
 }
 
 /// A running system under test.
 pub struct Cluster {
     bin: PathBuf,
-    pub dir: TestDir,
+    pub plan: Plan,
     /// The bus address (the master's `--listen`), fixed for restarts.
     pub addr: String,
-    pub master: Option<Proc>,
-    master_runs: usize,
+    pub master: Option<ProcId>,
     pub slaves: Vec<SlaveAgent>,
     pub events: EventStream,
+    checkpoints: bool,
 }
 
 /// The `--name` of slave `idx`: `slave`, `slave-2`, `slave-3`...
@@ -47,18 +48,80 @@ pub fn slave_name(idx: usize) -> String {
     }
 }
 
-fn numbered(name: &str, run: usize) -> String {
-    if run == 0 {
-        name.to_owned()
-    } else {
-        format!("{name}-{run}")
+/// How to start a cluster.
+pub struct ClusterBuilder<'a> {
+    bin: PathBuf,
+    label: String,
+    n_slaves: usize,
+    checkpoints: bool,
+    prepare: Option<Box<dyn FnOnce(&Path) + 'a>>,
+}
+
+impl<'a> ClusterBuilder<'a> {
+    /// How many slaves to start (default 1).
+    pub fn slaves(mut self, n: usize) -> Self {
+        self.n_slaves = n;
+        self
+    }
+
+    /// Start the bus with checkpoints enabled (`--test-checkpoints`), for a `Runner`.
+    pub fn checkpoints(mut self) -> Self {
+        self.checkpoints = true;
+        self
+    }
+
+    /// Fill the master directory before the master starts.
+    pub fn prepare(mut self, prepare: impl FnOnce(&Path) + 'a) -> Self {
+        self.prepare = Some(Box::new(prepare));
+        self
+    }
+
+    pub async fn start(self) -> Result<Cluster, String> {
+        let mut plan = Plan::new(&self.label).map_err(|e| e.to_string())?;
+        let master_dir = plan.dir().join("master");
+        std::fs::create_dir_all(&master_dir).map_err(|e| e.to_string())?;
+        if let Some(prepare) = self.prepare {
+            prepare(&master_dir);
+        }
+        let master = spawn_master(&mut plan, &self.bin, "127.0.0.1:0", self.checkpoints)?;
+        let addr = plan
+            .proc(master)
+            .wait_for_stderr("listening on ", START_TIMEOUT)?;
+        let events = EventStream::connect(&addr, 1, None)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut cluster = Cluster {
+            bin: self.bin,
+            plan,
+            addr,
+            master: Some(master),
+            slaves: Vec::new(),
+            events,
+            checkpoints: self.checkpoints,
+        };
+        cluster.expect_ready("master").await?;
+        for _ in 0..self.n_slaves {
+            let idx = cluster.add_slave();
+            cluster.start_slave(idx).await?;
+        }
+        Ok(cluster)
     }
 }
 
 impl Cluster {
+    pub fn builder(bin: &Path, label: &str) -> ClusterBuilder<'static> {
+        ClusterBuilder {
+            bin: bin.to_path_buf(),
+            label: label.to_owned(),
+            n_slaves: 1,
+            checkpoints: false,
+            prepare: None,
+        }
+    }
+
     /// Starts a master and `n_slaves` slaves and waits for each one's `ready`.
     pub async fn start(bin: &Path, label: &str, n_slaves: usize) -> Result<Cluster, String> {
-        Cluster::start_with(bin, label, n_slaves, |_| {}).await
+        Cluster::builder(bin, label).slaves(n_slaves).start().await
     }
 
     /// Like `start`, with a hook to fill the master directory before the master starts.
@@ -68,42 +131,29 @@ impl Cluster {
         n_slaves: usize,
         prepare: impl FnOnce(&Path),
     ) -> Result<Cluster, String> {
-        let dir = TestDir::new(label).map_err(|e| format!("cannot create test directory: {e}"))?;
-        let master_dir = dir.path().join("master");
-        std::fs::create_dir_all(&master_dir).map_err(|e| e.to_string())?;
-        prepare(&master_dir);
-        let mut master = spawn_master(bin, dir.path(), "127.0.0.1:0", 0)?;
-        let addr = master.wait_for_stderr("listening on ", START_TIMEOUT)?;
-        let events = EventStream::connect(&addr, 1, None)
+        Cluster::builder(bin, label)
+            .slaves(n_slaves)
+            .prepare(prepare)
+            .start()
             .await
-            .map_err(|e| e.to_string())?;
-        let mut cluster = Cluster {
-            bin: bin.to_path_buf(),
-            dir,
-            addr,
-            master: Some(master),
-            master_runs: 1,
-            slaves: Vec::new(),
-            events,
-        };
-        cluster
-            .events
-            .expect(Pattern::ready().by("master"))
-            .await
-            .map_err(|e| e.to_string())?;
-        for _ in 0..n_slaves {
-            let idx = cluster.add_slave();
-            cluster.start_slave(idx).await?;
-        }
-        Ok(cluster)
+    }
+
+    /// The test directory.
+    pub fn dir(&self) -> &Path {
+        self.plan.dir()
+    }
+
+    /// Keeps the test directory (and its logs) after the test; returns its path.
+    pub fn keep(&mut self) -> PathBuf {
+        self.plan.keep()
     }
 
     pub fn master_dir(&self) -> PathBuf {
-        self.dir.path().join("master")
+        self.dir().join("master")
     }
 
     pub fn master_state(&self) -> PathBuf {
-        self.dir.path().join("state").join("master")
+        self.dir().join("state").join("master")
     }
 
     pub fn log_path(&self) -> PathBuf {
@@ -111,7 +161,26 @@ impl Cluster {
     }
 
     pub fn logs_dir(&self) -> PathBuf {
-        self.dir.path().join("logs")
+        self.plan.logs_dir()
+    }
+
+    /// The master's process id, while it runs.
+    pub fn master_pid(&mut self) -> Option<u32> {
+        self.master.map(|id| self.plan.proc(id).pid())
+    }
+
+    /// Slave `idx`'s process id, while it runs.
+    pub fn slave_pid(&mut self, idx: usize) -> Option<u32> {
+        self.slaves[idx].proc.map(|id| self.plan.proc(id).pid())
+    }
+
+    async fn expect_ready(&mut self, agent: &str) -> Result<(), String> {
+        self.plan.check().map_err(|e| e.to_string())?;
+        self.events
+            .expect(Pattern::ready().by(agent))
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(())
     }
 
     /// Adds a slave's place (not started); returns its index.
@@ -119,11 +188,10 @@ impl Cluster {
         let idx = self.slaves.len();
         let name = slave_name(idx);
         self.slaves.push(SlaveAgent {
-            dir: self.dir.path().join(&name),
-            state: self.dir.path().join("state").join(&name),
+            dir: self.dir().join(&name),
+            state: self.dir().join("state").join(&name),
             name,
             proc: None,
-            runs: 0,
         });
         idx
     }
@@ -132,17 +200,12 @@ impl Cluster {
     pub async fn start_slave(&mut self, idx: usize) -> Result<(), String> {
         self.spawn_slave(idx)?;
         let name = self.slaves[idx].name.clone();
-        self.events
-            .expect(Pattern::ready().by(&name))
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(())
+        self.expect_ready(&name).await
     }
 
     /// Starts slave `idx` without waiting for anything.
     pub fn spawn_slave(&mut self, idx: usize) -> Result<(), String> {
-        let logs = self.logs_dir();
-        let slave = &mut self.slaves[idx];
+        let slave = &self.slaves[idx];
         let mut command = Command::new(&self.bin);
         command
             .arg("slave")
@@ -155,19 +218,19 @@ impl Cluster {
             .arg("--name")
             .arg(&slave.name)
             .env("RUST_LOG", "filesync=debug");
-        let proc = Proc::spawn(&numbered(&slave.name, slave.runs), command, &logs)
-            .map_err(|e| e.to_string())?;
-        slave.runs += 1;
-        slave.proc = Some(proc);
+        let name = slave.name.clone();
+        let id = self.plan.spawn(&name, command).map_err(|e| e.to_string())?;
+        self.slaves[idx].proc = Some(id);
         Ok(())
     }
 
     /// Starts the master again (same directory, state and address) and waits for `ready`.
     pub async fn start_master(&mut self) -> Result<(), String> {
-        let mut master = spawn_master(&self.bin, self.dir.path(), &self.addr, self.master_runs)?;
-        self.master_runs += 1;
-        master.wait_for_stderr("listening on ", START_TIMEOUT)?;
+        let master = spawn_master(&mut self.plan, &self.bin, &self.addr, self.checkpoints)?;
         self.master = Some(master);
+        self.plan
+            .proc(master)
+            .wait_for_stderr("listening on ", START_TIMEOUT)?;
         // The old subscription died with the old bus: follow the new one from where we were.
         let from = self.events.seen().last().map(|e| e.seq + 1).unwrap_or(1);
         let mut events = EventStream::connect(&self.addr, from, None)
@@ -175,34 +238,39 @@ impl Cluster {
             .map_err(|e| e.to_string())?;
         events.absorb(&mut self.events);
         self.events = events;
-        self.events
-            .expect(Pattern::ready().by("master"))
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(())
+        self.expect_ready("master").await
     }
 
-    /// SIGTERM to the master; waits for a clean exit.
+    /// SIGTERM to the master; it must exit 0.
     pub fn stop_master(&mut self) -> Result<(), String> {
-        stop(self.master.take(), "master")
+        let Some(id) = self.master.take() else {
+            return Ok(());
+        };
+        self.plan.stop(id).map_err(|e| e.to_string())
     }
 
     /// SIGKILL to the master.
-    pub fn crash_master(&mut self) {
-        if let Some(mut master) = self.master.take() {
-            master.crash();
-        }
+    pub fn crash_master(&mut self) -> Result<(), String> {
+        let Some(id) = self.master.take() else {
+            return Ok(());
+        };
+        self.plan.crash(id).map_err(|e| e.to_string())
     }
 
+    /// SIGTERM to slave `idx`; it must exit 0.
     pub fn stop_slave(&mut self, idx: usize) -> Result<(), String> {
-        let name = self.slaves[idx].name.clone();
-        stop(self.slaves[idx].proc.take(), &name)
+        let Some(id) = self.slaves[idx].proc.take() else {
+            return Ok(());
+        };
+        self.plan.stop(id).map_err(|e| e.to_string())
     }
 
-    pub fn crash_slave(&mut self, idx: usize) {
-        if let Some(mut proc) = self.slaves[idx].proc.take() {
-            proc.crash();
-        }
+    /// SIGKILL to slave `idx`.
+    pub fn crash_slave(&mut self, idx: usize) -> Result<(), String> {
+        let Some(id) = self.slaves[idx].proc.take() else {
+            return Ok(());
+        };
+        self.plan.crash(id).map_err(|e| e.to_string())
     }
 
     /// Waits for a quiet point: no event for a moment, and every notify answered by every
@@ -215,6 +283,7 @@ impl Cluster {
             .map(|s| s.name.clone())
             .collect();
         for _ in 0..50 {
+            self.plan.check().map_err(|e| e.to_string())?;
             self.events
                 .wait_quiet(Duration::from_millis(150))
                 .await
@@ -245,7 +314,7 @@ impl Cluster {
             Ok(events) => events,
             Err(err) => {
                 let mut report = Report::default();
-                report.violations.push(crate::check::Violation {
+                report.violations.push(Violation {
                     invariant: 1,
                     seqs: Vec::new(),
                     message: format!("cannot read the log: {err}"),
@@ -260,7 +329,7 @@ impl Cluster {
             match check_dir(&report, &dir) {
                 Ok(Some(violation)) => report.violations.push(violation),
                 Ok(None) => {}
-                Err(err) => report.violations.push(crate::check::Violation {
+                Err(err) => report.violations.push(Violation {
                     invariant: 0,
                     seqs: Vec::new(),
                     message: format!("cannot read {}: {err}", dir.display()),
@@ -270,14 +339,45 @@ impl Cluster {
         report
     }
 
-    /// Panics with the report and the timeline unless the log and directories check out.
-    pub fn assert_checks(&self, options: CheckOptions) {
+    /// Panics with the report and the timeline unless every agent is alive as planned and the
+    /// log and directories check out.
+    pub fn assert_checks(&mut self, options: CheckOptions) {
+        if let Err(err) = self.plan.check() {
+            panic!("{err}\n{}", self.events.timeline());
+        }
         let report = self.check(options);
         assert!(report.is_ok(), "{report}\n{}", self.events.timeline());
     }
 }
 
-fn spawn_master(bin: &Path, root: &Path, listen: &str, run: usize) -> Result<Proc, String> {
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        // The test failed: draw what happened next to the logs it keeps.
+        let events = read_log(&self.log_path()).unwrap_or_else(|_| self.events.seen().to_vec());
+        let report = check_log(
+            &events,
+            CheckOptions {
+                allow_pending: true,
+            },
+        );
+        let html = crate::html::render(&events, Some(&report), &self.events.last_unmet());
+        let out = self.dir().join("timeline.html");
+        if std::fs::write(&out, html).is_ok() {
+            eprintln!("timeline of the failed test: {}", out.display());
+        }
+    }
+}
+
+fn spawn_master(
+    plan: &mut Plan,
+    bin: &Path,
+    listen: &str,
+    checkpoints: bool,
+) -> Result<ProcId, String> {
+    let root = plan.dir().to_path_buf();
     let mut command = Command::new(bin);
     command
         .arg("master")
@@ -288,17 +388,8 @@ fn spawn_master(bin: &Path, root: &Path, listen: &str, run: usize) -> Result<Pro
         .arg("--state")
         .arg(root.join("state").join("master"))
         .env("RUST_LOG", "filesync=debug");
-    Proc::spawn(&numbered("master", run), command, &root.join("logs")).map_err(|e| e.to_string())
-}
-
-fn stop(proc: Option<Proc>, name: &str) -> Result<(), String> {
-    let Some(mut proc) = proc else { return Ok(()) };
-    match proc.terminate(GRACE) {
-        Some(status) if status.success() => Ok(()),
-        Some(status) => Err(format!(
-            "{name} exited with {status} on SIGTERM:\n{}",
-            proc.stderr_tail(20)
-        )),
-        None => Err(format!("{name} could not be stopped")),
+    if checkpoints {
+        command.arg("--test-checkpoints");
     }
+    plan.spawn("master", command).map_err(|e| e.to_string())
 }

@@ -50,6 +50,8 @@ pub struct EventStream {
     pub deadline: Duration,
     errors_allowed: bool,
     closed: Option<String>,
+    /// The unmet patterns of the last failed expectation, for the failure picture.
+    last_unmet: std::cell::RefCell<Vec<String>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -92,6 +94,7 @@ impl EventStream {
             deadline: Duration::from_secs(30),
             errors_allowed: false,
             closed: None,
+            last_unmet: Default::default(),
             task,
         })
     }
@@ -130,11 +133,18 @@ impl EventStream {
     }
 
     fn failure(&self, reason: String, unmet: &[&Pattern]) -> ExpectError {
+        let unmet: Vec<String> = unmet.iter().map(|p| p.to_string()).collect();
+        *self.last_unmet.borrow_mut() = unmet.clone();
         ExpectError {
             reason,
-            unmet: unmet.iter().map(|p| p.to_string()).collect(),
+            unmet,
             events: self.seen.clone(),
         }
+    }
+
+    /// The patterns the last failed expectation was waiting for.
+    pub fn last_unmet(&self) -> Vec<String> {
+        self.last_unmet.borrow().clone()
     }
 
     /// Takes what has arrived; waits up to `wait` for at least one more.

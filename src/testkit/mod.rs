@@ -5,16 +5,22 @@
 //!   `expect_none` and `expect_count`, failing with a timeline.
 //! - [`process`]: `Proc` and `TestDir`: processes with logs, killed on drop; directories
 //!   kept when a test fails.
+//! - [`plan`]: `Plan`, Flumotion's spawn / wait / kill / crash, every exit anticipated.
 //! - [`cluster`]: `Cluster`, a master and slaves as real processes, awaited until ready.
+//! - [`runner`]: `Checkpoint` and `Runner`: hold agents so checkpoints are hit in order.
 //! - [`timeline`]: the aligned, readable rendering of events.
 
 pub mod cluster;
 pub mod listen;
 pub mod pattern;
+pub mod plan;
 pub mod process;
+pub mod runner;
 pub mod timeline;
 
-pub use cluster::{slave_name, Cluster};
+pub use cluster::{slave_name, Cluster, ClusterBuilder};
 pub use listen::{EventStream, ExpectError};
 pub use pattern::Pattern;
+pub use plan::{Exit, Plan, PlanError, ProcId};
 pub use process::{Proc, TestDir};
+pub use runner::{Checkpoint, Runner, RunnerError};

@@ -61,18 +61,12 @@ pub struct Proc {
 }
 
 impl Proc {
-    /// Spawns `command`, its stdout and stderr in `logs_dir/<name>.stdout` and `.stderr`.
+    /// Spawns `command` with its stdout and stderr both in `logs_dir/<name>`.
     pub fn spawn(name: &str, mut command: Command, logs_dir: &Path) -> std::io::Result<Proc> {
-        let stdout_log = logs_dir.join(format!("{name}.stdout"));
-        let stderr_log = logs_dir.join(format!("{name}.stderr"));
-        let stderr = File::options()
-            .create(true)
-            .append(true)
-            .open(&stderr_log)?;
-        let stdout = File::options()
-            .create(true)
-            .append(true)
-            .open(&stdout_log)?;
+        fs::create_dir_all(logs_dir)?;
+        let log = logs_dir.join(name);
+        let stdout = File::options().create(true).append(true).open(&log)?;
+        let stderr = stdout.try_clone()?;
         command
             .stdout(Stdio::from(stdout))
             .stderr(Stdio::from(stderr))
@@ -81,7 +75,7 @@ impl Proc {
         Ok(Proc {
             name: name.to_owned(),
             child,
-            stderr_log,
+            stderr_log: log,
             status: None,
         })
     }
@@ -90,7 +84,7 @@ impl Proc {
         self.child.id()
     }
 
-    /// The last `n` lines of its stderr.
+    /// The last `n` lines of its log (stdout and stderr).
     pub fn stderr_tail(&self, n: usize) -> String {
         let text = fs::read_to_string(&self.stderr_log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();

@@ -1,0 +1,243 @@
+//! Checkpoint gates: how a test holds agents at chosen points, inside the bus.
+//!
+//! Only a bus started with `--test-checkpoints` has gates; a production bus refuses every
+//! gate request, so no peer can pause it. A gate fires once, at the first event that matches
+//! its filter, and holds the agent there until released:
+//!
+//! - `before_deliver`: the subscriber `agent` is not given that event (its poll waits), so it
+//!   is held *before applying* it;
+//! - `before_append`: `agent`'s publish of that event waits, not yet in the log;
+//! - `after_append`: `agent`'s event is in the log, but the reply to its publish waits, so it
+//!   is held *just after* (a slave that consumed, before it records its position).
+
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::event::{Draft, Event, Op, Tag};
+
+/// At most this many gates at once.
+const MAX_GATES: usize = 256;
+
+/// Which events a gate waits for. Every field set must match; `path` matches `path` or a
+/// move's `to`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventFilter {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<Tag>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub op: Option<Op>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
+impl EventFilter {
+    pub fn matches(&self, body: &Draft) -> bool {
+        self.tag.is_none_or(|tag| body.tag == Some(tag))
+            && self.op.is_none_or(|op| body.op == Some(op))
+            && self.path.as_ref().is_none_or(|path| {
+                body.path.as_ref() == Some(path) || body.to.as_ref() == Some(path)
+            })
+    }
+}
+
+impl std::fmt::Display for EventFilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let op = self.op.map(|o| format!("{o} ")).unwrap_or_default();
+        let tag = self
+            .tag
+            .map(|t| t.to_string())
+            .unwrap_or_else(|| "event".into());
+        let path = self
+            .path
+            .as_ref()
+            .map(|p| format!(" for {p}"))
+            .unwrap_or_default();
+        write!(f, "{op}{tag}{path}")
+    }
+}
+
+/// Where a gate holds an agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "at", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Gate {
+    BeforeDeliver { agent: String, filter: EventFilter },
+    BeforeAppend { agent: String, filter: EventFilter },
+    AfterAppend { agent: String, filter: EventFilter },
+}
+
+#[derive(Debug)]
+struct GateState {
+    name: String,
+    gate: Gate,
+    /// The `seq` it fired at (0 for `before_append`, whose event has none yet).
+    reached: Option<u64>,
+    released: bool,
+}
+
+/// The gates of one bus.
+#[derive(Debug)]
+pub struct Gates {
+    gates: Mutex<Vec<GateState>>,
+    changed: watch::Sender<u64>,
+}
+
+impl Default for Gates {
+    fn default() -> Gates {
+        Gates {
+            gates: Mutex::new(Vec::new()),
+            changed: watch::channel(0).0,
+        }
+    }
+}
+
+impl Gates {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<GateState>> {
+        self.gates
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn bump(&self) {
+        self.changed.send_modify(|generation| *generation += 1);
+    }
+
+    pub fn arm(&self, name: String, gate: Gate) -> Result<(), String> {
+        let mut gates = self.lock();
+        if gates.iter().any(|g| g.name == name) {
+            return Err(format!("a gate named {name:?} is already armed"));
+        }
+        if gates.len() >= MAX_GATES {
+            return Err(format!("more than {MAX_GATES} gates"));
+        }
+        gates.push(GateState {
+            name,
+            gate,
+            reached: None,
+            released: false,
+        });
+        Ok(())
+    }
+
+    pub fn release(&self, name: &str) -> Result<(), String> {
+        {
+            let mut gates = self.lock();
+            let gate = gates
+                .iter_mut()
+                .find(|g| g.name == name)
+                .ok_or_else(|| format!("no gate named {name:?}"))?;
+            gate.released = true;
+        }
+        self.bump();
+        Ok(())
+    }
+
+    /// Releases and forgets every gate.
+    pub fn disarm_all(&self) {
+        self.lock().clear();
+        self.bump();
+    }
+
+    /// Names and positions of the gates that hold an agent right now.
+    pub fn holding(&self) -> Vec<(String, u64)> {
+        self.lock()
+            .iter()
+            .filter_map(|g| {
+                g.reached
+                    .filter(|_| !g.released)
+                    .map(|seq| (g.name.clone(), seq))
+            })
+            .collect()
+    }
+
+    /// Waits until gate `name` fires; returns the `seq` it fired at.
+    pub async fn wait_reached(&self, name: &str) -> Result<u64, String> {
+        let mut changed = self.changed.subscribe();
+        loop {
+            {
+                let gates = self.lock();
+                let gate = gates
+                    .iter()
+                    .find(|g| g.name == name)
+                    .ok_or_else(|| format!("no gate named {name:?}"))?;
+                if let Some(seq) = gate.reached {
+                    return Ok(seq);
+                }
+            }
+            if changed.changed().await.is_err() {
+                return Err("the bus is shutting down".into());
+            }
+        }
+    }
+
+    /// Fires the first armed gate of `agent` that `pick` selects, and holds until released.
+    /// Returns whether a gate fired.
+    async fn fire(&self, seq: u64, pick: impl Fn(&Gate) -> bool) -> bool {
+        let name = {
+            let mut gates = self.lock();
+            let Some(gate) = gates
+                .iter_mut()
+                .find(|g| g.reached.is_none() && pick(&g.gate))
+            else {
+                return false;
+            };
+            gate.reached = Some(seq);
+            gate.name.clone()
+        };
+        tracing::info!("checkpoint {name:?} reached at #{seq}; holding");
+        self.bump();
+        let mut changed = self.changed.subscribe();
+        loop {
+            let released = self
+                .lock()
+                .iter()
+                .find(|g| g.name == name)
+                .is_none_or(|g| g.released);
+            if released {
+                return true;
+            }
+            if changed.changed().await.is_err() {
+                return true;
+            }
+        }
+    }
+
+    /// How many of `events` (about to be delivered to `agent`) may go now. When the first of
+    /// them fires a gate, waits for its release and lets exactly that one go.
+    pub async fn before_deliver(&self, agent: &str, events: &[Event]) -> usize {
+        let hit = events.iter().position(|event| {
+            self.lock().iter().any(|g| {
+                g.reached.is_none()
+                    && matches!(&g.gate, Gate::BeforeDeliver { agent: a, filter } if a == agent && filter.matches(&event.body))
+            })
+        });
+        match hit {
+            None => events.len(),
+            Some(0) => {
+                let event = &events[0];
+                self.fire(event.seq, |gate| {
+                    matches!(gate, Gate::BeforeDeliver { agent: a, filter } if a == agent && filter.matches(&event.body))
+                })
+                .await;
+                1
+            }
+            Some(idx) => idx,
+        }
+    }
+
+    /// Holds `agent`'s publish of `draft` if a `before_append` gate matches it.
+    pub async fn before_append(&self, agent: &str, draft: &Draft) {
+        self.fire(0, |gate| matches!(gate, Gate::BeforeAppend { agent: a, filter } if a == agent && filter.matches(draft)))
+            .await;
+    }
+
+    /// Holds the reply to `agent`'s publish of `event` if an `after_append` gate matches it.
+    pub async fn after_append(&self, agent: &str, event: &Event) {
+        self.fire(event.seq, |gate| {
+            matches!(gate, Gate::AfterAppend { agent: a, filter } if a == agent && filter.matches(&event.body))
+        })
+        .await;
+    }
+}
