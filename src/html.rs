@@ -93,10 +93,9 @@ pub fn render(events: &[Event], report: Option<&Report>, unmet: &[String]) -> St
     );
     for agent in &order {
         let x = lane_x(agent);
-        let _ = write!(
+        let _ = writeln!(
             svg,
-            r##"<line x1="{x}" y1="{}" x2="{x}" y2="{}" stroke="#d0d7de" stroke-width="2"/><text x="{x}" y="22" text-anchor="middle" font-weight="bold" font-size="14">{}</text>
-"##,
+            r##"<line x1="{x}" y1="{}" x2="{x}" y2="{}" stroke="#d0d7de" stroke-width="2"/><text x="{x}" y="22" text-anchor="middle" font-weight="bold" font-size="14">{}</text>"##,
             TOP - 8,
             height - 10,
             escape(agent)
@@ -143,10 +142,9 @@ pub fn render(events: &[Event], report: Option<&Report>, unmet: &[String]) -> St
         let y1 = TOP + ROW * from_row + ROW / 2;
         let y2 = TOP + ROW * row + ROW / 2;
         let red = event.body.tag == Some(Tag::Error);
-        let _ = write!(
+        let _ = writeln!(
             svg,
-            r##"<line x1="{x1}" y1="{y1}" x2="{x2}" y2="{}" stroke="{}" stroke-width="1.2" marker-end="url(#{})"/>
-"##,
+            r##"<line x1="{x1}" y1="{y1}" x2="{x2}" y2="{}" stroke="{}" stroke-width="1.2" marker-end="url(#{})"/>"##,
             y2.saturating_sub(5),
             if red { "#d1242f" } else { "#8c959f" },
             if red { "arrow-red" } else { "arrow" }
@@ -168,10 +166,9 @@ pub fn render(events: &[Event], report: Option<&Report>, unmet: &[String]) -> St
         } else {
             short
         };
-        let _ = write!(
+        let _ = writeln!(
             svg,
-            r##"<g><title>{}</title><circle cx="{x}" cy="{y}" r="5" fill="{}"/><text x="{}" y="{}" fill="{}" stroke="white" stroke-width="3" paint-order="stroke">{}</text></g>
-"##,
+            r##"<g><title>{}</title><circle cx="{x}" cy="{y}" r="5" fill="{}"/><text x="{}" y="{}" fill="{}" stroke="white" stroke-width="3" paint-order="stroke">{}</text></g>"##,
             escape(&event.to_line()),
             color(event),
             x + 9,
