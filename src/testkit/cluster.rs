@@ -48,13 +48,16 @@ pub fn slave_name(idx: usize) -> String {
     }
 }
 
+/// Fills the master directory before the master starts.
+type Prepare<'a> = Box<dyn FnOnce(&Path) + 'a>;
+
 /// How to start a cluster.
 pub struct ClusterBuilder<'a> {
     bin: PathBuf,
     label: String,
     n_slaves: usize,
     checkpoints: bool,
-    prepare: Option<Box<dyn FnOnce(&Path) + 'a>>,
+    prepare: Option<Prepare<'a>>,
 }
 
 impl<'a> ClusterBuilder<'a> {
