@@ -13,18 +13,31 @@ use crate::util::{bin, cluster, must};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listen_prints_filtered_events_readable_or_as_raw_log_lines() {
     let mut c = cluster("listen", 1).await;
-    let logs = c.logs_dir();
-    let mut json = Command::new(bin());
-    json.args([
-        "listen", "--from", "1", "--json", "--tag", "notify", "--path", "docs/*", "--bus", &c.addr,
-    ]);
-    let mut json = must(Proc::spawn("listen-json", json, &logs).map_err(|e| e.to_string()));
-    let mut readable = Command::new(bin());
-    readable.args([
-        "listen", "--from", "1", "--agent", "slave", "--op", "put", "--bus", &c.addr,
-    ]);
-    let mut readable =
-        must(Proc::spawn("listen-readable", readable, &logs).map_err(|e| e.to_string()));
+    // Their stdout is data: captured on its own, apart from the logs the kit keeps.
+    let out = c.dir().join("listen-out");
+    fs::create_dir_all(&out).expect("mkdir");
+    let spawn = |args: &[&str], name: &str| {
+        let stdout = fs::File::create(out.join(name)).expect("create");
+        Command::new(bin())
+            .args(args)
+            .stdout(stdout)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn listen")
+    };
+    let mut json = spawn(
+        &[
+            "listen", "--from", "1", "--json", "--tag", "notify", "--path", "docs/*", "--bus",
+            &c.addr,
+        ],
+        "json",
+    );
+    let mut readable = spawn(
+        &[
+            "listen", "--from", "1", "--agent", "slave", "--op", "put", "--bus", &c.addr,
+        ],
+        "readable",
+    );
     let m = c.master_dir();
     fs::create_dir(m.join("docs")).expect("mkdir");
     fs::write(m.join("docs/a.md"), "a").expect("write");
@@ -39,20 +52,20 @@ async fn listen_prints_filtered_events_readable_or_as_raw_log_lines() {
     );
     // Both listeners follow the same log: wait (bounded) until each printed what it should.
     let printed = |name: &str, needle: &str| {
-        fs::read_to_string(logs.join(name)).is_ok_and(|t| t.contains(needle))
+        fs::read_to_string(out.join(name)).is_ok_and(|t| t.contains(needle))
     };
     for _ in 0..500 {
-        if printed("listen-json.stdout", "docs/a.md")
-            && printed("listen-readable.stdout", "top.txt")
-        {
+        if printed("json", "docs/a.md") && printed("readable", "top.txt") {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    json.terminate(Duration::from_secs(5));
-    readable.terminate(Duration::from_secs(5));
+    for child in [&mut json, &mut readable] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
 
-    let raw = fs::read_to_string(logs.join("listen-json.stdout")).expect("output");
+    let raw = fs::read_to_string(out.join("json")).expect("output");
     let events: Vec<Event> = raw
         .lines()
         .map(|l| Event::parse(l).expect("a log line"))
@@ -68,7 +81,7 @@ async fn listen_prints_filtered_events_readable_or_as_raw_log_lines() {
         "--json prints log lines unchanged"
     );
 
-    let text = fs::read_to_string(logs.join("listen-readable.stdout")).expect("output");
+    let text = fs::read_to_string(out.join("readable")).expect("output");
     assert!(
         text.lines()
             .all(|l| l.contains(" consume ") && l.contains(" slave ") && l.contains(" put ")),

@@ -355,3 +355,208 @@ impl EventStream {
         Ok(hits)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::{Bus, BusOptions};
+    use crate::event::Draft;
+    use filesync_master::{Change, Kind, RelPath};
+
+    /// A real bus in this process, a "master" and a "slave" connection to publish with, and
+    /// an `EventStream` on it.
+    struct Harness {
+        master: BusClient,
+        slave: BusClient,
+        events: EventStream,
+        _state: tempfile::TempDir,
+        _stop: tokio::sync::oneshot::Sender<()>,
+    }
+
+    async fn harness() -> Harness {
+        let state = tempfile::tempdir().expect("tempdir");
+        let bus = Bus::open(&BusOptions {
+            state_dir: state.path().to_path_buf(),
+            token: None,
+            checkpoints: false,
+        })
+        .expect("bus");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(bus.serve(listener, async move {
+            let _ = stopped.await;
+        }));
+        let hello = |role, name: &str| Hello {
+            role,
+            name: name.into(),
+            token: None,
+            dir: None,
+        };
+        let (master, _) = BusClient::connect(&addr, hello(Role::Master, "master"))
+            .await
+            .expect("master");
+        let (slave, _) = BusClient::connect(&addr, hello(Role::Slave, "slave"))
+            .await
+            .expect("slave");
+        let events = EventStream::connect(&addr, 1, None).await.expect("stream");
+        Harness {
+            master,
+            slave,
+            events,
+            _state: state,
+            _stop: stop,
+        }
+    }
+
+    async fn notify_delete(client: &BusClient, path: &str) -> u64 {
+        let change = Change::Delete {
+            path: RelPath::new(path).expect("valid"),
+            kind: Kind::File,
+        };
+        client
+            .publish(Draft::notify(&change))
+            .await
+            .expect("publish")
+    }
+
+    #[tokio::test]
+    async fn a_quiet_period_without_the_event_fails_with_a_timeline() {
+        let mut h = harness().await;
+        h.events.quiet = Duration::from_millis(200);
+        notify_delete(&h.master, "present.txt").await;
+        let err = h
+            .events
+            .expect(Pattern::notify().path("absent.txt"))
+            .await
+            .expect_err("never comes");
+        assert!(err.reason.contains("no new event for 200ms"), "{err}");
+        assert_eq!(err.unmet, ["notify for absent.txt"]);
+        let report = err.to_string();
+        assert!(
+            report.contains("seq") && report.contains("present.txt"),
+            "the timeline shows what was seen:\n{report}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_steady_stream_does_not_beat_the_deadline() {
+        let mut h = harness().await;
+        h.events.quiet = Duration::from_secs(5);
+        h.events.deadline = Duration::from_millis(300);
+        let master = h.master.clone();
+        let chatter = tokio::spawn(async move {
+            for i in 0..40 {
+                notify_delete(&master, &format!("noise{i}")).await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        let err = h
+            .events
+            .expect(Pattern::notify().path("signal"))
+            .await
+            .expect_err("never comes");
+        assert!(err.reason.contains("not met within 300ms"), "{err}");
+        chatter.abort();
+    }
+
+    #[tokio::test]
+    async fn a_missed_expect_none_names_the_offending_event() {
+        let mut h = harness().await;
+        let seq = notify_delete(&h.master, "forbidden.txt").await;
+        let err = h
+            .events
+            .expect_none(
+                Pattern::notify().path("forbidden.txt"),
+                Duration::from_millis(200),
+            )
+            .await
+            .expect_err("it happened");
+        assert!(
+            err.reason
+                .contains(&format!("#{seq} matches notify for forbidden.txt")),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_exact_count_fails_on_duplicates() {
+        let mut h = harness().await;
+        notify_delete(&h.master, "twice.txt").await;
+        notify_delete(&h.master, "twice.txt").await;
+        let err = h
+            .events
+            .expect_count(
+                Pattern::notify().path("twice.txt"),
+                1,
+                Duration::from_millis(100),
+            )
+            .await
+            .expect_err("two is not one");
+        assert!(err.reason.contains("expected exactly 1"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn an_error_event_fails_every_expectation_unless_allowed() {
+        let mut h = harness().await;
+        let cause = notify_delete(&h.master, "x.txt").await;
+        let notify = Draft::notify(&Change::Delete {
+            path: RelPath::new("x.txt").expect("valid"),
+            kind: Kind::File,
+        });
+        h.slave
+            .publish(Draft::error(&notify, cause, "disk on fire".into()))
+            .await
+            .expect("publish");
+        let err = h
+            .events
+            .expect(Pattern::consume().path("x.txt"))
+            .await
+            .expect_err("an error came");
+        assert!(err.reason.contains("error event"), "{err}");
+
+        let mut h = harness().await;
+        h.events.allow_errors();
+        let cause = notify_delete(&h.master, "x.txt").await;
+        h.slave
+            .publish(Draft::error(&notify, cause, "disk on fire".into()))
+            .await
+            .expect("publish");
+        let error = h
+            .events
+            .expect(Pattern::error().cause(cause))
+            .await
+            .expect("allowed");
+        assert_eq!(error.body.error.as_deref(), Some("disk on fire"));
+    }
+
+    #[tokio::test]
+    async fn expect_seq_demands_the_order_and_expect_all_does_not() {
+        let mut h = harness().await;
+        h.events.quiet = Duration::from_millis(200);
+        notify_delete(&h.master, "b").await;
+        notify_delete(&h.master, "a").await;
+        h.events
+            .expect_all(vec![
+                Pattern::notify().path("a"),
+                Pattern::notify().path("b"),
+            ])
+            .await
+            .expect("any order");
+        let mut h = harness().await;
+        h.events.quiet = Duration::from_millis(200);
+        notify_delete(&h.master, "b").await;
+        notify_delete(&h.master, "a").await;
+        let err = h
+            .events
+            .expect_seq(vec![
+                Pattern::notify().path("a"),
+                Pattern::notify().path("b"),
+            ])
+            .await
+            .expect_err("b came first");
+        assert_eq!(err.unmet, ["notify for b"]);
+    }
+}
