@@ -1,5 +1,6 @@
 //! The test kit: test an event-driven system through its event log.
 //!
+//! - [`guide`]: the guide (`docs/TESTKIT.md`), whose examples compile as doctests.
 //! - [`pattern`]: `Pattern`, what an expected event looks like.
 //! - [`listen`]: `EventStream`, a subscription with `expect`, `expect_all`, `expect_seq`,
 //!   `expect_none` and `expect_count`, failing with a timeline.
@@ -11,6 +12,7 @@
 //! - [`timeline`]: the aligned, readable rendering of events.
 
 pub mod cluster;
+pub mod guide;
 pub mod listen;
 pub mod pattern;
 pub mod plan;
