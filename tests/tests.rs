@@ -4,10 +4,20 @@
 
 mod util;
 
-mod bad_input;
-mod basics;
+mod bursts;
+mod bus_input;
 mod check_cli;
 mod cli;
+mod delete;
+mod directories;
+mod disk_errors;
+mod editors;
+mod hostile_paths;
+mod ignore;
 mod moves;
+mod multiple_slaves;
+mod put;
 mod races;
 mod restarts;
+mod sigkill;
+mod symlinks_modes;

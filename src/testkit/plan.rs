@@ -139,6 +139,19 @@ impl Plan {
     /// Starts `command` as `name` (numbered if the name was used before).
     pub fn spawn(&mut self, name: &str, command: Command) -> Result<ProcId, PlanError> {
         self.check()?;
+        self.start(name, command)
+    }
+
+    /// Starts several processes as one step: an exit among them is judged at the next step.
+    pub fn spawn_par(&mut self, commands: Vec<(&str, Command)>) -> Result<Vec<ProcId>, PlanError> {
+        self.check()?;
+        commands
+            .into_iter()
+            .map(|(name, command)| self.start(name, command))
+            .collect()
+    }
+
+    fn start(&mut self, name: &str, command: Command) -> Result<ProcId, PlanError> {
         let run = self.runs.entry(name.to_owned()).or_default();
         let unique = if *run == 0 {
             name.to_owned()
@@ -154,14 +167,6 @@ impl Plan {
             anticipated: false,
         });
         Ok(ProcId(self.slots.len() - 1))
-    }
-
-    /// Starts several processes at once.
-    pub fn spawn_par(&mut self, commands: Vec<(&str, Command)>) -> Result<Vec<ProcId>, PlanError> {
-        commands
-            .into_iter()
-            .map(|(name, command)| self.spawn(name, command))
-            .collect()
     }
 
     /// The process itself (to read its log, find its pid, wait for a line).

@@ -1,0 +1,141 @@
+//! Bad input on the bus: garbage, oversized and torn frames, forbidden events, a peer that never reads. Also the raw-protocol helpers other modules use.
+
+use std::fs;
+use std::time::Duration;
+
+use filesync::bus::frame::{read_frame, write_frame, Frame};
+use filesync::bus::protocol::{Reply, Request, PROTOCOL_VERSION};
+use filesync::check::CheckOptions;
+use filesync::event::Role;
+use filesync::testkit::{Cluster, Pattern};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::util::{cluster, must};
+
+/// Reads until the bus closes the connection; fails if it stays open.
+pub async fn assert_dropped(stream: &mut TcpStream) {
+    let mut sink = vec![0u8; 4096];
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the bus kept a misbehaving connection open");
+}
+
+pub async fn send(stream: &mut TcpStream, request: &Request, body: &[u8]) {
+    let frame = Frame::new(serde_json::to_vec(request).expect("json"), body.to_vec());
+    write_frame(stream, &frame).await.expect("write frame");
+    stream.flush().await.expect("flush");
+}
+
+pub async fn reply(stream: &mut TcpStream) -> Reply {
+    let frame = read_frame(stream).await.expect("frame").expect("a reply");
+    serde_json::from_slice(&frame.header).expect("reply json")
+}
+
+pub async fn hello(addr: &str, role: Role, name: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let request = Request::Hello {
+        protocol: PROTOCOL_VERSION,
+        role,
+        name: name.into(),
+        token: None,
+        dir: None,
+    };
+    send(&mut stream, &request, &[]).await;
+    assert!(matches!(reply(&mut stream).await, Reply::Welcome { .. }));
+    stream
+}
+
+/// The bus still mirrors a file after whatever the test did to it.
+pub async fn still_works(c: &mut Cluster, name: &str) {
+    fs::write(c.master_dir().join(name), name).expect("write");
+    must(
+        c.events
+            .expect(Pattern::consume().by("slave").put().path(name))
+            .await,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_and_oversized_frames_drop_only_that_connection() {
+    let mut c = cluster("garbage", 1).await;
+    // Not our protocol at all (an HTTP request): its first bytes read as a huge length.
+    let mut http = TcpStream::connect(&c.addr).await.expect("connect");
+    http.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    assert_dropped(&mut http).await;
+    // A valid peer that then announces a 100 MB frame.
+    let mut liar = hello(&c.addr, Role::Listener, "liar").await;
+    liar.write_all(&100_000_000u32.to_be_bytes())
+        .await
+        .expect("write");
+    assert_dropped(&mut liar).await;
+    // A frame whose header is not a request.
+    let mut noise = hello(&c.addr, Role::Listener, "noise").await;
+    write_frame(
+        &mut noise,
+        &Frame::new(b"\xff\xfe not json".to_vec(), Vec::new()),
+    )
+    .await
+    .expect("write");
+    noise.flush().await.expect("flush");
+    assert_dropped(&mut noise).await;
+    // A torn frame: the peer vanishes mid-frame.
+    let mut torn = hello(&c.addr, Role::Listener, "torn").await;
+    torn.write_all(&[0, 0, 1, 0, 0, 0]).await.expect("write");
+    drop(torn);
+    still_works(&mut c, "after-garbage.txt").await;
+    must(
+        c.events
+            .expect_none(Pattern::join().by("GET"), Duration::from_millis(100))
+            .await,
+    );
+    c.assert_checks(CheckOptions::default());
+}
+
+/// A subscriber that asks for everything and never reads its socket: its replies pile up in
+/// its own connection only. Everyone else keeps getting events at full speed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_never_reads_stalls_nobody() {
+    let mut c = cluster("slow-reader", 1).await;
+    // Something to read: a few hundred KiB of log.
+    for i in 0..200 {
+        fs::write(c.master_dir().join(format!("f{i}")), "x").expect("write");
+    }
+    must(
+        c.events
+            .expect_count(
+                Pattern::consume().by("slave").put(),
+                200,
+                Duration::from_millis(100),
+            )
+            .await,
+    );
+    let mut sloth = hello(&c.addr, Role::Listener, "sloth").await;
+    for id in 0..2000u64 {
+        let poll = Request::Poll {
+            id,
+            from: 1,
+            max_bytes: 1 << 20,
+        };
+        let frame = Frame::new(serde_json::to_vec(&poll).expect("json"), Vec::new());
+        // The bus stops reading from us once our replies back up; that must not matter.
+        if tokio::time::timeout(Duration::from_millis(50), write_frame(&mut sloth, &frame))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    still_works(&mut c, "while-sloth-sleeps.txt").await;
+    drop(sloth);
+    c.assert_checks(CheckOptions::default());
+}

@@ -1,0 +1,66 @@
+//! SIGKILL of each agent at an arbitrary instant: it converges once restarted.
+
+use std::fs;
+use std::time::Duration;
+
+use filesync::check::CheckOptions;
+use filesync::event::EntryKind;
+use filesync::testkit::Pattern;
+
+use crate::util::{cluster, must};
+
+/// SIGKILL the slave in the middle of a burst, restart it: it resumes after its last applied
+/// event, never answers a notify twice, and converges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slave_killed_mid_burst_converges_after_restart() {
+    let mut c = cluster("slave-kill", 1).await;
+    let m = c.master_dir();
+    for i in 0..400 {
+        fs::write(m.join(format!("f{i:03}")), format!("{i}")).expect("write");
+        if i == 100 {
+            // Somewhere in the middle of applying.
+            must(
+                c.events
+                    .expect(
+                        Pattern::consume()
+                            .by("slave")
+                            .put()
+                            .path_glob("f0[0-9][0-9]"),
+                    )
+                    .await,
+            );
+            must(c.crash_slave(0));
+        }
+    }
+    must(
+        c.events
+            .expect_count(
+                Pattern::notify().by("master").put().kind(EntryKind::File),
+                400,
+                Duration::from_millis(100),
+            )
+            .await,
+    );
+    must(c.start_slave(0).await);
+    must(c.settle().await);
+    c.assert_checks(CheckOptions::default());
+}
+
+/// SIGKILL the master mid-burst: after restart it republishes what it had not published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_killed_mid_burst_converges_after_restart() {
+    let mut c = cluster("master-kill", 1).await;
+    let m = c.master_dir();
+    for i in 0..300 {
+        fs::write(m.join(format!("f{i:03}")), format!("{i}")).expect("write");
+    }
+    must(
+        c.events
+            .expect(Pattern::notify().by("master").put().path_glob("f*"))
+            .await,
+    );
+    must(c.crash_master());
+    must(c.start_master().await);
+    must(c.settle().await);
+    c.assert_checks(CheckOptions::default());
+}
