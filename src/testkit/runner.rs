@@ -226,3 +226,131 @@ impl Runner {
 fn turn_gate(checkpoint: &Checkpoint) -> String {
     format!("{} (turn)", checkpoint.name)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::{Bus, BusOptions, Subscription};
+    use crate::event::Draft;
+    use filesync_master::{Change, Kind, RelPath};
+
+    /// A test bus in this process, a publishing "master" and a subscribing "slave" client.
+    async fn test_bus(checkpoints: bool) -> (String, BusClient, BusClient, tempfile::TempDir) {
+        let state = tempfile::tempdir().expect("tempdir");
+        let bus = Bus::open(&BusOptions {
+            state_dir: state.path().to_path_buf(),
+            token: None,
+            checkpoints,
+        })
+        .expect("bus");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        tokio::spawn(bus.serve(listener, std::future::pending()));
+        let hello = |role, name: &str| Hello {
+            role,
+            name: name.into(),
+            token: None,
+            dir: None,
+        };
+        let (master, _) = BusClient::connect(&addr, hello(Role::Master, "master"))
+            .await
+            .expect("master");
+        let (slave, _) = BusClient::connect(&addr, hello(Role::Slave, "slave"))
+            .await
+            .expect("slave");
+        (addr, master, slave, state)
+    }
+
+    async fn notify_delete(master: &BusClient, path: &str) {
+        let change = Change::Delete {
+            path: RelPath::new(path).expect("valid"),
+            kind: Kind::File,
+        };
+        master
+            .publish(Draft::notify(&change))
+            .await
+            .expect("publish");
+    }
+
+    #[tokio::test]
+    async fn an_order_that_cannot_be_reached_is_a_clear_error_not_a_hang() {
+        let (addr, master, slave, _state) = test_bus(true).await;
+        notify_delete(&master, "a").await;
+        notify_delete(&master, "b").await;
+        // The slave meets a before b; asking for b first cannot work.
+        let mut runner = Runner::new(
+            &addr,
+            vec![
+                Checkpoint::before_apply("slave", Op::Delete, "b"),
+                Checkpoint::before_apply("slave", Op::Delete, "a"),
+            ],
+        )
+        .await
+        .expect("runner");
+        runner.timeout = Duration::from_millis(300);
+        let follower = tokio::spawn(async move {
+            let mut subscription = Subscription::new(slave, 1);
+            while subscription.next().await.is_ok() {}
+        });
+        let err = runner.next().await.expect_err("unreachable");
+        assert!(err.message.contains("cannot be reached"), "{err}");
+        assert!(
+            err.message
+                .contains("still armed, in order: before slave applies delete a"),
+            "{err}"
+        );
+        runner.run_to_end().await.expect("release");
+        follower.abort();
+    }
+
+    #[tokio::test]
+    async fn checkpoints_are_hit_in_the_order_asked_for() {
+        let (addr, master, slave, _state) = test_bus(true).await;
+        let mut runner = Runner::new(
+            &addr,
+            vec![Checkpoint::before_apply("slave", Op::Delete, "x")],
+        )
+        .await
+        .expect("runner");
+        let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel();
+        let follower = tokio::spawn(async move {
+            let mut subscription = Subscription::new(slave, 1);
+            while let Ok(event) = subscription.next().await {
+                let _ = seen_tx.send(event.body.path.clone());
+            }
+        });
+        notify_delete(&master, "w").await;
+        notify_delete(&master, "x").await;
+        let reached = runner
+            .next()
+            .await
+            .expect("reached")
+            .map(|c| c.name.clone());
+        assert_eq!(reached.as_deref(), Some("before slave applies delete x"));
+        // Held: the slave got w, and not x.
+        let mut got = Vec::new();
+        while let Ok(Some(path)) =
+            tokio::time::timeout(Duration::from_millis(200), seen_rx.recv()).await
+        {
+            got.extend(path);
+        }
+        assert_eq!(got, ["w"]);
+        runner.run_to_end().await.expect("release");
+        let next = tokio::time::timeout(Duration::from_secs(5), seen_rx.recv())
+            .await
+            .expect("delivered");
+        assert_eq!(next.flatten().as_deref(), Some("x"));
+        follower.abort();
+    }
+
+    #[tokio::test]
+    async fn a_production_bus_refuses_gates() {
+        let (addr, ..) = test_bus(false).await;
+        let err = Runner::new(&addr, vec![Checkpoint::before_apply("slave", Op::Put, "x")])
+            .await
+            .err();
+        assert!(err.is_some_and(|e| e.message.contains("checkpoints are disabled")));
+    }
+}
