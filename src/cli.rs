@@ -62,6 +62,35 @@ pub enum Command {
     Check(CheckArgs),
     /// Run master, slave and listener in temporary directories and walk through a session.
     Demo,
+    /// Run or validate scenario files (JSON workloads; see docs/SCENARIOS.md).
+    #[command(subcommand)]
+    Scenario(ScenarioCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ScenarioCommand {
+    /// Run one scenario with real processes in temporary directories; exit 0 if it passed.
+    #[command(
+        after_help = "Examples:\n  filesync scenario run fixtures/scenarios/soak.json\n  filesync scenario run fixtures/scenarios/burst.json --duration 2 --report burst.json"
+    )]
+    Run {
+        /// The scenario file.
+        file: PathBuf,
+        /// Run for this many seconds instead of the file's duration_s.
+        #[arg(long)]
+        duration: Option<f64>,
+        /// Write the JSON report here.
+        #[arg(long, value_name = "OUT.json")]
+        report: Option<PathBuf>,
+    },
+    /// Validate every scenario file in DIR (default fixtures/scenarios); exit 1 if any is wrong.
+    #[command(
+        after_help = "Examples:\n  filesync scenario check\n  filesync scenario check my-scenarios/"
+    )]
+    Check {
+        #[arg(default_value = "fixtures/scenarios")]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -207,6 +236,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Listen(args) => crate::listen::run(args).await,
         Command::Check(args) => run_check(args),
         Command::Demo => crate::demo::run().await,
+        Command::Scenario(command) => run_scenario(command).await,
     }
 }
 
@@ -285,6 +315,55 @@ async fn run_master(args: MasterArgs) -> anyhow::Result<()> {
         Err(err) => tracing::error!("bus task: {err}"),
     }
     result
+}
+
+async fn run_scenario(command: ScenarioCommand) -> anyhow::Result<i32> {
+    use crate::testkit::scenario;
+    match command {
+        ScenarioCommand::Check { dir } => {
+            let files = scenario::files_in(&dir)
+                .with_context(|| format!("cannot read {}", dir.display()))?;
+            if files.is_empty() {
+                bail!("no scenario files (*.json) in {}", dir.display());
+            }
+            let mut bad = 0;
+            for file in &files {
+                match scenario::load(file) {
+                    Ok(s) => println!(
+                        "ok    {} ({} actions, {} s, {} slave(s))",
+                        file.display(),
+                        s.actions.len(),
+                        s.duration_s,
+                        s.slaves
+                    ),
+                    Err(err) => {
+                        bad += 1;
+                        println!("error {err}");
+                    }
+                }
+            }
+            println!("{} file(s), {bad} invalid", files.len());
+            Ok(if bad == 0 { 0 } else { 1 })
+        }
+        ScenarioCommand::Run {
+            file,
+            duration,
+            report,
+        } => {
+            let scenario = scenario::load(&file)?;
+            let bin = std::env::current_exe().context("cannot find the filesync binary")?;
+            let result = scenario::run(&scenario, &bin, duration)
+                .await
+                .map_err(|e| anyhow::anyhow!(e))?;
+            if let Some(out) = report {
+                let json = serde_json::to_string_pretty(&result)?;
+                std::fs::write(&out, json)
+                    .with_context(|| format!("cannot write {}", out.display()))?;
+            }
+            print!("{}", result.table());
+            Ok(if result.passed { 0 } else { 1 })
+        }
+    }
 }
 
 fn run_check(args: CheckArgs) -> anyhow::Result<i32> {

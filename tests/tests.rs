@@ -19,5 +19,6 @@ mod multiple_slaves;
 mod put;
 mod races;
 mod restarts;
+mod scenarios;
 mod sigkill;
 mod symlinks_modes;

@@ -9,6 +9,7 @@
 //! - [`plan`]: `Plan`, Flumotion's spawn / wait / kill / crash, every exit anticipated.
 //! - [`cluster`]: `Cluster`, a master and slaves as real processes, awaited until ready.
 //! - [`runner`]: `Checkpoint` and `Runner`: hold agents so checkpoints are hit in order.
+//! - [`scenario`]: scenario files, their runner and the result reporter.
 //! - [`timeline`]: the aligned, readable rendering of events.
 
 pub mod cluster;
@@ -18,6 +19,7 @@ pub mod pattern;
 pub mod plan;
 pub mod process;
 pub mod runner;
+pub mod scenario;
 pub mod timeline;
 
 pub use cluster::{slave_name, Cluster, ClusterBuilder};

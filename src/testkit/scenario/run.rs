@@ -1,0 +1,360 @@
+//! Running a scenario, and the result reporter: per action how often it ran and how it
+//! failed; per event the latency from notify to consume, read from the log; counts by tag and
+//! op; the checker's verdict; each bound of `expect` judged. Written as JSON and as a table.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+
+use super::actions::{self, ActionCtx};
+use super::format::{ActionSpec, Scenario};
+use crate::bus::log::read_log;
+use crate::check::CheckOptions;
+use crate::event::{Event, Tag};
+use crate::testkit::Cluster;
+
+/// Per action: what happened.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ActionReport {
+    pub label: String,
+    pub runs: u64,
+    pub errors: u64,
+    /// The first few error messages.
+    pub error_messages: Vec<String>,
+    pub total_ms: f64,
+}
+
+/// Latency percentiles, in milliseconds.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LatencyStats {
+    pub count: usize,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+impl LatencyStats {
+    fn of(mut samples: Vec<f64>) -> LatencyStats {
+        if samples.is_empty() {
+            return LatencyStats::default();
+        }
+        samples.sort_by(f64::total_cmp);
+        let at = |p: f64| samples[((samples.len() - 1) as f64 * p).round() as usize];
+        LatencyStats {
+            count: samples.len(),
+            p50: at(0.5),
+            p90: at(0.9),
+            p99: at(0.99),
+            max: at(1.0),
+        }
+    }
+}
+
+/// The outcome of one scenario run.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScenarioReport {
+    pub scenario: String,
+    pub duration_s: f64,
+    pub slaves: usize,
+    pub passed: bool,
+    /// Each expectation that did not hold, as a sentence.
+    pub failures: Vec<String>,
+    pub actions: Vec<ActionReport>,
+    /// Notify to consume, over every consume in the log.
+    pub latency_ms: LatencyStats,
+    pub latency_ms_by_op: BTreeMap<String, LatencyStats>,
+    /// Events by tag, and by `tag.op`.
+    pub counts: BTreeMap<String, u64>,
+    /// The checker's violations (empty when the log and directories check out).
+    pub violations: Vec<String>,
+    /// Kept when the run failed: the directories, logs and timeline.html.
+    pub kept_at: Option<PathBuf>,
+}
+
+type Stats = Arc<std::sync::Mutex<Vec<ActionReport>>>;
+
+async fn run_one(ctx: &ActionCtx, stats: &Stats, idx: usize, spec: &ActionSpec, n: u64) {
+    let started = Instant::now();
+    let result = actions::run(ctx, &spec.action, &spec.params, n).await;
+    let mut stats = stats.lock().unwrap_or_else(|p| p.into_inner());
+    let report = &mut stats[idx];
+    report.runs += 1;
+    report.total_ms += started.elapsed().as_secs_f64() * 1000.0;
+    if let Err(message) = result {
+        report.errors += 1;
+        if report.error_messages.len() < 5 {
+            report.error_messages.push(message);
+        }
+    }
+}
+
+/// Runs `scenario` with real processes in a temporary directory. `duration` overrides the
+/// file's `duration_s` (a short run in tests).
+pub async fn run(
+    scenario: &Scenario,
+    bin: &Path,
+    duration: Option<f64>,
+) -> Result<ScenarioReport, String> {
+    let duration_s = duration.unwrap_or(scenario.duration_s);
+    let mut cluster = Cluster::builder(bin, &format!("scenario-{}", scenario.name))
+        .slaves(scenario.slaves)
+        .start()
+        .await?;
+    // Errors are judged by `expect.no_errors`, not by the stream.
+    cluster.events.allow_errors();
+    let ctx = ActionCtx {
+        master_dir: cluster.master_dir(),
+        cluster: Arc::new(Mutex::new(cluster)),
+        cancel: CancellationToken::new(),
+    };
+    let stats: Stats = Arc::new(std::sync::Mutex::new(
+        scenario
+            .actions
+            .iter()
+            .map(|a| ActionReport {
+                label: a.label(),
+                ..ActionReport::default()
+            })
+            .collect(),
+    ));
+    let started = Instant::now();
+    // Startup: the one-shot actions in file order, then the periodic ones on their clocks.
+    for (idx, spec) in scenario.actions.iter().enumerate() {
+        if spec.at_startup && spec.every_ms.is_none() {
+            run_one(&ctx, &stats, idx, spec, 0).await;
+        }
+    }
+    let mut periodic = tokio::task::JoinSet::new();
+    for (idx, spec) in scenario.actions.iter().enumerate() {
+        let Some(every_ms) = spec.every_ms else {
+            continue;
+        };
+        let (ctx, stats, spec) = (ctx.clone(), stats.clone(), spec.clone());
+        periodic.spawn(async move {
+            let every = Duration::from_millis(every_ms);
+            if !spec.at_startup {
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = ctx.cancel.cancelled() => return,
+                }
+            }
+            let mut n = 0;
+            while !ctx.cancel.is_cancelled() {
+                run_one(&ctx, &stats, idx, &spec, n).await;
+                n += 1;
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = ctx.cancel.cancelled() => {}
+                }
+            }
+        });
+    }
+    tokio::time::sleep(Duration::from_secs_f64(duration_s)).await;
+    // The kill switch: periodic loops and long actions stop at their next step.
+    ctx.cancel.cancel();
+    while periodic.join_next().await.is_some() {}
+    let teardown_ctx = ActionCtx {
+        cancel: CancellationToken::new(),
+        ..ctx.clone()
+    };
+    for (idx, spec) in scenario.actions.iter().enumerate() {
+        if spec.at_teardown {
+            run_one(&teardown_ctx, &stats, idx, spec, u64::MAX).await;
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    drop(teardown_ctx);
+    let mut cluster = Arc::try_unwrap(ctx.cluster)
+        .map_err(|_| "an action still holds the cluster".to_owned())?
+        .into_inner();
+    let settled = cluster.settle().await;
+    let events = read_log(&cluster.log_path()).map_err(|e| format!("cannot read the log: {e}"))?;
+    let check = cluster.check(CheckOptions::default());
+    let actions = stats.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let mut report = judge(
+        scenario,
+        &events,
+        actions,
+        check.violations.iter().map(|v| v.to_string()).collect(),
+        settled.err(),
+    );
+    report.duration_s = elapsed;
+    if !report.passed {
+        report.kept_at = Some(cluster.keep());
+        let html = crate::html::render(&events, Some(&check), &report.failures);
+        let _ = std::fs::write(cluster.dir().join("timeline.html"), html);
+    }
+    Ok(report)
+}
+
+/// Evaluates `expect` over the log and the run's statistics.
+pub fn judge(
+    scenario: &Scenario,
+    events: &[Event],
+    actions: Vec<ActionReport>,
+    violations: Vec<String>,
+    settle_error: Option<String>,
+) -> ScenarioReport {
+    let times: BTreeMap<u64, std::time::SystemTime> = events
+        .iter()
+        .filter(|e| e.tag() == Some(Tag::Notify))
+        .filter_map(|e| humantime::parse_rfc3339(&e.time).ok().map(|t| (e.seq, t)))
+        .collect();
+    let mut all = Vec::new();
+    let mut by_op: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+    for event in events {
+        let tag = event.body.tag.map(|t| t.as_str()).unwrap_or("?");
+        *counts.entry(tag.to_owned()).or_default() += 1;
+        if let Some(op) = event.body.op {
+            *counts.entry(format!("{tag}.{op}")).or_default() += 1;
+        }
+        if event.tag() != Some(Tag::Consume) {
+            continue;
+        }
+        let (Some(cause), Ok(consumed)) = (event.body.cause, humantime::parse_rfc3339(&event.time))
+        else {
+            continue;
+        };
+        if let Some(latency) = times
+            .get(&cause)
+            .and_then(|n| consumed.duration_since(*n).ok())
+        {
+            let ms = latency.as_secs_f64() * 1000.0;
+            all.push(ms);
+            by_op
+                .entry(event.body.op.map(|o| o.to_string()).unwrap_or_default())
+                .or_default()
+                .push(ms);
+        }
+    }
+    let latency = LatencyStats::of(all);
+    let expect = &scenario.expect;
+    let mut failures = Vec::new();
+    if expect.converged {
+        if let Some(err) = settle_error {
+            failures.push(format!(
+                "did not converge: {}",
+                err.lines().next().unwrap_or_default()
+            ));
+        }
+        for violation in &violations {
+            failures.push(format!("did not converge: {violation}"));
+        }
+    }
+    for action in actions.iter().filter(|a| a.errors > 0) {
+        let first = action
+            .error_messages
+            .first()
+            .map(String::as_str)
+            .unwrap_or("");
+        failures.push(format!(
+            "action `{}` failed {} of {} time(s): {first}",
+            action.label, action.errors, action.runs
+        ));
+    }
+    let n_errors = counts.get("error").copied().unwrap_or(0);
+    if expect.no_errors && n_errors > 0 {
+        failures.push(format!("{n_errors} error event(s) in the log"));
+    }
+    for (name, bound, value) in [
+        ("p50", expect.latency_ms.p50, latency.p50),
+        ("p90", expect.latency_ms.p90, latency.p90),
+        ("p99", expect.latency_ms.p99, latency.p99),
+        ("max", expect.latency_ms.max, latency.max),
+    ] {
+        if let Some(bound) = bound.filter(|b| value > *b) {
+            failures.push(format!(
+                "latency {name} {value:.1} ms is over the bound of {bound} ms"
+            ));
+        }
+    }
+    for (key, bounds) in &expect.counts {
+        let n = counts.get(key).copied().unwrap_or(0);
+        if bounds.min.is_some_and(|min| n < min) || bounds.max.is_some_and(|max| n > max) {
+            let range = format!(
+                "{}..={}",
+                bounds.min.map(|m| m.to_string()).unwrap_or_default(),
+                bounds.max.map(|m| m.to_string()).unwrap_or_default()
+            );
+            failures.push(format!("{n} `{key}` event(s), expected {range}"));
+        }
+    }
+    ScenarioReport {
+        scenario: scenario.name.clone(),
+        duration_s: 0.0,
+        slaves: scenario.slaves,
+        passed: failures.is_empty(),
+        failures,
+        actions,
+        latency_ms: latency,
+        latency_ms_by_op: by_op
+            .into_iter()
+            .map(|(op, samples)| (op, LatencyStats::of(samples)))
+            .collect(),
+        counts,
+        violations,
+        kept_at: None,
+    }
+}
+
+impl ScenarioReport {
+    /// The human summary.
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        let verdict = if self.passed { "PASSED" } else { "FAILED" };
+        let _ = writeln!(
+            out,
+            "scenario {}: {verdict} in {:.1} s with {} slave(s)",
+            self.scenario, self.duration_s, self.slaves
+        );
+        let width = self
+            .actions
+            .iter()
+            .map(|a| a.label.len())
+            .max()
+            .unwrap_or(6)
+            .max(6);
+        let _ = writeln!(
+            out,
+            "  {:<width$}  {:>6}  {:>6}  {:>10}",
+            "action", "runs", "errors", "time"
+        );
+        for action in &self.actions {
+            let _ = writeln!(
+                out,
+                "  {:<width$}  {:>6}  {:>6}  {:>7.1} ms",
+                action.label, action.runs, action.errors, action.total_ms
+            );
+            for message in &action.error_messages {
+                let _ = writeln!(out, "  {:<width$}    error: {message}", "");
+            }
+        }
+        let l = &self.latency_ms;
+        let _ = writeln!(
+            out,
+            "  latency notify -> consume: {} samples, p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            l.count, l.p50, l.p90, l.p99, l.max
+        );
+        let counts: Vec<String> = self
+            .counts
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        let _ = writeln!(out, "  events: {}", counts.join(", "));
+        for failure in &self.failures {
+            let _ = writeln!(out, "  FAILED: {failure}");
+        }
+        if let Some(kept) = &self.kept_at {
+            let _ = writeln!(out, "  kept: {} (logs/, timeline.html)", kept.display());
+        }
+        out
+    }
+}

@@ -1,0 +1,108 @@
+//! Every scenario in `fixtures/scenarios/`, run briefly with real processes, must pass; and
+//! `filesync scenario check` validates them and reports a broken one usefully.
+
+use std::path::Path;
+use std::process::Command;
+
+use filesync::testkit::scenario;
+
+use crate::util::bin;
+
+fn scenarios_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/scenarios")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_shipped_scenario_passes_in_a_short_run() {
+    let files = scenario::files_in(&scenarios_dir()).expect("read fixtures/scenarios");
+    assert!(
+        files.len() >= 5,
+        "the walkthrough, editor, burst, soak and crash-recover scenarios ship"
+    );
+    for file in files {
+        let loaded = scenario::load(&file).unwrap_or_else(|err| panic!("{err}"));
+        let duration = loaded.duration_s.min(2.0);
+        let report = scenario::run(&loaded, &bin(), Some(duration))
+            .await
+            .unwrap_or_else(|err| panic!("{}: {err}", file.display()));
+        assert!(report.passed, "{}", report.table());
+        assert!(
+            report
+                .actions
+                .iter()
+                .all(|a| a.runs > 0 || !loaded.actions.iter().any(|s| s.at_startup)),
+            "{}",
+            report.table()
+        );
+    }
+}
+
+#[test]
+fn scenario_check_accepts_the_fixtures_and_explains_a_broken_file() {
+    let ok = Command::new(bin())
+        .arg("scenario")
+        .arg("check")
+        .arg(scenarios_dir())
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&ok.stdout);
+    assert_eq!(ok.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("0 invalid"), "{stdout}");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("typo.json"),
+        r#"{"name":"typo","duration_s":1,"actions":[{"action":"brust","params":{"dir":"d","count":1}}]}"#,
+    )
+    .expect("write");
+    let bad = Command::new(bin())
+        .arg("scenario")
+        .arg("check")
+        .arg(dir.path())
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&bad.stdout);
+    assert_eq!(bad.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains(
+            "typo.json: actions[0].action: unknown action `brust`; did you mean `burst`?"
+        ),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn a_scenario_run_writes_a_json_report_and_a_table() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let report = dir.path().join("report.json");
+    let out = Command::new(bin())
+        .args(["scenario", "run"])
+        .arg(scenarios_dir().join("walkthrough.json"))
+        .args(["--duration", "0.5", "--report"])
+        .arg(&report)
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("scenario walkthrough: PASSED")
+            && stdout.contains("latency notify -> consume"),
+        "{stdout}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).expect("report")).expect("json");
+    assert_eq!(json["passed"], true);
+    assert!(
+        json["latency_ms"]["count"].as_u64().unwrap_or(0) > 0,
+        "{json}"
+    );
+    assert!(
+        json["actions"].as_array().is_some_and(|a| a.len() == 6),
+        "{json}"
+    );
+}
