@@ -1,14 +1,22 @@
-//! `cargo bench --bench mirror`: end-to-end measurements of the live mirror, printed as a
-//! table. Run on demand (never part of CI's pass/fail). Each workload starts from a mirrored
-//! state with a master and one slave as real processes, and times until the slave has the
-//! result, seen by an inotify watch on the slave directory (the rename into place).
+//! `cargo bench --bench mirror [-- w1 w2 ...]`: end-to-end measurements of the live mirror
+//! against the tools people would use instead, in the same run, printed as a table. Run on
+//! demand, never in CI's pass/fail path. Each workload starts from a mirrored state (a master
+//! and one slave as real processes) and is timed until the slave has converged.
 //!
-//! - latency: one 4 KiB file, written and closed in the master dir, until renamed into place
-//!   in the slave dir; 50 times; against the physical floor (the same write + rename done
-//!   directly in the slave dir, seen by the same watch).
-//! - 1 GiB: one file of 1 GiB; wall time against `cp` of the same file; peak RSS of master
-//!   and slave (VmHWM).
-//! - rename: a directory of 10,000 files renamed; until the slave has the new name.
+//! | id | workload | compared with |
+//! |---|---|---|
+//! | W1 | one 4 KiB file, 50 times: close in master to rename in slave, p50/p90/p99 | the same write + rename done directly |
+//! | W2 | a tree of 10,000 files of 4 KiB in 100 dirs appears in the master | `cp -a`, `rsync -a` of the same tree |
+//! | W3 | one 1 GiB file appears in the master | `cp`, `rsync -a` |
+//! | W4 | a directory holding 10,000 files is renamed | `rsync -a --delete` after the rename |
+//! | W5 | 10,000 files are deleted | `rsync -a --delete` after the delete |
+//! | W6 | 100,000 files mirrored: peak memory of master and slave | |
+//!
+//! In W2 and W3 the new content is moved into the master directory whole (a rename from a
+//! staging directory), so every tool starts from the same complete tree. Arrival in the slave
+//! is seen by an inotify watch on the slave directory (W1, W3, W4) or by the slave's consume
+//! events (W2, W5, W6). "slave wrote" is the slave process's `wchar` (bytes it passed to
+//! write calls) during the workload.
 
 use std::fs;
 use std::io::Write;
@@ -17,6 +25,7 @@ use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use filesync::event::EntryKind;
 use filesync::testkit::{Cluster, Pattern};
 use notify::{RecursiveMode, Watcher};
 
@@ -96,13 +105,89 @@ fn write_closed(path: &Path, data: &[u8]) {
     file.write_all(data).expect("write");
 }
 
-async fn latency(rows: &mut Vec<[String; 4]>) {
-    let c = Cluster::start(&bin(), "bench-latency", 1)
-        .await
-        .expect("cluster");
+/// One line of the table.
+#[derive(Default)]
+struct Row {
+    id: &'static str,
+    workload: String,
+    filesync: String,
+    cp: String,
+    rsync: String,
+    ratio: String,
+    slave_wrote: String,
+    rss: String,
+}
+
+fn secs(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        ms(d)
+    } else {
+        format!("{:.2} s", d.as_secs_f64())
+    }
+}
+
+fn ratio(ours: Duration, theirs: Option<Duration>, name: &str) -> String {
+    match theirs {
+        Some(theirs) if !theirs.is_zero() => {
+            format!("{:.2}x {name}", ours.as_secs_f64() / theirs.as_secs_f64())
+        }
+        _ => String::new(),
+    }
+}
+
+/// Runs a baseline tool; `None` when it is not installed.
+fn timed(program: &str, args: &[&std::ffi::OsStr]) -> Option<Duration> {
+    let started = Instant::now();
+    let status = Command::new(program).args(args).status().ok()?;
+    assert!(status.success(), "{program} failed");
+    Some(started.elapsed())
+}
+
+fn show(d: Option<Duration>, tool: &str) -> String {
+    d.map(secs)
+        .unwrap_or_else(|| format!("({tool} not installed)"))
+}
+
+fn wchar(pid: u32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/io"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("wchar:").and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0)
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
+}
+
+fn make_tree(root: &Path, dirs: usize, files_per_dir: usize, size: usize) {
+    let block = vec![b'x'; size];
+    for d in 0..dirs {
+        let dir = root.join(format!("d{d:03}"));
+        fs::create_dir_all(&dir).expect("mkdir");
+        for f in 0..files_per_dir {
+            fs::write(dir.join(format!("f{f:04}")), &block).expect("write");
+        }
+    }
+}
+
+fn os(path: &Path) -> &std::ffi::OsStr {
+    path.as_os_str()
+}
+
+async fn cluster(label: &str) -> Cluster {
+    let mut c = Cluster::start(&bin(), label, 1).await.expect("cluster");
+    c.events.deadline = Duration::from_secs(900);
+    c.events.quiet = Duration::from_secs(60);
+    c
+}
+
+async fn w1(rows: &mut Vec<Row>) {
+    let mut c = cluster("bench-w1").await;
     let slave_dir = c.slaves[0].dir.clone();
     let arrivals = Arrivals::watch(&slave_dir);
     let data = vec![b'x'; 4096];
+    let wrote_before = wchar(c.slave_pid(0).unwrap_or(0));
     let mut mirrored = Vec::new();
     for i in 0..50 {
         let name = format!("lat-{i}");
@@ -112,6 +197,7 @@ async fn latency(rows: &mut Vec<[String; 4]>) {
         mirrored.push(arrived - started);
         std::thread::sleep(Duration::from_millis(20));
     }
+    let wrote = wchar(c.slave_pid(0).unwrap_or(0)) - wrote_before;
     let mut floor = Vec::new();
     for i in 0..50 {
         let name = format!("floor-{i}");
@@ -119,30 +205,90 @@ async fn latency(rows: &mut Vec<[String; 4]>) {
         let temp = slave_dir.join(format!(".tmp-{i}"));
         write_closed(&temp, &data);
         fs::rename(&temp, slave_dir.join(&name)).expect("rename");
-        let arrived = arrivals.wait_for(&slave_dir.join(&name), Duration::from_secs(10));
-        floor.push(arrived - started);
+        floor.push(arrivals.wait_for(&slave_dir.join(&name), Duration::from_secs(10)) - started);
     }
     mirrored.sort();
     floor.sort();
-    for (label, p) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99)] {
-        let m = percentile(&mirrored, p);
-        let f = percentile(&floor, p);
-        rows.push([
-            format!("4 KiB file latency {label} (50 runs)"),
-            ms(m),
-            format!("floor {}", ms(f)),
-            format!("{:.0}x floor", m.as_secs_f64() / f.as_secs_f64()),
-        ]);
-    }
+    let triple = |v: &[Duration]| {
+        format!(
+            "{:.2} / {:.2} / {:.2} ms",
+            percentile(v, 0.5).as_secs_f64() * 1e3,
+            percentile(v, 0.9).as_secs_f64() * 1e3,
+            percentile(v, 0.99).as_secs_f64() * 1e3
+        )
+    };
+    rows.push(Row {
+        id: "W1",
+        workload: "4 KiB file x50, p50 / p90 / p99".into(),
+        filesync: triple(&mirrored),
+        cp: format!("floor {}", triple(&floor)),
+        ratio: format!(
+            "{:.0}x floor (p50)",
+            percentile(&mirrored, 0.5).as_secs_f64() / percentile(&floor, 0.5).as_secs_f64()
+        ),
+        slave_wrote: mib(wrote),
+        ..Row::default()
+    });
 }
 
-async fn large_file(rows: &mut Vec<[String; 4]>) {
-    let mut c = Cluster::start(&bin(), "bench-1gib", 1)
+async fn w2(rows: &mut Vec<Row>) {
+    let mut c = cluster("bench-w2").await;
+    let stage = c.dir().join("stage");
+    make_tree(&stage.join("w2"), 100, 100, 4096);
+    let cp = timed(
+        "cp",
+        &[
+            std::ffi::OsStr::new("-a"),
+            os(&stage.join("w2")),
+            os(&c.dir().join("cp-w2")),
+        ],
+    );
+    let rsync = timed(
+        "rsync",
+        &[
+            std::ffi::OsStr::new("-a"),
+            os(&stage.join("w2/")),
+            os(&c.dir().join("rsync-w2")),
+        ],
+    );
+    let pid = c.slave_pid(0).unwrap_or(0);
+    let wrote_before = wchar(pid);
+    let started = Instant::now();
+    fs::rename(stage.join("w2"), c.master_dir().join("w2")).expect("move in");
+    c.events
+        .expect_count(
+            Pattern::consume()
+                .by("slave")
+                .put()
+                .kind(EntryKind::File)
+                .path_glob("w2/**"),
+            10_000,
+            Duration::ZERO,
+        )
         .await
-        .expect("cluster");
-    let staging = c.dir().join("staging");
-    fs::create_dir_all(&staging).expect("mkdir");
-    let source = staging.join("big.bin");
+        .expect("all 10,000 mirrored");
+    let took = started.elapsed();
+    rows.push(Row {
+        id: "W2",
+        workload: "10,000 x 4 KiB files in 100 dirs".into(),
+        filesync: secs(took),
+        cp: show(cp, "cp"),
+        rsync: show(rsync, "rsync"),
+        ratio: [ratio(took, cp, "cp -a"), ratio(took, rsync, "rsync -a")].join(", "),
+        slave_wrote: mib(wchar(pid) - wrote_before),
+        rss: format!(
+            "{:.1} / {:.1} MiB",
+            peak_rss_mib(c.master_pid().unwrap_or(0)),
+            peak_rss_mib(pid)
+        ),
+    });
+}
+
+async fn w3(rows: &mut Vec<Row>) {
+    let mut c = cluster("bench-w3").await;
+    let stage = c.dir().join("stage");
+    fs::create_dir_all(&stage).expect("mkdir");
+    let source = stage.join("big.bin");
     {
         let mut file = fs::File::create(&source).expect("create");
         let mut block = vec![0u8; 1 << 20];
@@ -152,130 +298,217 @@ async fn large_file(rows: &mut Vec<[String; 4]>) {
         }
         file.sync_all().expect("sync");
     }
-    let cp_started = Instant::now();
-    let status = Command::new("cp")
-        .arg(&source)
-        .arg(staging.join("copy.bin"))
-        .status()
-        .expect("cp");
-    assert!(status.success());
-    let cp_time = cp_started.elapsed();
+    let cp = timed("cp", &[os(&source), os(&stage.join("cp.bin"))]);
+    let _ = fs::remove_file(stage.join("cp.bin"));
+    let rsync = timed(
+        "rsync",
+        &[
+            std::ffi::OsStr::new("-a"),
+            os(&source),
+            os(&stage.join("rsync.bin")),
+        ],
+    );
+    let _ = fs::remove_file(stage.join("rsync.bin"));
     let slave_dir = c.slaves[0].dir.clone();
     let arrivals = Arrivals::watch(&slave_dir);
+    let pid = c.slave_pid(0).unwrap_or(0);
+    let wrote_before = wchar(pid);
     let started = Instant::now();
-    // A rename into the tree is a single, already-closed file appearing.
     fs::rename(&source, c.master_dir().join("big.bin")).expect("move in");
-    let arrived = arrivals.wait_for(&slave_dir.join("big.bin"), Duration::from_secs(600));
-    let took = arrived - started;
-    rows.push([
-        "1 GiB file, close to rename on slave".into(),
-        format!("{:.2} s", took.as_secs_f64()),
-        format!("cp {:.2} s", cp_time.as_secs_f64()),
-        format!("{:.1}x cp", took.as_secs_f64() / cp_time.as_secs_f64()),
-    ]);
-    let master_pid = c.master_pid().unwrap_or(0);
-    let slave_pid = c.slave_pid(0).unwrap_or(0);
-    rows.push([
-        "peak RSS, master (1 GiB run)".into(),
-        format!("{:.1} MiB", peak_rss_mib(master_pid)),
-        "target < 100 MiB".into(),
-        String::new(),
-    ]);
-    rows.push([
-        "peak RSS, slave (1 GiB run)".into(),
-        format!("{:.1} MiB", peak_rss_mib(slave_pid)),
-        "target < 100 MiB".into(),
-        String::new(),
-    ]);
+    let took = arrivals.wait_for(&slave_dir.join("big.bin"), Duration::from_secs(900)) - started;
+    rows.push(Row {
+        id: "W3",
+        workload: "one 1 GiB file".into(),
+        filesync: secs(took),
+        cp: show(cp, "cp"),
+        rsync: show(rsync, "rsync"),
+        ratio: [ratio(took, cp, "cp"), ratio(took, rsync, "rsync -a")].join(", "),
+        slave_wrote: mib(wchar(pid) - wrote_before),
+        rss: format!(
+            "{:.1} / {:.1} MiB",
+            peak_rss_mib(c.master_pid().unwrap_or(0)),
+            peak_rss_mib(pid)
+        ),
+    });
 }
 
-async fn dir_rename(rows: &mut Vec<[String; 4]>) {
-    let mut c = Cluster::start_with(&bin(), "bench-rename", 1, |m| {
-        fs::create_dir(m.join("tree")).expect("mkdir");
-        for i in 0..10_000 {
-            fs::write(m.join(format!("tree/f{i:05}")), [b'x'; 4096]).expect("write");
-        }
+/// W4 and W5 share one mirrored tree of 10,000 files.
+async fn w4_w5(rows: &mut Vec<Row>, run_w4: bool, run_w5: bool) {
+    let mut c = Cluster::start_with(&bin(), "bench-w4", 1, |m| {
+        make_tree(&m.join("tree"), 100, 100, 4096)
     })
     .await
     .expect("cluster");
-    c.events.deadline = Duration::from_secs(300);
+    c.events.deadline = Duration::from_secs(900);
+    c.events.quiet = Duration::from_secs(60);
     c.events
         .expect_count(
-            Pattern::consume().by("slave").put().path_glob("tree/*"),
+            Pattern::consume().by("slave").put().kind(EntryKind::File),
             10_000,
-            Duration::from_millis(200),
+            Duration::ZERO,
         )
         .await
         .expect("initial mirror");
+    let mirror = c.dir().join("rsync-mirror");
+    let rsync_sync = |c: &Cluster| {
+        timed(
+            "rsync",
+            &[
+                std::ffi::OsStr::new("-a"),
+                std::ffi::OsStr::new("--delete"),
+                os(&c.master_dir().join("")),
+                os(&mirror),
+            ],
+        )
+    };
+    let have_rsync = rsync_sync(&c).is_some();
     let slave_dir = c.slaves[0].dir.clone();
-    let arrivals = Arrivals::watch(&slave_dir);
-    let started = Instant::now();
-    fs::rename(c.master_dir().join("tree"), c.master_dir().join("renamed")).expect("rename");
-    let arrived = arrivals.wait_for(&slave_dir.join("renamed"), Duration::from_secs(60));
+    let pid = c.slave_pid(0).unwrap_or(0);
+    if run_w4 {
+        let arrivals = Arrivals::watch(&slave_dir);
+        let wrote_before = wchar(pid);
+        let started = Instant::now();
+        fs::rename(c.master_dir().join("tree"), c.master_dir().join("renamed")).expect("rename");
+        let took = arrivals.wait_for(&slave_dir.join("renamed"), Duration::from_secs(60)) - started;
+        c.events
+            .expect(Pattern::consume().by("slave").moved().path("renamed"))
+            .await
+            .expect("one move");
+        let rsync = if have_rsync { rsync_sync(&c) } else { None };
+        let moves = c.events.count(&Pattern::notify().moved());
+        let puts = c
+            .events
+            .count(&Pattern::notify().put().path_glob("renamed/**"));
+        rows.push(Row {
+            id: "W4",
+            workload: format!("rename a dir of 10,000 files ({moves} move event, {puts} puts)"),
+            filesync: secs(took),
+            rsync: format!("{} (--delete)", show(rsync, "rsync")),
+            ratio: ratio(took, rsync, "rsync"),
+            slave_wrote: mib(wchar(pid) - wrote_before),
+            ..Row::default()
+        });
+    }
+    if run_w5 {
+        let victim = if run_w4 { "renamed" } else { "tree" };
+        let wrote_before = wchar(pid);
+        let started = Instant::now();
+        fs::remove_dir_all(c.master_dir().join(victim)).expect("rm -rf");
+        c.events
+            .expect(Pattern::consume().by("slave").delete().path(victim))
+            .await
+            .expect("deleted");
+        let took = started.elapsed();
+        assert!(!slave_dir.join(victim).exists());
+        let rsync = if have_rsync { rsync_sync(&c) } else { None };
+        rows.push(Row {
+            id: "W5",
+            workload: "delete 10,000 files".into(),
+            filesync: secs(took),
+            rsync: format!("{} (--delete)", show(rsync, "rsync")),
+            ratio: ratio(took, rsync, "rsync"),
+            slave_wrote: mib(wchar(pid) - wrote_before),
+            ..Row::default()
+        });
+    }
+}
+
+async fn w6(rows: &mut Vec<Row>) {
+    let prepared = Instant::now();
+    let mut c = Cluster::start_with(&bin(), "bench-w6", 1, |m| {
+        make_tree(&m.join("many"), 1000, 100, 1024)
+    })
+    .await
+    .expect("cluster");
+    c.events.deadline = Duration::from_secs(1800);
+    c.events.quiet = Duration::from_secs(120);
     c.events
-        .expect(Pattern::consume().by("slave").moved().path("renamed"))
+        .expect_count(
+            Pattern::consume().by("slave").put().kind(EntryKind::File),
+            100_000,
+            Duration::ZERO,
+        )
         .await
-        .expect("one move");
-    let moves = c.events.count(&Pattern::notify().moved());
-    let puts_after = c
-        .events
-        .count(&Pattern::notify().put().path_glob("renamed/**"));
-    rows.push([
-        "rename a dir of 10,000 files".into(),
-        ms(arrived - started),
-        format!("{moves} move event(s), {puts_after} puts"),
-        String::new(),
-    ]);
+        .expect("100,000 mirrored");
+    let took = prepared.elapsed();
+    let master = peak_rss_mib(c.master_pid().unwrap_or(0));
+    let slave = peak_rss_mib(c.slave_pid(0).unwrap_or(0));
+    rows.push(Row {
+        id: "W6",
+        workload: "100,000 files mirrored (1 KiB each, from start)".into(),
+        filesync: secs(took),
+        rss: format!("{master:.1} / {slave:.1} MiB"),
+        ratio: "target < 50 MiB each".into(),
+        ..Row::default()
+    });
 }
 
 fn main() {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let mut rows: Vec<[String; 4]> = Vec::new();
-    let only = std::env::args().nth(1).filter(|a| !a.starts_with('-'));
+    let wanted: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .map(|a| a.to_lowercase())
+        .collect();
+    let want = |id: &str| wanted.is_empty() || wanted.iter().any(|w| w == id);
+    let mut rows: Vec<Row> = Vec::new();
     runtime.block_on(async {
-        if only.as_deref().is_none_or(|o| o == "latency") {
-            latency(&mut rows).await;
+        if want("w1") {
+            w1(&mut rows).await;
         }
-        if only.as_deref().is_none_or(|o| o == "rename") {
-            dir_rename(&mut rows).await;
+        if want("w2") {
+            w2(&mut rows).await;
         }
-        if only.as_deref().is_none_or(|o| o == "large") {
-            large_file(&mut rows).await;
+        if want("w3") {
+            w3(&mut rows).await;
+        }
+        if want("w4") || want("w5") {
+            w4_w5(&mut rows, want("w4"), want("w5")).await;
+        }
+        if want("w6") {
+            w6(&mut rows).await;
         }
     });
-    let widths: Vec<usize> = (0..4)
-        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+    let header = Row {
+        id: "id",
+        workload: "workload".into(),
+        filesync: "filesync".into(),
+        cp: "cp".into(),
+        rsync: "rsync".into(),
+        ratio: "ratio".into(),
+        slave_wrote: "slave wrote".into(),
+        rss: "peak RSS master / slave".into(),
+    };
+    let cells = |r: &Row| {
+        [
+            r.id.to_owned(),
+            r.workload.clone(),
+            r.filesync.clone(),
+            r.cp.clone(),
+            r.rsync.clone(),
+            r.ratio.clone(),
+            r.slave_wrote.clone(),
+            r.rss.clone(),
+        ]
+    };
+    let all: Vec<[String; 8]> = std::iter::once(&header)
+        .chain(rows.iter())
+        .map(cells)
+        .collect();
+    let widths: Vec<usize> = (0..8)
+        .map(|i| all.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
         .collect();
     println!();
-    println!(
-        "| {:<w0$} | {:>w1$} | {:<w2$} | {:<w3$} |",
-        "workload",
-        "result",
-        "baseline",
-        "ratio",
-        w0 = widths[0],
-        w1 = widths[1],
-        w2 = widths[2],
-        w3 = widths[3]
-    );
-    println!(
-        "|{}|{}|{}|{}|",
-        "-".repeat(widths[0] + 2),
-        "-".repeat(widths[1] + 2),
-        "-".repeat(widths[2] + 2),
-        "-".repeat(widths[3] + 2)
-    );
-    for row in &rows {
-        println!(
-            "| {:<w0$} | {:>w1$} | {:<w2$} | {:<w3$} |",
-            row[0],
-            row[1],
-            row[2],
-            row[3],
-            w0 = widths[0],
-            w1 = widths[1],
-            w2 = widths[2],
-            w3 = widths[3]
-        );
+    for (idx, row) in all.iter().enumerate() {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        println!("| {} |", line.join(" | "));
+        if idx == 0 {
+            let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
+            println!("|-{}-|", rule.join("-|-"));
+        }
     }
 }

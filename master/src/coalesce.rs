@@ -10,6 +10,9 @@
 //!   rename that immediately follows (editors' saves), short enough for low latency.
 //! - Two rename halves with the same tracker become one `Move`; a half left alone for
 //!   `pair` becomes a plain refresh (moved in from, or out to, somewhere unwatched).
+//! - A removal is looked at after `settle`, unless many are pending (`rm -rf` of a tree):
+//!   then removals wait until the burst has been quiet for `quiet` (1 s at most), so the
+//!   tree goes out as one delete of its top instead of one per file.
 //! - A `Rescan` replaces all pending work, since it looks at everything.
 
 use std::collections::HashMap;
@@ -51,7 +54,11 @@ struct PendingPath {
     order: u64,
     first: Instant,
     due: Instant,
+    removal: bool,
 }
+
+/// More pending removals than this is a burst (`rm -rf`), coalesced until quiet.
+const REMOVAL_BURST: usize = 16;
 
 #[derive(Debug, Clone)]
 struct PendingMove {
@@ -70,6 +77,8 @@ pub struct Coalescer {
     moves: Vec<PendingMove>,
     unpaired: HashMap<usize, (RelPath, Instant)>,
     rescan: Option<Instant>,
+    /// The first and the latest removal of the current burst.
+    removals: Option<(Instant, Instant)>,
 }
 
 impl Coalescer {
@@ -97,6 +106,14 @@ impl Coalescer {
             Signal::Closed(path) | Signal::Touched(path) => {
                 self.mark(path, now, |_| now + t.settle)
             }
+            Signal::Removed(path) => {
+                let first = self.removals.map_or(now, |(first, _)| first);
+                self.removals = Some((first, now));
+                self.mark(path.clone(), now, |_| now + t.settle);
+                if let Some(pending) = self.paths.get_mut(&path) {
+                    pending.removal = true;
+                }
+            }
             Signal::Created(path) => self.mark(path, now, |_| now),
             Signal::RenamedFrom { tracker, path } => {
                 self.unpaired.insert(tracker, (path, now));
@@ -117,9 +134,24 @@ impl Coalescer {
         self.mark(path, now, |_| due);
     }
 
+    /// While a burst of removals goes on, when its removals may be looked at.
+    fn burst_hold(&self) -> Option<Instant> {
+        let (first, last) = self.removals?;
+        let pending = self.paths.values().filter(|p| p.removal).count();
+        (pending > REMOVAL_BURST)
+            .then(|| (last + self.timing.quiet).min(first + self.timing.max_delay))
+    }
+
     /// When the next piece of work falls due, if any is pending.
     pub fn next_deadline(&self) -> Option<Instant> {
-        let paths = self.paths.values().map(|p| p.due);
+        let hold = self.burst_hold();
+        let paths = self.paths.values().map(|p| {
+            if p.removal {
+                hold.map_or(p.due, |h| h.max(p.due))
+            } else {
+                p.due
+            }
+        });
         let moves = self.moves.iter().map(|m| m.due);
         let unpaired = self.unpaired.values().map(|(_, at)| *at + self.timing.pair);
         paths.chain(moves).chain(unpaired).chain(self.rescan).min()
@@ -145,9 +177,10 @@ impl Coalescer {
                 self.mark(path, now, |_| now);
             }
         }
+        let hold = self.burst_hold().filter(|h| *h > now);
         let mut due: Vec<(u64, Work)> = Vec::new();
         self.paths.retain(|path, pending| {
-            if pending.due <= now {
+            if pending.due <= now && !(pending.removal && hold.is_some()) {
                 due.push((pending.order, Work::Refresh(path.clone())));
                 false
             } else {
@@ -168,6 +201,9 @@ impl Coalescer {
                 true
             }
         });
+        if !self.paths.values().any(|p| p.removal) {
+            self.removals = None;
+        }
         due.sort_by_key(|(order, _)| *order);
         due.into_iter().map(|(_, work)| work).collect()
     }
@@ -178,6 +214,7 @@ impl Coalescer {
             order,
             first: now,
             due: now,
+            removal: false,
         });
         if pending.order == order {
             self.next_order += 1;
@@ -333,6 +370,26 @@ mod tests {
             ]
         );
         assert_eq!(c.take_due(t0 + ms(100)), [Work::Refresh(p("new/f"))]);
+    }
+
+    #[test]
+    fn a_single_removal_is_quick_and_a_burst_waits_for_quiet() {
+        let t0 = Instant::now();
+        let timing = Timing::default();
+        let mut c = Coalescer::new(timing);
+        c.observe(Signal::Removed(p("one")), t0);
+        assert_eq!(c.take_due(t0 + ms(2)), [Work::Refresh(p("one"))]);
+        // rm -rf: 100 removals over 100 ms; nothing goes out until 50 ms after the last.
+        for i in 0..100 {
+            c.observe(Signal::Removed(p(&format!("t/f{i}"))), t0 + ms(10 + i));
+        }
+        assert!(
+            c.take_due(t0 + ms(60)).is_empty(),
+            "the burst is still going on"
+        );
+        assert_eq!(c.next_deadline(), Some(t0 + ms(109) + timing.quiet));
+        assert_eq!(c.take_due(t0 + ms(109) + timing.quiet).len(), 100);
+        assert!(c.is_idle());
     }
 
     #[test]

@@ -41,8 +41,10 @@ pub enum Signal {
     Written(RelPath),
     /// The writer closed the file: its content is final for now.
     Closed(RelPath),
-    /// Metadata changed, or the path was removed: final, nothing is writing it.
+    /// Metadata changed: final, nothing is writing it.
     Touched(RelPath),
+    /// The path was removed.
+    Removed(RelPath),
     /// A directory appeared: scan it, since its early contents may have gone unreported.
     Created(RelPath),
     /// First half of a rename.
@@ -201,7 +203,8 @@ fn translate(root: &Path, result: notify::Result<notify::Event>) -> Vec<Signal> 
         },
         // notify repeats a paired rename as `Both`; we pair From and To ourselves.
         EventKind::Modify(ModifyKind::Name(_)) => return Vec::new(),
-        EventKind::Modify(_) | EventKind::Remove(_) => Signal::Touched(path),
+        EventKind::Remove(_) => Signal::Removed(path),
+        EventKind::Modify(_) => Signal::Touched(path),
         EventKind::Access(AccessKind::Close(AccessMode::Write)) => Signal::Closed(path),
         EventKind::Access(_) | EventKind::Any | EventKind::Other => return Vec::new(),
     };

@@ -160,14 +160,23 @@ async fn publish_change(
     retry: &std_mpsc::Sender<RelPath>,
 ) -> Result<(), ClientError> {
     if let Change::Put { path, entry } = &observed.change {
+        if let (Kind::File, Some(sha256), Some(content)) =
+            (entry.kind, &entry.sha256, &observed.content)
+        {
+            // Small file: content and notify pipelined on one connection. The bus handles a
+            // connection's requests in order, so the content is stored before the notify is
+            // checked, and a round trip is saved.
+            let (uploaded, published) = tokio::join!(
+                client.blob_put(sha256, 0, true, content),
+                client.publish(Draft::notify(&observed.change))
+            );
+            uploaded?;
+            let seq = published?;
+            tracing::debug!("#{seq} notify {}", observed.change);
+            return Ok(());
+        }
         if let (Kind::File, Some(sha256)) = (entry.kind, &entry.sha256) {
-            let uploaded = match &observed.content {
-                Some(content) => client
-                    .blob_put(sha256, 0, true, content)
-                    .await
-                    .map_err(UploadError::from),
-                None => client.upload_file(&path.to_path(dir), sha256).await,
-            };
+            let uploaded = client.upload_file(&path.to_path(dir), sha256).await;
             match uploaded {
                 Ok(()) => {}
                 Err(UploadError::Bus(err)) if err.is_connection() => return Err(err),

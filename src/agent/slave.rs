@@ -115,6 +115,11 @@ async fn session(
     }
     let mut ready = false;
     let mut subscription = Subscription::new(client.clone(), position + 1);
+    // The position is a hint (the bus's `answered` guards against answering twice), so it
+    // is recorded when the slave has caught up, every POSITION_EVERY events, and on the way
+    // out, instead of once per event.
+    let mut unsaved: Option<u64> = None;
+    let mut since_saved = 0u32;
     if position >= welcome.head {
         if let Err(err) = announce_ready(&client, dir, &mut ready).await {
             return Ok(SessionEnd::BusLost(err));
@@ -123,6 +128,7 @@ async fn session(
     loop {
         let event = tokio::select! {
             _ = &mut *shutdown => {
+                save(position_file, &mut unsaved)?;
                 if let Err(err) = client.publish(Draft::tagged(Tag::Leave)).await {
                     tracing::warn!("could not publish leave: {err}");
                 }
@@ -132,14 +138,23 @@ async fn session(
         };
         let event = match event {
             Ok(event) => event,
-            Err(err) if err.is_connection() => return Ok(SessionEnd::BusLost(err)),
+            Err(err) if err.is_connection() => {
+                save(position_file, &mut unsaved)?;
+                return Ok(SessionEnd::BusLost(err));
+            }
             Err(err) => return Err(err).context("cannot follow the event log"),
         };
         if event.tag() == Some(Tag::Notify) {
             if let Err(err) = answer(&applier, &client, &event, welcome.answered).await {
+                save(position_file, &mut unsaved)?;
                 return Ok(SessionEnd::BusLost(err));
             }
-            write_position(position_file, event.seq)?;
+            unsaved = Some(event.seq);
+            since_saved += 1;
+        }
+        if unsaved.is_some() && (since_saved >= POSITION_EVERY || subscription.is_drained()) {
+            save(position_file, &mut unsaved)?;
+            since_saved = 0;
         }
         if event.seq >= welcome.head && !ready {
             if let Err(err) = announce_ready(&client, dir, &mut ready).await {
@@ -230,6 +245,16 @@ async fn apply(
         other => applier.apply(other).map_err(failed)?,
     };
     Ok((change, applied))
+}
+
+/// At most this many applied events go unrecorded in the position file.
+const POSITION_EVERY: u32 = 256;
+
+fn save(file: &Path, unsaved: &mut Option<u64>) -> anyhow::Result<()> {
+    match unsaved.take() {
+        Some(seq) => write_position(file, seq),
+        None => Ok(()),
+    }
 }
 
 /// The `seq` of the last notify applied; 0 when there is none yet.

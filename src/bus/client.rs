@@ -409,6 +409,12 @@ impl Subscription {
         self.next
     }
 
+    /// True when every event received so far has been handed out (the next `next()` asks
+    /// the bus).
+    pub fn is_drained(&self) -> bool {
+        self.buffered.is_empty()
+    }
+
     pub async fn next(&mut self) -> Result<Event, ClientError> {
         loop {
             if let Some(event) = self.buffered.pop_front() {
