@@ -55,6 +55,9 @@ async fn renaming_a_full_directory_is_one_move_and_copies_nothing() {
     let mut c = must(
         filesync::testkit::Cluster::start_with(&crate::util::bin(), "move-dir", 1, |m| {
             fs::create_dir(m.join("project")).expect("mkdir");
+            // Siblings that sort between `project` and `project/...` in byte order.
+            fs::write(m.join("project.txt"), "sibling").expect("write");
+            fs::write(m.join("project-notes"), "sibling").expect("write");
             for i in 0..2000 {
                 fs::write(m.join(format!("project/f{i}")), format!("{i}")).expect("write");
             }

@@ -207,14 +207,17 @@ impl Model {
         self.entries.iter()
     }
 
-    /// `path` itself (if present) and everything beneath it, in order.
+    /// `path` itself (if present) and everything beneath it, in order. Siblings that sort
+    /// between them (`a-b` and `a.txt` come after `a` but before `a/x`) are not included.
     pub fn subtree<'a>(
         &'a self,
         path: &'a RelPath,
     ) -> impl Iterator<Item = (&'a RelPath, &'a Entry)> {
+        let (low, high) = path.descendant_bounds();
         self.entries
-            .range(path.clone()..)
-            .take_while(move |(p, _)| p.starts_with(path))
+            .get_key_value(path)
+            .into_iter()
+            .chain(self.entries.range(low..high))
     }
 
     /// Applies a change, checking that it makes sense against the current state.
@@ -360,6 +363,24 @@ mod tests {
             model.apply(&into_itself),
             Err(ModelError::IntoItself(p("d")))
         );
+    }
+
+    #[test]
+    fn a_subtree_skips_siblings_that_sort_inside_it() {
+        // In byte order `a-b` and `a.txt` sit between `a` and `a/x`.
+        let mut model = Model::new();
+        model.put(p("a"), Entry::dir(0o755));
+        model.put(p("a-b"), Entry::file(1, "1".into(), 0o644));
+        model.put(p("a.txt"), Entry::file(1, "2".into(), 0o644));
+        model.put(p("a/x"), Entry::file(1, "3".into(), 0o644));
+        model.put(p("a/y/z"), Entry::file(1, "4".into(), 0o644));
+        let subtree: Vec<String> = model.subtree(&p("a")).map(|(p, _)| p.lossy()).collect();
+        assert_eq!(subtree, ["a", "a/x", "a/y/z"]);
+        model.rename(&p("a"), &p("m"));
+        let paths: Vec<String> = model.iter().map(|(p, _)| p.lossy()).collect();
+        assert_eq!(paths, ["a-b", "a.txt", "m", "m/x", "m/y/z"]);
+        model.remove_subtree(&p("m"));
+        assert_eq!(model.len(), 2);
     }
 
     #[test]

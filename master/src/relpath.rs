@@ -83,6 +83,17 @@ impl RelPath {
         RelPath::from_bytes(&bytes)
     }
 
+    /// The keys bounding everything strictly beneath `self` in byte order: `self/` up to
+    /// (excluding) `self0`, since `0` is the byte after `/`. Not valid paths themselves; only
+    /// for range queries on ordered maps.
+    pub(crate) fn descendant_bounds(&self) -> (RelPath, RelPath) {
+        let mut low = self.0.clone();
+        low.push(b'/');
+        let mut high = self.0.clone();
+        high.push(b'/' + 1);
+        (RelPath(low), RelPath(high))
+    }
+
     pub fn as_bytes(&self) -> &[u8] {
         &self.0
     }

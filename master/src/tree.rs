@@ -5,7 +5,6 @@
 //! may be coalesced, reordered or repeated without changing the outcome: the result always
 //! describes the disk as it is now.
 
-use std::collections::HashSet;
 use std::fs::{self, Metadata};
 use std::io;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -176,7 +175,6 @@ impl Tree {
             Some(path) => path.to_path(&self.root),
             None => self.root.clone(),
         };
-        let mut seen: HashSet<RelPath> = HashSet::new();
         // Directories we could not read: their published contents must not be deleted.
         let mut unreadable: Vec<RelPath> = Vec::new();
         let root = self.root.clone();
@@ -217,34 +215,40 @@ impl Tree {
                     continue;
                 }
             }
-            seen.insert(rel);
         }
-        let candidates: Vec<RelPath> = match under {
-            Some(path) => self
-                .model
-                .subtree(path)
-                .filter(|(p, _)| *p != path)
-                .map(|(p, _)| p.clone())
-                .collect(),
-            None => self.model.iter().map(|(p, _)| p.clone()).collect(),
-        };
-        let mut deleted: Vec<RelPath> = Vec::new();
-        for path in candidates {
-            if seen.contains(&path)
-                || unreadable.iter().any(|u| path.starts_with(u))
-                || deleted.iter().any(|d| path.starts_with(d))
-            {
-                continue;
+        // Deletions: published entries gone from disk (or now ignored or of a kind we do not
+        // sync). Each is checked on disk instead of against a set of everything walked, so a
+        // rescan of 100,000 paths keeps no second copy of them; only the tops of vanished
+        // trees are collected.
+        let mut doomed: Vec<(RelPath, Kind)> = Vec::new();
+        {
+            let entries: Box<dyn Iterator<Item = (&RelPath, &Entry)> + '_> = match under {
+                Some(path) => Box::new(self.model.subtree(path).filter(move |(p, _)| *p != path)),
+                None => Box::new(self.model.iter()),
+            };
+            for (path, entry) in entries {
+                if unreadable.iter().any(|u| path.starts_with(u))
+                    || doomed.iter().any(|(d, _)| path.starts_with(d))
+                {
+                    continue;
+                }
+                let gone = match fs::symlink_metadata(path.to_path(&self.root)) {
+                    Err(err) => err.kind() == io::ErrorKind::NotFound,
+                    Ok(meta) => {
+                        kind_of(&meta).is_none() || self.ignore.is_ignored(path, meta.is_dir())
+                    }
+                };
+                if gone {
+                    doomed.push((path.clone(), entry.kind));
+                }
             }
-            if let Some(entry) = self.model.get(&path) {
-                let kind = entry.kind;
-                self.model.remove_subtree(&path);
-                deleted.push(path.clone());
-                out(Outcome::Changed(Observed {
-                    change: Change::Delete { path, kind },
-                    content: None,
-                }));
-            }
+        }
+        for (path, kind) in doomed {
+            self.model.remove_subtree(&path);
+            out(Outcome::Changed(Observed {
+                change: Change::Delete { path, kind },
+                content: None,
+            }));
         }
     }
 
