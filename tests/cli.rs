@@ -18,10 +18,11 @@ async fn listen_prints_filtered_events_readable_or_as_raw_log_lines() {
     fs::create_dir_all(&out).expect("mkdir");
     let spawn = |args: &[&str], name: &str| {
         let stdout = fs::File::create(out.join(name)).expect("create");
+        let stderr = fs::File::create(out.join(format!("{name}.stderr"))).expect("create");
         Command::new(bin())
             .args(args)
             .stdout(stdout)
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .expect("spawn listen")
     };
@@ -54,7 +55,7 @@ async fn listen_prints_filtered_events_readable_or_as_raw_log_lines() {
     let printed = |name: &str, needle: &str| {
         fs::read_to_string(out.join(name)).is_ok_and(|t| t.contains(needle))
     };
-    for _ in 0..500 {
+    for _ in 0..2000 {
         if printed("json", "docs/a.md") && printed("readable", "top.txt") {
             break;
         }
@@ -82,6 +83,12 @@ async fn listen_prints_filtered_events_readable_or_as_raw_log_lines() {
     );
 
     let text = fs::read_to_string(out.join("readable")).expect("output");
+    let stderr = fs::read_to_string(out.join("readable.stderr")).unwrap_or_default();
+    let text = if text.contains("top.txt") {
+        text
+    } else {
+        format!("{text}\n(stderr: {stderr})")
+    };
     assert!(
         text.lines()
             .all(|l| l.contains(" consume ") && l.contains(" slave ") && l.contains(" put ")),
