@@ -7,15 +7,17 @@
 //! decides what has been answered: the bus tells us the highest notify our name answered,
 //! and we never answer one twice, even when our position file was lost.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
+use filesync_master::hash::CHUNK_SIZE;
 use filesync_master::{Change, Kind};
 use filesync_slave::{Applied, Applier};
 
 use super::{connect_with_retry, SessionEnd, FIRST_CONNECT_PATIENCE};
-use crate::bus::{BusClient, ClientError, Hello, Subscription, Welcome};
+use crate::bus::{BusClient, ClientError, Hello, PendingReply, Subscription, Welcome};
 use crate::event::{Draft, Event, Role, Tag};
 
 /// How the slave runs.
@@ -97,6 +99,53 @@ fn refuse_nesting(dir: &Path, welcome: &Welcome) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How many events ahead the slave asks for small files' content.
+const LOOKAHEAD: usize = 32;
+/// How many consumes may be on their way to the bus, unacknowledged, at once.
+const IN_FLIGHT: usize = 64;
+
+/// An event taken from the subscription, with its content already requested.
+struct Ahead {
+    event: Event,
+    content: Option<PendingReply>,
+}
+
+/// Asks for a small file's content now, so it arrives while earlier events are applied.
+async fn prefetch(client: &BusClient, event: &Event) -> Result<Option<PendingReply>, ClientError> {
+    if event.tag() != Some(Tag::Notify) {
+        return Ok(None);
+    }
+    let small_file = match event.body.change() {
+        Ok(Change::Put { entry, .. }) => {
+            entry.kind == Kind::File && entry.size <= CHUNK_SIZE as u64
+        }
+        _ => false,
+    };
+    match (&event.body.sha256, small_file) {
+        (Some(sha256), true) => client.blob_get_pipelined(sha256).await.map(Some),
+        _ => Ok(None),
+    }
+}
+
+/// Waits for every consume sent so far to be acknowledged.
+async fn settle_all(in_flight: &mut VecDeque<(u64, PendingReply)>) -> Result<(), ClientError> {
+    while let Some((seq, reply)) = in_flight.pop_front() {
+        settle_one(seq, reply).await?;
+    }
+    Ok(())
+}
+
+async fn settle_one(seq: u64, reply: PendingReply) -> Result<(), ClientError> {
+    match reply.seq().await {
+        Ok(_) => Ok(()),
+        Err(err) if err.is_connection() => Err(err),
+        Err(err) => {
+            tracing::error!("#{seq}: the bus refused our answer: {err}");
+            Ok(())
+        }
+    }
+}
+
 async fn session(
     dir: &Path,
     position_file: &Path,
@@ -115,9 +164,15 @@ async fn session(
     }
     let mut ready = false;
     let mut subscription = Subscription::new(client.clone(), position + 1);
-    // The position is a hint (the bus's `answered` guards against answering twice), so it
-    // is recorded when the slave has caught up, every POSITION_EVERY events, and on the way
-    // out, instead of once per event.
+    // Pipelining: content for the next events is requested while one is applied, and
+    // consumes go out without waiting for each reply. Requests leave in seq order on one
+    // connection, so the bus logs consumes in order.
+    let mut ahead: VecDeque<Ahead> = VecDeque::new();
+    let mut in_flight: VecDeque<(u64, PendingReply)> = VecDeque::new();
+    // The position is a hint (the bus's `answered` guards against answering twice). It is
+    // recorded only when every consume sent is acknowledged: when caught up, every
+    // POSITION_EVERY events, and on a clean stop. After a crash or a lost connection the
+    // slave re-applies from the last record, which is idempotent.
     let mut unsaved: Option<u64> = None;
     let mut since_saved = 0u32;
     if position >= welcome.head {
@@ -125,34 +180,71 @@ async fn session(
             return Ok(SessionEnd::BusLost(err));
         }
     }
-    loop {
-        let event = tokio::select! {
-            _ = &mut *shutdown => {
-                save(position_file, &mut unsaved)?;
-                if let Err(err) = client.publish(Draft::tagged(Tag::Leave)).await {
-                    tracing::warn!("could not publish leave: {err}");
-                }
-                return Ok(SessionEnd::Stopped);
+    macro_rules! lost {
+        ($result:expr) => {
+            match $result {
+                Ok(value) => value,
+                Err(err) if err.is_connection() => return Ok(SessionEnd::BusLost(err)),
+                Err(err) => return Err(err).context("cannot follow the event log"),
             }
-            event = subscription.next() => event,
         };
-        let event = match event {
-            Ok(event) => event,
-            Err(err) if err.is_connection() => {
-                save(position_file, &mut unsaved)?;
-                return Ok(SessionEnd::BusLost(err));
+    }
+    loop {
+        // A stop is honoured between events, never in the middle of one.
+        let stop = tokio::select! {
+            biased;
+            _ = &mut *shutdown => true,
+            _ = std::future::ready(()) => false,
+        };
+        if stop {
+            lost!(settle_all(&mut in_flight).await);
+            save(position_file, &mut unsaved)?;
+            if let Err(err) = client.publish(Draft::tagged(Tag::Leave)).await {
+                tracing::warn!("could not publish leave: {err}");
             }
-            Err(err) => return Err(err).context("cannot follow the event log"),
+            return Ok(SessionEnd::Stopped);
+        }
+        while ahead.len() < LOOKAHEAD && !subscription.is_drained() {
+            let event = lost!(subscription.next().await);
+            let content = lost!(prefetch(&client, &event).await);
+            ahead.push_back(Ahead { event, content });
+        }
+        let Ahead { event, content } = match ahead.pop_front() {
+            Some(next) => next,
+            None => {
+                // Caught up with what the bus sent: settle, record, then wait for more.
+                lost!(settle_all(&mut in_flight).await);
+                save(position_file, &mut unsaved)?;
+                since_saved = 0;
+                let event = tokio::select! {
+                    _ = &mut *shutdown => {
+                        if let Err(err) = client.publish(Draft::tagged(Tag::Leave)).await {
+                            tracing::warn!("could not publish leave: {err}");
+                        }
+                        return Ok(SessionEnd::Stopped);
+                    }
+                    event = subscription.next() => lost!(event),
+                };
+                let content = lost!(prefetch(&client, &event).await);
+                Ahead { event, content }
+            }
         };
         if event.tag() == Some(Tag::Notify) {
-            if let Err(err) = answer(&applier, &client, &event, welcome.answered).await {
-                save(position_file, &mut unsaved)?;
-                return Ok(SessionEnd::BusLost(err));
+            if let Some(reply) =
+                lost!(answer(&applier, &client, &event, content, welcome.answered).await)
+            {
+                in_flight.push_back((event.seq, reply));
             }
             unsaved = Some(event.seq);
             since_saved += 1;
         }
-        if unsaved.is_some() && (since_saved >= POSITION_EVERY || subscription.is_drained()) {
+        while in_flight.len() > IN_FLIGHT {
+            if let Some((seq, reply)) = in_flight.pop_front() {
+                lost!(settle_one(seq, reply).await);
+            }
+        }
+        if since_saved >= POSITION_EVERY {
+            lost!(settle_all(&mut in_flight).await);
             save(position_file, &mut unsaved)?;
             since_saved = 0;
         }
@@ -175,16 +267,16 @@ async fn announce_ready(
     Ok(())
 }
 
-/// Applies one notify and publishes the answer, unless the log shows we already answered it
-/// (a replay after a crash), in which case it is only re-applied.
+/// Applies one notify and sends the answer (its reply is awaited later), unless the log
+/// shows we already answered it (a replay after a crash): then it is only re-applied.
 async fn answer(
     applier: &Applier,
     client: &BusClient,
     event: &Event,
+    content: Option<PendingReply>,
     answered: u64,
-) -> Result<(), ClientError> {
-    let outcome = apply(applier, client, &event.body).await;
-    let already_answered = event.seq <= answered;
+) -> Result<Option<PendingReply>, ClientError> {
+    let outcome = apply(applier, client, &event.body, content).await;
     let reply = match outcome {
         Ok((change, applied)) => {
             tracing::debug!("#{} applied {change}", event.seq);
@@ -196,25 +288,29 @@ async fn answer(
             Draft::error(&event.body, event.seq, message)
         }
     };
-    if !already_answered {
-        match client.publish(reply).await {
-            Ok(_) => {}
-            Err(err) if err.is_connection() => return Err(err),
-            Err(err) => tracing::error!("#{}: the bus refused our answer: {err}", event.seq),
-        }
+    if event.seq <= answered {
+        return Ok(None);
     }
-    Ok(())
+    client.publish_pipelined(reply).await.map(Some)
 }
 
 async fn apply(
     applier: &Applier,
     client: &BusClient,
     notify: &Draft,
+    content: Option<PendingReply>,
 ) -> Result<(Change, Applied), ApplyFailure> {
     let change = notify
         .change()
         .map_err(|err| ApplyFailure::Change(format!("invalid change: {err}")))?;
     let failed = |err: filesync_slave::ApplyError| ApplyFailure::Change(err.to_string());
+    let fetch_failed = |path: &filesync_master::RelPath, err: ClientError| {
+        if err.is_connection() {
+            ApplyFailure::Bus(err)
+        } else {
+            ApplyFailure::Change(format!("cannot fetch {path}: {err}"))
+        }
+    };
     let applied = match &change {
         Change::Put { path, entry } if entry.kind == Kind::File => {
             if let Some(applied) = applier.already_has(path, entry).map_err(failed)? {
@@ -222,19 +318,23 @@ async fn apply(
             }
             let sha256 = entry.sha256.clone().unwrap_or_default();
             let mut staged = applier.stage_file(path, entry).map_err(failed)?;
-            loop {
-                let (data, eof) = match client.blob_get(&sha256, staged.written()).await {
-                    Ok(piece) => piece,
-                    Err(err) if err.is_connection() => return Err(ApplyFailure::Bus(err)),
-                    Err(err) => {
-                        return Err(ApplyFailure::Change(format!("cannot fetch {path}: {err}")))
-                    }
-                };
+            let mut eof = false;
+            if let Some(content) = content {
+                let (data, last) = content
+                    .data()
+                    .await
+                    .map_err(|err| fetch_failed(path, err))?;
                 staged.write(&data).map_err(failed)?;
-                if eof {
-                    break;
-                }
-                if data.is_empty() {
+                eof = last;
+            }
+            while !eof {
+                let (data, last) = client
+                    .blob_get(&sha256, staged.written())
+                    .await
+                    .map_err(|err| fetch_failed(path, err))?;
+                staged.write(&data).map_err(failed)?;
+                eof = last;
+                if !eof && data.is_empty() {
                     return Err(ApplyFailure::Change(format!(
                         "content of {path} ended early"
                     )));

@@ -134,26 +134,53 @@ impl BusClient {
         ))
     }
 
-    async fn request(
+    /// Sends a request now and returns its reply-to-come: requests go out in the order they
+    /// are sent, replies are awaited whenever the caller likes (pipelining).
+    async fn send_request(
         &self,
         make: impl FnOnce(u64) -> Request,
         body: &[u8],
-    ) -> Result<(Reply, Vec<u8>), ClientError> {
+    ) -> Result<PendingReply, ClientError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         {
             let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
             pending.as_mut().ok_or(ClientError::Lost)?.insert(id, tx);
         }
-        {
-            let mut writer = self.writer.lock().await;
-            send(&mut writer, &make(id), body).await?;
-        }
-        let (reply, body) = rx.await.map_err(|_| ClientError::Lost)?;
-        match reply {
-            Reply::Err { error, .. } => Err(ClientError::Refused(error)),
-            reply => Ok((reply, body)),
-        }
+        let mut writer = self.writer.lock().await;
+        send(&mut writer, &make(id), body).await?;
+        Ok(PendingReply { rx })
+    }
+
+    async fn request(
+        &self,
+        make: impl FnOnce(u64) -> Request,
+        body: &[u8],
+    ) -> Result<(Reply, Vec<u8>), ClientError> {
+        self.send_request(make, body).await?.wait().await
+    }
+
+    /// Sends a publish now; its reply (the `seq`) is awaited later with `PendingReply::seq`.
+    pub async fn publish_pipelined(&self, event: Draft) -> Result<PendingReply, ClientError> {
+        let event = Box::new(event);
+        self.send_request(|id| Request::Publish { id, event }, &[])
+            .await
+    }
+
+    /// Asks for a blob's first piece now; the data is awaited later with `PendingReply::data`.
+    pub async fn blob_get_pipelined(&self, sha256: &str) -> Result<PendingReply, ClientError> {
+        let sha256 = sha256.to_owned();
+        let len = CHUNK_SIZE as u64;
+        self.send_request(
+            |id| Request::BlobGet {
+                id,
+                sha256,
+                offset: 0,
+                len,
+            },
+            &[],
+        )
+        .await
     }
 
     /// Publishes an event; returns the `seq` the bus gave it.
@@ -334,6 +361,41 @@ impl BusClient {
         self.request(|id| Request::Disarm { id }, &[])
             .await
             .map(|_| ())
+    }
+}
+
+/// A reply still to come for a request already sent.
+pub struct PendingReply {
+    rx: oneshot::Receiver<(Reply, Vec<u8>)>,
+}
+
+impl PendingReply {
+    pub async fn wait(self) -> Result<(Reply, Vec<u8>), ClientError> {
+        let (reply, body) = self.rx.await.map_err(|_| ClientError::Lost)?;
+        match reply {
+            Reply::Err { error, .. } => Err(ClientError::Refused(error)),
+            reply => Ok((reply, body)),
+        }
+    }
+
+    /// The `seq` a pipelined publish was given.
+    pub async fn seq(self) -> Result<u64, ClientError> {
+        match self.wait().await? {
+            (Reply::Ok { seq: Some(seq), .. }, _) => Ok(seq),
+            (other, _) => Err(ClientError::Protocol(format!(
+                "expected ok with seq, got {other:?}"
+            ))),
+        }
+    }
+
+    /// The piece a pipelined blob fetch returned, and whether it was the last.
+    pub async fn data(self) -> Result<(Vec<u8>, bool), ClientError> {
+        match self.wait().await? {
+            (Reply::BlobData { eof, .. }, body) => Ok((body, eof)),
+            (other, _) => Err(ClientError::Protocol(format!(
+                "expected blob data, got {other:?}"
+            ))),
+        }
     }
 }
 

@@ -17,5 +17,5 @@ pub mod log;
 pub mod protocol;
 pub mod server;
 
-pub use client::{BusClient, ClientError, Hello, Subscription, Welcome};
+pub use client::{BusClient, ClientError, Hello, PendingReply, Subscription, Welcome};
 pub use server::{Bus, BusOptions};
