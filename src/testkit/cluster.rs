@@ -276,8 +276,11 @@ impl Cluster {
         self.plan.crash(id).map_err(|e| e.to_string())
     }
 
-    /// Waits for a quiet point: no event for a moment, and every notify answered by every
-    /// running slave. Then a check of the log and the directories is meaningful.
+    /// Waits for a quiet point: no event for a moment, every notify answered by every running
+    /// slave, and (while the master runs) the master directory fully published: its paths,
+    /// kinds and sizes are those the log's notifies imply. Quiet alone is not enough: a master
+    /// busy hashing a large file publishes nothing for a while. Then a check of the log and
+    /// the directories is meaningful.
     pub async fn settle(&mut self) -> Result<(), String> {
         let running: Vec<String> = self
             .slaves
@@ -285,7 +288,7 @@ impl Cluster {
             .filter(|s| s.proc.is_some())
             .map(|s| s.name.clone())
             .collect();
-        for _ in 0..50 {
+        for _ in 0..200 {
             self.plan.check().map_err(|e| e.to_string())?;
             self.events
                 .wait_quiet(Duration::from_millis(150))
@@ -301,14 +304,62 @@ impl Cluster {
                             .any(|e| e.agent == *name && e.body.cause == Some(notify.seq))
                     })
                 });
-            if all_answered {
+            if all_answered && (self.master.is_none() || self.master_dir_published()) {
                 return Ok(());
             }
         }
         Err(format!(
-            "the cluster never settled: notifies are still unanswered\n{}",
+            "the cluster never settled: notifies are still unanswered or unpublished\n{}",
             self.events.timeline()
         ))
+    }
+
+    /// True when the master directory's paths, kinds and sizes are what the log implies.
+    fn master_dir_published(&self) -> bool {
+        let published = check_log(
+            self.events.seen(),
+            CheckOptions {
+                allow_pending: true,
+            },
+        )
+        .master_state;
+        let root = self.master_dir();
+        let ignore = filesync_master::ignore::IgnoreRules::load(&root);
+        let mut on_disk = 0usize;
+        let walker = walkdir::WalkDir::new(&root)
+            .min_depth(1)
+            .follow_links(false)
+            .into_iter()
+            .filter_entry(|e| {
+                filesync_master::RelPath::from_full(&root, e.path())
+                    .is_ok_and(|rel| !ignore.is_ignored(&rel, e.file_type().is_dir()))
+            });
+        for item in walker {
+            let Ok(item) = item else { return false };
+            let Ok(rel) = filesync_master::RelPath::from_full(&root, item.path()) else {
+                return false;
+            };
+            let Ok(meta) = item.path().symlink_metadata() else {
+                return false;
+            };
+            let kind = if meta.file_type().is_symlink() {
+                filesync_master::Kind::Symlink
+            } else if meta.is_dir() {
+                filesync_master::Kind::Dir
+            } else if meta.is_file() {
+                filesync_master::Kind::File
+            } else {
+                continue;
+            };
+            match published.get(&rel) {
+                Some(entry)
+                    if entry.kind == kind
+                        && (kind != filesync_master::Kind::File || entry.size == meta.len()) => {}
+                _ => return false,
+            }
+            on_disk += 1;
+        }
+        on_disk == published.len()
     }
 
     /// Checks the whole log, and every directory against the state it implies.
