@@ -56,7 +56,10 @@ async fn listen_prints_filtered_events_readable_or_as_raw_log_lines() {
         fs::read_to_string(out.join(name)).is_ok_and(|t| t.contains(needle))
     };
     for _ in 0..2000 {
-        if printed("json", "docs/a.md") && printed("readable", "top.txt") {
+        if printed("json", "docs/a.md")
+            && printed("readable", "docs/a.md")
+            && printed("readable", "top.txt")
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;

@@ -359,55 +359,27 @@ impl EventStream {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bus::{Bus, BusOptions};
     use crate::event::Draft;
+    use crate::testkit::test_bus::TestBus;
     use filesync_master::{Change, Kind, RelPath};
 
-    /// A real bus in this process, a "master" and a "slave" connection to publish with, and
-    /// an `EventStream` on it.
+    /// A bus in this process, a "master" and a "slave" to publish with, and a stream on it.
     struct Harness {
         master: BusClient,
         slave: BusClient,
         events: EventStream,
-        _state: tempfile::TempDir,
-        _stop: tokio::sync::oneshot::Sender<()>,
+        _bus: TestBus,
     }
 
     async fn harness() -> Harness {
-        let state = tempfile::tempdir().expect("tempdir");
-        let bus = Bus::open(&BusOptions {
-            state_dir: state.path().to_path_buf(),
-            token: None,
-            checkpoints: false,
-        })
-        .expect("bus");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr").to_string();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(bus.serve(listener, async move {
-            let _ = stopped.await;
-        }));
-        let hello = |role, name: &str| Hello {
-            role,
-            name: name.into(),
-            token: None,
-            dir: None,
-        };
-        let (master, _) = BusClient::connect(&addr, hello(Role::Master, "master"))
-            .await
-            .expect("master");
-        let (slave, _) = BusClient::connect(&addr, hello(Role::Slave, "slave"))
-            .await
-            .expect("slave");
-        let events = EventStream::connect(&addr, 1, None).await.expect("stream");
+        let bus = TestBus::start(false).await;
         Harness {
-            master,
-            slave,
-            events,
-            _state: state,
-            _stop: stop,
+            master: bus.client(Role::Master, "master").await,
+            slave: bus.client(Role::Slave, "slave").await,
+            events: EventStream::connect(&bus.addr, 1, None)
+                .await
+                .expect("stream"),
+            _bus: bus,
         }
     }
 

@@ -20,6 +20,8 @@ pub mod plan;
 pub mod process;
 pub mod runner;
 pub mod scenario;
+#[cfg(test)]
+mod test_bus;
 pub mod timeline;
 
 pub use cluster::{slave_name, Cluster, ClusterBuilder};

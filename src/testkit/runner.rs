@@ -230,37 +230,17 @@ fn turn_gate(checkpoint: &Checkpoint) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bus::{Bus, BusOptions, Subscription};
+    use crate::bus::Subscription;
     use crate::event::Draft;
+    use crate::testkit::test_bus::TestBus;
     use filesync_master::{Change, Kind, RelPath};
 
     /// A test bus in this process, a publishing "master" and a subscribing "slave" client.
-    async fn test_bus(checkpoints: bool) -> (String, BusClient, BusClient, tempfile::TempDir) {
-        let state = tempfile::tempdir().expect("tempdir");
-        let bus = Bus::open(&BusOptions {
-            state_dir: state.path().to_path_buf(),
-            token: None,
-            checkpoints,
-        })
-        .expect("bus");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr").to_string();
-        tokio::spawn(bus.serve(listener, std::future::pending()));
-        let hello = |role, name: &str| Hello {
-            role,
-            name: name.into(),
-            token: None,
-            dir: None,
-        };
-        let (master, _) = BusClient::connect(&addr, hello(Role::Master, "master"))
-            .await
-            .expect("master");
-        let (slave, _) = BusClient::connect(&addr, hello(Role::Slave, "slave"))
-            .await
-            .expect("slave");
-        (addr, master, slave, state)
+    async fn test_bus(checkpoints: bool) -> (String, BusClient, BusClient, TestBus) {
+        let bus = TestBus::start(checkpoints).await;
+        let master = bus.client(Role::Master, "master").await;
+        let slave = bus.client(Role::Slave, "slave").await;
+        (bus.addr.clone(), master, slave, bus)
     }
 
     async fn notify_delete(master: &BusClient, path: &str) {
