@@ -1,9 +1,9 @@
 //! Scenario files: long or periodic workloads described in JSON, as pytest-orchestration
 //! does, run with real processes, and judged from the event log.
 //!
-//! - [`format`]: the file format and its validation (`filesync scenario check`).
+//! - [`format`](mod@format): the file format and its validation (`filesync scenario check`).
 //! - [`actions`]: the actions, each a named function of the kit.
-//! - [`run`]: the runner (periodic actions, kill switch, teardown) and the result reporter.
+//! - [`run`](mod@run): the runner (periodic actions, kill switch, teardown) and the result reporter.
 //!
 //! The format is documented field by field in `docs/SCENARIOS.md`, with a JSON Schema in
 //! `fixtures/scenarios/scenario.schema.json`.
