@@ -175,11 +175,19 @@ fn os(path: &Path) -> &std::ffi::OsStr {
     path.as_os_str()
 }
 
-async fn cluster(label: &str) -> Cluster {
-    let mut c = Cluster::start(&bin(), label, 1).await.expect("cluster");
-    c.events.deadline = Duration::from_secs(900);
-    c.events.quiet = Duration::from_secs(60);
+/// A master and one slave, the master directory filled by `prepare` first, with timeouts
+/// long enough for the big workloads.
+async fn cluster_with(label: &str, prepare: impl FnOnce(&Path)) -> Cluster {
+    let mut c = Cluster::start_with(&bin(), label, 1, prepare)
+        .await
+        .expect("cluster");
+    c.events.deadline = Duration::from_secs(1800);
+    c.events.quiet = Duration::from_secs(120);
     c
+}
+
+async fn cluster(label: &str) -> Cluster {
+    cluster_with(label, |_| {}).await
 }
 
 async fn w1(rows: &mut Vec<Row>) {
@@ -334,13 +342,7 @@ async fn w3(rows: &mut Vec<Row>) {
 
 /// W4 and W5 share one mirrored tree of 10,000 files.
 async fn w4_w5(rows: &mut Vec<Row>, run_w4: bool, run_w5: bool) {
-    let mut c = Cluster::start_with(&bin(), "bench-w4", 1, |m| {
-        make_tree(&m.join("tree"), 100, 100, 4096)
-    })
-    .await
-    .expect("cluster");
-    c.events.deadline = Duration::from_secs(900);
-    c.events.quiet = Duration::from_secs(60);
+    let mut c = cluster_with("bench-w4", |m| make_tree(&m.join("tree"), 100, 100, 4096)).await;
     c.events
         .expect_count(
             Pattern::consume().by("slave").put().kind(EntryKind::File),
@@ -415,13 +417,7 @@ async fn w4_w5(rows: &mut Vec<Row>, run_w4: bool, run_w5: bool) {
 
 async fn w6(rows: &mut Vec<Row>) {
     let prepared = Instant::now();
-    let mut c = Cluster::start_with(&bin(), "bench-w6", 1, |m| {
-        make_tree(&m.join("many"), 1000, 100, 1024)
-    })
-    .await
-    .expect("cluster");
-    c.events.deadline = Duration::from_secs(1800);
-    c.events.quiet = Duration::from_secs(120);
+    let mut c = cluster_with("bench-w6", |m| make_tree(&m.join("many"), 1000, 100, 1024)).await;
     c.events
         .expect_count(
             Pattern::consume().by("slave").put().kind(EntryKind::File),

@@ -165,7 +165,8 @@ pub fn check_log(events: &[Event], options: CheckOptions) -> Report {
         }
         by_seq.insert(event.seq, event);
         // 5: paths.
-        if let Some(message) = escaping_path(&event.body) {
+        if let Err(err) = event.body.check_paths() {
+            let message = err.to_string();
             violations.push(Violation {
                 invariant: 5,
                 seqs: vec![event.seq],
@@ -375,33 +376,6 @@ fn describe(body: &Draft) -> String {
         body.op.map(|o| o.as_str()).unwrap_or("?"),
         body.display_path()
     )
-}
-
-/// Invariant 5 for one event: any path-like field that is present must be a valid RelPath.
-fn escaping_path(body: &Draft) -> Option<String> {
-    for (field, text, b64) in [
-        ("path", &body.path, &body.path_b64),
-        ("from", &body.from, &body.from_b64),
-        ("to", &body.to, &body.to_b64),
-    ] {
-        if text.is_none() && b64.is_none() {
-            continue;
-        }
-        let probe = Draft {
-            op: Some(crate::event::Op::Delete),
-            kind: Some(crate::event::EntryKind::File),
-            path: text.clone(),
-            path_b64: b64.clone(),
-            ..Draft::tagged(Tag::Notify)
-        };
-        if let Err(err) = probe.change() {
-            return Some(format!(
-                "{field} {:?}: {err}",
-                text.as_deref().unwrap_or("")
-            ));
-        }
-    }
-    None
 }
 
 /// Invariant 3 for one pair.

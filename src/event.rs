@@ -368,6 +368,22 @@ impl Draft {
         }
     }
 
+    /// Checks that every path-like field present (`path`, `from`, `to`) is a relative path
+    /// inside the root, whatever the tag: invariant 5, enforced by the bus and proved by the
+    /// checker.
+    pub fn check_paths(&self) -> Result<(), EventError> {
+        for (field, text, b64) in [
+            ("path", &self.path, &self.path_b64),
+            ("from", &self.from, &self.from_b64),
+            ("to", &self.to, &self.to_b64),
+        ] {
+            if text.is_some() || b64.is_some() {
+                decode_path(field, text.as_ref(), b64.as_ref())?;
+            }
+        }
+        Ok(())
+    }
+
     /// The path (or `from -> to`) for people.
     pub fn display_path(&self) -> String {
         match (&self.path, &self.from, &self.to) {

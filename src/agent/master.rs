@@ -21,9 +21,9 @@ use filesync_master::watch::{DirWatcher, Signal};
 use filesync_master::{Change, Kind, Model, RelPath};
 use tokio::sync::mpsc;
 
-use super::{connect_with_retry, SessionEnd, FIRST_CONNECT_PATIENCE};
+use super::{Connector, SessionEnd};
 use crate::bus::client::UploadError;
-use crate::bus::{BusClient, ClientError, Hello, Subscription};
+use crate::bus::{BusClient, ClientError, Subscription};
 use crate::event::{Draft, Role, Tag};
 
 /// How the master runs.
@@ -52,27 +52,21 @@ pub async fn run(options: MasterOptions, shutdown: impl Future<Output = ()>) -> 
     if !dir.is_dir() {
         bail!("master directory {} is not a directory", dir.display());
     }
-    let hello = Hello {
-        role: Role::Master,
-        name: options.name.clone(),
-        token: options.token.clone(),
-        dir: Some(dir.to_string_lossy().into_owned()),
-    };
+    let mut connector = Connector::new(
+        &options.bus,
+        Role::Master,
+        &options.name,
+        options.token.clone(),
+        &dir,
+    );
     let mut shutdown = Box::pin(shutdown);
-    let mut patience = Some(FIRST_CONNECT_PATIENCE);
-    loop {
-        let connected = connect_with_retry(&options.bus, &hello, patience, &mut shutdown)
-            .await
-            .with_context(|| format!("bus unreachable at {}", options.bus))?;
-        let Some((client, welcome)) = connected else {
-            return Ok(());
-        };
-        patience = None;
+    while let Some((client, welcome)) = connector.connect(&mut shutdown).await? {
         match session(&dir, client, welcome.head, &mut shutdown).await? {
             SessionEnd::Stopped => return Ok(()),
             SessionEnd::BusLost(err) => tracing::warn!("{err}; reconnecting"),
         }
     }
+    Ok(())
 }
 
 /// The published state: every notify in the log up to `head`, replayed.

@@ -7,10 +7,13 @@ pub mod master;
 pub mod slave;
 
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
 use std::time::Duration;
 
 use crate::bus::{BusClient, ClientError, Hello, Welcome};
+use crate::event::Role;
 
 /// How long an agent keeps trying to reach a bus that has never answered.
 pub const FIRST_CONNECT_PATIENCE: Duration = Duration::from_secs(10);
@@ -30,7 +33,7 @@ pub enum SessionEnd {
 
 /// Connects, retrying with backoff; gives up after `patience` (if any). Returns `None` when
 /// shutdown came first.
-pub async fn connect_with_retry(
+async fn connect_with_retry(
     addr: &str,
     hello: &Hello,
     patience: Option<Duration>,
@@ -56,6 +59,42 @@ pub async fn connect_with_retry(
             _ = tokio::time::sleep(backoff(attempt)) => {}
         }
         attempt += 1;
+    }
+}
+
+/// An agent's way to the bus: patient (`FIRST_CONNECT_PATIENCE`) until the bus has answered
+/// once, then reconnecting for as long as the agent runs (a master restarting its bus).
+pub struct Connector {
+    addr: String,
+    hello: Hello,
+    patience: Option<Duration>,
+}
+
+impl Connector {
+    pub fn new(addr: &str, role: Role, name: &str, token: Option<String>, dir: &Path) -> Connector {
+        Connector {
+            addr: addr.to_owned(),
+            hello: Hello {
+                role,
+                name: name.to_owned(),
+                token,
+                dir: Some(dir.to_string_lossy().into_owned()),
+            },
+            patience: Some(FIRST_CONNECT_PATIENCE),
+        }
+    }
+
+    /// The next connection, or `None` when shutdown came first. Fails when a bus that never
+    /// answered stays unreachable past the first patience, or refuses us.
+    pub async fn connect(
+        &mut self,
+        shutdown: &mut (impl Future<Output = ()> + Unpin),
+    ) -> anyhow::Result<Option<(BusClient, Welcome)>> {
+        let connected = connect_with_retry(&self.addr, &self.hello, self.patience, shutdown)
+            .await
+            .with_context(|| format!("bus unreachable at {}", self.addr))?;
+        self.patience = None;
+        Ok(connected)
     }
 }
 

@@ -16,8 +16,8 @@ use filesync_master::hash::CHUNK_SIZE;
 use filesync_master::{Change, Kind};
 use filesync_slave::{Applied, Applier};
 
-use super::{connect_with_retry, SessionEnd, FIRST_CONNECT_PATIENCE};
-use crate::bus::{BusClient, ClientError, Hello, PendingReply, Subscription, Welcome};
+use super::{Connector, SessionEnd};
+use crate::bus::{BusClient, ClientError, PendingReply, Subscription, Welcome};
 use crate::event::{Draft, Event, Role, Tag};
 
 /// How the slave runs.
@@ -61,28 +61,22 @@ pub async fn run(options: SlaveOptions, shutdown: impl Future<Output = ()>) -> a
     let position_file = state_dir.join("position");
     // Fail now, not at the first event, when the state is unreadable.
     read_position(&position_file)?;
-    let hello = Hello {
-        role: Role::Slave,
-        name: options.name.clone(),
-        token: options.token.clone(),
-        dir: Some(dir.to_string_lossy().into_owned()),
-    };
+    let mut connector = Connector::new(
+        &options.bus,
+        Role::Slave,
+        &options.name,
+        options.token.clone(),
+        &dir,
+    );
     let mut shutdown = Box::pin(shutdown);
-    let mut patience = Some(FIRST_CONNECT_PATIENCE);
-    loop {
-        let connected = connect_with_retry(&options.bus, &hello, patience, &mut shutdown)
-            .await
-            .with_context(|| format!("bus unreachable at {}", options.bus))?;
-        let Some((client, welcome)) = connected else {
-            return Ok(());
-        };
-        patience = None;
+    while let Some((client, welcome)) = connector.connect(&mut shutdown).await? {
         refuse_nesting(&dir, &welcome)?;
         match session(&dir, &position_file, client, welcome, &mut shutdown).await? {
             SessionEnd::Stopped => return Ok(()),
             SessionEnd::BusLost(err) => tracing::warn!("{err}; reconnecting"),
         }
     }
+    Ok(())
 }
 
 fn refuse_nesting(dir: &Path, welcome: &Welcome) -> anyhow::Result<()> {

@@ -28,7 +28,7 @@ use super::blobs::{BlobStore, Upload};
 use super::frame::{read_frame, write_frame, Frame};
 use super::log::{read_lines, EventLog, Head};
 use super::protocol::{Reply, Request, PROTOCOL_VERSION};
-use crate::event::{Draft, Event, Op, Role, Tag};
+use crate::event::{Draft, Event, Role, Tag};
 
 /// At most this many agents at once; more wait in the kernel's accept queue.
 const MAX_CONNECTIONS: usize = 1024;
@@ -515,20 +515,7 @@ fn publish(shared: &Shared, peer: &Peer, mut draft: Draft) -> Result<Event, Stri
     }
     draft.role = None;
     // No path in the log may escape the root, whatever the tag.
-    for (field, text, b64) in [
-        ("path", &draft.path, &draft.path_b64),
-        ("from", &draft.from, &draft.from_b64),
-        ("to", &draft.to, &draft.to_b64),
-    ] {
-        if text.is_some() || b64.is_some() {
-            let mut probe = Draft::tagged(Tag::Notify);
-            probe.op = Some(Op::Delete);
-            probe.kind = Some(crate::event::EntryKind::File);
-            probe.path = text.clone();
-            probe.path_b64 = b64.clone();
-            probe.change().map_err(|err| format!("{field}: {err}"))?;
-        }
-    }
+    draft.check_paths().map_err(|err| err.to_string())?;
     if matches!(tag, Tag::Notify | Tag::Consume) {
         let change = draft.change().map_err(|err| err.to_string())?;
         if tag == Tag::Notify {
