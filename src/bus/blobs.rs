@@ -4,14 +4,19 @@
 //! to `blobs/<first two hex digits>/<the rest>` only once the SHA-256 matches the address it
 //! was uploaded under. A blob in place is therefore always whole and correct. Identical
 //! files are stored once. Nothing is ever deleted (no garbage collection yet).
+//!
+//! Blobs that arrive whole and are at most [`PACK_MAX`] bytes skip the file and are appended
+//! to the store's [`Pack`] after the same verification (see `pack.rs` for why).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
 
 use sha2::{Digest, Sha256};
 
+use super::pack::{Pack, PACK_MAX};
 use crate::event::is_sha256;
 
 static UPLOAD_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -35,10 +40,11 @@ pub enum BlobError {
     Io(#[from] io::Error),
 }
 
-/// The store's directory.
-#[derive(Debug, Clone)]
+/// The store's directory and its pack of small blobs.
+#[derive(Debug)]
 pub struct BlobStore {
     dir: PathBuf,
+    pack: Mutex<Pack>,
 }
 
 /// A blob being received.
@@ -66,7 +72,24 @@ impl BlobStore {
         }
         Ok(BlobStore {
             dir: dir.to_path_buf(),
+            pack: Mutex::new(Pack::open(&dir.join("small.pack"))?),
         })
+    }
+
+    fn pack(&self) -> MutexGuard<'_, Pack> {
+        // The pack's state stays consistent even if a holder panicked: every change to it is
+        // a complete append or none.
+        self.pack
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn address_of(sha256: &str) -> Result<[u8; 32], BlobError> {
+        let mut address = [0u8; 32];
+        if !is_sha256(sha256) || hex::decode_to_slice(sha256, &mut address).is_err() {
+            return Err(BlobError::BadAddress(sha256.to_owned()));
+        }
+        Ok(address)
     }
 
     fn path_of(&self, sha256: &str) -> Result<PathBuf, BlobError> {
@@ -77,7 +100,27 @@ impl BlobStore {
     }
 
     pub fn contains(&self, sha256: &str) -> Result<bool, BlobError> {
-        Ok(self.path_of(sha256)?.is_file())
+        let address = Self::address_of(sha256)?;
+        Ok(self.pack().contains(&address)? || self.path_of(sha256)?.is_file())
+    }
+
+    /// Stores content that arrived in one piece: verified, then packed when small enough,
+    /// otherwise written as a file like a piecewise upload.
+    pub fn put_whole(&self, sha256: &str, content: &[u8]) -> Result<(), BlobError> {
+        let address = Self::address_of(sha256)?;
+        let actual: [u8; 32] = Sha256::digest(content).into();
+        if actual != address {
+            return Err(BlobError::Mismatch {
+                sha256: sha256.to_owned(),
+                actual: hex::encode(actual),
+            });
+        }
+        if content.len() <= PACK_MAX && self.pack().append(&address, content)? {
+            return Ok(());
+        }
+        let mut upload = self.begin(sha256)?;
+        self.write(&mut upload, 0, content)?;
+        self.commit(upload)
     }
 
     /// Starts receiving `sha256`.
@@ -134,6 +177,10 @@ impl BlobStore {
 
     /// Reads up to `len` bytes at `offset`; the flag is true when that reaches the end.
     pub fn read(&self, sha256: &str, offset: u64, len: u64) -> Result<(Vec<u8>, bool), BlobError> {
+        let address = Self::address_of(sha256)?;
+        if let Some(found) = self.pack().read(&address, offset, len)? {
+            return Ok(found);
+        }
         let path = self.path_of(sha256)?;
         let mut file = match File::open(&path) {
             Ok(file) => file,
@@ -188,6 +235,38 @@ mod tests {
         assert_eq!(
             fs::read_dir(dir.path().join("tmp")).expect("tmp").count(),
             0
+        );
+    }
+
+    #[test]
+    fn small_whole_blobs_are_packed_after_the_same_verification() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = BlobStore::open(dir.path()).expect("open");
+        let small = sha256_hex(b"small");
+        assert!(matches!(
+            store.put_whole(&small, b"tampered"),
+            Err(BlobError::Mismatch { .. })
+        ));
+        assert!(!store.contains(&small).expect("address"));
+        store.put_whole(&small, b"small").expect("put");
+        assert!(store.contains(&small).expect("address"));
+        assert!(
+            !store.path_of(&small).expect("path").exists(),
+            "in the pack"
+        );
+        assert_eq!(
+            store.read(&small, 0, 100).expect("read"),
+            (b"small".to_vec(), true)
+        );
+
+        let big = vec![7u8; PACK_MAX + 1];
+        let big_sha = sha256_hex(&big);
+        store.put_whole(&big_sha, &big).expect("put");
+        assert!(store.path_of(&big_sha).expect("path").is_file(), "a file");
+        drop(store);
+        let store = BlobStore::open(dir.path()).expect("reopen");
+        assert!(
+            store.contains(&small).expect("address") && store.contains(&big_sha).expect("address")
         );
     }
 }

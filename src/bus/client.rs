@@ -14,9 +14,9 @@ use filesync_master::hash::CHUNK_SIZE;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
-use super::frame::{read_frame, write_frame, Frame, FrameError};
+use super::frame::{read_frame, write_frame, write_queued, Frame, FrameError};
 use super::protocol::{Reply, Request, PROTOCOL_VERSION};
 use crate::event::{Draft, Event, Role};
 
@@ -71,7 +71,8 @@ type Pending = Arc<Mutex<Option<HashMap<u64, oneshot::Sender<(Reply, Vec<u8>)>>>
 /// A connection to the bus. Cheap to clone; all clones share the connection.
 #[derive(Clone)]
 pub struct BusClient {
-    writer: Arc<tokio::sync::Mutex<BufWriter<OwnedWriteHalf>>>,
+    /// Frames to send, in order; one task writes them, batching bursts.
+    outbox: mpsc::Sender<Frame>,
     pending: Pending,
     next_id: Arc<AtomicU64>,
 }
@@ -124,9 +125,11 @@ impl BusClient {
         };
         let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
         tokio::spawn(read_loop(reader, pending.clone()));
+        let (outbox, queued) = mpsc::channel(OUTBOX);
+        tokio::spawn(write_loop(writer.into_inner(), queued, pending.clone()));
         Ok((
             BusClient {
-                writer: Arc::new(tokio::sync::Mutex::new(writer)),
+                outbox,
                 pending,
                 next_id: Arc::new(AtomicU64::new(1)),
             },
@@ -147,8 +150,12 @@ impl BusClient {
             let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
             pending.as_mut().ok_or(ClientError::Lost)?.insert(id, tx);
         }
-        let mut writer = self.writer.lock().await;
-        send(&mut writer, &make(id), body).await?;
+        let header =
+            serde_json::to_vec(&make(id)).map_err(|err| ClientError::Protocol(err.to_string()))?;
+        self.outbox
+            .send(Frame::new(header, body.to_vec()))
+            .await
+            .map_err(|_| ClientError::Lost)?;
         Ok(PendingReply { rx })
     }
 
@@ -244,6 +251,26 @@ impl BusClient {
             ) => Ok(present),
             (other, _) => Err(ClientError::Protocol(format!("expected ok, got {other:?}"))),
         }
+    }
+
+    /// Sends a whole small blob now; its acknowledgement is awaited later with
+    /// `PendingReply::wait`.
+    pub async fn blob_put_pipelined(
+        &self,
+        sha256: &str,
+        content: &[u8],
+    ) -> Result<PendingReply, ClientError> {
+        let sha256 = sha256.to_owned();
+        self.send_request(
+            |id| Request::BlobPut {
+                id,
+                sha256,
+                offset: 0,
+                last: true,
+            },
+            content,
+        )
+        .await
     }
 
     /// Uploads one piece of a blob.
@@ -369,23 +396,37 @@ pub struct PendingReply {
     rx: oneshot::Receiver<(Reply, Vec<u8>)>,
 }
 
+fn refused_as_error(received: (Reply, Vec<u8>)) -> Result<(Reply, Vec<u8>), ClientError> {
+    match received {
+        (Reply::Err { error, .. }, _) => Err(ClientError::Refused(error)),
+        received => Ok(received),
+    }
+}
+
+fn seq_of(reply: Reply) -> Result<u64, ClientError> {
+    match reply {
+        Reply::Ok { seq: Some(seq), .. } => Ok(seq),
+        other => Err(ClientError::Protocol(format!(
+            "expected ok with seq, got {other:?}"
+        ))),
+    }
+}
+
 impl PendingReply {
     pub async fn wait(self) -> Result<(Reply, Vec<u8>), ClientError> {
-        let (reply, body) = self.rx.await.map_err(|_| ClientError::Lost)?;
-        match reply {
-            Reply::Err { error, .. } => Err(ClientError::Refused(error)),
-            reply => Ok((reply, body)),
-        }
+        refused_as_error(self.rx.await.map_err(|_| ClientError::Lost)?)
     }
 
     /// The `seq` a pipelined publish was given.
     pub async fn seq(self) -> Result<u64, ClientError> {
-        match self.wait().await? {
-            (Reply::Ok { seq: Some(seq), .. }, _) => Ok(seq),
-            (other, _) => Err(ClientError::Protocol(format!(
-                "expected ok with seq, got {other:?}"
-            ))),
-        }
+        seq_of(self.wait().await?.0)
+    }
+
+    /// Like `seq`, but by reference and cancel-safe: abandoned (say, by a `select!`), nothing
+    /// is lost and it can be awaited again. Once it has returned, the reply is spent.
+    pub async fn seq_in_place(&mut self) -> Result<u64, ClientError> {
+        let received = (&mut self.rx).await.map_err(|_| ClientError::Lost)?;
+        seq_of(refused_as_error(received)?.0)
     }
 
     /// The piece a pipelined blob fetch returned, and whether it was the last.
@@ -420,6 +461,17 @@ async fn send(
         .await
         .map_err(|_| ClientError::Lost)?;
     writer.flush().await.map_err(|_| ClientError::Lost)
+}
+
+/// Requests queued and not yet written; enough for the slave's and master's pipelines.
+const OUTBOX: usize = 256;
+
+async fn write_loop(write_half: OwnedWriteHalf, queued: mpsc::Receiver<Frame>, pending: Pending) {
+    if let Err(err) = write_queued(write_half, queued).await {
+        tracing::debug!("connection lost while writing: {err}");
+        // Nothing more can be sent, so nothing pending will be answered.
+        pending.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
 }
 
 async fn read_loop(mut reader: BufReader<tokio::net::tcp::OwnedReadHalf>, pending: Pending) {

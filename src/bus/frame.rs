@@ -90,6 +90,30 @@ async fn read_exact<R: AsyncReadExt + Unpin>(
     }
 }
 
+/// Writes the frames queued in `outbox` until it closes (then shuts the connection down for
+/// writing) or the peer goes, flushing only when
+/// the queue runs dry: frames sent in a burst leave in one `send` call instead of one each
+/// (on loopback, the system calls and per-packet work were the largest cost of a burst of
+/// small files after inode creation; see docs/BENCHMARKS.md).
+pub async fn write_queued<W: AsyncWrite + Unpin>(
+    writer: W,
+    mut outbox: tokio::sync::mpsc::Receiver<Frame>,
+) -> std::io::Result<()> {
+    let mut writer = tokio::io::BufWriter::with_capacity(WRITE_BUFFER, writer);
+    while let Some(frame) = outbox.recv().await {
+        write_frame(&mut writer, &frame).await?;
+        while let Ok(frame) = outbox.try_recv() {
+            write_frame(&mut writer, &frame).await?;
+        }
+        writer.flush().await?;
+    }
+    // The queue closed: say so to the peer.
+    writer.shutdown().await
+}
+
+/// Bytes gathered before a write call goes out even if more frames are queued.
+const WRITE_BUFFER: usize = 64 * 1024;
+
 /// Writes one frame (the caller flushes).
 pub async fn write_frame<W: AsyncWrite + Unpin>(
     writer: &mut W,

@@ -4,7 +4,7 @@
 //! - [`frame`]: the wire framing (length-prefixed JSON header + binary body).
 //! - [`protocol`]: the messages, version 1.
 //! - [`log`]: `events.jsonl`: append, recover, read by `seq`.
-//! - [`blobs`]: content addressed by SHA-256.
+//! - [`blobs`]: content addressed by SHA-256; [`pack`]: the small ones, appended to one file.
 //! - [`gates`]: checkpoint gates that hold agents, on test buses only.
 //! - [`server`]: accepts agents and serves all of the above.
 //! - [`client`]: the agents' side, and `Subscription`.
@@ -14,6 +14,7 @@ pub mod client;
 pub mod frame;
 pub mod gates;
 pub mod log;
+pub mod pack;
 pub mod protocol;
 pub mod server;
 

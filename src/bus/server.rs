@@ -18,14 +18,14 @@ use std::time::Duration;
 
 use anyhow::Context;
 use filesync_master::hash::CHUNK_SIZE;
-use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::BufReader;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 
 use super::blobs::{BlobStore, Upload};
-use super::frame::{read_frame, write_frame, Frame};
+use super::frame::{read_frame, write_queued, Frame};
 use super::log::{read_lines, EventLog, Head};
 use super::protocol::{Reply, Request, PROTOCOL_VERSION};
 use crate::event::{Draft, Event, Role, Tag};
@@ -565,8 +565,11 @@ fn blob_put(
 ) -> Result<(), String> {
     if offset == 0 {
         uploads.remove(sha256);
-        if last && blobs.contains(sha256).map_err(|e| e.to_string())? {
-            return Ok(());
+        if last {
+            if blobs.contains(sha256).map_err(|e| e.to_string())? {
+                return Ok(());
+            }
+            return blobs.put_whole(sha256, body).map_err(|e| e.to_string());
         }
         if uploads.len() >= MAX_UPLOADS {
             return Err(format!("more than {MAX_UPLOADS} uploads at once"));
@@ -654,21 +657,8 @@ fn reply_frame(reply: &Reply, body: Vec<u8>) -> Frame {
     Frame::new(serde_json::to_vec(reply).unwrap_or_default(), body)
 }
 
-async fn write_loop(write_half: OwnedWriteHalf, mut outbox: mpsc::Receiver<Frame>) {
-    let mut writer = BufWriter::new(write_half);
-    while let Some(frame) = outbox.recv().await {
-        if write_frame(&mut writer, &frame).await.is_err() {
-            return;
-        }
-        // Batch whatever is already queued into one flush.
-        while let Ok(frame) = outbox.try_recv() {
-            if write_frame(&mut writer, &frame).await.is_err() {
-                return;
-            }
-        }
-        if writer.flush().await.is_err() {
-            return;
-        }
+async fn write_loop(write_half: OwnedWriteHalf, outbox: mpsc::Receiver<Frame>) {
+    if let Err(err) = write_queued(write_half, outbox).await {
+        tracing::debug!("connection lost while writing: {err}");
     }
-    let _ = writer.shutdown().await;
 }
