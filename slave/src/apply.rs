@@ -15,6 +15,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 
 use filesync_master::ignore::TEMP_PREFIX;
 use filesync_master::{Change, Entry, Kind, RelPath};
@@ -38,12 +39,14 @@ pub struct Applied {
 #[derive(Debug, Clone)]
 pub struct Applier {
     root: PathBuf,
+    umask: Umask,
 }
 
 impl Applier {
     pub fn new(root: &Path) -> Applier {
         Applier {
             root: root.to_path_buf(),
+            umask: Umask::read(),
         }
     }
 
@@ -52,7 +55,7 @@ impl Applier {
     }
 
     /// Applies a change that needs no content: a directory or symlink put, a delete, a move.
-    /// File puts go through `stage_file` (or `already_has`).
+    /// File puts go through `start_file` (or `stage_file`).
     pub fn apply(&self, change: &Change) -> Result<Applied, ApplyError> {
         match change {
             Change::Put { path, entry } => match entry.kind {
@@ -70,44 +73,53 @@ impl Applier {
         }
     }
 
-    /// When the target already holds exactly this file (same size and hash), fixes its mode
-    /// and returns what a put would have: re-applying costs no writes.
-    pub fn already_has(
-        &self,
-        path: &RelPath,
-        entry: &Entry,
-    ) -> Result<Option<Applied>, ApplyError> {
-        let target = resolve(&self.root, path, false).ok();
-        let Some(target) = target else {
-            return Ok(None);
-        };
-        let Ok(meta) = fs::symlink_metadata(&target) else {
-            return Ok(None);
-        };
-        if !meta.is_file() || meta.len() != entry.size {
-            return Ok(None);
+    /// Begins a file put: when the target already holds exactly this file (same size and
+    /// hash) only its mode is fixed, so re-applying costs no writes; otherwise a temporary
+    /// file is opened beside it for the content. The path is resolved and the target looked
+    /// at once (a burst of small files is bound by system calls; see docs/BENCHMARKS.md).
+    pub fn start_file(&self, path: &RelPath, entry: &Entry) -> Result<FileStart, ApplyError> {
+        let target = resolve(&self.root, path, true)?;
+        let existing = fs::symlink_metadata(&target).ok();
+        if let Some(meta) = &existing {
+            if meta.is_file() && meta.len() == entry.size {
+                if let Ok(sha256) = hash_path(&target) {
+                    if Some(&sha256) == entry.sha256.as_ref() {
+                        set_mode(&target, entry.mode, path)?;
+                        return Ok(FileStart::Done(Applied {
+                            sha256: Some(sha256),
+                            bytes_written: 0,
+                        }));
+                    }
+                }
+            }
         }
-        let Ok(sha256) = hash_path(&target) else {
-            return Ok(None);
-        };
-        if Some(&sha256) != entry.sha256.as_ref() {
-            return Ok(None);
-        }
-        set_mode(&target, entry.mode, path)?;
-        Ok(Some(Applied {
-            sha256: Some(sha256),
-            bytes_written: 0,
-        }))
+        let replaces_dir = existing.is_some_and(|meta| meta.is_dir());
+        self.stage_at(path, entry, target, replaces_dir)
+            .map(|staged| FileStart::Stage(Box::new(staged)))
     }
 
     /// Opens a temporary file beside `path` for its new content.
     pub fn stage_file(&self, path: &RelPath, entry: &Entry) -> Result<StagedFile, ApplyError> {
         let target = resolve(&self.root, path, true)?;
+        let replaces_dir = fs::symlink_metadata(&target).is_ok_and(|meta| meta.is_dir());
+        self.stage_at(path, entry, target, replaces_dir)
+    }
+
+    fn stage_at(
+        &self,
+        path: &RelPath,
+        entry: &Entry,
+        target: PathBuf,
+        replaces_dir: bool,
+    ) -> Result<StagedFile, ApplyError> {
         let temp = temp_beside(&target);
+        // Created with its final mode when the umask lets it through unchanged, which saves
+        // a chmod per file; otherwise private until `commit` sets the mode.
+        let mode_at_creation = self.umask.creates(entry.mode);
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)
-            .mode(0o600)
+            .mode(mode_at_creation.unwrap_or(0o600))
             .open(&temp)
             .map_err(|source| ApplyError::Io {
                 action: "create temporary file for",
@@ -122,6 +134,9 @@ impl Applier {
             file: Some(file),
             hasher: Sha256::new(),
             written: 0,
+            mode_set: mode_at_creation.is_some(),
+            replaces_dir,
+            committed: false,
         })
     }
 
@@ -261,6 +276,19 @@ pub struct StagedFile {
     file: Option<File>,
     hasher: Sha256,
     written: u64,
+    /// The temporary file was created with the entry's mode.
+    mode_set: bool,
+    /// The target was a directory when staging began.
+    replaces_dir: bool,
+    committed: bool,
+}
+
+/// How a file put begins; see [`Applier::start_file`].
+pub enum FileStart {
+    /// The target already held this content; nothing to fetch.
+    Done(Applied),
+    /// Write the content here, then commit. (Boxed: it is the large variant.)
+    Stage(Box<StagedFile>),
 }
 
 impl StagedFile {
@@ -297,8 +325,10 @@ impl StagedFile {
                 actual,
             });
         }
-        set_mode(&self.temp, self.entry.mode, &self.path)?;
-        if fs::symlink_metadata(&self.target).is_ok_and(|m| m.is_dir()) {
+        if !self.mode_set {
+            set_mode(&self.temp, self.entry.mode, &self.path)?;
+        }
+        if self.replaces_dir {
             remove_any(&self.target, &self.path)?;
         }
         fs::rename(&self.temp, &self.target).map_err(|source| ApplyError::Io {
@@ -306,6 +336,7 @@ impl StagedFile {
             path: self.path.clone(),
             source,
         })?;
+        self.committed = true;
         Ok(Applied {
             sha256: Some(actual),
             bytes_written: self.written,
@@ -315,9 +346,10 @@ impl StagedFile {
 
 impl Drop for StagedFile {
     fn drop(&mut self) {
-        // Uncommitted (an error, a disconnect): leave nothing behind. After commit the
-        // temporary name no longer exists and this fails harmlessly.
-        let _ = fs::remove_file(&self.temp);
+        // Uncommitted (an error, a disconnect): leave nothing behind.
+        if !self.committed {
+            let _ = fs::remove_file(&self.temp);
+        }
     }
 }
 
@@ -326,12 +358,43 @@ fn temp_beside(target: &Path) -> PathBuf {
     name.extend_from_slice(
         format!(
             "{}-{}",
-            std::process::id(),
+            process_id(),
             TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
         )
         .as_bytes(),
     );
     target.with_file_name(OsStr::from_bytes(&name))
+}
+
+/// This process's id, asked of the kernel once (it is part of every temporary name).
+fn process_id() -> u32 {
+    static ID: OnceLock<u32> = OnceLock::new();
+    *ID.get_or_init(std::process::id)
+}
+
+/// The process's file-creation mask, read once from `/proc/self/status`. Unknown (no /proc)
+/// means every new file gets an explicit chmod.
+#[derive(Debug, Clone, Copy)]
+struct Umask(Option<u32>);
+
+impl Umask {
+    fn read() -> Umask {
+        let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+        Umask(
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("Umask:"))
+                .and_then(|value| u32::from_str_radix(value.trim(), 8).ok()),
+        )
+    }
+
+    /// The mode to create a file with so that it ends up exactly `mode`, if the mask allows.
+    fn creates(self, mode: u32) -> Option<u32> {
+        let umask = self.0?;
+        // open(2) ignores the setuid, setgid and sticky bits' requests in some cases; leave
+        // those to an explicit chmod.
+        (mode & 0o7000 == 0 && mode & umask == 0).then_some(mode)
+    }
 }
 
 fn set_mode(target: &Path, mode: u32, path: &RelPath) -> Result<(), ApplyError> {

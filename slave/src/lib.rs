@@ -12,7 +12,7 @@ pub mod safety;
 
 use filesync_master::RelPath;
 
-pub use apply::{Applied, Applier, StagedFile};
+pub use apply::{Applied, Applier, FileStart, StagedFile};
 
 /// Why a change could not be applied. Every variant names the path and reads as a sentence,
 /// because it becomes the `error` field of an `error` event.
@@ -59,9 +59,13 @@ mod tests {
         mode: u32,
     ) -> Result<Applied, ApplyError> {
         let entry = Entry::file(content.len() as u64, sha256_hex(content), mode);
-        let mut staged = applier.stage_file(&p(path), &entry)?;
-        staged.write(content)?;
-        staged.commit()
+        match applier.start_file(&p(path), &entry)? {
+            FileStart::Done(applied) => Ok(applied),
+            FileStart::Stage(mut staged) => {
+                staged.write(content)?;
+                staged.commit()
+            }
+        }
     }
 
     fn listing(root: &std::path::Path) -> Vec<String> {
@@ -142,8 +146,31 @@ mod tests {
         assert_eq!(listing(root.path()), ["e"]);
         let entry = Entry::file(1, sha256_hex(b"x"), 0o644);
         put(&applier, "e/x", b"x", 0o644).expect("put");
-        let again = applier.already_has(&p("e/x"), &entry).expect("check");
-        assert_eq!(again.map(|a| a.bytes_written), Some(0));
+        let again = applier.start_file(&p("e/x"), &entry).expect("check");
+        assert!(matches!(
+            again,
+            FileStart::Done(Applied {
+                bytes_written: 0,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn every_mode_arrives_exactly_whether_or_not_the_umask_lets_it_through() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let applier = Applier::new(root.path());
+        for mode in [0o644, 0o600, 0o755, 0o777, 0o640, 0o2755, 0o400] {
+            let name = format!("m{mode:o}");
+            put(&applier, &name, b"content", mode).expect("put");
+            let meta = fs::metadata(root.path().join(&name)).expect("stat");
+            assert_eq!(meta.permissions().mode() & 0o7777, mode, "{name}");
+        }
+        let leftovers: Vec<String> = listing(root.path())
+            .into_iter()
+            .filter(|name| name.contains(".filesync-tmp-"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use filesync_master::hash::CHUNK_SIZE;
 use filesync_master::{Change, Kind};
-use filesync_slave::{Applied, Applier};
+use filesync_slave::{Applied, Applier, FileStart};
 
 use super::{Connector, SessionEnd};
 use crate::bus::{BusClient, ClientError, PendingReply, Subscription, Welcome};
@@ -307,11 +307,11 @@ async fn apply(
     };
     let applied = match &change {
         Change::Put { path, entry } if entry.kind == Kind::File => {
-            if let Some(applied) = applier.already_has(path, entry).map_err(failed)? {
-                return Ok((change, applied));
-            }
+            let mut staged = match applier.start_file(path, entry).map_err(failed)? {
+                FileStart::Done(applied) => return Ok((change, applied)),
+                FileStart::Stage(staged) => staged,
+            };
             let sha256 = entry.sha256.clone().unwrap_or_default();
-            let mut staged = applier.stage_file(path, entry).map_err(failed)?;
             let mut eof = false;
             if let Some(content) = content {
                 let (data, last) = content
