@@ -105,10 +105,15 @@ fn write_closed(path: &Path, data: &[u8]) {
     file.write_all(data).expect("write");
 }
 
+/// One round's times: filesync, then cp and rsync when installed.
+type Times = (Duration, Option<Duration>, Option<Duration>);
+
 /// One line of the table.
 #[derive(Default)]
 struct Row {
-    id: &'static str,
+    id: String,
+    /// filesync, cp and rsync times, for the median row of repeated rounds.
+    times: Option<Times>,
     workload: String,
     filesync: String,
     cp: String,
@@ -160,12 +165,18 @@ fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
 }
 
+/// `dirs` directories of `files_per_dir` files of `size` bytes. Every file's content is
+/// different (it starts with its own path), as in real trees: identical files would be stored
+/// and fetched once by filesync but copied every time by `cp`, flattering filesync.
 fn make_tree(root: &Path, dirs: usize, files_per_dir: usize, size: usize) {
-    let block = vec![b'x'; size];
+    let mut block = vec![b'x'; size];
     for d in 0..dirs {
         let dir = root.join(format!("d{d:03}"));
         fs::create_dir_all(&dir).expect("mkdir");
         for f in 0..files_per_dir {
+            let name = format!("d{d:03}/f{f:04}\n");
+            let stamp = name.len().min(size);
+            block[..stamp].copy_from_slice(&name.as_bytes()[..stamp]);
             fs::write(dir.join(format!("f{f:04}")), &block).expect("write");
         }
     }
@@ -226,7 +237,7 @@ async fn w1(rows: &mut Vec<Row>) {
         )
     };
     rows.push(Row {
-        id: "W1",
+        id: "W1".into(),
         workload: "4 KiB file x50, p50 / p90 / p99".into(),
         filesync: triple(&mirrored),
         cp: format!("floor {}", triple(&floor)),
@@ -277,7 +288,8 @@ async fn w2(rows: &mut Vec<Row>) {
         .expect("all 10,000 mirrored");
     let took = started.elapsed();
     rows.push(Row {
-        id: "W2",
+        id: "W2".into(),
+        times: Some((took, cp, rsync)),
         workload: "10,000 x 4 KiB files in 100 dirs".into(),
         filesync: secs(took),
         cp: show(cp, "cp"),
@@ -325,7 +337,8 @@ async fn w3(rows: &mut Vec<Row>) {
     fs::rename(&source, c.master_dir().join("big.bin")).expect("move in");
     let took = arrivals.wait_for(&slave_dir.join("big.bin"), Duration::from_secs(900)) - started;
     rows.push(Row {
-        id: "W3",
+        id: "W3".into(),
+        times: Some((took, cp, rsync)),
         workload: "one 1 GiB file".into(),
         filesync: secs(took),
         cp: show(cp, "cp"),
@@ -382,7 +395,7 @@ async fn w4_w5(rows: &mut Vec<Row>, run_w4: bool, run_w5: bool) {
             .events
             .count(&Pattern::notify().put().path_glob("renamed/**"));
         rows.push(Row {
-            id: "W4",
+            id: "W4".into(),
             workload: format!("rename a dir of 10,000 files ({moves} move event, {puts} puts)"),
             filesync: secs(took),
             rsync: format!("{} (--delete)", show(rsync, "rsync")),
@@ -404,7 +417,7 @@ async fn w4_w5(rows: &mut Vec<Row>, run_w4: bool, run_w5: bool) {
         assert!(!slave_dir.join(victim).exists());
         let rsync = if have_rsync { rsync_sync(&c) } else { None };
         rows.push(Row {
-            id: "W5",
+            id: "W5".into(),
             workload: "delete 10,000 files".into(),
             filesync: secs(took),
             rsync: format!("{} (--delete)", show(rsync, "rsync")),
@@ -430,11 +443,63 @@ async fn w6(rows: &mut Vec<Row>) {
     let master = peak_rss_mib(c.master_pid().unwrap_or(0));
     let slave = peak_rss_mib(c.slave_pid(0).unwrap_or(0));
     rows.push(Row {
-        id: "W6",
+        id: "W6".into(),
         workload: "100,000 files mirrored (1 KiB each, from start)".into(),
         filesync: secs(took),
         rss: format!("{master:.1} / {slave:.1} MiB"),
         ratio: "target < 50 MiB each".into(),
+        ..Row::default()
+    });
+}
+
+fn median(mut values: Vec<Duration>) -> Option<Duration> {
+    values.sort();
+    values.get(values.len() / 2).copied()
+}
+
+/// After `rounds` rows of one workload, a row of their medians: times, and the median of the
+/// per-round ratios (each ratio is taken within one round, under the same disk conditions).
+fn push_median(rows: &mut Vec<Row>, rounds: usize, cp_name: &str) {
+    if rounds < 2 || rows.len() < rounds {
+        return;
+    }
+    let last = &rows[rows.len() - rounds..];
+    let times: Vec<_> = last.iter().filter_map(|r| r.times).collect();
+    let ours = median(times.iter().map(|t| t.0).collect());
+    let ratio_to = |pick: fn(&Times) -> Option<Duration>| {
+        let ratios: Vec<f64> = times
+            .iter()
+            .filter_map(|t| {
+                pick(t)
+                    .filter(|d| !d.is_zero())
+                    .map(|d| t.0.as_secs_f64() / d.as_secs_f64())
+            })
+            .collect();
+        let mut sorted = ratios.clone();
+        sorted.sort_by(f64::total_cmp);
+        sorted.get(sorted.len() / 2).copied()
+    };
+    let cp = median(times.iter().filter_map(|t| t.1).collect());
+    let rsync = median(times.iter().filter_map(|t| t.2).collect());
+    let mut ratio = Vec::new();
+    if let Some(r) = ratio_to(|t| t.1) {
+        ratio.push(format!("{r:.2}x {cp_name}"));
+    }
+    if let Some(r) = ratio_to(|t| t.2) {
+        ratio.push(format!("{r:.2}x rsync -a"));
+    }
+    let id = format!("{} median of {rounds}", last[0].id);
+    let workload = last[0].workload.clone();
+    for (n, row) in rows.iter_mut().rev().take(rounds).rev().enumerate() {
+        row.id = format!("{} #{}", row.id, n + 1);
+    }
+    rows.push(Row {
+        id,
+        workload,
+        filesync: ours.map(secs).unwrap_or_default(),
+        cp: show(cp, "cp"),
+        rsync: show(rsync, "rsync"),
+        ratio: ratio.join(", "),
         ..Row::default()
     });
 }
@@ -447,16 +512,29 @@ fn main() {
         .map(|a| a.to_lowercase())
         .collect();
     let want = |id: &str| wanted.is_empty() || wanted.iter().any(|w| w == id);
+    // The disk's speed varies a lot from one minute to the next (see docs/BENCHMARKS.md), so
+    // the workloads compared with cp and rsync can be repeated; each round times all three
+    // tools back to back, and a median row follows the rounds.
+    let rounds: usize = std::env::args()
+        .find_map(|a| a.strip_prefix("--rounds=").map(str::to_owned))
+        .map(|n| n.parse().expect("--rounds=N takes a number"))
+        .unwrap_or(1);
     let mut rows: Vec<Row> = Vec::new();
     runtime.block_on(async {
         if want("w1") {
             w1(&mut rows).await;
         }
         if want("w2") {
-            w2(&mut rows).await;
+            for _ in 0..rounds {
+                w2(&mut rows).await;
+            }
+            push_median(&mut rows, rounds, "cp -a");
         }
         if want("w3") {
-            w3(&mut rows).await;
+            for _ in 0..rounds {
+                w3(&mut rows).await;
+            }
+            push_median(&mut rows, rounds, "cp");
         }
         if want("w4") || want("w5") {
             w4_w5(&mut rows, want("w4"), want("w5")).await;
@@ -466,7 +544,7 @@ fn main() {
         }
     });
     let header = Row {
-        id: "id",
+        id: "id".into(),
         workload: "workload".into(),
         filesync: "filesync".into(),
         cp: "cp".into(),
@@ -474,6 +552,7 @@ fn main() {
         ratio: "ratio".into(),
         slave_wrote: "slave wrote".into(),
         rss: "peak RSS master / slave".into(),
+        times: None,
     };
     let cells = |r: &Row| {
         [
