@@ -17,6 +17,7 @@ use filesync_master::{Change, Kind};
 use filesync_slave::{Applied, Applier, FileStart};
 
 use super::{Connector, SessionEnd};
+use crate::bus::client::PIECES_IN_FLIGHT;
 use crate::bus::{BusClient, ClientError, PendingReply, Subscription, Welcome};
 use crate::event::{Draft, Event, Role, Tag};
 
@@ -116,7 +117,7 @@ async fn prefetch(client: &BusClient, event: &Event) -> Result<Option<PendingRep
         _ => false,
     };
     match (&event.body.sha256, small_file) {
-        (Some(sha256), true) => client.blob_get_pipelined(sha256).await.map(Some),
+        (Some(sha256), true) => client.blob_get_pipelined(sha256, 0).await.map(Some),
         _ => Ok(None),
     }
 }
@@ -312,26 +313,32 @@ async fn apply(
                 FileStart::Stage(staged) => staged,
             };
             let sha256 = entry.sha256.clone().unwrap_or_default();
-            let mut eof = false;
-            if let Some(content) = content {
-                let (data, last) = content
-                    .data()
-                    .await
-                    .map_err(|err| fetch_failed(path, err))?;
-                staged.write(&data).map_err(failed)?;
-                eof = last;
+            // Pieces are requested ahead (the size is known), so the bus reads and sends the
+            // next while this one is written. Each piece must be whole: a short one would
+            // shift everything after it, so it ends the transfer (and the hash check fails).
+            let mut requested = VecDeque::new();
+            let mut next_offset = 0u64;
+            if let Some(first) = content {
+                requested.push_back(first);
+                next_offset = CHUNK_SIZE as u64;
             }
-            while !eof {
-                let (data, last) = client
-                    .blob_get(&sha256, staged.written())
-                    .await
-                    .map_err(|err| fetch_failed(path, err))?;
+            loop {
+                while requested.len() < PIECES_IN_FLIGHT && next_offset < entry.size {
+                    let piece = client
+                        .blob_get_pipelined(&sha256, next_offset)
+                        .await
+                        .map_err(|err| fetch_failed(path, err))?;
+                    requested.push_back(piece);
+                    next_offset += CHUNK_SIZE as u64;
+                }
+                let Some(piece) = requested.pop_front() else {
+                    break;
+                };
+                let (data, last) = piece.data().await.map_err(|err| fetch_failed(path, err))?;
                 staged.write(&data).map_err(failed)?;
-                eof = last;
-                if !eof && data.is_empty() {
-                    return Err(ApplyFailure::Change(format!(
-                        "content of {path} ended early"
-                    )));
+                let whole = data.len() == CHUNK_SIZE || staged.written() == entry.size;
+                if last || !whole {
+                    break;
                 }
             }
             staged.commit().map_err(failed)?

@@ -174,15 +174,20 @@ impl BusClient {
             .await
     }
 
-    /// Asks for a blob's first piece now; the data is awaited later with `PendingReply::data`.
-    pub async fn blob_get_pipelined(&self, sha256: &str) -> Result<PendingReply, ClientError> {
+    /// Asks for the piece of a blob at `offset` now; the data is awaited later with
+    /// `PendingReply::data`.
+    pub async fn blob_get_pipelined(
+        &self,
+        sha256: &str,
+        offset: u64,
+    ) -> Result<PendingReply, ClientError> {
         let sha256 = sha256.to_owned();
         let len = CHUNK_SIZE as u64;
         self.send_request(
             |id| Request::BlobGet {
                 id,
                 sha256,
-                offset: 0,
+                offset,
                 len,
             },
             &[],
@@ -323,7 +328,9 @@ impl BusClient {
     }
 
     /// Uploads a file's content under `sha256`, piece by piece, unless the bus has it. The
-    /// bus verifies the hash at the end, so a file that changed meanwhile is refused.
+    /// bus verifies the hash at the end, so a file that changed meanwhile is refused. Up to
+    /// [`PIECES_IN_FLIGHT`] pieces are sent before the oldest's reply is awaited, so reading
+    /// the next piece here overlaps with the bus writing the last one.
     pub async fn upload_file(&self, path: &Path, sha256: &str) -> Result<(), UploadError> {
         if self.blob_has(sha256).await? {
             return Ok(());
@@ -332,6 +339,7 @@ impl BusClient {
         let size = file.metadata().await?.len();
         let mut buffer = vec![0u8; CHUNK_SIZE];
         let mut offset = 0u64;
+        let mut in_flight: VecDeque<PendingReply> = VecDeque::new();
         loop {
             let mut filled = 0;
             while filled < buffer.len() {
@@ -342,9 +350,26 @@ impl BusClient {
                 filled += n;
             }
             let last = offset + filled as u64 >= size || filled < buffer.len();
-            self.blob_put(sha256, offset, last, &buffer[..filled])
-                .await?;
+            let piece_sha = sha256.to_owned();
+            let piece_offset = offset;
+            in_flight.push_back(
+                self.send_request(
+                    |id| Request::BlobPut {
+                        id,
+                        sha256: piece_sha,
+                        offset: piece_offset,
+                        last,
+                    },
+                    &buffer[..filled],
+                )
+                .await?,
+            );
             offset += filled as u64;
+            while in_flight.len() >= PIECES_IN_FLIGHT || (last && !in_flight.is_empty()) {
+                if let Some(oldest) = in_flight.pop_front() {
+                    oldest.wait().await?;
+                }
+            }
             if last {
                 return Ok(());
             }
@@ -462,6 +487,10 @@ async fn send(
         .map_err(|_| ClientError::Lost)?;
     writer.flush().await.map_err(|_| ClientError::Lost)
 }
+
+/// Pieces of one blob sent ahead of their replies, in uploads and downloads: enough to keep
+/// both sides busy, few enough that memory stays a handful of pieces.
+pub const PIECES_IN_FLIGHT: usize = 4;
 
 /// Requests queued and not yet written; enough for the slave's and master's pipelines.
 const OUTBOX: usize = 256;
