@@ -448,10 +448,8 @@ fn summary(entry: &Entry) -> String {
             entry.size,
             entry
                 .sha256
-                .as_deref()
-                .unwrap_or("?")
-                .get(..12)
-                .unwrap_or("?"),
+                .map(|sha256| sha256.to_hex()[..12].to_owned())
+                .unwrap_or_else(|| "?".into()),
             entry.mode
         ),
         Kind::Dir => format!("dir mode {:o}", entry.mode),

@@ -32,6 +32,7 @@ use std::time::SystemTime;
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
+use filesync_master::hash::ContentHash;
 use filesync_master::{Change, Entry, Kind, RelPath};
 use serde::{Deserialize, Serialize};
 
@@ -302,7 +303,7 @@ impl Draft {
                 self.mode = Some(entry.mode);
                 if entry.kind == Kind::File {
                     self.size = Some(entry.size);
-                    self.sha256.clone_from(&entry.sha256);
+                    self.sha256 = entry.sha256.map(|sha256| sha256.to_hex());
                 }
                 if let Some(target) = &entry.target {
                     (self.target, self.target_b64) = split(encode_bytes(target));
@@ -338,13 +339,15 @@ impl Draft {
                 let entry = match kind {
                     Kind::Dir => Entry::dir(mode),
                     Kind::File => {
-                        let sha256 = self.sha256.clone().ok_or(EventError::Missing("sha256"))?;
-                        if !is_sha256(&sha256) {
-                            return Err(EventError::Bad {
+                        let text = self
+                            .sha256
+                            .as_deref()
+                            .ok_or(EventError::Missing("sha256"))?;
+                        let sha256 =
+                            ContentHash::parse_hex(text).ok_or_else(|| EventError::Bad {
                                 field: "sha256",
                                 reason: "not 64 lowercase hex digits".into(),
-                            });
-                        }
+                            })?;
                         let size = self.size.ok_or(EventError::Missing("size"))?;
                         Entry::file(size, sha256, mode)
                     }
@@ -444,7 +447,7 @@ mod tests {
     fn a_notify_round_trips_through_a_log_line() {
         let change = Change::Put {
             path: RelPath::new("dir/foo.txt").expect("valid"),
-            entry: Entry::file(3, "a".repeat(64), 0o644),
+            entry: Entry::file(3, ContentHash::from([0xaa; 32]), 0o644),
         };
         let event = Event {
             seq: 7,
@@ -455,6 +458,10 @@ mod tests {
         let line = event.to_line();
         assert!(
             line.contains(r#""tag":"notify""#) && line.contains(r#""path":"dir/foo.txt""#),
+            "{line}"
+        );
+        assert!(
+            line.contains(&format!(r#""sha256":"{}""#, "a".repeat(64))),
             "{line}"
         );
         assert!(

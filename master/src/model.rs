@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use crate::hash::ContentHash;
 use crate::RelPath;
 
 /// What sort of entry a path names. Other file types (FIFOs, sockets, devices) are not synced.
@@ -59,7 +60,7 @@ pub struct Entry {
     /// Byte length (files only; 0 otherwise).
     pub size: u64,
     /// Lowercase hex SHA-256 of the content (files only).
-    pub sha256: Option<String>,
+    pub sha256: Option<ContentHash>,
     /// Unix permission bits (`st_mode & 0o7777`); 0 for symlinks, whose mode Linux ignores.
     pub mode: u32,
     /// The link's target, as stored (symlinks only). Bytes, since targets need not be UTF-8.
@@ -91,7 +92,7 @@ impl Entry {
         }
     }
 
-    pub fn file(size: u64, sha256: String, mode: u32) -> Entry {
+    pub fn file(size: u64, sha256: ContentHash, mode: u32) -> Entry {
         Entry {
             kind: Kind::File,
             size,
@@ -301,11 +302,16 @@ mod tests {
         RelPath::new(s).expect("valid test path")
     }
 
+    /// A content hash standing for `label` (these tests only need distinct contents).
+    fn h(label: &str) -> ContentHash {
+        ContentHash::of(label.as_bytes())
+    }
+
     fn put_file(model: &mut Model, path: &str, sha: &str) {
         model
             .apply(&Change::Put {
                 path: p(path),
-                entry: Entry::file(1, sha.into(), 0o644),
+                entry: Entry::file(1, h(sha), 0o644),
             })
             .expect("put applies");
     }
@@ -337,7 +343,7 @@ mod tests {
         let mut model = Model::new();
         let orphan = Change::Put {
             path: p("no/parent"),
-            entry: Entry::file(1, "1".into(), 0o644),
+            entry: Entry::file(1, h("1"), 0o644),
         };
         assert_eq!(
             model.apply(&orphan),
@@ -370,10 +376,10 @@ mod tests {
         // In byte order `a-b` and `a.txt` sit between `a` and `a/x`.
         let mut model = Model::new();
         model.put(p("a"), Entry::dir(0o755));
-        model.put(p("a-b"), Entry::file(1, "1".into(), 0o644));
-        model.put(p("a.txt"), Entry::file(1, "2".into(), 0o644));
-        model.put(p("a/x"), Entry::file(1, "3".into(), 0o644));
-        model.put(p("a/y/z"), Entry::file(1, "4".into(), 0o644));
+        model.put(p("a-b"), Entry::file(1, h("1"), 0o644));
+        model.put(p("a.txt"), Entry::file(1, h("2"), 0o644));
+        model.put(p("a/x"), Entry::file(1, h("3"), 0o644));
+        model.put(p("a/y/z"), Entry::file(1, h("4"), 0o644));
         let subtree: Vec<String> = model.subtree(&p("a")).map(|(p, _)| p.lossy()).collect();
         assert_eq!(subtree, ["a", "a/x", "a/y/z"]);
         model.rename(&p("a"), &p("m"));
@@ -387,8 +393,8 @@ mod tests {
     fn replacing_a_dir_with_a_file_drops_its_children() {
         let mut model = Model::new();
         model.put(p("d"), Entry::dir(0o755));
-        model.put(p("d/x"), Entry::file(1, "1".into(), 0o644));
-        model.put(p("d"), Entry::file(1, "2".into(), 0o644));
+        model.put(p("d/x"), Entry::file(1, h("1"), 0o644));
+        model.put(p("d"), Entry::file(1, h("2"), 0o644));
         assert_eq!(model.len(), 1);
     }
 }

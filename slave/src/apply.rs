@@ -83,7 +83,10 @@ impl Applier {
         if let Some(meta) = &existing {
             if meta.is_file() && meta.len() == entry.size {
                 if let Ok(sha256) = hash_path(&target) {
-                    if Some(&sha256) == entry.sha256.as_ref() {
+                    if entry
+                        .sha256
+                        .is_some_and(|expected| expected.to_hex() == sha256)
+                    {
                         set_mode(&target, entry.mode, path)?;
                         return Ok(FileStart::Done(Applied {
                             sha256: Some(sha256),
@@ -317,7 +320,11 @@ impl StagedFile {
         let file = self.file.take();
         drop(file);
         let actual = hex::encode(std::mem::take(&mut self.hasher).finalize());
-        let expected = self.entry.sha256.clone().unwrap_or_default();
+        let expected = self
+            .entry
+            .sha256
+            .map(|sha256| sha256.to_hex())
+            .unwrap_or_default();
         if actual != expected || self.written != self.entry.size {
             return Err(ApplyError::ContentMismatch {
                 path: self.path.clone(),

@@ -43,7 +43,7 @@ pub enum ApplyError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use filesync_master::hash::sha256_hex;
+    use filesync_master::hash::{sha256_hex, ContentHash};
     use filesync_master::{Change, Entry, Kind};
     use std::fs;
     use std::os::unix::fs::PermissionsExt;
@@ -58,7 +58,7 @@ mod tests {
         content: &[u8],
         mode: u32,
     ) -> Result<Applied, ApplyError> {
-        let entry = Entry::file(content.len() as u64, sha256_hex(content), mode);
+        let entry = Entry::file(content.len() as u64, ContentHash::of(content), mode);
         match applier.start_file(&p(path), &entry)? {
             FileStart::Done(applied) => Ok(applied),
             FileStart::Stage(mut staged) => {
@@ -107,7 +107,7 @@ mod tests {
         let root = tempfile::tempdir().expect("tempdir");
         let applier = Applier::new(root.path());
         put(&applier, "f", b"old", 0o644).expect("put");
-        let entry = Entry::file(3, sha256_hex(b"new"), 0o644);
+        let entry = Entry::file(3, ContentHash::of(b"new"), 0o644);
         let mut staged = applier.stage_file(&p("f"), &entry).expect("stage");
         staged.write(b"bad").expect("write");
         let err = staged.commit().expect_err("mismatch");
@@ -144,7 +144,7 @@ mod tests {
             applier.apply(change).expect("second time");
         }
         assert_eq!(listing(root.path()), ["e"]);
-        let entry = Entry::file(1, sha256_hex(b"x"), 0o644);
+        let entry = Entry::file(1, ContentHash::of(b"x"), 0o644);
         put(&applier, "e/x", b"x", 0o644).expect("put");
         let again = applier.start_file(&p("e/x"), &entry).expect("check");
         assert!(matches!(

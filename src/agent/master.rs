@@ -237,9 +237,11 @@ async fn publish_change(
             // Small file: content and notify sent back to back. The bus handles a
             // connection's requests in order, so the content is stored before the notify is
             // checked.
-            content = Some(client.blob_put_pipelined(sha256, bytes).await?);
+            content = Some(client.blob_put_pipelined(&sha256.to_hex(), bytes).await?);
         } else if let (Kind::File, Some(sha256)) = (entry.kind, &entry.sha256) {
-            let uploaded = client.upload_file(&path.to_path(dir), sha256).await;
+            let uploaded = client
+                .upload_file(&path.to_path(dir), &sha256.to_hex())
+                .await;
             match uploaded {
                 Ok(()) => {}
                 Err(UploadError::Bus(err)) if err.is_connection() => return Err(err),

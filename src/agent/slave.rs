@@ -312,7 +312,10 @@ async fn apply(
                 FileStart::Done(applied) => return Ok((change, applied)),
                 FileStart::Stage(staged) => staged,
             };
-            let sha256 = entry.sha256.clone().unwrap_or_default();
+            let sha256 = entry
+                .sha256
+                .map(|sha256| sha256.to_hex())
+                .unwrap_or_default();
             // Pieces are requested ahead (the size is known), so the bus reads and sends the
             // next while this one is written. Each piece must be whole: a short one would
             // shift everything after it, so it ends the transfer (and the hash check fails).

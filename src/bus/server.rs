@@ -521,7 +521,7 @@ fn publish(shared: &Shared, peer: &Peer, mut draft: Draft) -> Result<Event, Stri
         if tag == Tag::Notify {
             if let filesync_master::Change::Put { entry, path } = &change {
                 if let Some(sha256) = &entry.sha256 {
-                    if !shared.blobs.contains(sha256).unwrap_or(false) {
+                    if !shared.blobs.contains(&sha256.to_hex()).unwrap_or(false) {
                         return Err(format!(
                             "put of {path}: the bus has no content {sha256}; upload it first"
                         ));
