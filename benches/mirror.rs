@@ -17,12 +17,21 @@
 //! is seen by an inotify watch on the slave directory (W1, W3, W4) or by the slave's consume
 //! events (W2, W5, W6). "slave wrote" is the slave process's `wchar` (bytes it passed to
 //! write calls) during the workload.
+//!
+//! Nothing a workload writes is removed until the table is printed, for two properties of
+//! the machines this runs on (ext4 without a journal, mounted with `discard`, in a VM whose
+//! freed memory goes back to the host): freed inodes are skipped by ext4's allocator for a
+//! minute or more, so deleting one round's trees slowed every tool's file creation in the
+//! next (`cp -a` of W2 took 0.35 s or 6.2 s depending on it), and a freed page-cache page is
+//! fast to write again while a page the guest never touched costs a trip to the host, so a
+//! tool writing right after another's output was removed got faster memory. Kept, every
+//! tool writes new files into untouched memory, the same conditions for all.
 
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::mpsc;
+use std::sync::{mpsc, Mutex};
 use std::time::{Duration, Instant};
 
 use filesync::event::EntryKind;
@@ -197,6 +206,23 @@ async fn cluster_with(label: &str, prepare: impl FnOnce(&Path)) -> Cluster {
     c
 }
 
+/// Directories of finished workloads, removed after the table is printed (see the module
+/// comment for why not before).
+static LEFTOVERS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// Stops the cluster and keeps its directory for removal at the very end.
+fn leave(mut c: Cluster) {
+    let kept = c.keep();
+    drop(c);
+    LEFTOVERS.lock().expect("leftovers").push(kept);
+}
+
+fn remove_leftovers() {
+    for dir in LEFTOVERS.lock().expect("leftovers").drain(..) {
+        let _ = fs::remove_dir_all(dir);
+    }
+}
+
 async fn cluster(label: &str) -> Cluster {
     cluster_with(label, |_| {}).await
 }
@@ -248,6 +274,7 @@ async fn w1(rows: &mut Vec<Row>) {
         slave_wrote: mib(wrote),
         ..Row::default()
     });
+    leave(c);
 }
 
 async fn w2(rows: &mut Vec<Row>) {
@@ -302,6 +329,7 @@ async fn w2(rows: &mut Vec<Row>) {
             peak_rss_mib(pid)
         ),
     });
+    leave(c);
 }
 
 async fn w3(rows: &mut Vec<Row>) {
@@ -319,7 +347,6 @@ async fn w3(rows: &mut Vec<Row>) {
         file.sync_all().expect("sync");
     }
     let cp = timed("cp", &[os(&source), os(&stage.join("cp.bin"))]);
-    let _ = fs::remove_file(stage.join("cp.bin"));
     let rsync = timed(
         "rsync",
         &[
@@ -328,7 +355,6 @@ async fn w3(rows: &mut Vec<Row>) {
             os(&stage.join("rsync.bin")),
         ],
     );
-    let _ = fs::remove_file(stage.join("rsync.bin"));
     let slave_dir = c.slaves[0].dir.clone();
     let arrivals = Arrivals::watch(&slave_dir);
     let pid = c.slave_pid(0).unwrap_or(0);
@@ -351,6 +377,7 @@ async fn w3(rows: &mut Vec<Row>) {
             peak_rss_mib(pid)
         ),
     });
+    leave(c);
 }
 
 /// W4 and W5 share one mirrored tree of 10,000 files.
@@ -426,6 +453,7 @@ async fn w4_w5(rows: &mut Vec<Row>, run_w4: bool, run_w5: bool) {
             ..Row::default()
         });
     }
+    leave(c);
 }
 
 async fn w6(rows: &mut Vec<Row>) {
@@ -450,6 +478,7 @@ async fn w6(rows: &mut Vec<Row>) {
         ratio: "target < 50 MiB each".into(),
         ..Row::default()
     });
+    leave(c);
 }
 
 fn median(mut values: Vec<Duration>) -> Option<Duration> {
@@ -536,13 +565,17 @@ fn main() {
             }
             push_median(&mut rows, rounds, "cp");
         }
-        if want("w4") || want("w5") {
-            w4_w5(&mut rows, want("w4"), want("w5")).await;
-        }
+        // W6 before W4 and W5: those delete 10,000 files, which slows file creation for
+        // a while after (see the module comment).
         if want("w6") {
             w6(&mut rows).await;
         }
+        if want("w4") || want("w5") {
+            w4_w5(&mut rows, want("w4"), want("w5")).await;
+        }
     });
+    // Shown in id order, whatever order they ran in.
+    rows.sort_by(|a, b| a.id.get(..2).cmp(&b.id.get(..2)));
     let header = Row {
         id: "id".into(),
         workload: "workload".into(),
@@ -586,4 +619,5 @@ fn main() {
             println!("|-{}-|", rule.join("-|-"));
         }
     }
+    remove_leftovers();
 }
