@@ -83,8 +83,6 @@ async fn hostile_events_are_refused_and_never_logged() {
         &Request::BlobPut {
             id: 99,
             sha256: "a".repeat(64),
-            offset: 0,
-            last: true,
         },
         b"lies",
     )

@@ -135,5 +135,34 @@ async fn files_of_many_pieces_arrive_byte_for_byte() {
         fs::read(c.slaves[0].dir.join("one.bin")).expect("mirrored"),
         one
     );
+
+    // The same size with new content is hashed before anything is sent, then uploaded from
+    // the file; a copy of content the bus holds is streamed and stored once. Both arrive.
+    let mut rewritten = many.clone();
+    rewritten[piece + 7] ^= 0xff;
+    fs::write(staged.join("many.bin"), &rewritten).expect("write");
+    fs::write(staged.join("copy.bin"), &many).expect("write");
+    for name in ["many.bin", "copy.bin"] {
+        fs::rename(staged.join(name), c.master_dir().join(name)).expect("move in");
+    }
+    for (name, content) in [("many.bin", &rewritten), ("copy.bin", &many)] {
+        let sha256 = filesync_master::hash::sha256_hex(content);
+        must(
+            c.events
+                .expect_seq(vec![
+                    Pattern::notify().put().path(name).sha256(&sha256),
+                    Pattern::consume()
+                        .by("slave")
+                        .put()
+                        .path(name)
+                        .sha256(&sha256),
+                ])
+                .await,
+        );
+        assert_eq!(
+            &fs::read(c.slaves[0].dir.join(name)).expect("mirrored"),
+            content
+        );
+    }
     c.assert_checks(CheckOptions::default());
 }

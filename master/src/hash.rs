@@ -85,13 +85,36 @@ pub fn mtime_ns(meta: &std::fs::Metadata) -> i128 {
 /// `Unstable` when size or modification time moved between open and end of read, so a file
 /// that is still being written is never published half-done.
 pub fn hash_file(path: &Path) -> Result<Hashed, HashError> {
+    hash_file_inner(path, None)
+}
+
+/// Like [`hash_file`], but a file larger than one chunk is handed to `stream` piece by piece
+/// as it is hashed (each piece once, in order, nothing kept), so that uploading it overlaps
+/// with hashing it and it is read once. When this fails (`Unstable`: the file changed while
+/// read) whatever was streamed must be thrown away. Files of one chunk or less are not
+/// streamed; their content comes back in `Hashed::content` as with `hash_file`.
+pub fn hash_file_streaming(
+    path: &Path,
+    stream: &mut dyn FnMut(Vec<u8>),
+) -> Result<Hashed, HashError> {
+    hash_file_inner(path, Some(stream))
+}
+
+fn hash_file_inner(
+    path: &Path,
+    mut stream: Option<&mut dyn FnMut(Vec<u8>)>,
+) -> Result<Hashed, HashError> {
     let mut file = File::open(path)?;
     let before = file.metadata()?;
     let mut hasher = Sha256::new();
     let mut content = Vec::new();
-    let mut buffer = vec![0u8; CHUNK_SIZE.min(before.len() as usize + 1).max(8192)];
+    let piece_size = CHUNK_SIZE.min(before.len() as usize + 1).max(8192);
+    let mut buffer = vec![0u8; piece_size];
     let mut size: u64 = 0;
     let mut keep = before.len() <= CHUNK_SIZE as u64;
+    if keep {
+        stream = None;
+    }
     loop {
         let n = match file.read(&mut buffer) {
             Ok(0) => break,
@@ -101,7 +124,12 @@ pub fn hash_file(path: &Path) -> Result<Hashed, HashError> {
         };
         hasher.update(&buffer[..n]);
         size += n as u64;
-        if keep {
+        if let Some(stream) = stream.as_mut() {
+            // The piece changes hands; a fresh buffer takes its place.
+            let mut piece = std::mem::replace(&mut buffer, vec![0u8; piece_size]);
+            piece.truncate(n);
+            stream(piece);
+        } else if keep {
             if size <= CHUNK_SIZE as u64 {
                 content.extend_from_slice(&buffer[..n]);
             } else {
@@ -123,6 +151,83 @@ pub fn hash_file(path: &Path) -> Result<Hashed, HashError> {
         ino: after.ino(),
         mode: after.mode() & 0o7777,
     })
+}
+
+/// A SHA-256 fed piece by piece, computed on a thread of its own for content larger than one
+/// chunk, so that hashing one piece overlaps with writing the next. Receiving a large file
+/// (in the bus and in a slave) writes each piece and hashes it; one after the other on one
+/// thread those were the two largest costs of W3 (one 1 GiB file, docs/BENCHMARKS.md).
+///
+/// Pieces are handed over once the caller is done with them (`update_owned`), so nothing is
+/// copied; at most [`HASHER_QUEUE`] pieces wait, so memory stays bounded when hashing is the
+/// slower side.
+pub struct PieceHasher(HasherKind);
+
+enum HasherKind {
+    Inline(Sha256),
+    Background {
+        pieces: std::sync::mpsc::SyncSender<Vec<u8>>,
+        thread: std::thread::JoinHandle<ContentHash>,
+    },
+}
+
+/// Pieces queued for a background hasher.
+pub const HASHER_QUEUE: usize = 4;
+
+impl PieceHasher {
+    /// A hasher for content of about `expected_size` bytes: on its own thread when that is
+    /// more than one chunk (and a thread can be had), inline otherwise (small files are many,
+    /// and a thread each would cost more than the hashing).
+    pub fn new(expected_size: u64) -> PieceHasher {
+        if expected_size > CHUNK_SIZE as u64 {
+            let (pieces, queued) = std::sync::mpsc::sync_channel::<Vec<u8>>(HASHER_QUEUE);
+            let spawned = std::thread::Builder::new()
+                .name("hasher".into())
+                .spawn(move || {
+                    let mut hasher = Sha256::new();
+                    for piece in queued {
+                        hasher.update(&piece);
+                    }
+                    ContentHash(hasher.finalize().into())
+                });
+            if let Ok(thread) = spawned {
+                return PieceHasher(HasherKind::Background { pieces, thread });
+            }
+        }
+        PieceHasher(HasherKind::Inline(Sha256::new()))
+    }
+
+    /// Adds a piece the caller no longer needs.
+    pub fn update_owned(&mut self, piece: Vec<u8>) {
+        match &mut self.0 {
+            HasherKind::Inline(hasher) => hasher.update(&piece),
+            HasherKind::Background { pieces, .. } => {
+                // A send fails only if the thread is gone, which `finish` reports.
+                let _ = pieces.send(piece);
+            }
+        }
+    }
+
+    /// Adds a piece the caller keeps (copied when hashing in the background).
+    pub fn update(&mut self, piece: &[u8]) {
+        match &mut self.0 {
+            HasherKind::Inline(hasher) => hasher.update(piece),
+            HasherKind::Background { .. } => self.update_owned(piece.to_vec()),
+        }
+    }
+
+    /// The hash of everything added; fails only if the hashing thread died.
+    pub fn finish(self) -> io::Result<ContentHash> {
+        match self.0 {
+            HasherKind::Inline(hasher) => Ok(ContentHash(hasher.finalize().into())),
+            HasherKind::Background { pieces, thread } => {
+                drop(pieces);
+                thread
+                    .join()
+                    .map_err(|_| io::Error::other("the hashing thread failed"))
+            }
+        }
+    }
 }
 
 /// SHA-256 of bytes in memory, lowercase hex.
@@ -167,5 +272,42 @@ mod tests {
         assert_eq!(hashed.size, data.len() as u64);
         assert_eq!(hashed.sha256.to_hex(), sha256_hex(&data));
         assert!(hashed.content.is_none());
+    }
+
+    #[test]
+    fn streaming_hands_over_every_piece_of_a_large_file_once_in_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("big");
+        let data: Vec<u8> = (0..CHUNK_SIZE * 2 + 12_345)
+            .map(|i| (i % 253) as u8)
+            .collect();
+        std::fs::write(&path, &data).expect("write");
+        let mut streamed = Vec::new();
+        let hashed = hash_file_streaming(&path, &mut |piece| streamed.extend_from_slice(&piece))
+            .expect("hash");
+        assert_eq!(streamed, data);
+        assert_eq!(hashed.sha256, ContentHash::of(&data));
+        assert!(hashed.content.is_none());
+
+        // A small file is kept, not streamed.
+        std::fs::write(&path, b"small").expect("write");
+        let mut pieces = 0;
+        let hashed = hash_file_streaming(&path, &mut |_| pieces += 1).expect("hash");
+        assert_eq!(pieces, 0);
+        assert_eq!(hashed.content.as_deref(), Some(&b"small"[..]));
+    }
+
+    #[test]
+    fn piece_hashers_agree_inline_and_in_the_background() {
+        let data: Vec<u8> = (0..CHUNK_SIZE * 3).map(|i| (i % 251) as u8).collect();
+        for expected_size in [0, data.len() as u64] {
+            let mut hasher = PieceHasher::new(expected_size);
+            let (first, rest) = data.split_at(1000);
+            hasher.update(first);
+            for piece in rest.chunks(CHUNK_SIZE / 3) {
+                hasher.update_owned(piece.to_vec());
+            }
+            assert_eq!(hasher.finish().expect("hash"), ContentHash::of(&data));
+        }
     }
 }

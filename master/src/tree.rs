@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use walkdir::WalkDir;
 
-use crate::hash::{hash_file, HashError};
+use crate::hash::{hash_file, hash_file_streaming, ContentHash, HashError, CHUNK_SIZE};
 use crate::ignore::IgnoreRules;
 use crate::model::{Change, Entry, Kind, Model, Stamp};
 use crate::RelPath;
@@ -33,6 +33,21 @@ pub enum Outcome {
     Changed(Observed),
     /// The file is still being written: look again once it is quiet.
     Retry(RelPath),
+    /// The next piece of a large file being hashed, handed over as it is read so that its
+    /// upload overlaps with the hashing (and the file is read once). Streamed are files of
+    /// more than one chunk that are new, or whose size changed: their content is almost
+    /// surely new to the bus. A `StreamEnd` always follows the last piece.
+    Piece(Vec<u8>),
+    /// The end of the pieces: with the content's hash when the file held still while read
+    /// and its `Changed` follows right after; `None` when the pieces are to be thrown away.
+    StreamEnd(Option<ContentHash>),
+}
+
+/// What looking at a file's content concluded.
+enum FileLook {
+    Publish(Entry, Option<Vec<u8>>),
+    Retry,
+    Nothing,
 }
 
 /// The master's directory and what it has published of it.
@@ -313,27 +328,30 @@ impl Tree {
                 if found_by_scan && modified_within(meta, SCAN_SETTLE) {
                     return out(Outcome::Retry(path.clone()));
                 }
-                let hashed = match hash_file(&full) {
-                    Ok(hashed) => hashed,
-                    Err(HashError::Unstable) => return out(Outcome::Retry(path.clone())),
-                    Err(HashError::Io(err)) if err.kind() == io::ErrorKind::NotFound => return,
-                    Err(HashError::Io(err)) => {
-                        return tracing::warn!("cannot read {}: {err}", full.display())
-                    }
+                let streaming = meta.len() > CHUNK_SIZE as u64
+                    && !old.is_some_and(|old| old.kind == Kind::File && old.size == meta.len());
+                let mut streamed = false;
+                let hashed = if streaming {
+                    hash_file_streaming(&full, &mut |piece| {
+                        streamed = true;
+                        out(Outcome::Piece(piece));
+                    })
+                } else {
+                    hash_file(&full)
                 };
-                let mut entry = Entry::file(hashed.size, hashed.sha256, hashed.mode);
-                entry.stamp = Some(Stamp {
-                    size: hashed.size,
-                    mtime_ns: hashed.mtime_ns,
-                    ino: hashed.ino,
-                });
-                if old.is_some_and(|old| *old == entry) {
-                    if let Some(model_entry) = self.model.get_mut(path) {
-                        model_entry.stamp = entry.stamp;
-                    }
-                    return;
+                let look = self.look_at_file(path, &full, hashed);
+                if streamed {
+                    let keep = match &look {
+                        FileLook::Publish(entry, _) => entry.sha256,
+                        FileLook::Retry | FileLook::Nothing => None,
+                    };
+                    out(Outcome::StreamEnd(keep));
                 }
-                (entry, hashed.content)
+                match look {
+                    FileLook::Publish(entry, content) => (entry, content),
+                    FileLook::Retry => return out(Outcome::Retry(path.clone())),
+                    FileLook::Nothing => return,
+                }
             }
         };
         self.model.put(path.clone(), entry.clone());
@@ -344,6 +362,42 @@ impl Tree {
             },
             content,
         }));
+    }
+}
+
+impl Tree {
+    /// What a file's hashing means: publish it, look again later, or nothing (gone, or the
+    /// same content as published, whose new stamp is recorded).
+    fn look_at_file(
+        &mut self,
+        path: &RelPath,
+        full: &Path,
+        hashed: Result<crate::hash::Hashed, HashError>,
+    ) -> FileLook {
+        let hashed = match hashed {
+            Ok(hashed) => hashed,
+            Err(HashError::Unstable) => return FileLook::Retry,
+            Err(HashError::Io(err)) if err.kind() == io::ErrorKind::NotFound => {
+                return FileLook::Nothing
+            }
+            Err(HashError::Io(err)) => {
+                tracing::warn!("cannot read {}: {err}", full.display());
+                return FileLook::Nothing;
+            }
+        };
+        let mut entry = Entry::file(hashed.size, hashed.sha256, hashed.mode);
+        entry.stamp = Some(Stamp {
+            size: hashed.size,
+            mtime_ns: hashed.mtime_ns,
+            ino: hashed.ino,
+        });
+        if let Some(published) = self.model.get_mut(path) {
+            if *published == entry {
+                published.stamp = entry.stamp;
+                return FileLook::Nothing;
+            }
+        }
+        FileLook::Publish(entry, hashed.content)
     }
 }
 
@@ -392,6 +446,8 @@ mod tests {
         f(tree, &mut |outcome| match outcome {
             Outcome::Changed(observed) => seen.push(observed.change.to_string()),
             Outcome::Retry(path) => seen.push(format!("retry {path}")),
+            Outcome::Piece(piece) => seen.push(format!("piece of {} bytes", piece.len())),
+            Outcome::StreamEnd(hash) => seen.push(format!("end {}", hash.is_some())),
         });
         seen
     }
@@ -523,5 +579,57 @@ mod tests {
             t.moved(&p("doc.txt.swp"), &p("doc.txt"), out)
         });
         assert_eq!(seen, ["put file doc.txt"]);
+    }
+
+    #[test]
+    fn a_large_new_file_is_streamed_while_hashed_and_a_same_size_rewrite_is_not() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        let mut tree = Tree::new(root, Model::new());
+        let big = "x".repeat(CHUNK_SIZE + 10);
+        write_aged(&root.join("big"), &big);
+        let seen = changes(&mut tree, |t, out| t.refresh(&p("big"), out));
+        assert_eq!(
+            seen,
+            [
+                format!("piece of {CHUNK_SIZE} bytes"),
+                "piece of 10 bytes".into(),
+                "end true".into(),
+                "put file big".into(),
+            ]
+        );
+        // Same size, new content: likely an in-place rewrite, hashed before anything is sent.
+        write_aged(&root.join("big"), &"y".repeat(CHUNK_SIZE + 10));
+        let seen = changes(&mut tree, |t, out| t.refresh(&p("big"), out));
+        assert_eq!(seen, ["put file big"]);
+        // Grown: streamed again.
+        write_aged(&root.join("big"), &"y".repeat(CHUNK_SIZE + 11));
+        let seen = changes(&mut tree, |t, out| t.refresh(&p("big"), out));
+        assert_eq!(seen.last().map(String::as_str), Some("put file big"));
+        assert_eq!(seen[seen.len() - 2], "end true");
+    }
+
+    #[test]
+    fn a_file_that_changes_while_streamed_ends_its_stream_with_nothing_to_keep() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        let mut tree = Tree::new(root, Model::new());
+        write_aged(&root.join("big"), &"x".repeat(CHUNK_SIZE + 10));
+        let mut ended = None;
+        let mut pieces = 0;
+        tree.refresh(&p("big"), &mut |outcome| match outcome {
+            Outcome::Piece(_) => {
+                pieces += 1;
+                // The file changes under the reader after its first piece.
+                if pieces == 1 {
+                    fs::write(root.join("big"), "now short").expect("rewrite");
+                }
+            }
+            Outcome::StreamEnd(hash) => ended = Some(hash),
+            Outcome::Changed(observed) => panic!("published {}", observed.change),
+            Outcome::Retry(_) => {}
+        });
+        assert!(pieces >= 1);
+        assert_eq!(ended, Some(None), "the pieces are to be thrown away");
     }
 }

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
+use filesync_master::hash::PieceHasher;
 use filesync_master::ignore::TEMP_PREFIX;
 use filesync_master::{Change, Entry, Kind, RelPath};
 use sha2::{Digest, Sha256};
@@ -135,7 +136,7 @@ impl Applier {
             target,
             temp,
             file: Some(file),
-            hasher: Sha256::new(),
+            hasher: Some(PieceHasher::new(entry.size)),
             written: 0,
             mode_set: mode_at_creation.is_some(),
             replaces_dir,
@@ -277,7 +278,9 @@ pub struct StagedFile {
     target: PathBuf,
     temp: PathBuf,
     file: Option<File>,
-    hasher: Sha256,
+    /// Hashes what was written; on its own thread for large files, so that writing one
+    /// piece overlaps with hashing the one before. Taken by `commit`.
+    hasher: Option<PieceHasher>,
     written: u64,
     /// The temporary file was created with the entry's mode.
     mode_set: bool,
@@ -301,6 +304,24 @@ impl StagedFile {
     }
 
     pub fn write(&mut self, bytes: &[u8]) -> Result<(), ApplyError> {
+        self.write_to_disk(bytes)?;
+        if let Some(hasher) = &mut self.hasher {
+            hasher.update(bytes);
+        }
+        Ok(())
+    }
+
+    /// Like `write`, for a piece the caller is done with: a large file's hasher takes it over
+    /// instead of a copy.
+    pub fn write_owned(&mut self, piece: Vec<u8>) -> Result<(), ApplyError> {
+        self.write_to_disk(&piece)?;
+        if let Some(hasher) = &mut self.hasher {
+            hasher.update_owned(piece);
+        }
+        Ok(())
+    }
+
+    fn write_to_disk(&mut self, bytes: &[u8]) -> Result<(), ApplyError> {
         let file = self.file.as_mut().ok_or_else(|| ApplyError::Invalid {
             path: self.path.clone(),
             reason: "staged file already closed".into(),
@@ -310,7 +331,6 @@ impl StagedFile {
             path: self.path.clone(),
             source,
         })?;
-        self.hasher.update(bytes);
         self.written += bytes.len() as u64;
         Ok(())
     }
@@ -319,7 +339,17 @@ impl StagedFile {
     pub fn commit(mut self) -> Result<Applied, ApplyError> {
         let file = self.file.take();
         drop(file);
-        let actual = hex::encode(std::mem::take(&mut self.hasher).finalize());
+        let hashed = self
+            .hasher
+            .take()
+            .map(PieceHasher::finish)
+            .transpose()
+            .map_err(|source| ApplyError::Io {
+                action: "hash",
+                path: self.path.clone(),
+                source,
+            })?;
+        let actual = hashed.map(|sha256| sha256.to_hex()).unwrap_or_default();
         let expected = self
             .entry
             .sha256

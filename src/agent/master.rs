@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use filesync_master::coalesce::{Coalescer, Timing, Work};
+use filesync_master::hash::ContentHash;
 use filesync_master::ignore::IGNORE_FILE;
 use filesync_master::tree::{Observed, Outcome, Tree};
 use filesync_master::watch::{DirWatcher, Signal};
@@ -23,7 +24,7 @@ use filesync_master::{Change, Kind, Model, RelPath};
 use tokio::sync::mpsc;
 
 use super::{Connector, SessionEnd};
-use crate::bus::client::{PendingReply, UploadError};
+use crate::bus::client::{PendingReply, UploadError, PIECES_IN_FLIGHT};
 use crate::bus::{BusClient, ClientError, Subscription};
 use crate::event::{Draft, Role, Tag};
 
@@ -42,8 +43,17 @@ const POLL_INTERVAL: Duration = Duration::from_secs(2);
 /// From the worker thread to the async side.
 enum WorkerMsg {
     Change(Observed),
+    /// A large file's content, streamed while the worker hashes it; handled whole before
+    /// the next message (the `Change` it belongs to comes right after it).
+    Upload(mpsc::Receiver<StreamMsg>),
     Ready,
     Fatal(String),
+}
+
+/// One streamed upload's messages; the stream ending without `Commit` abandons it.
+enum StreamMsg {
+    Piece(Vec<u8>),
+    Commit(ContentHash),
 }
 
 /// Runs the master until `shutdown`, reconnecting when the bus goes away.
@@ -134,6 +144,7 @@ async fn session(
             Some(WorkerMsg::Change(observed)) => {
                 publish_change(&client, dir, observed, &retry_tx, &mut in_flight).await
             }
+            Some(WorkerMsg::Upload(pieces)) => stream_upload(&client, pieces).await,
             Some(WorkerMsg::Ready) => match in_flight.settle_all().await {
                 Ok(()) => {
                     tracing::info!("master ready: watching {}", dir.display());
@@ -264,6 +275,45 @@ async fn publish_change(
     Ok(())
 }
 
+/// Uploads a file while the worker hashes it, piece by piece as it reads them, and commits
+/// it under the hash that ends the stream; a stream ending without one (the file changed
+/// while read) is abandoned. A refusal is only logged: the change's publication finds the
+/// content missing and uploads it from the file (`upload_file`).
+async fn stream_upload(
+    client: &BusClient,
+    mut pieces: mpsc::Receiver<StreamMsg>,
+) -> Result<(), ClientError> {
+    let mut upload = client.begin_upload();
+    let outcome = loop {
+        match pieces.recv().await {
+            Some(StreamMsg::Piece(piece)) => {
+                if let Err(err) = upload.piece(piece).await {
+                    // Dropping `pieces` lets the worker go on hashing without us.
+                    break Err(err);
+                }
+            }
+            Some(StreamMsg::Commit(sha256)) => {
+                return settle_refusal(upload.commit(&sha256.to_hex()).await)
+            }
+            None => break Ok(()),
+        }
+    };
+    drop(pieces);
+    let aborted = upload.abort().await;
+    settle_refusal(outcome.and(aborted))
+}
+
+/// A lost connection is returned; a refusal is logged and swallowed.
+fn settle_refusal(result: Result<(), ClientError>) -> Result<(), ClientError> {
+    match result {
+        Err(err) if !err.is_connection() => {
+            tracing::warn!("streamed upload refused: {err}");
+            Ok(())
+        }
+        other => other,
+    }
+}
+
 /// The blocking side: watch first, then reconcile, then follow signals.
 fn worker(
     dir: &Path,
@@ -283,6 +333,8 @@ fn worker(
     let mut coalescer = Coalescer::new(Timing::default());
     // Paths whose hash was unstable, handed from the emit callback back to the coalescer.
     let unstable: std::cell::RefCell<Vec<RelPath>> = std::cell::RefCell::new(Vec::new());
+    // The upload of the large file being hashed, if any.
+    let mut stream: Option<mpsc::Sender<StreamMsg>> = None;
     let mut emit = |outcome: Outcome| match outcome {
         Outcome::Changed(observed) => {
             if tx.blocking_send(WorkerMsg::Change(observed)).is_err() {
@@ -290,6 +342,22 @@ fn worker(
             }
         }
         Outcome::Retry(path) => unstable.borrow_mut().push(path),
+        Outcome::Piece(piece) => {
+            let pieces = stream.get_or_insert_with(|| {
+                let (pieces, receiver) = mpsc::channel(PIECES_IN_FLIGHT);
+                if tx.blocking_send(WorkerMsg::Upload(receiver)).is_err() {
+                    stop.store(true, Ordering::SeqCst);
+                }
+                pieces
+            });
+            // Fails only when the upload was given up; hashing goes on regardless.
+            let _ = pieces.blocking_send(StreamMsg::Piece(piece));
+        }
+        Outcome::StreamEnd(hash) => {
+            if let (Some(pieces), Some(hash)) = (stream.take(), hash) {
+                let _ = pieces.blocking_send(StreamMsg::Commit(hash));
+            }
+        }
     };
     tree.rescan_all(&mut emit);
     if tx.blocking_send(WorkerMsg::Ready).is_err() {

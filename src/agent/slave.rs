@@ -338,8 +338,9 @@ async fn apply(
                     break;
                 };
                 let (data, last) = piece.data().await.map_err(|err| fetch_failed(path, err))?;
-                staged.write(&data).map_err(failed)?;
-                let whole = data.len() == CHUNK_SIZE || staged.written() == entry.size;
+                let whole =
+                    data.len() == CHUNK_SIZE || staged.written() + data.len() as u64 == entry.size;
+                staged.write_owned(data).map_err(failed)?;
                 if last || !whole {
                     break;
                 }

@@ -1,9 +1,10 @@
 //! `BlobStore`: file content, addressed by SHA-256, under `SDIR/blobs/`.
 //!
-//! Content is written to `blobs/tmp/` while it arrives, hashed as it is written, and renamed
-//! to `blobs/<first two hex digits>/<the rest>` only once the SHA-256 matches the address it
-//! was uploaded under. A blob in place is therefore always whole and correct. Identical
-//! files are stored once. Nothing is ever deleted (no garbage collection yet).
+//! Content is written to `blobs/tmp/` while it arrives, hashed as it is written (on a thread
+//! of its own, so hashing overlaps writing), and renamed to
+//! `blobs/<first two hex digits>/<the rest>` only once the SHA-256 matches the address the
+//! uploader commits it under. A blob in place is therefore always whole and correct.
+//! Identical files are stored once. Nothing is ever deleted (no garbage collection yet).
 //!
 //! Blobs that arrive whole and are at most [`PACK_MAX`] bytes skip the file and are appended
 //! to the store's [`Pack`] after the same verification (see `pack.rs` for why).
@@ -14,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
+use filesync_master::hash::PieceHasher;
 use sha2::{Digest, Sha256};
 
 use super::pack::{Pack, PACK_MAX};
@@ -28,12 +30,8 @@ pub enum BlobError {
     BadAddress(String),
     #[error("no blob {0}")]
     Missing(String),
-    #[error("upload of {sha256} out of order: expected offset {expected}, got {got}")]
-    OutOfOrder {
-        sha256: String,
-        expected: u64,
-        got: u64,
-    },
+    #[error("upload piece out of order: expected offset {expected}, got {got}")]
+    OutOfOrder { expected: u64, got: u64 },
     #[error("uploaded content hashes to {actual}, not {sha256}")]
     Mismatch { sha256: String, actual: String },
     #[error(transparent)]
@@ -47,12 +45,11 @@ pub struct BlobStore {
     pack: Mutex<Pack>,
 }
 
-/// A blob being received.
+/// A blob being received; its address is known only at `commit`.
 pub struct Upload {
-    sha256: String,
     temp: PathBuf,
     file: File,
-    hasher: Sha256,
+    hasher: Option<PieceHasher>,
     written: u64,
 }
 
@@ -105,7 +102,7 @@ impl BlobStore {
     }
 
     /// Stores content that arrived in one piece: verified, then packed when small enough,
-    /// otherwise written as a file like a piecewise upload.
+    /// otherwise written as a file.
     pub fn put_whole(&self, sha256: &str, content: &[u8]) -> Result<(), BlobError> {
         let address = Self::address_of(sha256)?;
         let actual: [u8; 32] = Sha256::digest(content).into();
@@ -118,60 +115,85 @@ impl BlobStore {
         if content.len() <= PACK_MAX && self.pack().append(&address, content)? {
             return Ok(());
         }
-        let mut upload = self.begin(sha256)?;
-        self.write(&mut upload, 0, content)?;
-        self.commit(upload)
+        // Verified already: written and moved into place without hashing again.
+        let (temp, mut file) = self.create_temp()?;
+        let stored = file
+            .write_all(content)
+            .map_err(BlobError::from)
+            .and_then(|()| self.move_into_place(&temp, sha256));
+        if stored.is_err() {
+            let _ = fs::remove_file(&temp);
+        }
+        stored
     }
 
-    /// Starts receiving `sha256`.
-    pub fn begin(&self, sha256: &str) -> Result<Upload, BlobError> {
-        self.path_of(sha256)?;
+    /// Starts receiving a blob in pieces.
+    pub fn begin(&self) -> Result<Upload, BlobError> {
+        let (temp, file) = self.create_temp()?;
+        Ok(Upload {
+            temp,
+            file,
+            // Pieces come one chunk at a time: larger than a chunk in all but name.
+            hasher: Some(PieceHasher::new(u64::MAX)),
+            written: 0,
+        })
+    }
+
+    fn create_temp(&self) -> Result<(PathBuf, File), BlobError> {
         let temp = self.dir.join("tmp").join(format!(
-            "{sha256}.{}",
+            "upload-{}-{}",
+            std::process::id(),
             UPLOAD_COUNTER.fetch_add(1, Ordering::Relaxed)
         ));
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(&temp)?;
-        Ok(Upload {
-            sha256: sha256.to_owned(),
-            temp,
-            file,
-            hasher: Sha256::new(),
-            written: 0,
-        })
+        Ok((temp, file))
     }
 
     /// Appends a piece at `offset`, which must be where the previous piece ended.
-    pub fn write(&self, upload: &mut Upload, offset: u64, bytes: &[u8]) -> Result<(), BlobError> {
+    pub fn write(&self, upload: &mut Upload, offset: u64, piece: Vec<u8>) -> Result<(), BlobError> {
         if offset != upload.written {
             return Err(BlobError::OutOfOrder {
-                sha256: upload.sha256.clone(),
                 expected: upload.written,
                 got: offset,
             });
         }
-        upload.file.write_all(bytes)?;
-        upload.hasher.update(bytes);
-        upload.written += bytes.len() as u64;
+        upload.file.write_all(&piece)?;
+        upload.written += piece.len() as u64;
+        if let Some(hasher) = &mut upload.hasher {
+            hasher.update_owned(piece);
+        }
         Ok(())
     }
 
-    /// Verifies the content against its address and moves it into place.
-    pub fn commit(&self, mut upload: Upload) -> Result<(), BlobError> {
-        let actual = hex::encode(std::mem::take(&mut upload.hasher).finalize());
-        if actual != upload.sha256 {
+    /// Verifies the content against `sha256` and moves it into place (or drops it, when the
+    /// store holds that blob already).
+    pub fn commit(&self, mut upload: Upload, sha256: &str) -> Result<(), BlobError> {
+        let address = Self::address_of(sha256)?;
+        let hashed = match upload.hasher.take() {
+            Some(hasher) => hasher.finish()?,
+            None => return Err(BlobError::Io(io::Error::other("upload committed twice"))),
+        };
+        if hashed.as_bytes() != &address {
             return Err(BlobError::Mismatch {
-                sha256: upload.sha256.clone(),
-                actual,
+                sha256: sha256.to_owned(),
+                actual: hashed.to_hex(),
             });
         }
-        let final_path = self.path_of(&upload.sha256)?;
+        if self.contains(sha256)? {
+            return Ok(());
+        }
+        self.move_into_place(&upload.temp, sha256)
+    }
+
+    fn move_into_place(&self, temp: &Path, sha256: &str) -> Result<(), BlobError> {
+        let final_path = self.path_of(sha256)?;
         if let Some(parent) = final_path.parent() {
             fs::create_dir_all(parent)?;
         }
-        fs::rename(&upload.temp, &final_path)?;
+        fs::rename(temp, &final_path)?;
         Ok(())
     }
 
@@ -209,14 +231,18 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = BlobStore::open(dir.path()).expect("open");
         let sha = sha256_hex(b"hello world");
-        let mut upload = store.begin(&sha).expect("begin");
-        store.write(&mut upload, 0, b"hello ").expect("piece");
+        let mut upload = store.begin().expect("begin");
+        store
+            .write(&mut upload, 0, b"hello ".to_vec())
+            .expect("piece");
         assert!(matches!(
-            store.write(&mut upload, 0, b"x"),
+            store.write(&mut upload, 0, b"x".to_vec()),
             Err(BlobError::OutOfOrder { .. })
         ));
-        store.write(&mut upload, 6, b"world").expect("piece");
-        store.commit(upload).expect("commit");
+        store
+            .write(&mut upload, 6, b"world".to_vec())
+            .expect("piece");
+        store.commit(upload, &sha).expect("commit");
         assert!(store.contains(&sha).expect("address"));
         assert_eq!(
             store.read(&sha, 6, 100).expect("read"),
@@ -224,14 +250,26 @@ mod tests {
         );
 
         let wrong = sha256_hex(b"something else");
-        let mut lie = store.begin(&wrong).expect("begin");
-        store.write(&mut lie, 0, b"not it").expect("piece");
-        assert!(matches!(store.commit(lie), Err(BlobError::Mismatch { .. })));
-        assert!(!store.contains(&wrong).expect("address"));
+        let mut lie = store.begin().expect("begin");
+        store.write(&mut lie, 0, b"not it".to_vec()).expect("piece");
         assert!(matches!(
-            store.begin("../../etc/passwd"),
+            store.commit(lie, &wrong),
+            Err(BlobError::Mismatch { .. })
+        ));
+        assert!(!store.contains(&wrong).expect("address"));
+        let mut escape = store.begin().expect("begin");
+        store.write(&mut escape, 0, b"x".to_vec()).expect("piece");
+        assert!(matches!(
+            store.commit(escape, "../../etc/passwd"),
             Err(BlobError::BadAddress(_))
         ));
+        // Committing content the store already has keeps the one copy.
+        let mut again = store.begin().expect("begin");
+        store
+            .write(&mut again, 0, b"hello world".to_vec())
+            .expect("piece");
+        store.commit(again, &sha).expect("commit a duplicate");
+        assert_eq!(store.read(&sha, 0, 100).expect("read").0, b"hello world");
         assert_eq!(
             fs::read_dir(dir.path().join("tmp")).expect("tmp").count(),
             0

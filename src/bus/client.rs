@@ -144,6 +144,15 @@ impl BusClient {
         make: impl FnOnce(u64) -> Request,
         body: &[u8],
     ) -> Result<PendingReply, ClientError> {
+        self.send_request_owned(make, body.to_vec()).await
+    }
+
+    /// `send_request` for a body the caller is done with (no copy of a content piece).
+    async fn send_request_owned(
+        &self,
+        make: impl FnOnce(u64) -> Request,
+        body: Vec<u8>,
+    ) -> Result<PendingReply, ClientError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         {
@@ -153,7 +162,7 @@ impl BusClient {
         let header =
             serde_json::to_vec(&make(id)).map_err(|err| ClientError::Protocol(err.to_string()))?;
         self.outbox
-            .send(Frame::new(header, body.to_vec()))
+            .send(Frame::new(header, body))
             .await
             .map_err(|_| ClientError::Lost)?;
         Ok(PendingReply { rx })
@@ -266,38 +275,19 @@ impl BusClient {
         content: &[u8],
     ) -> Result<PendingReply, ClientError> {
         let sha256 = sha256.to_owned();
-        self.send_request(
-            |id| Request::BlobPut {
-                id,
-                sha256,
-                offset: 0,
-                last: true,
-            },
-            content,
-        )
-        .await
+        self.send_request(|id| Request::BlobPut { id, sha256 }, content)
+            .await
     }
 
-    /// Uploads one piece of a blob.
-    pub async fn blob_put(
-        &self,
-        sha256: &str,
-        offset: u64,
-        last: bool,
-        data: &[u8],
-    ) -> Result<(), ClientError> {
-        let sha256 = sha256.to_owned();
-        self.request(
-            |id| Request::BlobPut {
-                id,
-                sha256,
-                offset,
-                last,
-            },
-            data,
-        )
-        .await?;
-        Ok(())
+    /// Starts an upload in pieces, for content too large for one frame. Its address is given
+    /// at the commit, so it can be sent while it is still being hashed.
+    pub fn begin_upload(&self) -> BlobUpload<'_> {
+        BlobUpload {
+            client: self,
+            upload: self.next_id.fetch_add(1, Ordering::Relaxed),
+            offset: 0,
+            in_flight: VecDeque::new(),
+        }
     }
 
     /// Fetches one piece of a blob; the flag says it was the last.
@@ -328,52 +318,102 @@ impl BusClient {
     }
 
     /// Uploads a file's content under `sha256`, piece by piece, unless the bus has it. The
-    /// bus verifies the hash at the end, so a file that changed meanwhile is refused. Up to
-    /// [`PIECES_IN_FLIGHT`] pieces are sent before the oldest's reply is awaited, so reading
-    /// the next piece here overlaps with the bus writing the last one.
+    /// bus verifies the hash at the commit, so a file that changed meanwhile is refused.
     pub async fn upload_file(&self, path: &Path, sha256: &str) -> Result<(), UploadError> {
         if self.blob_has(sha256).await? {
             return Ok(());
         }
-        let mut file = tokio::fs::File::open(path).await?;
-        let size = file.metadata().await?.len();
-        let mut buffer = vec![0u8; CHUNK_SIZE];
-        let mut offset = 0u64;
-        let mut in_flight: VecDeque<PendingReply> = VecDeque::new();
-        loop {
-            let mut filled = 0;
-            while filled < buffer.len() {
-                let n = file.read(&mut buffer[filled..]).await?;
-                if n == 0 {
-                    break;
-                }
-                filled += n;
-            }
-            let last = offset + filled as u64 >= size || filled < buffer.len();
-            let piece_sha = sha256.to_owned();
-            let piece_offset = offset;
-            in_flight.push_back(
-                self.send_request(
-                    |id| Request::BlobPut {
-                        id,
-                        sha256: piece_sha,
-                        offset: piece_offset,
-                        last,
-                    },
-                    &buffer[..filled],
-                )
-                .await?,
-            );
-            offset += filled as u64;
-            while in_flight.len() >= PIECES_IN_FLIGHT || (last && !in_flight.is_empty()) {
-                if let Some(oldest) = in_flight.pop_front() {
-                    oldest.wait().await?;
-                }
-            }
-            if last {
-                return Ok(());
+        let mut upload = self.begin_upload();
+        match send_file(&mut upload, path).await {
+            Ok(()) => Ok(upload.commit(sha256).await?),
+            Err(err) => {
+                upload.abort().await?;
+                Err(err)
             }
         }
+    }
+}
+
+/// Sends every piece of the file at `path`.
+async fn send_file(upload: &mut BlobUpload<'_>, path: &Path) -> Result<(), UploadError> {
+    let mut file = tokio::fs::File::open(path).await?;
+    loop {
+        let mut piece = vec![0u8; CHUNK_SIZE];
+        let mut filled = 0;
+        while filled < piece.len() {
+            let n = file.read(&mut piece[filled..]).await?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        piece.truncate(filled);
+        if filled > 0 {
+            upload.piece(piece).await?;
+        }
+        if filled < CHUNK_SIZE {
+            return Ok(());
+        }
+    }
+}
+
+/// An upload in pieces under way: up to [`PIECES_IN_FLIGHT`] pieces are sent before the
+/// oldest's reply is awaited, so producing the next piece overlaps with the bus storing the
+/// last. Finish it with `commit` or `abort`; the bus drops an unfinished upload when the
+/// connection closes.
+pub struct BlobUpload<'a> {
+    client: &'a BusClient,
+    upload: u64,
+    offset: u64,
+    in_flight: VecDeque<PendingReply>,
+}
+
+impl BlobUpload<'_> {
+    /// Sends the next piece.
+    pub async fn piece(&mut self, piece: Vec<u8>) -> Result<(), ClientError> {
+        let (upload, offset) = (self.upload, self.offset);
+        self.offset += piece.len() as u64;
+        let sent = self
+            .client
+            .send_request_owned(|id| Request::BlobPiece { id, upload, offset }, piece)
+            .await?;
+        self.in_flight.push_back(sent);
+        while self.in_flight.len() > PIECES_IN_FLIGHT {
+            if let Some(oldest) = self.in_flight.pop_front() {
+                oldest.wait().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Asks the bus to store what was sent under `sha256`; fails if it hashes otherwise.
+    pub async fn commit(mut self, sha256: &str) -> Result<(), ClientError> {
+        let (upload, sha256) = (self.upload, sha256.to_owned());
+        let committed = self
+            .client
+            .send_request(|id| Request::BlobCommit { id, upload, sha256 }, &[])
+            .await?;
+        for piece in self.in_flight.drain(..) {
+            piece.wait().await?;
+        }
+        committed.wait().await.map(|_| ())
+    }
+
+    /// Tells the bus to throw what was sent away. Only a lost connection is an error: a
+    /// refused piece has ended the upload already.
+    pub async fn abort(mut self) -> Result<(), ClientError> {
+        let upload = self.upload;
+        let aborted = self
+            .client
+            .send_request(|id| Request::BlobAbort { id, upload }, &[])
+            .await?;
+        for reply in self.in_flight.drain(..).chain([aborted]) {
+            match reply.wait().await {
+                Err(err) if err.is_connection() => return Err(err),
+                _ => {}
+            }
+        }
+        Ok(())
     }
 }
 

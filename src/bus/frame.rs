@@ -1,4 +1,4 @@
-//! The bus framing (protocol version 1).
+//! The bus framing (unchanged since protocol version 1).
 //!
 //! ```text
 //! +----------------+----------------+----------------------+------------------+

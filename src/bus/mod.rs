@@ -2,7 +2,7 @@
 //! each other.
 //!
 //! - [`frame`]: the wire framing (length-prefixed JSON header + binary body).
-//! - [`protocol`]: the messages, version 1.
+//! - [`protocol`]: the messages, version 2.
 //! - [`log`]: `events.jsonl`: append, recover, read by `seq`.
 //! - [`blobs`]: content addressed by SHA-256; [`pack`]: the small ones, appended to one file.
 //! - [`gates`]: checkpoint gates that hold agents, on test buses only.

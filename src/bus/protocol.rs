@@ -1,4 +1,4 @@
-//! The bus protocol's messages (version 1), carried in frame headers as JSON.
+//! The bus protocol's messages (version 2), carried in frame headers as JSON.
 //!
 //! A connection starts with `hello` from the client, answered by `welcome` or `reject`
 //! (after which the bus closes the connection). Then the client sends requests, each with an
@@ -10,10 +10,20 @@
 //! | `publish {id, event}` | | `ok {id, seq}` once appended, or `err {id, error}` |
 //! | `poll {id, from, max_bytes}` | | `events {id}` with log lines from `from` in the body; waits until one exists |
 //! | `blob_has {id, sha256}` | | `ok {id, present}` |
-//! | `blob_put {id, sha256, offset, last}` | content piece | `ok {id}`; on `last` the bus verifies the SHA-256 |
+//! | `blob_put {id, sha256}` | the whole content | `ok {id}` once verified and stored |
+//! | `blob_piece {id, upload, offset}` | content piece | `ok {id}`; offset 0 starts upload number `upload` (the client's choice) |
+//! | `blob_commit {id, upload, sha256}` | | `ok {id}` once the pieces hash to `sha256` and are stored |
+//! | `blob_abort {id, upload}` | | `ok {id}`; the pieces are thrown away |
 //! | `blob_get {id, sha256, offset, len}` | | `blob_data {id, eof}` with the piece in the body |
 //!
 //! | `arm`, `release`, `reached`, `disarm` | | checkpoint gates, on buses started with `--test-checkpoints` only |
+//!
+//! A large upload's address is given only when it is committed, so a master can send a file
+//! while it is still hashing it (the file is read once, and the upload overlaps the hashing).
+//! The bus hashes what it receives either way and stores nothing that does not match.
+//!
+//! Version 2 replaced version 1's `blob_put {offset, last}` pieces, addressed up front, by
+//! `blob_piece` and `blob_commit`; the handshake refuses a peer speaking another version.
 //!
 //! Subscription is pull-based: a subscriber asks for events from the `seq` it wants next,
 //! so each one goes at its own pace and the bus keeps no per-subscriber queue.
@@ -24,7 +34,7 @@ use super::gates::Gate;
 use crate::event::{Draft, Role};
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Messages from an agent to the bus.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,11 +63,27 @@ pub enum Request {
         id: u64,
         sha256: String,
     },
+    /// A whole blob, in the body.
     BlobPut {
         id: u64,
         sha256: String,
+    },
+    /// One piece of upload number `upload`; offset 0 starts it.
+    BlobPiece {
+        id: u64,
+        upload: u64,
         offset: u64,
-        last: bool,
+    },
+    /// The end of upload number `upload`: store it if it hashes to `sha256`.
+    BlobCommit {
+        id: u64,
+        upload: u64,
+        sha256: String,
+    },
+    /// Throw upload number `upload` away.
+    BlobAbort {
+        id: u64,
+        upload: u64,
     },
     BlobGet {
         id: u64,

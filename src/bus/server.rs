@@ -214,7 +214,7 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream, addr: String)
     }
     tracing::info!("{} {} joined from {}", peer.role, peer.name, peer.addr);
 
-    let mut uploads: HashMap<String, Upload> = HashMap::new();
+    let mut uploads: HashMap<u64, Upload> = HashMap::new();
     let mut polls = JoinSet::new();
     loop {
         let frame = match read_frame(&mut reader).await {
@@ -323,30 +323,31 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream, addr: String)
                     Vec::new(),
                 ),
             },
-            Request::BlobPut {
+            Request::BlobPut { id, sha256 } => {
+                let stored = match shared.blobs.contains(&sha256) {
+                    Ok(true) => Ok(()),
+                    _ => shared.blobs.put_whole(&sha256, &frame.body),
+                };
+                blob_reply(id, stored.map_err(|err| err.to_string()))
+            }
+            Request::BlobPiece { id, upload, offset } => blob_reply(
                 id,
-                sha256,
-                offset,
-                last,
-            } => {
-                match blob_put(
-                    &shared.blobs,
-                    &mut uploads,
-                    &sha256,
-                    offset,
-                    last,
-                    &frame.body,
-                ) {
-                    Ok(()) => reply_frame(
-                        &Reply::Ok {
-                            id,
-                            seq: None,
-                            present: Some(true),
-                        },
-                        Vec::new(),
-                    ),
-                    Err(error) => reply_frame(&Reply::Err { id, error }, Vec::new()),
-                }
+                blob_piece(&shared.blobs, &mut uploads, upload, offset, frame.body),
+            ),
+            Request::BlobCommit { id, upload, sha256 } => {
+                let committed = match uploads.remove(&upload) {
+                    Some(received) => shared
+                        .blobs
+                        .commit(received, &sha256)
+                        .map_err(|err| err.to_string()),
+                    None => Err(format!("no upload {upload} in progress")),
+                };
+                blob_reply(id, committed)
+            }
+            Request::BlobAbort { id, upload } => {
+                // Dropping it removes its temporary file.
+                uploads.remove(&upload);
+                blob_reply(id, Ok(()))
             }
             Request::BlobGet {
                 id,
@@ -555,40 +556,42 @@ fn publish(shared: &Shared, peer: &Peer, mut draft: Draft) -> Result<Event, Stri
     Ok(event)
 }
 
-fn blob_put(
+/// Receives one piece of an upload; offset 0 starts it (again, if it was under way).
+fn blob_piece(
     blobs: &BlobStore,
-    uploads: &mut HashMap<String, Upload>,
-    sha256: &str,
+    uploads: &mut HashMap<u64, Upload>,
+    upload: u64,
     offset: u64,
-    last: bool,
-    body: &[u8],
+    piece: Vec<u8>,
 ) -> Result<(), String> {
     if offset == 0 {
-        uploads.remove(sha256);
-        if last {
-            if blobs.contains(sha256).map_err(|e| e.to_string())? {
-                return Ok(());
-            }
-            return blobs.put_whole(sha256, body).map_err(|e| e.to_string());
-        }
+        uploads.remove(&upload);
         if uploads.len() >= MAX_UPLOADS {
             return Err(format!("more than {MAX_UPLOADS} uploads at once"));
         }
-        let upload = blobs.begin(sha256).map_err(|e| e.to_string())?;
-        uploads.insert(sha256.to_owned(), upload);
+        uploads.insert(upload, blobs.begin().map_err(|err| err.to_string())?);
     }
-    let upload = uploads
-        .get_mut(sha256)
-        .ok_or_else(|| format!("no upload of {sha256} in progress at offset {offset}"))?;
-    if let Err(err) = blobs.write(upload, offset, body) {
-        uploads.remove(sha256);
-        return Err(err.to_string());
+    let receiving = uploads
+        .get_mut(&upload)
+        .ok_or_else(|| format!("no upload {upload} in progress at offset {offset}"))?;
+    blobs.write(receiving, offset, piece).map_err(|err| {
+        uploads.remove(&upload);
+        err.to_string()
+    })
+}
+
+fn blob_reply(id: u64, outcome: Result<(), String>) -> Frame {
+    match outcome {
+        Ok(()) => reply_frame(
+            &Reply::Ok {
+                id,
+                seq: None,
+                present: Some(true),
+            },
+            Vec::new(),
+        ),
+        Err(error) => reply_frame(&Reply::Err { id, error }, Vec::new()),
     }
-    if last {
-        let upload = uploads.remove(sha256).ok_or("upload vanished")?;
-        blobs.commit(upload).map_err(|e| e.to_string())?;
-    }
-    Ok(())
 }
 
 /// Answers one poll: waits until `from` exists, then sends the lines from there (up to the

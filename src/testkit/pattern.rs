@@ -44,6 +44,7 @@ pub struct Pattern {
     from: Option<PathMatch>,
     kind: Option<EntryKind>,
     cause: Option<u64>,
+    sha256: Option<String>,
     predicates: Vec<(String, Predicate)>,
 }
 
@@ -120,6 +121,12 @@ impl Pattern {
         self.cause = Some(seq);
         self
     }
+    /// A file put of exactly this content (lowercase hex SHA-256): for a consume, what the
+    /// slave wrote.
+    pub fn sha256(mut self, sha256: &str) -> Pattern {
+        self.sha256 = Some(sha256.to_owned());
+        self
+    }
     /// Any further condition, described for failure messages.
     pub fn with(
         mut self,
@@ -141,6 +148,10 @@ impl Pattern {
             && self.op.is_none_or(|op| body.op == Some(op))
             && self.kind.is_none_or(|kind| body.kind == Some(kind))
             && self.cause.is_none_or(|cause| body.cause == Some(cause))
+            && self
+                .sha256
+                .as_ref()
+                .is_none_or(|sha256| body.sha256.as_ref() == Some(sha256))
             && self.path.as_ref().is_none_or(|m| {
                 body.path.as_deref().is_some_and(|p| m.matches(p))
                     || body.to.as_deref().is_some_and(|p| m.matches(p))
@@ -181,6 +192,9 @@ impl fmt::Display for Pattern {
         }
         if let Some(cause) = self.cause {
             parts.push(format!("answering #{cause}"));
+        }
+        if let Some(sha256) = &self.sha256 {
+            parts.push(format!("of content {}", sha256.get(..12).unwrap_or(sha256)));
         }
         for (description, _) in &self.predicates {
             parts.push(format!("where {description}"));
