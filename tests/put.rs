@@ -166,3 +166,60 @@ async fn files_of_many_pieces_arrive_byte_for_byte() {
     }
     c.assert_checks(CheckOptions::default());
 }
+
+/// A large file written on for longer than the master waits (1 s) is read while it still
+/// changes: the upload streamed during that read is abandoned (the bus keeps nothing of it),
+/// and the file is published again once it holds still. The log ends with its final content
+/// on both sides, and no abandoned upload is left in the bus's store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_file_changing_while_streamed_is_abandoned_then_published_whole() {
+    use std::io::Write;
+    let mut c = cluster("growing", 1).await;
+    let path = c.master_dir().join("growing.bin");
+    let written = std::thread::spawn(move || {
+        let mut file = fs::File::create(&path).expect("create");
+        let mut all = Vec::new();
+        let started = std::time::Instant::now();
+        let mut n = 0u32;
+        // About 64 MiB/s for 1.5 s: every read of the growing file sees it change.
+        while started.elapsed() < std::time::Duration::from_millis(1500) {
+            let block: Vec<u8> = (0..16 * 1024).flat_map(|_| n.to_le_bytes()).collect();
+            file.write_all(&block).expect("write");
+            all.extend_from_slice(&block);
+            n += 1;
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        all
+    });
+    let content = tokio::task::spawn_blocking(move || written.join().expect("writer"))
+        .await
+        .expect("join");
+    let sha256 = filesync_master::hash::sha256_hex(&content);
+    must(
+        c.events
+            .expect_seq(vec![
+                Pattern::notify().put().path("growing.bin").sha256(&sha256),
+                Pattern::consume()
+                    .by("slave")
+                    .put()
+                    .path("growing.bin")
+                    .sha256(&sha256),
+            ])
+            .await,
+    );
+    must(c.settle().await);
+    let leftovers: Vec<_> = fs::read_dir(c.master_state().join("blobs/tmp"))
+        .expect("the bus's upload area")
+        .flatten()
+        .map(|entry| entry.file_name())
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "abandoned uploads left: {leftovers:?}"
+    );
+    assert_eq!(
+        fs::read(c.slaves[0].dir.join("growing.bin")).expect("mirrored"),
+        content
+    );
+    c.assert_checks(CheckOptions::default());
+}

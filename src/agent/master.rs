@@ -295,7 +295,10 @@ async fn stream_upload(
             Some(StreamMsg::Commit(sha256)) => {
                 return settle_refusal(upload.commit(&sha256.to_hex()).await)
             }
-            None => break Ok(()),
+            None => {
+                tracing::debug!("streamed upload abandoned: the file changed while it was read");
+                break Ok(());
+            }
         }
     };
     drop(pieces);
