@@ -62,7 +62,7 @@ pub struct Hashed {
     pub sha256: ContentHash,
     /// The whole content, when it fits in one chunk (saves reading small files twice).
     pub content: Option<Vec<u8>>,
-    pub mtime_ns: i128,
+    pub mtime_ns: i64,
     pub ino: u64,
     pub mode: u32,
 }
@@ -77,8 +77,11 @@ pub enum HashError {
     Io(#[from] io::Error),
 }
 
-pub fn mtime_ns(meta: &std::fs::Metadata) -> i128 {
-    i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec())
+/// Modification time in nanoseconds since the epoch, saturating outside 1678-2262.
+pub fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
+    meta.mtime()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(meta.mtime_nsec())
 }
 
 /// Hashes `path`, keeping its content when it is at most `CHUNK_SIZE` bytes. Fails with

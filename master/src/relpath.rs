@@ -30,9 +30,10 @@ pub enum RelPathError {
     OutsideRoot,
 }
 
-/// A validated, `/`-separated path relative to a synced root.
+/// A validated, `/`-separated path relative to a synced root. A boxed slice, not a `Vec`:
+/// the master keeps one per path (16 bytes plus the name, not 24).
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct RelPath(Vec<u8>);
+pub struct RelPath(Box<[u8]>);
 
 impl RelPath {
     /// Validates raw bytes as a relative path.
@@ -53,7 +54,7 @@ impl RelPath {
                 _ => {}
             }
         }
-        Ok(RelPath(bytes.to_vec()))
+        Ok(RelPath(bytes.into()))
     }
 
     /// Convenience for tests and literals.
@@ -87,11 +88,11 @@ impl RelPath {
     /// (excluding) `self0`, since `0` is the byte after `/`. Not valid paths themselves; only
     /// for range queries on ordered maps.
     pub(crate) fn descendant_bounds(&self) -> (RelPath, RelPath) {
-        let mut low = self.0.clone();
+        let mut low = self.0.to_vec();
         low.push(b'/');
-        let mut high = self.0.clone();
+        let mut high = self.0.to_vec();
         high.push(b'/' + 1);
-        (RelPath(low), RelPath(high))
+        (RelPath(low.into()), RelPath(high.into()))
     }
 
     pub fn as_bytes(&self) -> &[u8] {
@@ -124,7 +125,7 @@ impl RelPath {
     /// The parent directory, or `None` for a top-level name.
     pub fn parent(&self) -> Option<RelPath> {
         let idx = self.0.iter().rposition(|&b| b == b'/')?;
-        Some(RelPath(self.0[..idx].to_vec()))
+        Some(RelPath(self.0[..idx].into()))
     }
 
     /// Every proper ancestor, outermost first (`a`, `a/b` for `a/b/c`).
@@ -133,12 +134,12 @@ impl RelPath {
             .iter()
             .enumerate()
             .filter(|(_, &b)| b == b'/')
-            .map(|(idx, _)| RelPath(self.0[..idx].to_vec()))
+            .map(|(idx, _)| RelPath(self.0[..idx].into()))
     }
 
     /// `self/name`.
     pub fn join(&self, name: &[u8]) -> Result<RelPath, RelPathError> {
-        let mut bytes = self.0.clone();
+        let mut bytes = self.0.to_vec();
         bytes.push(b'/');
         bytes.extend_from_slice(name);
         RelPath::from_bytes(&bytes)
@@ -155,9 +156,9 @@ impl RelPath {
         if !self.starts_with(from) {
             return None;
         }
-        let mut bytes = to.0.clone();
+        let mut bytes = to.0.to_vec();
         bytes.extend_from_slice(&self.0[from.0.len()..]);
-        Some(RelPath(bytes))
+        Some(RelPath(bytes.into()))
     }
 }
 

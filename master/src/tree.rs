@@ -314,12 +314,13 @@ impl Tree {
             }
             Kind::File => {
                 let stamp = Stamp {
-                    size: meta.len(),
                     mtime_ns: crate::hash::mtime_ns(meta),
                     ino: meta.ino(),
                 };
                 let mode = meta.mode() & 0o7777;
-                if old.is_some_and(|e| e.stamp == Some(stamp) && e.mode == mode) {
+                if old.is_some_and(|e| {
+                    e.stamp == Some(stamp) && e.size == meta.len() && e.mode == mode
+                }) {
                     return;
                 }
                 // A scan cannot know whether a writer still holds the file (a new directory's
@@ -387,7 +388,6 @@ impl Tree {
         };
         let mut entry = Entry::file(hashed.size, hashed.sha256, hashed.mode);
         entry.stamp = Some(Stamp {
-            size: hashed.size,
             mtime_ns: hashed.mtime_ns,
             ino: hashed.ino,
         });
