@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use filesync_master::hash::CHUNK_SIZE;
 use filesync_master::{Change, Kind};
-use filesync_slave::{Applied, Applier, FileStart};
+use filesync_slave::{Applied, Applier, FileStart, StagedFile};
 
 use super::{Connector, SessionEnd};
 use crate::bus::client::PIECES_IN_FLIGHT;
@@ -340,7 +340,9 @@ async fn apply(
                 let (data, last) = piece.data().await.map_err(|err| fetch_failed(path, err))?;
                 let whole =
                     data.len() == CHUNK_SIZE || staged.written() + data.len() as u64 == entry.size;
-                staged.write_owned(data).map_err(failed)?;
+                staged = write_piece(staged, data, path, entry.size)
+                    .await
+                    .map_err(failed)?;
                 if last || !whole {
                     break;
                 }
@@ -350,6 +352,31 @@ async fn apply(
         other => applier.apply(other).map_err(failed)?,
     };
     Ok((change, applied))
+}
+
+/// Writes one piece. For a large file the write runs on a blocking thread, so that this
+/// (single-threaded) runtime goes on receiving the next pieces meanwhile, while the file's
+/// own hasher thread hashes the previous one: receiving, writing and hashing overlap.
+async fn write_piece(
+    mut staged: Box<StagedFile>,
+    piece: Vec<u8>,
+    path: &filesync_master::RelPath,
+    file_size: u64,
+) -> Result<Box<StagedFile>, filesync_slave::ApplyError> {
+    if file_size <= CHUNK_SIZE as u64 {
+        staged.write_owned(piece)?;
+        return Ok(staged);
+    }
+    tokio::task::spawn_blocking(move || staged.write_owned(piece).map(|()| staged))
+        .await
+        .unwrap_or_else(|join_error| {
+            // Only a panic in the write (a bug) or a runtime shutting down gets here.
+            Err(filesync_slave::ApplyError::Io {
+                action: "write",
+                path: path.clone(),
+                source: std::io::Error::other(join_error.to_string()),
+            })
+        })
 }
 
 /// At most this many applied events go unrecorded in the position file.
