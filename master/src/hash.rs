@@ -119,6 +119,11 @@ fn hash_file_inner(
         stream = None;
     }
     loop {
+        // Stop at the size the file had when opened, without a read to see the end: if it
+        // grew meanwhile, the size check below says so (one system call less per file).
+        if size == before.len() {
+            break;
+        }
         let n = match file.read(&mut buffer) {
             Ok(0) => break,
             Ok(n) => n,

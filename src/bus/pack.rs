@@ -155,12 +155,27 @@ impl Pack {
         offset: u64,
         len: u64,
     ) -> io::Result<Option<(Vec<u8>, bool)>> {
-        let Some(slot) = self.find(address)? else {
+        let Some(&slot) = self.index.get(&prefix(address)) else {
             return Ok(None);
         };
         let size = slot.len() as u64;
         let start = offset.min(size);
         let want = len.min(size - start);
+        // The record's address and the wanted content in one read when they are adjacent
+        // (a read from the start, the usual case); the address confirms the index hit.
+        let header = RECORD_HEADER as usize;
+        if start == 0 {
+            let mut record = vec![0u8; header + want as usize];
+            self.file.read_exact_at(&mut record, slot.offset())?;
+            if &record[..32] != address {
+                return Ok(None);
+            }
+            record.drain(..header);
+            return Ok(Some((record, want >= size)));
+        }
+        if self.find(address)?.is_none() {
+            return Ok(None);
+        }
         let mut buf = vec![0u8; want as usize];
         self.file
             .read_exact_at(&mut buf, slot.offset() + RECORD_HEADER + start)?;
