@@ -49,8 +49,14 @@ async fn a_full_disk_is_an_error_event_and_the_slave_keeps_going() {
             .expect(Pattern::error().by("slave").path("big.bin"))
             .await,
     );
+    // Found before any content was fetched: the slave reserves a large file's space first.
     assert!(
-        error.body.error.as_deref().unwrap_or("").contains("space"),
+        error
+            .body
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .contains("reserve space"),
         "{error:?}"
     );
     assert_eq!(
@@ -68,6 +74,32 @@ async fn a_full_disk_is_an_error_event_and_the_slave_keeps_going() {
         1,
         "no temporary file left behind: {leftovers:?}"
     );
+    // A file under one piece is not reserved: the disk fills while it is written. Same
+    // outcome: an error event, and nothing left behind.
+    fs::write(m.join("half-1.bin"), vec![1u8; 600 << 10]).expect("write");
+    must(
+        c.events
+            .expect(Pattern::consume().by("slave").put().path("half-1.bin"))
+            .await,
+    );
+    fs::write(m.join("half-2.bin"), vec![2u8; 600 << 10]).expect("write");
+    let error = must(
+        c.events
+            .expect(Pattern::error().by("slave").path("half-2.bin"))
+            .await,
+    );
+    assert!(
+        error.body.error.as_deref().unwrap_or("").contains("space"),
+        "{error:?}"
+    );
+    let mut left: Vec<_> = fs::read_dir(&slave_dir)
+        .expect("read")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["half-1.bin", "small.txt"], "no temporary file left");
+    fs::remove_file(m.join("half-2.bin")).expect("rm");
     fs::remove_file(m.join("big.bin")).expect("rm");
     fs::write(m.join("later.txt"), "after the error").expect("write");
     must(

@@ -130,6 +130,14 @@ impl Applier {
                 path: path.clone(),
                 source,
             })?;
+        reserve(&file, entry.size).map_err(|source| {
+            let _ = fs::remove_file(&temp);
+            ApplyError::Io {
+                action: "reserve space for",
+                path: path.clone(),
+                source,
+            }
+        })?;
         Ok(StagedFile {
             path: path.clone(),
             entry: entry.clone(),
@@ -387,6 +395,26 @@ impl Drop for StagedFile {
         if !self.committed {
             let _ = fs::remove_file(&self.temp);
         }
+    }
+}
+
+/// Reserves the space of a file larger than one piece before its content arrives: a full
+/// disk is then reported at once, not after most of the file was received, and the file
+/// system allocates its blocks in one go. File systems that cannot reserve (some network
+/// ones) are simply written to.
+fn reserve(file: &File, size: u64) -> io::Result<()> {
+    use nix::fcntl::{fallocate, FallocateFlags};
+    use std::os::fd::AsRawFd;
+    if size <= filesync_master::hash::CHUNK_SIZE as u64 {
+        return Ok(());
+    }
+    let Ok(len) = i64::try_from(size) else {
+        return Ok(());
+    };
+    match fallocate(file.as_raw_fd(), FallocateFlags::empty(), 0, len) {
+        Ok(()) => Ok(()),
+        Err(nix::errno::Errno::EOPNOTSUPP) => Ok(()),
+        Err(errno) => Err(io::Error::from(errno)),
     }
 }
 
