@@ -168,9 +168,10 @@ async fn files_of_many_pieces_arrive_byte_for_byte() {
 }
 
 /// A large file written on for longer than the master waits (1 s) is read while it still
-/// changes: the upload streamed during that read is abandoned (the bus keeps nothing of it),
-/// and the file is published again once it holds still. The log ends with its final content
-/// on both sides, and no abandoned upload is left in the bus's store.
+/// changes: the upload streamed during that read is abandoned (the bus keeps nothing of it,
+/// nor does the slave that followed it), and the file is published again once it holds
+/// still. The log ends with its final content on both sides, and no abandoned upload is
+/// left in the bus's store or the slave's directory.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_file_changing_while_streamed_is_abandoned_then_published_whole() {
     use std::io::Write;
@@ -216,6 +217,18 @@ async fn a_large_file_changing_while_streamed_is_abandoned_then_published_whole(
     assert!(
         leftovers.is_empty(),
         "abandoned uploads left: {leftovers:?}"
+    );
+    // The slave, idle, followed the uploads as they arrived: what it received of the
+    // abandoned one is gone too.
+    let in_slave: Vec<_> = fs::read_dir(&c.slaves[0].dir)
+        .expect("slave dir")
+        .flatten()
+        .map(|entry| entry.file_name())
+        .collect();
+    assert_eq!(
+        in_slave,
+        ["growing.bin"],
+        "only the file itself in the slave"
     );
     assert_eq!(
         fs::read(c.slaves[0].dir.join("growing.bin")).expect("mirrored"),

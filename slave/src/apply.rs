@@ -418,7 +418,7 @@ fn reserve(file: &File, size: u64) -> io::Result<()> {
     }
 }
 
-fn temp_beside(target: &Path) -> PathBuf {
+pub(crate) fn temp_beside(target: &Path) -> PathBuf {
     let mut name = TEMP_PREFIX.to_vec();
     name.extend_from_slice(
         format!(
@@ -462,7 +462,7 @@ impl Umask {
     }
 }
 
-fn set_mode(target: &Path, mode: u32, path: &RelPath) -> Result<(), ApplyError> {
+pub(crate) fn set_mode(target: &Path, mode: u32, path: &RelPath) -> Result<(), ApplyError> {
     fs::set_permissions(target, fs::Permissions::from_mode(mode)).map_err(|source| ApplyError::Io {
         action: "set mode of",
         path: path.clone(),
@@ -470,7 +470,7 @@ fn set_mode(target: &Path, mode: u32, path: &RelPath) -> Result<(), ApplyError> 
     })
 }
 
-fn remove_any(target: &Path, path: &RelPath) -> Result<(), ApplyError> {
+pub(crate) fn remove_any(target: &Path, path: &RelPath) -> Result<(), ApplyError> {
     let result = match fs::symlink_metadata(target) {
         // remove_dir_all does not follow symlinks inside the tree.
         Ok(meta) if meta.is_dir() => fs::remove_dir_all(target),

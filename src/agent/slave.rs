@@ -16,6 +16,7 @@ use filesync_master::hash::CHUNK_SIZE;
 use filesync_master::{Change, Kind};
 use filesync_slave::{Applied, Applier, FileStart, StagedFile};
 
+use super::early::EarlyFetch;
 use super::{Connector, SessionEnd};
 use crate::bus::client::PIECES_IN_FLIGHT;
 use crate::bus::{BusClient, ClientError, PendingReply, Subscription, Welcome};
@@ -149,6 +150,8 @@ async fn session(
     shutdown: &mut (impl Future<Output = ()> + Unpin),
 ) -> anyhow::Result<SessionEnd> {
     let applier = Applier::new(dir);
+    // Follows large uploads while we are idle; stops with the session.
+    let early = EarlyFetch::start(client.clone(), applier.clone());
     let mut position = read_position(position_file)?;
     if position > welcome.head {
         tracing::warn!(
@@ -211,6 +214,7 @@ async fn session(
                 lost!(settle_all(&mut in_flight).await);
                 save(position_file, &mut unsaved)?;
                 since_saved = 0;
+                early.set_idle(true);
                 let event = tokio::select! {
                     _ = &mut *shutdown => {
                         if let Err(err) = client.publish(Draft::tagged(Tag::Leave)).await {
@@ -220,13 +224,14 @@ async fn session(
                     }
                     event = subscription.next() => lost!(event),
                 };
+                early.set_idle(false);
                 let content = lost!(prefetch(&client, &event).await);
                 Ahead { event, content }
             }
         };
         if event.tag() == Some(Tag::Notify) {
             if let Some(reply) =
-                lost!(answer(&applier, &client, &event, content, welcome.answered).await)
+                lost!(answer(&applier, &early, &client, &event, content, welcome.answered).await)
             {
                 in_flight.push_back((event.seq, reply));
             }
@@ -266,12 +271,13 @@ async fn announce_ready(
 /// shows we already answered it (a replay after a crash): then it is only re-applied.
 async fn answer(
     applier: &Applier,
+    early: &EarlyFetch,
     client: &BusClient,
     event: &Event,
     content: Option<PendingReply>,
     answered: u64,
 ) -> Result<Option<PendingReply>, ClientError> {
-    let outcome = apply(applier, client, &event.body, content).await;
+    let outcome = apply(applier, early, client, &event.body, content).await;
     let reply = match outcome {
         Ok((change, applied)) => {
             tracing::debug!("#{} applied {change}", event.seq);
@@ -291,6 +297,7 @@ async fn answer(
 
 async fn apply(
     applier: &Applier,
+    early: &EarlyFetch,
     client: &BusClient,
     notify: &Draft,
     content: Option<PendingReply>,
@@ -308,6 +315,15 @@ async fn apply(
     };
     let applied = match &change {
         Change::Put { path, entry } if entry.kind == Kind::File => {
+            // Content followed while it was uploaded, if it is this file's (see `early`).
+            if let (true, Some(sha256)) = (entry.size > CHUNK_SIZE as u64, entry.sha256) {
+                if let Some(received) = early.claim(sha256).await {
+                    match applier.adopt(path, entry, received) {
+                        Ok(applied) => return Ok((change, applied)),
+                        Err(err) => tracing::debug!("early content not used: {err}"),
+                    }
+                }
+            }
             let mut staged = match applier.start_file(path, entry).map_err(failed)? {
                 FileStart::Done(applied) => return Ok((change, applied)),
                 FileStart::Stage(staged) => staged,

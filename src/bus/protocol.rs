@@ -14,6 +14,8 @@
 //! | `blob_piece {id, upload, offset}` | content piece | `ok {id}`; offset 0 starts upload number `upload` (the client's choice) |
 //! | `blob_commit {id, upload, sha256}` | | `ok {id}` once the pieces hash to `sha256` and are stored |
 //! | `blob_abort {id, upload}` | | `ok {id}`; the pieces are thrown away |
+//! | `stream_next {id, after}` | | `stream {id, stream}`: the next upload under way after stream number `after`; waits for one |
+//! | `stream_get {id, stream, offset, len}` | | `stream_data {id, eof, sha256?}` with what that upload has written from `offset`; waits for more; `sha256` once committed, an `err` once abandoned |
 //! | `blob_get {id, sha256, offset, len}` | | `blob_data {id, eof}` with the piece in the body |
 //!
 //! | `arm`, `release`, `reached`, `disarm` | | checkpoint gates, on buses started with `--test-checkpoints` only |
@@ -21,6 +23,9 @@
 //! A large upload's address is given only when it is committed, so a master can send a file
 //! while it is still hashing it (the file is read once, and the upload overlaps the hashing).
 //! The bus hashes what it receives either way and stores nothing that does not match.
+//!
+//! `stream_next` and `stream_get` let an idle slave follow a large upload while it arrives
+//! (see `streams.rs`); it still applies nothing before the notify.
 //!
 //! Version 2 replaced version 1's `blob_put {offset, last}` pieces, addressed up front, by
 //! `blob_piece` and `blob_commit`; the handshake refuses a peer speaking another version.
@@ -91,6 +96,19 @@ pub enum Request {
         offset: u64,
         len: u64,
     },
+    /// The next upload under way after stream number `after`; answered when there is one.
+    StreamNext {
+        id: u64,
+        after: u64,
+    },
+    /// What upload stream `stream` has written from `offset` (at most `len` bytes); answered
+    /// when there is something past `offset` or the upload has ended.
+    StreamGet {
+        id: u64,
+        stream: u64,
+        offset: u64,
+        len: u64,
+    },
     /// Test buses only (`--test-checkpoints`): hold an agent where `gate` says.
     Arm {
         id: u64,
@@ -148,6 +166,19 @@ pub enum Reply {
         id: u64,
         eof: bool,
     },
+    Stream {
+        id: u64,
+        stream: u64,
+    },
+    /// A piece of an upload under way, in the body.
+    StreamData {
+        id: u64,
+        /// Committed, and the piece reaches its end.
+        eof: bool,
+        /// The upload's address, once it was committed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sha256: Option<String>,
+    },
 }
 
 impl Reply {
@@ -157,7 +188,9 @@ impl Reply {
             Reply::Ok { id, .. }
             | Reply::Err { id, .. }
             | Reply::Events { id }
-            | Reply::BlobData { id, .. } => Some(*id),
+            | Reply::BlobData { id, .. }
+            | Reply::Stream { id, .. }
+            | Reply::StreamData { id, .. } => Some(*id),
             Reply::Welcome { .. } | Reply::Reject { .. } => None,
         }
     }

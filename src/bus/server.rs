@@ -28,6 +28,7 @@ use super::blobs::{BlobStore, Upload};
 use super::frame::{read_frame, write_queued, Frame};
 use super::log::{read_lines, EventLog, Head};
 use super::protocol::{Reply, Request, PROTOCOL_VERSION};
+use super::streams::{Stream, Streams};
 use crate::event::{Draft, Event, Role, Tag};
 
 /// At most this many agents at once; more wait in the kernel's accept queue.
@@ -41,6 +42,9 @@ const OUTBOX: usize = 64;
 /// Polls one connection may have waiting at once. Each may hold a piece of the log in
 /// memory, so a peer firing polls without reading must not be able to pile them up.
 const MAX_POLLS: usize = 4;
+/// Stream requests (`stream_next`, `stream_get`) one connection may have waiting at once;
+/// each may hold a piece of content in memory.
+const MAX_STREAM_WAITS: usize = 8;
 
 /// How the bus is set up.
 #[derive(Debug, Clone)]
@@ -58,6 +62,8 @@ struct Shared {
     log_path: PathBuf,
     head: watch::Sender<Head>,
     blobs: BlobStore,
+    /// Uploads under way, for slaves that follow them as they arrive.
+    streams: Streams,
     answered: Mutex<HashMap<String, u64>>,
     master_dir: Mutex<Option<String>>,
     token: Option<String>,
@@ -99,6 +105,7 @@ impl Bus {
                 log_path,
                 head,
                 blobs,
+                streams: Streams::default(),
                 answered: Mutex::new(recovered.answered),
                 master_dir: Mutex::new(None),
                 token: options.token.clone(),
@@ -214,8 +221,9 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream, addr: String)
     }
     tracing::info!("{} {} joined from {}", peer.role, peer.name, peer.addr);
 
-    let mut uploads: HashMap<u64, Upload> = HashMap::new();
+    let mut uploads: HashMap<u64, Receiving> = HashMap::new();
     let mut polls = JoinSet::new();
+    let mut stream_waits = JoinSet::new();
     loop {
         let frame = match read_frame(&mut reader).await {
             Ok(Some(frame)) => frame,
@@ -332,22 +340,33 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream, addr: String)
             }
             Request::BlobPiece { id, upload, offset } => blob_reply(
                 id,
-                blob_piece(&shared.blobs, &mut uploads, upload, offset, frame.body),
+                blob_piece(&shared, &mut uploads, upload, offset, frame.body),
             ),
             Request::BlobCommit { id, upload, sha256 } => {
                 let committed = match uploads.remove(&upload) {
-                    Some(received) => shared
-                        .blobs
-                        .commit(received, &sha256)
-                        .map_err(|err| err.to_string()),
+                    Some(received) => received.commit(&shared.blobs, &sha256),
                     None => Err(format!("no upload {upload} in progress")),
                 };
                 blob_reply(id, committed)
             }
             Request::BlobAbort { id, upload } => {
-                // Dropping it removes its temporary file.
+                // Dropping it removes its temporary file and tells its followers.
                 uploads.remove(&upload);
                 blob_reply(id, Ok(()))
+            }
+            Request::StreamNext { .. } | Request::StreamGet { .. } => {
+                while stream_waits.try_join_next().is_some() {}
+                if stream_waits.len() >= MAX_STREAM_WAITS {
+                    let id = match request {
+                        Request::StreamNext { id, .. } | Request::StreamGet { id, .. } => id,
+                        _ => 0,
+                    };
+                    let error = format!("more than {MAX_STREAM_WAITS} stream requests waiting");
+                    reply_frame(&Reply::Err { id, error }, Vec::new())
+                } else {
+                    stream_waits.spawn(stream_request(shared.clone(), outbox.clone(), request));
+                    continue;
+                }
             }
             Request::BlobGet {
                 id,
@@ -375,6 +394,7 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream, addr: String)
         }
     }
     polls.shutdown().await;
+    stream_waits.shutdown().await;
     drop(outbox);
     let _ = writer.await;
     tracing::info!("{} {} disconnected", peer.role, peer.name);
@@ -556,10 +576,40 @@ fn publish(shared: &Shared, peer: &Peer, mut draft: Draft) -> Result<Event, Stri
     Ok(event)
 }
 
+/// An upload being received on a connection, and its stream for followers. Dropped
+/// uncommitted (aborted, refused, restarted, connection closed), it removes its temporary
+/// file and tells its followers it was abandoned.
+struct Receiving {
+    upload: Option<Upload>,
+    stream: Option<Arc<Stream>>,
+}
+
+impl Receiving {
+    fn commit(mut self, blobs: &BlobStore, sha256: &str) -> Result<(), String> {
+        let upload = self.upload.take().ok_or("upload already finished")?;
+        let written = upload.written();
+        blobs
+            .commit(upload, sha256)
+            .map_err(|err| err.to_string())?;
+        if let Some(stream) = &self.stream {
+            stream.committed(written, sha256);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Receiving {
+    fn drop(&mut self) {
+        if let Some(stream) = &self.stream {
+            stream.abandoned();
+        }
+    }
+}
+
 /// Receives one piece of an upload; offset 0 starts it (again, if it was under way).
 fn blob_piece(
-    blobs: &BlobStore,
-    uploads: &mut HashMap<u64, Upload>,
+    shared: &Shared,
+    uploads: &mut HashMap<u64, Receiving>,
     upload: u64,
     offset: u64,
     piece: Vec<u8>,
@@ -569,15 +619,69 @@ fn blob_piece(
         if uploads.len() >= MAX_UPLOADS {
             return Err(format!("more than {MAX_UPLOADS} uploads at once"));
         }
-        uploads.insert(upload, blobs.begin().map_err(|err| err.to_string())?);
+        let started = shared.blobs.begin().map_err(|err| err.to_string())?;
+        // Followers are a bonus: an upload that cannot be followed is still received.
+        let stream = shared.streams.open(started.temp_path()).ok();
+        uploads.insert(
+            upload,
+            Receiving {
+                upload: Some(started),
+                stream,
+            },
+        );
     }
     let receiving = uploads
         .get_mut(&upload)
         .ok_or_else(|| format!("no upload {upload} in progress at offset {offset}"))?;
-    blobs.write(receiving, offset, piece).map_err(|err| {
-        uploads.remove(&upload);
-        err.to_string()
-    })
+    let Some(current) = receiving.upload.as_mut() else {
+        return Err(format!("upload {upload} already finished"));
+    };
+    match shared.blobs.write(current, offset, piece) {
+        Ok(()) => {
+            if let Some(stream) = &receiving.stream {
+                stream.wrote(current.written());
+            }
+            Ok(())
+        }
+        Err(err) => {
+            uploads.remove(&upload);
+            Err(err.to_string())
+        }
+    }
+}
+
+/// Answers `stream_next` or `stream_get`, which may wait for the uploader.
+async fn stream_request(shared: Arc<Shared>, outbox: mpsc::Sender<Frame>, request: Request) {
+    let frame = match request {
+        Request::StreamNext { id, after } => {
+            let stream = shared.streams.next_open(after).await;
+            reply_frame(&Reply::Stream { id, stream }, Vec::new())
+        }
+        Request::StreamGet {
+            id,
+            stream,
+            offset,
+            len,
+        } => {
+            let read = match shared.streams.get(stream) {
+                Some(found) => found.read(offset, len.min(CHUNK_SIZE as u64)).await,
+                None => Err(format!("no upload stream {stream}")),
+            };
+            match read {
+                Ok(piece) => reply_frame(
+                    &Reply::StreamData {
+                        id,
+                        eof: piece.eof,
+                        sha256: piece.sha256,
+                    },
+                    piece.data,
+                ),
+                Err(error) => reply_frame(&Reply::Err { id, error }, Vec::new()),
+            }
+        }
+        _ => return,
+    };
+    let _ = outbox.send(frame).await;
 }
 
 fn blob_reply(id: u64, outcome: Result<(), String>) -> Frame {

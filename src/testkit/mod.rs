@@ -21,7 +21,7 @@ pub mod process;
 pub mod runner;
 pub mod scenario;
 #[cfg(test)]
-mod test_bus;
+pub(crate) mod test_bus;
 pub mod timeline;
 
 pub use cluster::{slave_name, Cluster, ClusterBuilder};
