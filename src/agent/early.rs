@@ -44,7 +44,7 @@ struct Shared {
 
 #[derive(Default)]
 struct State {
-    /// The session has nothing to apply: new uploads may be followed.
+    /// The session has nothing queued: new uploads may be followed.
     idle: bool,
     /// The upload being followed, and its address once the bus said it.
     following: Option<Option<ContentHash>>,
@@ -74,8 +74,8 @@ impl EarlyFetch {
         EarlyFetch { shared, task }
     }
 
-    /// Whether the session is waiting for events (uploads are followed only then: a slave
-    /// with a backlog would receive content whose notify is far away).
+    /// Whether the session has nothing queued (uploads are followed only then: a slave with a
+    /// backlog would receive content whose notify is far away).
     pub fn set_idle(&self, idle: bool) {
         self.shared.state().idle = idle;
     }

@@ -224,11 +224,14 @@ async fn session(
                     }
                     event = subscription.next() => lost!(event),
                 };
-                early.set_idle(false);
                 let content = lost!(prefetch(&client, &event).await);
                 Ahead { event, content }
             }
         };
+        // Nothing queued behind this event: an upload starting now is for what comes
+        // next, so it is worth following (a run of large files is followed one after the
+        // other, not every second one).
+        early.set_idle(ahead.is_empty() && subscription.is_drained());
         if event.tag() == Some(Tag::Notify) {
             if let Some(reply) =
                 lost!(answer(&applier, &early, &client, &event, content, welcome.answered).await)
@@ -319,7 +322,10 @@ async fn apply(
             if let (true, Some(sha256)) = (entry.size > CHUNK_SIZE as u64, entry.sha256) {
                 if let Some(received) = early.claim(sha256).await {
                     match applier.adopt(path, entry, received) {
-                        Ok(applied) => return Ok((change, applied)),
+                        Ok(applied) => {
+                            tracing::debug!("{path}: received while it was uploaded");
+                            return Ok((change, applied));
+                        }
                         Err(err) => tracing::debug!("early content not used: {err}"),
                     }
                 }
