@@ -16,8 +16,8 @@ fn scenarios_dir() -> std::path::PathBuf {
 async fn every_shipped_scenario_passes_in_a_short_run() {
     let files = scenario::files_in(&scenarios_dir()).expect("read fixtures/scenarios");
     assert!(
-        files.len() >= 5,
-        "the walkthrough, editor, burst, soak and crash-recover scenarios ship"
+        files.len() >= 6,
+        "the walkthrough, editor, burst, soak, crash-recover and large-crash scenarios ship"
     );
     // Every shipped scenario is written so that each of its actions runs within 2 s.
     for file in files {

@@ -13,6 +13,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use filesync_master::hash::{ContentHash, PieceHasher};
+use filesync_master::ignore::TEMP_PREFIX;
 use filesync_master::{Entry, Kind, RelPath};
 
 use crate::apply::{remove_any, set_mode, temp_beside, Applied, Applier};
@@ -37,6 +38,23 @@ pub struct ReceivedFile {
 }
 
 impl Applier {
+    /// Removes content a slave killed mid-transfer left in the root (loose files are only
+    /// ever created there), returning how many. Call before receiving anything: a slave is
+    /// the root's only writer of such names.
+    pub fn remove_leftovers(&self) -> io::Result<usize> {
+        let mut removed = 0;
+        for entry in fs::read_dir(self.root())? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let temp = name.as_encoded_bytes().starts_with(TEMP_PREFIX);
+            if temp && entry.file_type()?.is_file() {
+                fs::remove_file(entry.path())?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     /// Opens a file in the root for content whose path is not known yet.
     pub fn loose_file(&self) -> io::Result<LooseFile> {
         let temp = temp_beside(&self.root().join("loose"));
@@ -211,6 +229,18 @@ mod tests {
         drop(loose);
         drop(receive(&applier, b"whole"));
         assert!(listing(root.path()).is_empty());
+    }
+
+    #[test]
+    fn leftovers_of_a_killed_slave_are_removed_and_nothing_else() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let applier = Applier::new(root.path());
+        // What a slave killed while receiving leaves (its process id, a counter).
+        fs::write(root.path().join(".filesync-tmp-4242-7"), "cut off").expect("write");
+        fs::write(root.path().join("kept.txt"), "mine").expect("write");
+        fs::create_dir(root.path().join(".filesync-tmp-dir")).expect("mkdir");
+        assert_eq!(applier.remove_leftovers().expect("clean"), 1);
+        assert_eq!(listing(root.path()), [".filesync-tmp-dir", "kept.txt"]);
     }
 
     #[test]

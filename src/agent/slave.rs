@@ -60,6 +60,15 @@ pub async fn run(options: SlaveOptions, shutdown: impl Future<Output = ()>) -> a
             dir.display()
         );
     }
+    // Content a killed predecessor was receiving early (a whole large file, perhaps).
+    match Applier::new(&dir).remove_leftovers() {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            "removed {n} unfinished transfer(s) left in {}",
+            dir.display()
+        ),
+        Err(err) => tracing::warn!("cannot clean up {}: {err}", dir.display()),
+    }
     let position_file = state_dir.join("position");
     // Fail now, not at the first event, when the state is unreadable.
     read_position(&position_file)?;
