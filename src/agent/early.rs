@@ -240,8 +240,15 @@ mod tests {
         (content, sha256)
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn an_idle_slave_receives_an_upload_as_it_arrives_and_hands_it_over_once() {
+    /// A bus, a master's connection to it, and a slave's follower on a fresh root.
+    struct Setup {
+        _bus: TestBus,
+        master: BusClient,
+        root: tempfile::TempDir,
+        early: EarlyFetch,
+    }
+
+    async fn setup() -> Setup {
         let bus = TestBus::start(false).await;
         let master = bus.client(Role::Master, "master").await;
         let root = tempfile::tempdir().expect("tempdir");
@@ -249,14 +256,35 @@ mod tests {
             bus.client(Role::Slave, "slave").await,
             Applier::new(root.path()),
         );
-        early.set_idle(true);
-        let (content, sha256) = content();
-        let mut upload = master.begin_upload();
+        Setup {
+            _bus: bus,
+            master,
+            root,
+            early,
+        }
+    }
+
+    /// Starts an upload of `content` with its first piece, and waits until it is followed.
+    async fn first_piece_followed<'a>(
+        t: &'a Setup,
+        content: &[u8],
+    ) -> crate::bus::client::BlobUpload<'a> {
+        t.early.set_idle(true);
+        let mut upload = t.master.begin_upload();
         upload
             .piece(content[..CHUNK_SIZE].to_vec())
             .await
             .expect("piece");
-        until("the slave follows the upload", || early.following()).await;
+        until("the slave follows the upload", || t.early.following()).await;
+        upload
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_idle_slave_receives_an_upload_as_it_arrives_and_hands_it_over_once() {
+        let t = setup().await;
+        let early = &t.early;
+        let (content, sha256) = content();
+        let mut upload = first_piece_followed(&t, &content).await;
         // Its address is not known yet: a claim for other content gives up soon.
         let other = ContentHash::of(b"other");
         let started = Instant::now();
@@ -272,42 +300,31 @@ mod tests {
         assert_eq!(std::fs::read(received.path()).expect("read"), content);
         assert!(early.claim(sha256).await.is_none(), "claimed once");
         drop(received);
-        assert!(listing(root.path()).is_empty(), "nothing left behind");
+        assert!(listing(t.root.path()).is_empty(), "nothing left behind");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_abandoned_upload_or_a_busy_slave_leaves_nothing() {
-        let bus = TestBus::start(false).await;
-        let master = bus.client(Role::Master, "master").await;
-        let root = tempfile::tempdir().expect("tempdir");
-        let early = EarlyFetch::start(
-            bus.client(Role::Slave, "slave").await,
-            Applier::new(root.path()),
-        );
+        let t = setup().await;
+        let (early, root) = (&t.early, t.root.path());
         let (content, sha256) = content();
 
         // Idle, following, then the uploader gives up: the partial file goes.
-        early.set_idle(true);
-        let mut upload = master.begin_upload();
-        upload
-            .piece(content[..CHUNK_SIZE].to_vec())
-            .await
-            .expect("piece");
-        until("the slave follows the upload", || early.following()).await;
+        let upload = first_piece_followed(&t, &content).await;
         upload.abort().await.expect("abort");
         until("the follower lets go", || !early.following()).await;
         assert!(early.claim(sha256).await.is_none());
-        assert!(listing(root.path()).is_empty(), "partial content removed");
+        assert!(listing(root).is_empty(), "partial content removed");
 
         // Busy: uploads are not followed at all.
         early.set_idle(false);
-        let mut upload = master.begin_upload();
+        let mut upload = t.master.begin_upload();
         for piece in content.chunks(CHUNK_SIZE) {
             upload.piece(piece.to_vec()).await.expect("piece");
         }
         upload.commit(&sha256.to_hex()).await.expect("commit");
         assert!(!early.following());
         assert!(early.claim(sha256).await.is_none());
-        assert!(listing(root.path()).is_empty());
+        assert!(listing(root).is_empty());
     }
 }
