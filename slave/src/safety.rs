@@ -20,25 +20,20 @@ pub fn resolve(root: &Path, path: &RelPath, create_parents: bool) -> Result<Path
     for ancestor in path.ancestors() {
         let full = ancestor.to_path(root);
         match fs::symlink_metadata(&full) {
-            Ok(meta) if meta.file_type().is_symlink() => {
-                return Err(ApplyError::Unsafe {
-                    path: path.clone(),
-                    reason: format!("{ancestor} is a symlink; refusing to write through it"),
-                })
-            }
-            Ok(meta) if meta.is_dir() => {}
-            Ok(_) => {
-                return Err(ApplyError::Unsafe {
-                    path: path.clone(),
-                    reason: format!("{ancestor} is not a directory"),
-                })
-            }
+            Ok(meta) => check_ancestor(path, &ancestor, &meta)?,
             Err(err) if err.kind() == io::ErrorKind::NotFound && create_parents => {
                 match fs::create_dir(&full) {
                     Ok(()) => {}
+                    // Created meanwhile by someone else (another of our own writers, when
+                    // files are applied side by side): it must pass the same check.
                     Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
-                        // Raced with something; check again on the next call.
-                        return resolve(root, path, false);
+                        let meta =
+                            fs::symlink_metadata(&full).map_err(|source| ApplyError::Io {
+                                action: "inspect",
+                                path: ancestor.clone(),
+                                source,
+                            })?;
+                        check_ancestor(path, &ancestor, &meta)?;
                     }
                     Err(source) => {
                         return Err(ApplyError::Io {
@@ -59,6 +54,27 @@ pub fn resolve(root: &Path, path: &RelPath, create_parents: bool) -> Result<Path
         }
     }
     Ok(path.to_path(root))
+}
+
+/// An ancestor must be a real directory: not a symlink, not anything else.
+fn check_ancestor(
+    path: &RelPath,
+    ancestor: &RelPath,
+    meta: &fs::Metadata,
+) -> Result<(), ApplyError> {
+    if meta.file_type().is_symlink() {
+        return Err(ApplyError::Unsafe {
+            path: path.clone(),
+            reason: format!("{ancestor} is a symlink; refusing to write through it"),
+        });
+    }
+    if !meta.is_dir() {
+        return Err(ApplyError::Unsafe {
+            path: path.clone(),
+            reason: format!("{ancestor} is not a directory"),
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -82,6 +98,27 @@ mod tests {
         let full = resolve(root.path(), &path, true).expect("resolves");
         assert_eq!(full, root.path().join("a/b/c"));
         assert!(root.path().join("a/b").is_dir());
+    }
+
+    #[test]
+    fn writers_creating_the_same_parents_at_once_all_succeed() {
+        // Each writer finds `a` (or `a/b`) missing, one creates it, the others are told it
+        // exists: they must check it and go on creating what is below, not give up.
+        for _ in 0..50 {
+            let root = tempfile::tempdir().expect("tempdir");
+            let start = std::sync::Barrier::new(4);
+            std::thread::scope(|scope| {
+                for writer in 0..4 {
+                    let (root, start) = (root.path(), &start);
+                    scope.spawn(move || {
+                        let path = RelPath::new(&format!("a/b/c/f{writer}")).expect("valid");
+                        start.wait();
+                        resolve(root, &path, true).expect("resolves beside the others");
+                    });
+                }
+            });
+            assert!(root.path().join("a/b/c").is_dir());
+        }
     }
 
     #[test]
