@@ -190,6 +190,13 @@ impl Tree {
             Some(path) => path.to_path(&self.root),
             None => self.root.clone(),
         };
+        // Nothing published under it before the walk (a directory just created or moved
+        // in, or the first scan): nothing can have gone, so the deletion pass below, a stat
+        // of every path just published, is skipped.
+        let had_published = match under {
+            Some(path) => self.model.subtree(path).any(|(p, _)| p != path),
+            None => !self.model.is_empty(),
+        };
         // Directories we could not read: their published contents must not be deleted.
         let mut unreadable: Vec<RelPath> = Vec::new();
         let root = self.root.clone();
@@ -236,7 +243,7 @@ impl Tree {
         // rescan of 100,000 paths keeps no second copy of them; only the tops of vanished
         // trees are collected.
         let mut doomed: Vec<(RelPath, Kind)> = Vec::new();
-        {
+        if had_published {
             let entries: Box<dyn Iterator<Item = (&RelPath, &Entry)> + '_> = match under {
                 Some(path) => Box::new(self.model.subtree(path).filter(move |(p, _)| *p != path)),
                 None => Box::new(self.model.iter()),
