@@ -56,3 +56,50 @@ async fn moved_in_from_outside_is_scanned_and_moved_out_is_deleted() {
     must(c.settle().await);
     c.assert_checks(CheckOptions::default());
 }
+
+/// The scans above find what was there; what is written later must be reported too, so
+/// every level of a new, moved-in or renamed tree must be watched (at its new path).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_moved_in_and_renamed_trees_are_watched_at_every_level() {
+    let mut c = cluster("watched-trees", 1).await;
+    let m = c.master_dir();
+    fs::create_dir_all(m.join("new/b/c")).expect("mkdir -p");
+    let outside = c.dir().join("outside");
+    fs::create_dir_all(outside.join("incoming/deep")).expect("mkdir");
+    fs::rename(outside.join("incoming"), m.join("incoming")).expect("move in");
+    must(
+        c.events
+            .expect_all(vec![
+                Pattern::consume().by("slave").put().path("new/b/c"),
+                Pattern::consume().by("slave").put().path("incoming/deep"),
+            ])
+            .await,
+    );
+    fs::rename(m.join("new"), m.join("renamed")).expect("rename");
+    must(
+        c.events
+            .expect(
+                Pattern::consume()
+                    .by("slave")
+                    .moved()
+                    .from("new")
+                    .path("renamed"),
+            )
+            .await,
+    );
+    for dir in ["renamed/b/c", "renamed/b", "incoming/deep", "incoming"] {
+        fs::write(m.join(dir).join("later"), dir).expect("write later");
+    }
+    let later: Vec<Pattern> = ["renamed/b/c", "renamed/b", "incoming/deep", "incoming"]
+        .iter()
+        .map(|dir| {
+            Pattern::consume()
+                .by("slave")
+                .put()
+                .path(&format!("{dir}/later"))
+        })
+        .collect();
+    must(c.events.expect_all(later).await);
+    must(c.settle().await);
+    c.assert_checks(CheckOptions::default());
+}

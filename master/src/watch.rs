@@ -123,20 +123,24 @@ impl DirWatcher {
         })
     }
 
-    /// Makes sure `dir` (and everything under it) is watched, and returns only once it is.
-    /// Call before scanning a directory that just appeared: notify adds such watches itself,
-    /// but only after handing out the event, so a scan could otherwise run first and miss a
-    /// file created before the watch existed.
-    pub fn watch_now(&mut self, dir: &Path) -> Result<(), WatchError> {
-        self.watcher
-            .watch(dir, RecursiveMode::Recursive)
-            .map_err(|source| match source.kind {
-                notify::ErrorKind::MaxFilesWatch => WatchError::WatchLimit,
-                _ => WatchError::Notify {
-                    path: dir.to_path_buf(),
-                    source,
-                },
-            })
+    /// Returns once notify has finished with every event it handed out before this call.
+    ///
+    /// notify (8.2, inotify) adds the watches of a directory created or moved in only after
+    /// handing out its event, by walking the directory from its event thread, the same
+    /// thread that answers requests; so a request answered now is answered after those
+    /// watches exist. Call it before scanning a directory that just appeared: a file created
+    /// there before its watch existed is found by the scan, and anything later is reported.
+    ///
+    /// This used to be a second recursive `watch` of the directory, which did the same and
+    /// then walked it again with a `stat` of every entry (10,000 for W2's tree; see
+    /// docs/BENCHMARKS.md). The request now is `configure`, which inotify's loop answers
+    /// without doing anything else.
+    pub fn catch_up(&mut self) -> Result<(), WatcherGone> {
+        let config = Config::default().with_follow_symlinks(false);
+        self.watcher.configure(config).map(drop).map_err(|err| {
+            tracing::error!("the directory watcher did not answer: {err}");
+            WatcherGone
+        })
     }
 
     /// The next signal, waiting at most `timeout`. `Ok(None)` on timeout; `Err` when the

@@ -401,20 +401,18 @@ fn worker(
         }
         for work in coalescer.take_due(Instant::now()) {
             // Watch before scan: a directory about to be scanned is watched first, so that
-            // nothing created in it after the scan passed by goes unreported.
-            let scanned = match &work {
-                Work::Refresh(path) | Work::Move { to: path, .. } => Some(path.to_path(dir)),
-                Work::RescanAll => None,
+            // nothing created in it after the scan passed by goes unreported. notify adds the
+            // watches itself; this waits until it has.
+            let scans_a_dir = match &work {
+                Work::Refresh(path) | Work::Move { to: path, .. } => path
+                    .to_path(dir)
+                    .symlink_metadata()
+                    .is_ok_and(|meta| meta.is_dir()),
+                Work::RescanAll => false,
             };
-            if let Some(full) =
-                scanned.filter(|full| full.symlink_metadata().is_ok_and(|m| m.is_dir()))
-            {
-                if let Err(err) = watcher.watch_now(&full) {
-                    tracing::error!("{err}");
-                    if matches!(err, filesync_master::watch::WatchError::WatchLimit) {
-                        polling_since.get_or_insert_with(Instant::now);
-                    }
-                }
+            if scans_a_dir && watcher.catch_up().is_err() {
+                let _ = tx.blocking_send(WorkerMsg::Fatal("the directory watcher stopped".into()));
+                return;
             }
             match work {
                 Work::Refresh(path) => {
