@@ -114,9 +114,15 @@ impl BlobStore {
     }
 
     /// Stores content that arrived in one piece: verified, then packed when small enough,
-    /// otherwise written as a file.
+    /// otherwise written as a file; content the store holds already is kept as it is.
+    ///
+    /// A small blob is not looked up first: the pack finds a duplicate as it appends, and a
+    /// lookup of a new blob (the usual case) cost a `stat` of the file it might have been.
     pub fn put_whole(&self, sha256: &str, content: &[u8]) -> Result<(), BlobError> {
         let address = Self::address_of(sha256)?;
+        if content.len() > PACK_MAX && self.contains(sha256)? {
+            return Ok(());
+        }
         let actual: [u8; 32] = Sha256::digest(content).into();
         if actual != address {
             return Err(BlobError::Mismatch {
@@ -309,11 +315,22 @@ mod tests {
             store.read(&small, 0, 100).expect("read"),
             (b"small".to_vec(), true)
         );
+        let pack_size = || {
+            fs::metadata(dir.path().join("small.pack"))
+                .expect("pack")
+                .len()
+        };
+        let before = pack_size();
+        store.put_whole(&small, b"small").expect("put again");
+        assert_eq!(pack_size(), before, "a duplicate is not appended twice");
 
         let big = vec![7u8; PACK_MAX + 1];
         let big_sha = sha256_hex(&big);
         store.put_whole(&big_sha, &big).expect("put");
         assert!(store.path_of(&big_sha).expect("path").is_file(), "a file");
+        store
+            .put_whole(&big_sha, &big)
+            .expect("put again: kept as it is");
         drop(store);
         let store = BlobStore::open(dir.path()).expect("reopen");
         assert!(

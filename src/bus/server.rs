@@ -332,10 +332,7 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream, addr: String)
                 ),
             },
             Request::BlobPut { id, sha256 } => {
-                let stored = match shared.blobs.contains(&sha256) {
-                    Ok(true) => Ok(()),
-                    _ => shared.blobs.put_whole(&sha256, &frame.body),
-                };
+                let stored = shared.blobs.put_whole(&sha256, &frame.body);
                 blob_reply(id, stored.map_err(|err| err.to_string()))
             }
             Request::BlobPiece { id, upload, offset } => blob_reply(
