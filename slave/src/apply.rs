@@ -1,8 +1,10 @@
 //! `Applier`: applies `Change`s to the slave's directory, atomically and idempotently.
 //!
-//! - A file is written to a temporary name beside its target (same directory, so the final
-//!   rename is atomic), hashed while written, checked against the expected SHA-256, given its
-//!   mode, and only then renamed into place. A reader sees the old file or the new one.
+//! - A file is written to a temporary file in its target's directory, hashed while written,
+//!   checked against the expected SHA-256, given its mode, and only then put in place: a new
+//!   file is written unnamed (`O_TMPFILE`) and linked in, a replacement gets a temporary name
+//!   and is renamed over the old file (both atomic). A reader sees the old file or the new
+//!   one, and an unnamed file left by a crash is freed by the kernel, not left behind.
 //! - Every change can be applied twice with the same result (a slave that crashed after
 //!   applying but before recording its position applies it again on restart).
 //! - Content arrives in pieces through `StagedFile::write`, so the caller decides where it
@@ -97,16 +99,24 @@ impl Applier {
                 }
             }
         }
-        let replaces_dir = existing.is_some_and(|meta| meta.is_dir());
-        self.stage_at(path, entry, target, replaces_dir)
+        let replaces = match &existing {
+            None => Replaces::Nothing,
+            Some(meta) if meta.is_dir() => Replaces::Dir,
+            Some(_) => Replaces::Other,
+        };
+        self.stage_at(path, entry, target, replaces)
             .map(|staged| FileStart::Stage(Box::new(staged)))
     }
 
     /// Opens a temporary file beside `path` for its new content.
     pub fn stage_file(&self, path: &RelPath, entry: &Entry) -> Result<StagedFile, ApplyError> {
         let target = resolve(&self.root, path, true)?;
-        let replaces_dir = fs::symlink_metadata(&target).is_ok_and(|meta| meta.is_dir());
-        self.stage_at(path, entry, target, replaces_dir)
+        let replaces = match fs::symlink_metadata(&target) {
+            Err(_) => Replaces::Nothing,
+            Ok(meta) if meta.is_dir() => Replaces::Dir,
+            Ok(_) => Replaces::Other,
+        };
+        self.stage_at(path, entry, target, replaces)
     }
 
     fn stage_at(
@@ -114,24 +124,39 @@ impl Applier {
         path: &RelPath,
         entry: &Entry,
         target: PathBuf,
-        replaces_dir: bool,
+        replaces: Replaces,
     ) -> Result<StagedFile, ApplyError> {
-        let temp = temp_beside(&target);
         // Created with its final mode when the umask lets it through unchanged, which saves
         // a chmod per file; otherwise private until `commit` sets the mode.
         let mode_at_creation = self.umask.creates(entry.mode);
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode_at_creation.unwrap_or(0o600))
-            .open(&temp)
-            .map_err(|source| ApplyError::Io {
-                action: "create temporary file for",
-                path: path.clone(),
-                source,
-            })?;
+        let mode = mode_at_creation.unwrap_or(0o600);
+        // A new file is written without a name and linked into place; the kernel frees it
+        // if we die first. Otherwise (or where unnamed files are not supported) it gets a
+        // temporary name beside the target and is renamed over it.
+        let unnamed = (replaces == Replaces::Nothing)
+            .then(|| create_unnamed_beside(&target, mode))
+            .flatten();
+        let (file, temp) = match unnamed {
+            Some(file) => (file, None),
+            None => {
+                let temp = temp_beside(&target);
+                let file = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(mode)
+                    .open(&temp)
+                    .map_err(|source| ApplyError::Io {
+                        action: "create temporary file for",
+                        path: path.clone(),
+                        source,
+                    })?;
+                (file, Some(temp))
+            }
+        };
         reserve(&file, entry.size).map_err(|source| {
-            let _ = fs::remove_file(&temp);
+            if let Some(temp) = &temp {
+                let _ = fs::remove_file(temp);
+            }
             ApplyError::Io {
                 action: "reserve space for",
                 path: path.clone(),
@@ -147,7 +172,7 @@ impl Applier {
             hasher: Some(PieceHasher::new(entry.size)),
             written: 0,
             mode_set: mode_at_creation.is_some(),
-            replaces_dir,
+            replaces_dir: replaces == Replaces::Dir,
             committed: false,
         })
     }
@@ -278,13 +303,23 @@ impl Applier {
     }
 }
 
-/// A file being received: content goes to a temporary file, and `commit` renames it into
-/// place once its hash is verified. Dropping it uncommitted removes the temporary file.
+/// What was at a file put's target when it was staged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Replaces {
+    Nothing,
+    Dir,
+    Other,
+}
+
+/// A file being received: content goes to a temporary file, and `commit` links or renames
+/// it into place once its hash is verified. Dropping it uncommitted removes the temporary
+/// file (an unnamed one simply goes with its descriptor).
 pub struct StagedFile {
     path: RelPath,
     entry: Entry,
     target: PathBuf,
-    temp: PathBuf,
+    /// The temporary name; `None` for an unnamed file (`O_TMPFILE`), linked in at commit.
+    temp: Option<PathBuf>,
     file: Option<File>,
     /// Hashes what was written; on its own thread for large files, so that writing one
     /// piece overlaps with hashing the one before. Taken by `commit`.
@@ -343,10 +378,18 @@ impl StagedFile {
         Ok(())
     }
 
-    /// Verifies size and SHA-256, sets the mode and renames into place.
+    /// Verifies size and SHA-256, sets the mode and links or renames the file into place.
     pub fn commit(mut self) -> Result<Applied, ApplyError> {
         let file = self.file.take();
-        drop(file);
+        // A named file is closed before it is renamed; an unnamed one is linked through its
+        // descriptor, so it stays open until then.
+        let file = match (&self.temp, file) {
+            (Some(_), file) => {
+                drop(file);
+                None
+            }
+            (None, file) => file,
+        };
         let hashed = self
             .hasher
             .take()
@@ -370,17 +413,40 @@ impl StagedFile {
                 actual,
             });
         }
-        if !self.mode_set {
-            set_mode(&self.temp, self.entry.mode, &self.path)?;
+        let io_error = |action: &'static str, path: &RelPath| {
+            let path = path.clone();
+            move |source| ApplyError::Io {
+                action,
+                path,
+                source,
+            }
+        };
+        match (&self.temp, file) {
+            (Some(temp), _) => {
+                if !self.mode_set {
+                    set_mode(temp, self.entry.mode, &self.path)?;
+                }
+                if self.replaces_dir {
+                    remove_any(&self.target, &self.path)?;
+                }
+                fs::rename(temp, &self.target)
+                    .map_err(io_error("rename into place", &self.path))?;
+            }
+            (None, Some(file)) => {
+                if !self.mode_set {
+                    file.set_permissions(fs::Permissions::from_mode(self.entry.mode))
+                        .map_err(io_error("set mode of", &self.path))?;
+                }
+                link_into_place(&file, &self.target)
+                    .map_err(io_error("link into place", &self.path))?;
+            }
+            (None, None) => {
+                return Err(ApplyError::Invalid {
+                    path: self.path.clone(),
+                    reason: "staged file already closed".into(),
+                })
+            }
         }
-        if self.replaces_dir {
-            remove_any(&self.target, &self.path)?;
-        }
-        fs::rename(&self.temp, &self.target).map_err(|source| ApplyError::Io {
-            action: "rename into place",
-            path: self.path.clone(),
-            source,
-        })?;
         self.committed = true;
         Ok(Applied {
             sha256: Some(actual),
@@ -392,9 +458,55 @@ impl StagedFile {
 impl Drop for StagedFile {
     fn drop(&mut self) {
         // Uncommitted (an error, a disconnect): leave nothing behind.
-        if !self.committed {
-            let _ = fs::remove_file(&self.temp);
+        if let (false, Some(temp)) = (self.committed, &self.temp) {
+            let _ = fs::remove_file(temp);
         }
+    }
+}
+
+/// Whether unnamed files can be linked in through `/proc/self/fd` (without /proc, a file
+/// made with `O_TMPFILE` could never be given a name by an unprivileged process).
+fn can_link_unnamed() -> bool {
+    static PROC_FD: OnceLock<bool> = OnceLock::new();
+    *PROC_FD.get_or_init(|| Path::new("/proc/self/fd").is_dir())
+}
+
+/// An unnamed file in `target`'s directory (`O_TMPFILE`), or `None` where that is not
+/// supported; the caller then makes a named temporary file, which reports any real error.
+fn create_unnamed_beside(target: &Path, mode: u32) -> Option<File> {
+    if !can_link_unnamed() {
+        return None;
+    }
+    let dir = target.parent()?;
+    OpenOptions::new()
+        .write(true)
+        .mode(mode)
+        .custom_flags(nix::libc::O_TMPFILE)
+        .open(dir)
+        .ok()
+}
+
+/// Gives the unnamed `file` the name `target`. When something took that name since the file
+/// was staged, the file is linked under a temporary name and renamed over it, as a named
+/// temporary file would have been.
+fn link_into_place(file: &File, target: &Path) -> io::Result<()> {
+    use nix::fcntl::AtFlags;
+    use std::os::fd::AsRawFd;
+    let by_descriptor = format!("/proc/self/fd/{}", file.as_raw_fd());
+    let by_descriptor = Path::new(&by_descriptor);
+    let link = |name: &Path| {
+        nix::unistd::linkat(None, by_descriptor, None, name, AtFlags::AT_SYMLINK_FOLLOW)
+            .map_err(io::Error::from)
+    };
+    match link(target) {
+        Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
+            let temp = temp_beside(target);
+            link(&temp)?;
+            fs::rename(&temp, target).inspect_err(|_| {
+                let _ = fs::remove_file(&temp);
+            })
+        }
+        other => other,
     }
 }
 

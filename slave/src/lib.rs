@@ -50,7 +50,7 @@ mod tests {
     use filesync_master::hash::{sha256_hex, ContentHash};
     use filesync_master::{Change, Entry, Kind};
     use std::fs;
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
     fn p(s: &str) -> RelPath {
         RelPath::new(s).expect("valid test path")
@@ -118,6 +118,46 @@ mod tests {
         assert!(matches!(err, ApplyError::ContentMismatch { .. }), "{err}");
         assert_eq!(fs::read(root.path().join("f")).expect("read"), b"old");
         assert_eq!(listing(root.path()), ["f"], "no temporary file left behind");
+    }
+
+    #[test]
+    fn a_new_file_has_no_name_until_it_is_verified() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let applier = Applier::new(root.path());
+        fs::create_dir(root.path().join("d")).expect("mkdir");
+        let content = b"new content";
+        let entry = Entry::file(content.len() as u64, ContentHash::of(content), 0o640);
+        let mut staged = applier.stage_file(&p("d/f"), &entry).expect("stage");
+        staged.write(content).expect("write");
+        assert_eq!(
+            listing(root.path()),
+            ["d"],
+            "nothing named while it is written"
+        );
+        staged.commit().expect("commit");
+        assert_eq!(listing(root.path()), ["d", "d/f"]);
+        let meta = fs::metadata(root.path().join("d/f")).expect("exists");
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o640);
+        assert_eq!(meta.nlink(), 1, "linked once, under its name only");
+
+        // Dropped before commit (an error, a lost bus): nothing is left at all.
+        let staged = applier.stage_file(&p("d/g"), &entry).expect("stage");
+        drop(staged);
+        assert_eq!(listing(root.path()), ["d", "d/f"]);
+    }
+
+    #[test]
+    fn a_name_taken_while_a_new_file_was_written_is_replaced_atomically() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let applier = Applier::new(root.path());
+        let content = b"from the master";
+        let entry = Entry::file(content.len() as u64, ContentHash::of(content), 0o644);
+        let mut staged = applier.stage_file(&p("f"), &entry).expect("stage");
+        staged.write(content).expect("write");
+        fs::write(root.path().join("f"), "written locally meanwhile").expect("write");
+        staged.commit().expect("commit");
+        assert_eq!(fs::read(root.path().join("f")).expect("read"), content);
+        assert_eq!(listing(root.path()), ["f"], "no temporary name left behind");
     }
 
     #[test]
