@@ -20,7 +20,7 @@ use super::early::EarlyFetch;
 use super::{Connector, SessionEnd};
 use crate::bus::client::PIECES_IN_FLIGHT;
 use crate::bus::{BusClient, ClientError, PendingReply, Subscription, Welcome};
-use crate::event::{Draft, Event, Role, Tag};
+use crate::event::{Draft, Event, EventError, Role, Tag};
 
 /// How the slave runs.
 #[derive(Debug, Clone)]
@@ -117,6 +117,8 @@ const IN_FLIGHT: usize = 256;
 /// An event taken from the subscription, with its content already requested.
 struct Ahead {
     event: Event,
+    /// What a notify asks for (`None` for other events).
+    change: Option<Result<Change, EventError>>,
     content: Option<PendingReply>,
     /// The size of that content.
     bytes: u64,
@@ -153,8 +155,10 @@ impl Window {
 /// Takes `event` ahead, asking for its content now when it is a small file (one piece), so
 /// that the content arrives while earlier events are applied.
 async fn prefetch(client: &BusClient, event: Event) -> Result<Ahead, ClientError> {
-    let small_file = match event.body.change() {
-        Ok(Change::Put { entry, .. }) if event.tag() == Some(Tag::Notify) => {
+    // Read once here, used again when it is applied.
+    let change = (event.tag() == Some(Tag::Notify)).then(|| event.body.change());
+    let small_file = match &change {
+        Some(Ok(Change::Put { entry, .. })) => {
             (entry.kind == Kind::File && entry.size <= CHUNK_SIZE as u64).then_some(entry.size)
         }
         _ => None,
@@ -165,6 +169,7 @@ async fn prefetch(client: &BusClient, event: Event) -> Result<Ahead, ClientError
     };
     Ok(Ahead {
         event,
+        change,
         content,
         bytes,
     })
@@ -253,7 +258,12 @@ async fn session(
             let event = lost!(subscription.next().await);
             ahead.push(lost!(prefetch(&client, event).await));
         }
-        let Ahead { event, content, .. } = match ahead.pop() {
+        let Ahead {
+            event,
+            change,
+            content,
+            ..
+        } = match ahead.pop() {
             Some(next) => next,
             None => {
                 // Caught up with what the bus sent: settle, record, then wait for more.
@@ -277,10 +287,17 @@ async fn session(
         // next, so it is worth following (a run of large files is followed one after the
         // other, not every second one).
         early.set_idle(ahead.is_empty() && subscription.is_drained());
-        if event.tag() == Some(Tag::Notify) {
-            if let Some(reply) =
-                lost!(answer(&applier, &early, &client, &event, content, welcome.answered).await)
-            {
+        if let Some(change) = change {
+            let answer = answer(
+                &applier,
+                &early,
+                &client,
+                &event,
+                change,
+                content,
+                welcome.answered,
+            );
+            if let Some(reply) = lost!(answer.await) {
                 in_flight.push_back((event.seq, reply));
             }
             unsaved = Some(event.seq);
@@ -322,10 +339,11 @@ async fn answer(
     early: &EarlyFetch,
     client: &BusClient,
     event: &Event,
+    change: Result<Change, EventError>,
     content: Option<PendingReply>,
     answered: u64,
 ) -> Result<Option<PendingReply>, ClientError> {
-    let outcome = apply(applier, early, client, &event.body, content).await;
+    let outcome = apply(applier, early, client, change, content).await;
     let reply = match outcome {
         Ok((change, applied)) => {
             tracing::debug!("#{} applied {change}", event.seq);
@@ -347,12 +365,10 @@ async fn apply(
     applier: &Applier,
     early: &EarlyFetch,
     client: &BusClient,
-    notify: &Draft,
+    change: Result<Change, EventError>,
     content: Option<PendingReply>,
 ) -> Result<(Change, Applied), ApplyFailure> {
-    let change = notify
-        .change()
-        .map_err(|err| ApplyFailure::Change(format!("invalid change: {err}")))?;
+    let change = change.map_err(|err| ApplyFailure::Change(format!("invalid change: {err}")))?;
     let failed = |err: filesync_slave::ApplyError| ApplyFailure::Change(err.to_string());
     let fetch_failed = |path: &filesync_master::RelPath, err: ClientError| {
         if err.is_connection() {
@@ -503,6 +519,7 @@ mod tests {
                 agent: "master".into(),
                 body: Draft::tagged(Tag::Ready),
             },
+            change: None,
             content: None,
             bytes,
         }
