@@ -88,7 +88,21 @@ pub fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
 /// `Unstable` when size or modification time moved between open and end of read, so a file
 /// that is still being written is never published half-done.
 pub fn hash_file(path: &Path) -> Result<Hashed, HashError> {
-    hash_file_inner(path, None)
+    let (file, before) = open_file(path)?;
+    hash_opened(file, &before, None)
+}
+
+/// Opens `path` for hashing, and what it is: never through a symlink, and never waiting on
+/// a FIFO that took a file's place. The metadata is the open file's own, so a caller that
+/// only knew the name from a directory listing needs no `stat` of its own.
+pub fn open_file(path: &Path) -> io::Result<(File, std::fs::Metadata)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(path)?;
+    let meta = file.metadata()?;
+    Ok((file, meta))
 }
 
 /// Like [`hash_file`], but a file larger than one chunk is handed to `stream` piece by piece
@@ -100,15 +114,21 @@ pub fn hash_file_streaming(
     path: &Path,
     stream: &mut dyn FnMut(Vec<u8>),
 ) -> Result<Hashed, HashError> {
-    hash_file_inner(path, Some(stream))
+    let (file, before) = open_file(path)?;
+    hash_opened(file, &before, Some(stream))
 }
 
-fn hash_file_inner(
-    path: &Path,
+/// Hashes a file opened by [`open_file`]; `before` is what it was when opened. A file
+/// larger than one chunk goes to `stream`, if given, piece by piece (see
+/// [`hash_file_streaming`]).
+pub fn hash_opened(
+    mut file: File,
+    before: &std::fs::Metadata,
     mut stream: Option<&mut dyn FnMut(Vec<u8>)>,
 ) -> Result<Hashed, HashError> {
-    let mut file = File::open(path)?;
-    let before = file.metadata()?;
+    if !before.is_file() {
+        return Err(HashError::Io(io::Error::other("not a regular file")));
+    }
     let mut hasher = Sha256::new();
     let mut content = Vec::new();
     let piece_size = CHUNK_SIZE.min(before.len() as usize + 1).max(8192);
@@ -147,8 +167,7 @@ fn hash_file_inner(
         }
     }
     let after = file.metadata()?;
-    if size != before.len() || after.len() != before.len() || mtime_ns(&after) != mtime_ns(&before)
-    {
+    if size != before.len() || after.len() != before.len() || mtime_ns(&after) != mtime_ns(before) {
         return Err(HashError::Unstable);
     }
     Ok(Hashed {
@@ -246,6 +265,22 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_regular_files_are_read_never_through_a_symlink_or_from_a_fifo() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let real = dir.path().join("real");
+        std::fs::write(&real, b"content").expect("write");
+        // A file swapped for a symlink between listing and hashing: not followed.
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).expect("symlink");
+        assert!(hash_file(&link).is_err(), "a symlink is not read through");
+        // Swapped for a FIFO with no writer: refused at once instead of waiting forever.
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+        assert!(hash_file(&fifo).is_err(), "a FIFO is not read");
+        assert_eq!(hash_file(&real).expect("a file is").size, 7);
+    }
 
     #[test]
     fn hashes_and_keeps_small_content() {

@@ -5,7 +5,7 @@
 //! may be coalesced, reordered or repeated without changing the outcome: the result always
 //! describes the disk as it is now.
 
-use std::fs::{self, Metadata};
+use std::fs::{self, File, Metadata};
 use std::io;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::MetadataExt;
@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use walkdir::WalkDir;
 
-use crate::hash::{hash_file, hash_file_streaming, ContentHash, HashError, CHUNK_SIZE};
+use crate::hash::{hash_opened, open_file, ContentHash, HashError, CHUNK_SIZE};
 use crate::ignore::IgnoreRules;
 use crate::model::{Change, Entry, Kind, Model, Stamp};
 use crate::RelPath;
@@ -122,7 +122,7 @@ impl Tree {
                 if self.ignore.is_ignored(path, meta.is_dir()) {
                     return;
                 }
-                self.observe(path, &meta, false, out);
+                self.observe(path, &meta, None, false, out);
                 if meta.is_dir() {
                     self.rescan_under(Some(path), out);
                 }
@@ -230,8 +230,19 @@ impl Tree {
             let Ok(rel) = RelPath::from_full(&root, entry.path()) else {
                 continue;
             };
+            // A file new to the model is opened at once, and the open file says what it
+            // is: one `stat` by name less per file of a new tree (W2). Anything else, or a
+            // file that is no longer one, is looked at by name.
+            if entry.file_type().is_file() && self.model.get(&rel).is_none() {
+                if let Ok((file, meta)) = open_file(entry.path()) {
+                    if meta.is_file() {
+                        self.observe(&rel, &meta, Some(file), true, out);
+                        continue;
+                    }
+                }
+            }
             match entry.metadata() {
-                Ok(meta) => self.observe(&rel, &meta, true, out),
+                Ok(meta) => self.observe(&rel, &meta, None, true, out),
                 Err(err) => {
                     tracing::debug!("scan: {}: {err}", entry.path().display());
                     continue;
@@ -275,10 +286,13 @@ impl Tree {
     }
 
     /// Publishes `path` if what is on disk differs from the model (not recursive).
+    /// `opened` is the file itself when the caller has it open already (and `meta` is then
+    /// the open file's).
     fn observe(
         &mut self,
         path: &RelPath,
         meta: &Metadata,
+        opened: Option<File>,
         found_by_scan: bool,
         out: &mut dyn FnMut(Outcome),
     ) {
@@ -339,13 +353,17 @@ impl Tree {
                 let streaming = meta.len() > CHUNK_SIZE as u64
                     && !old.is_some_and(|old| old.kind == Kind::File && old.size == meta.len());
                 let mut streamed = false;
-                let hashed = if streaming {
-                    hash_file_streaming(&full, &mut |piece| {
-                        streamed = true;
-                        out(Outcome::Piece(piece));
-                    })
-                } else {
-                    hash_file(&full)
+                let mut stream = |piece| {
+                    streamed = true;
+                    out(Outcome::Piece(piece));
+                };
+                let stream: Option<&mut dyn FnMut(Vec<u8>)> =
+                    if streaming { Some(&mut stream) } else { None };
+                let hashed = match opened {
+                    Some(file) => hash_opened(file, meta, stream),
+                    None => open_file(&full)
+                        .map_err(HashError::from)
+                        .and_then(|(file, before)| hash_opened(file, &before, stream)),
                 };
                 let look = self.look_at_file(path, &full, hashed);
                 if streamed {
