@@ -598,7 +598,7 @@ async fn read_loop(mut reader: BufReader<tokio::net::tcp::OwnedReadHalf>, pendin
                 break;
             }
         };
-        let Ok(reply) = serde_json::from_slice::<Reply>(&frame.header) else {
+        let Ok(reply) = Reply::parse(&frame.header) else {
             tracing::warn!("the bus sent an unreadable frame; closing");
             break;
         };

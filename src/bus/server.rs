@@ -237,7 +237,7 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream, addr: String)
                 break;
             }
         };
-        let request: Request = match serde_json::from_slice(&frame.header) {
+        let request = match Request::parse(&frame.header) {
             Ok(request) => request,
             Err(err) => {
                 tracing::warn!(
