@@ -33,7 +33,7 @@
 //! Subscription is pull-based: a subscriber asks for events from the `seq` it wants next,
 //! so each one goes at its own pace and the bus keeps no per-subscriber queue.
 
-use serde::de::IgnoredAny;
+use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::{Deserialize, Serialize};
 
 use super::gates::Gate;
@@ -254,67 +254,72 @@ struct BlobDataFields {
     eof: bool,
 }
 
+/// `header` read as the plain struct `F` and made into a message by `into`, when it starts
+/// with `prefix` and reads as `F`.
+fn quick<F: DeserializeOwned, T>(
+    header: &[u8],
+    prefix: &[u8],
+    into: impl FnOnce(F) -> T,
+) -> Option<T> {
+    if !header.starts_with(prefix) {
+        return None;
+    }
+    serde_json::from_slice::<F>(header).ok().map(into)
+}
+
+/// The quick reading when there was one, serde's general one (and its error) otherwise.
+fn or_general<T: DeserializeOwned>(header: &[u8], quick: Option<T>) -> serde_json::Result<T> {
+    quick.map_or_else(|| serde_json::from_slice(header), Ok)
+}
+
 impl Request {
     /// Reads a request from a frame header.
-    pub fn parse(header: &[u8]) -> Result<Request, serde_json::Error> {
-        let fast = if header.starts_with(br#"{"type":"publish","#) {
-            serde_json::from_slice::<PublishFields>(header)
-                .ok()
-                .map(|f| Request::Publish {
-                    id: f.id,
-                    event: f.event,
-                })
-        } else if header.starts_with(br#"{"type":"blob_put","#) {
-            serde_json::from_slice::<BlobPutFields>(header)
-                .ok()
-                .map(|f| Request::BlobPut {
+    pub fn parse(header: &[u8]) -> serde_json::Result<Request> {
+        let read = quick(header, br#"{"type":"publish","#, |f: PublishFields| {
+            Request::Publish {
+                id: f.id,
+                event: f.event,
+            }
+        })
+        .or_else(|| {
+            quick(header, br#"{"type":"blob_put","#, |f: BlobPutFields| {
+                Request::BlobPut {
                     id: f.id,
                     sha256: f.sha256,
-                })
-        } else if header.starts_with(br#"{"type":"blob_get","#) {
-            serde_json::from_slice::<BlobGetFields>(header)
-                .ok()
-                .map(|f| Request::BlobGet {
+                }
+            })
+        })
+        .or_else(|| {
+            quick(header, br#"{"type":"blob_get","#, |f: BlobGetFields| {
+                Request::BlobGet {
                     id: f.id,
                     sha256: f.sha256,
                     offset: f.offset,
                     len: f.len,
-                })
-        } else {
-            None
-        };
-        match fast {
-            Some(request) => Ok(request),
-            None => serde_json::from_slice(header),
-        }
+                }
+            })
+        });
+        or_general(header, read)
     }
 }
 
 impl Reply {
     /// Reads a reply from a frame header.
-    pub fn parse(header: &[u8]) -> Result<Reply, serde_json::Error> {
-        let fast = if header.starts_with(br#"{"type":"ok","#) {
-            serde_json::from_slice::<OkFields>(header)
-                .ok()
-                .map(|f| Reply::Ok {
-                    id: f.id,
-                    seq: f.seq,
-                    present: f.present,
-                })
-        } else if header.starts_with(br#"{"type":"blob_data","#) {
-            serde_json::from_slice::<BlobDataFields>(header)
-                .ok()
-                .map(|f| Reply::BlobData {
+    pub fn parse(header: &[u8]) -> serde_json::Result<Reply> {
+        let read = quick(header, br#"{"type":"ok","#, |f: OkFields| Reply::Ok {
+            id: f.id,
+            seq: f.seq,
+            present: f.present,
+        })
+        .or_else(|| {
+            quick(header, br#"{"type":"blob_data","#, |f: BlobDataFields| {
+                Reply::BlobData {
                     id: f.id,
                     eof: f.eof,
-                })
-        } else {
-            None
-        };
-        match fast {
-            Some(reply) => Ok(reply),
-            None => serde_json::from_slice(header),
-        }
+                }
+            })
+        });
+        or_general(header, read)
     }
 }
 
