@@ -35,7 +35,7 @@ use std::sync::{mpsc, Mutex};
 use std::time::{Duration, Instant};
 
 use filesync::event::EntryKind;
-use filesync::testkit::{Cluster, Pattern};
+use filesync::testkit::{AgentLog, Cluster, Pattern};
 use notify::{RecursiveMode, Watcher};
 
 fn bin() -> PathBuf {
@@ -198,7 +198,12 @@ fn os(path: &Path) -> &std::ffi::OsStr {
 /// A master and one slave, the master directory filled by `prepare` first, with timeouts
 /// long enough for the big workloads.
 async fn cluster_with(label: &str, prepare: impl FnOnce(&Path)) -> Cluster {
-    let mut c = Cluster::start_with(&bin(), label, 1, prepare)
+    // Agents log as a user's do: the kit's default, a debug line per event for a failed
+    // test's logs, is work the tools compared with do not do.
+    let mut c = Cluster::builder(&bin(), label)
+        .agent_log(AgentLog::Default)
+        .prepare(prepare)
+        .start()
         .await
         .expect("cluster");
     c.events.deadline = Duration::from_secs(1800);

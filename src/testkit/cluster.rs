@@ -37,6 +37,17 @@ pub struct Cluster {
     pub slaves: Vec<SlaveAgent>,
     pub events: EventStream,
     checkpoints: bool,
+    agent_log: AgentLog,
+}
+
+/// How much the agents log into their per-process logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentLog {
+    /// `RUST_LOG=filesync=debug`: a line per event, what a failed test's kept logs need.
+    Debug,
+    /// The binary's own default, as a user runs it: what a benchmark must measure (a debug
+    /// line per event is real work).
+    Default,
 }
 
 /// The `--name` of slave `idx`: `slave`, `slave-2`, `slave-3`...
@@ -57,6 +68,7 @@ pub struct ClusterBuilder<'a> {
     label: String,
     n_slaves: usize,
     checkpoints: bool,
+    agent_log: AgentLog,
     prepare: Option<Prepare<'a>>,
 }
 
@@ -73,6 +85,12 @@ impl<'a> ClusterBuilder<'a> {
         self
     }
 
+    /// How much the agents log (default: `AgentLog::Debug`).
+    pub fn agent_log(mut self, level: AgentLog) -> Self {
+        self.agent_log = level;
+        self
+    }
+
     /// Fill the master directory before the master starts.
     pub fn prepare(mut self, prepare: impl FnOnce(&Path) + 'a) -> Self {
         self.prepare = Some(Box::new(prepare));
@@ -86,7 +104,13 @@ impl<'a> ClusterBuilder<'a> {
         if let Some(prepare) = self.prepare {
             prepare(&master_dir);
         }
-        let master = spawn_master(&mut plan, &self.bin, "127.0.0.1:0", self.checkpoints)?;
+        let master = spawn_master(
+            &mut plan,
+            &self.bin,
+            "127.0.0.1:0",
+            self.checkpoints,
+            self.agent_log,
+        )?;
         let addr = plan
             .proc(master)
             .wait_for_stderr("listening on ", START_TIMEOUT)?;
@@ -101,6 +125,7 @@ impl<'a> ClusterBuilder<'a> {
             slaves: Vec::new(),
             events,
             checkpoints: self.checkpoints,
+            agent_log: self.agent_log,
         };
         cluster.expect_ready("master").await?;
         for _ in 0..self.n_slaves {
@@ -118,6 +143,7 @@ impl Cluster {
             label: label.to_owned(),
             n_slaves: 1,
             checkpoints: false,
+            agent_log: AgentLog::Debug,
             prepare: None,
         }
     }
@@ -219,8 +245,8 @@ impl Cluster {
             .arg("--state")
             .arg(&slave.state)
             .arg("--name")
-            .arg(&slave.name)
-            .env("RUST_LOG", "filesync=debug");
+            .arg(&slave.name);
+        self.agent_log.apply(&mut command);
         let name = slave.name.clone();
         let id = self.plan.spawn(&name, command).map_err(|e| e.to_string())?;
         self.slaves[idx].proc = Some(id);
@@ -229,7 +255,13 @@ impl Cluster {
 
     /// Starts the master again (same directory, state and address) and waits for `ready`.
     pub async fn start_master(&mut self) -> Result<(), String> {
-        let master = spawn_master(&mut self.plan, &self.bin, &self.addr, self.checkpoints)?;
+        let master = spawn_master(
+            &mut self.plan,
+            &self.bin,
+            &self.addr,
+            self.checkpoints,
+            self.agent_log,
+        )?;
         self.master = Some(master);
         self.plan
             .proc(master)
@@ -425,11 +457,21 @@ impl Drop for Cluster {
     }
 }
 
+impl AgentLog {
+    fn apply(self, command: &mut Command) {
+        match self {
+            AgentLog::Debug => command.env("RUST_LOG", "filesync=debug"),
+            AgentLog::Default => command.env_remove("RUST_LOG"),
+        };
+    }
+}
+
 fn spawn_master(
     plan: &mut Plan,
     bin: &Path,
     listen: &str,
     checkpoints: bool,
+    agent_log: AgentLog,
 ) -> Result<ProcId, String> {
     let root = plan.dir().to_path_buf();
     let mut command = Command::new(bin);
@@ -440,8 +482,8 @@ fn spawn_master(
         .arg("--listen")
         .arg(listen)
         .arg("--state")
-        .arg(root.join("state").join("master"))
-        .env("RUST_LOG", "filesync=debug");
+        .arg(root.join("state").join("master"));
+    agent_log.apply(&mut command);
     if checkpoints {
         command.arg("--test-checkpoints");
     }

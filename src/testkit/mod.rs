@@ -24,7 +24,7 @@ pub mod scenario;
 pub(crate) mod test_bus;
 pub mod timeline;
 
-pub use cluster::{slave_name, Cluster, ClusterBuilder};
+pub use cluster::{slave_name, AgentLog, Cluster, ClusterBuilder};
 pub use listen::{EventStream, ExpectError};
 pub use pattern::Pattern;
 pub use plan::{Exit, Plan, PlanError, ProcId};
