@@ -16,7 +16,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 use filesync_master::hash::PieceHasher;
@@ -464,21 +464,28 @@ impl Drop for StagedFile {
     }
 }
 
+/// Set once linking an unnamed file failed where copying it out worked (a /proc that hides
+/// descriptors, say): from then on new files get a named temporary file from the start.
+static LINKING_UNNAMED_FAILS: AtomicBool = AtomicBool::new(false);
+
 /// Whether unnamed files can be linked in through `/proc/self/fd` (without /proc, a file
 /// made with `O_TMPFILE` could never be given a name by an unprivileged process).
 fn can_link_unnamed() -> bool {
     static PROC_FD: OnceLock<bool> = OnceLock::new();
-    *PROC_FD.get_or_init(|| Path::new("/proc/self/fd").is_dir())
+    !LINKING_UNNAMED_FAILS.load(Ordering::Relaxed)
+        && *PROC_FD.get_or_init(|| Path::new("/proc/self/fd").is_dir())
 }
 
 /// An unnamed file in `target`'s directory (`O_TMPFILE`), or `None` where that is not
 /// supported; the caller then makes a named temporary file, which reports any real error.
+/// Opened for reading too, so that its content can still be copied out if linking fails.
 fn create_unnamed_beside(target: &Path, mode: u32) -> Option<File> {
     if !can_link_unnamed() {
         return None;
     }
     let dir = target.parent()?;
     OpenOptions::new()
+        .read(true)
         .write(true)
         .mode(mode)
         .custom_flags(nix::libc::O_TMPFILE)
@@ -488,7 +495,9 @@ fn create_unnamed_beside(target: &Path, mode: u32) -> Option<File> {
 
 /// Gives the unnamed `file` the name `target`. When something took that name since the file
 /// was staged, the file is linked under a temporary name and renamed over it, as a named
-/// temporary file would have been.
+/// temporary file would have been. When linking itself is refused, the verified content is
+/// copied into a named temporary file instead (and later files skip the unnamed step); an
+/// error from that copy is the one reported (a full disk, say).
 fn link_into_place(file: &File, target: &Path) -> io::Result<()> {
     use nix::fcntl::AtFlags;
     use std::os::fd::AsRawFd;
@@ -498,16 +507,44 @@ fn link_into_place(file: &File, target: &Path) -> io::Result<()> {
         nix::unistd::linkat(None, by_descriptor, None, name, AtFlags::AT_SYMLINK_FOLLOW)
             .map_err(io::Error::from)
     };
-    match link(target) {
-        Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
-            let temp = temp_beside(target);
-            link(&temp)?;
-            fs::rename(&temp, target).inspect_err(|_| {
-                let _ = fs::remove_file(&temp);
-            })
+    let temp = temp_beside(target);
+    let linked = match link(target) {
+        Err(err) if err.kind() == io::ErrorKind::AlreadyExists => link(&temp),
+        Ok(()) => return Ok(()),
+        Err(err) => Err(err),
+    };
+    let placed = match linked {
+        Ok(()) => fs::rename(&temp, target),
+        Err(link_error) => {
+            let copied = copy_out(file, &temp).and_then(|()| fs::rename(&temp, target));
+            if copied.is_ok() {
+                tracing::warn!(
+                    "cannot link unnamed files ({link_error}); new files get a named temporary file from now on"
+                );
+                LINKING_UNNAMED_FAILS.store(true, Ordering::Relaxed);
+            }
+            copied
         }
-        other => other,
-    }
+    };
+    placed.inspect_err(|_| {
+        let _ = fs::remove_file(&temp);
+    })
+}
+
+/// Copies all of `file` (from its start) into a new file at `temp`, with `file`'s mode.
+fn copy_out(file: &File, temp: &Path) -> io::Result<()> {
+    use std::io::Seek;
+    let mode = file.metadata()?.permissions().mode();
+    let mut out = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(temp)?;
+    let mut source = file;
+    source.rewind()?;
+    io::copy(&mut source, &mut out)?;
+    out.set_permissions(fs::Permissions::from_mode(mode))?;
+    Ok(())
 }
 
 /// Reserves the space of a file larger than one piece before its content arrives: a full
@@ -607,5 +644,28 @@ fn hash_path(path: &Path) -> io::Result<String> {
             return Ok(hex::encode(hasher.finalize()));
         }
         hasher.update(&buffer[..n]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// Where linking an unnamed file is refused, its content is copied out instead: whole,
+    /// with its mode, whatever the descriptor's position after writing.
+    #[test]
+    fn an_unnamed_file_can_be_copied_out_when_it_cannot_be_linked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let target = dir.path().join("f");
+        let Some(mut file) = create_unnamed_beside(&target, 0o640) else {
+            return; // no O_TMPFILE here: the named path is the only one
+        };
+        file.write_all(b"verified content").expect("write");
+        let temp = temp_beside(&target);
+        copy_out(&file, &temp).expect("copy out");
+        assert_eq!(fs::read(&temp).expect("read"), b"verified content");
+        let mode = fs::metadata(&temp).expect("meta").permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o640);
     }
 }
