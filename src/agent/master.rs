@@ -399,21 +399,16 @@ fn worker(
             polling_since = Some(Instant::now());
             coalescer.observe(Signal::Rescan, Instant::now());
         }
-        for work in coalescer.take_due(Instant::now()) {
-            // Watch before scan: a directory about to be scanned is watched first, so that
-            // nothing created in it after the scan passed by goes unreported. notify adds the
-            // watches itself; this waits until it has.
-            let scans_a_dir = match &work {
-                Work::Refresh(path) | Work::Move { to: path, .. } => path
-                    .to_path(dir)
-                    .symlink_metadata()
-                    .is_ok_and(|meta| meta.is_dir()),
-                Work::RescanAll => false,
-            };
-            if scans_a_dir && watcher.catch_up().is_err() {
-                let _ = tx.blocking_send(WorkerMsg::Fatal("the directory watcher stopped".into()));
-                return;
-            }
+        let due = coalescer.take_due(Instant::now());
+        // Watch before scan: a directory about to be scanned must be watched first, so that
+        // nothing created in it after the scan passed by goes unreported. notify adds the
+        // watches itself; one wait per batch covers every event behind the batch (and no
+        // path needs a stat here to find out whether its refresh scans a directory).
+        if !due.is_empty() && watcher.catch_up().is_err() {
+            let _ = tx.blocking_send(WorkerMsg::Fatal("the directory watcher stopped".into()));
+            return;
+        }
+        for work in due {
             match work {
                 Work::Refresh(path) => {
                     tree.refresh(&path, &mut emit);
