@@ -99,24 +99,15 @@ impl Applier {
                 }
             }
         }
-        let replaces = match &existing {
-            None => Replaces::Nothing,
-            Some(meta) if meta.is_dir() => Replaces::Dir,
-            Some(_) => Replaces::Other,
-        };
-        self.stage_at(path, entry, target, replaces)
+        self.stage_at(path, entry, target, Replaces::of(existing.as_ref()))
             .map(|staged| FileStart::Stage(Box::new(staged)))
     }
 
     /// Opens a temporary file beside `path` for its new content.
     pub fn stage_file(&self, path: &RelPath, entry: &Entry) -> Result<StagedFile, ApplyError> {
         let target = resolve(&self.root, path, true)?;
-        let replaces = match fs::symlink_metadata(&target) {
-            Err(_) => Replaces::Nothing,
-            Ok(meta) if meta.is_dir() => Replaces::Dir,
-            Ok(_) => Replaces::Other,
-        };
-        self.stage_at(path, entry, target, replaces)
+        let existing = fs::symlink_metadata(&target).ok();
+        self.stage_at(path, entry, target, Replaces::of(existing.as_ref()))
     }
 
     fn stage_at(
@@ -311,6 +302,17 @@ enum Replaces {
     Other,
 }
 
+impl Replaces {
+    /// From the target's `lstat`, if it had one.
+    fn of(existing: Option<&fs::Metadata>) -> Replaces {
+        match existing {
+            None => Replaces::Nothing,
+            Some(meta) if meta.is_dir() => Replaces::Dir,
+            Some(_) => Replaces::Other,
+        }
+    }
+}
+
 /// A file being received: content goes to a temporary file, and `commit` links or renames
 /// it into place once its hash is verified. Dropping it uncommitted removes the temporary
 /// file (an unnamed one simply goes with its descriptor).
@@ -380,16 +382,11 @@ impl StagedFile {
 
     /// Verifies size and SHA-256, sets the mode and links or renames the file into place.
     pub fn commit(mut self) -> Result<Applied, ApplyError> {
-        let file = self.file.take();
-        // A named file is closed before it is renamed; an unnamed one is linked through its
-        // descriptor, so it stays open until then.
-        let file = match (&self.temp, file) {
-            (Some(_), file) => {
-                drop(file);
-                None
-            }
-            (None, file) => file,
-        };
+        // Open until it is in place: an unnamed file is linked through its descriptor.
+        let file = self.file.take().ok_or_else(|| ApplyError::Invalid {
+            path: self.path.clone(),
+            reason: "staged file already closed".into(),
+        })?;
         let hashed = self
             .hasher
             .take()
@@ -421,31 +418,20 @@ impl StagedFile {
                 source,
             }
         };
-        match (&self.temp, file) {
-            (Some(temp), _) => {
-                if !self.mode_set {
-                    set_mode(temp, self.entry.mode, &self.path)?;
-                }
+        if !self.mode_set {
+            file.set_permissions(fs::Permissions::from_mode(self.entry.mode))
+                .map_err(io_error("set mode of", &self.path))?;
+        }
+        match &self.temp {
+            Some(temp) => {
                 if self.replaces_dir {
                     remove_any(&self.target, &self.path)?;
                 }
                 fs::rename(temp, &self.target)
                     .map_err(io_error("rename into place", &self.path))?;
             }
-            (None, Some(file)) => {
-                if !self.mode_set {
-                    file.set_permissions(fs::Permissions::from_mode(self.entry.mode))
-                        .map_err(io_error("set mode of", &self.path))?;
-                }
-                link_into_place(&file, &self.target)
-                    .map_err(io_error("link into place", &self.path))?;
-            }
-            (None, None) => {
-                return Err(ApplyError::Invalid {
-                    path: self.path.clone(),
-                    reason: "staged file already closed".into(),
-                })
-            }
+            None => link_into_place(&file, &self.target)
+                .map_err(io_error("link into place", &self.path))?,
         }
         self.committed = true;
         Ok(Applied {

@@ -24,8 +24,8 @@ pub fn resolve(root: &Path, path: &RelPath, create_parents: bool) -> Result<Path
             Err(err) if err.kind() == io::ErrorKind::NotFound && create_parents => {
                 match fs::create_dir(&full) {
                     Ok(()) => {}
-                    // Created meanwhile by someone else (another of our own writers, when
-                    // files are applied side by side): it must pass the same check.
+                    // Created meanwhile by someone else (a local process, another thread
+                    // applying changes): it must pass the same check.
                     Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
                         let meta =
                             fs::symlink_metadata(&full).map_err(|source| ApplyError::Io {
