@@ -22,7 +22,11 @@ for _ in $(seq 50); do grep -q "listening on" "$R/master.log" && break; sleep 0.
 ADDR=$(grep -o "listening on [0-9.:]*" "$R/master.log" | awk '{print $3}')
 "$B" slave --dir "$R/s" --bus "$ADDR" --state "$R/sstate" 2>"$R/slave.log" &
 SP=$!
-sleep 1
+# Timing starts once the slave has said it is ready (its `ready` event in the bus's log).
+for _ in $(seq 100); do
+  grep -q '"agent":"slave","tag":"ready"' "$R/mstate/events.jsonl" 2>/dev/null && break
+  sleep 0.1
+done
 PP=""
 if [ -n "${PERFMASTER:-}" ]; then perf record -p $MP --call-graph dwarf,16384 -F 997 -o "$OUT/master.data" 2>/dev/null & PP=$!; fi
 if [ -n "${PERFSLAVE:-}" ]; then perf record -p $SP --call-graph dwarf,16384 -F 997 -o "$OUT/slave.data" 2>/dev/null & PP=$!; fi
