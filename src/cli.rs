@@ -3,8 +3,7 @@
 //! stderr, never a backtrace).
 
 use std::future::Future;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
@@ -114,6 +113,13 @@ pub struct MasterArgs {
     /// Shared secret every peer must present (required to listen beyond loopback).
     #[arg(long, env = "FILESYNC_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Take over a log that belongs to another master directory: this directory becomes
+    /// the one mirrored, and whatever it lacks is deleted on the slaves.
+    #[arg(long)]
+    pub takeover: bool,
+    /// Drop a peer of the bus that waits for nothing and sends nothing this long.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub idle_timeout: std::time::Duration,
     /// For test suites only: let peers hold agents at checkpoints (refused beyond loopback).
     #[arg(long, hide = true)]
     pub test_checkpoints: bool,
@@ -146,6 +152,9 @@ pub struct BusArgs {
     pub state: Option<PathBuf>,
     #[arg(long, env = "FILESYNC_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Drop a peer that waits for nothing and sends nothing this long.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub idle_timeout: std::time::Duration,
     /// For test suites only: let peers hold agents at checkpoints (refused beyond loopback).
     #[arg(long, hide = true)]
     pub test_checkpoints: bool,
@@ -230,8 +239,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Bus(args) => {
             let state = args.state.unwrap_or_else(|| default_state_dir("bus"));
-            let (bus, listener) =
-                open_bus(&args.listen, &state, args.token, args.test_checkpoints).await?;
+            let options = BusOptions {
+                state_dir: crate::state::would_be_canonical(&state)?,
+                token: args.token,
+                checkpoints: args.test_checkpoints,
+                idle_timeout: Some(args.idle_timeout),
+            };
+            let (bus, listener) = open_bus(&args.listen, &options).await?;
             bus.serve(listener, shutdown_signal()).await.map(|()| 0)
         }
         Command::Listen(args) => crate::listen::run(args).await,
@@ -241,32 +255,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     }
 }
 
-fn is_loopback(addr: &SocketAddr) -> bool {
-    addr.ip().is_loopback()
-}
-
-/// Opens the bus state and binds its listener; prints `listening on ADDR` on stderr.
+/// Binds the bus's address (refused beyond loopback without a token), then opens and locks
+/// its state; prints `listening on ADDR` on stderr. A bad address creates nothing.
 async fn open_bus(
     listen: &str,
-    state: &Path,
-    token: Option<String>,
-    checkpoints: bool,
+    options: &BusOptions,
 ) -> anyhow::Result<(Bus, tokio::net::TcpListener)> {
-    let bus = Bus::open(&BusOptions {
-        state_dir: state.to_path_buf(),
-        token: token.clone(),
-        checkpoints,
-    })?;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
+    let listener = crate::bus::server::bind(listen, options).await?;
+    let bus = Bus::open(options)?;
     let addr = listener.local_addr()?;
-    if checkpoints && !is_loopback(&addr) {
-        bail!("--test-checkpoints lets any peer pause agents: it is refused beyond loopback");
-    }
-    if !is_loopback(&addr) && token.is_none() {
-        bail!("listening on {addr} (beyond loopback) needs a shared token: pass --token or set FILESYNC_TOKEN");
-    }
     // Not through tracing: scripts and tests read this line whatever the log level.
     // One write, so a reader never sees half the line.
     let line = format!("listening on {addr}\n");
@@ -285,23 +282,22 @@ async fn run_master(args: MasterArgs) -> anyhow::Result<()> {
         bus: String::new(),
         name: args.name.clone(),
         token: args.token.clone(),
+        takeover: args.takeover,
     };
     if let Some(bus) = args.bus {
         options.bus = bus;
         return on_workers(agent::master::run(options, shutdown_signal())).await;
     }
     let state = args.state.unwrap_or_else(|| default_state_dir(&args.name));
-    std::fs::create_dir_all(&state)
-        .with_context(|| format!("cannot create state directory {}", state.display()))?;
-    let state = std::fs::canonicalize(&state)?;
-    if state.starts_with(&dir) {
-        bail!(
-            "state directory {} must not be inside the watched directory {}",
-            state.display(),
-            dir.display()
-        );
-    }
-    let (bus, listener) = open_bus(&args.listen, &state, args.token, args.test_checkpoints).await?;
+    let state = crate::state::would_be_canonical(&state)?;
+    crate::state::refuse_state_inside(&state, &dir, "watched directory")?;
+    let bus_options = BusOptions {
+        state_dir: state,
+        token: args.token,
+        checkpoints: args.test_checkpoints,
+        idle_timeout: Some(args.idle_timeout),
+    };
+    let (bus, listener) = open_bus(&args.listen, &bus_options).await?;
     options.bus = listener.local_addr()?.to_string();
     let (stop_bus, bus_stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(bus.serve(listener, async move {

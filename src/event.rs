@@ -20,7 +20,16 @@
 //! | `target` | put of a symlink | the link's target |
 //! | `cause` | consume, error | `seq` of the notify answered |
 //! | `error` | error | a readable message |
+//! | `host`, `dir` | join of a master or slave | the agent's host name and synced directory |
+//! | `takeover` | join of a master | `true` when this master took the log over from another |
+//! | `manifest` | put of a file stored in chunks | SHA-256 (hex) of the file's chunk list |
+//! | `uploaded` | notify put of a file | bytes the master sent to the bus for this version |
+//! | `fetched`, `reused` | consume put of a file | bytes fetched from the bus, bytes taken from what the slave held; they add up to `size` |
+//! | `repairs` | consume | the `seq` of this slave's `error` that this consume makes good: the change failed, was retried, and now applied |
+//! | `drift` | consume, error | `missing`, `modified` or `unexpected`: the slave found its directory edited behind its back at this path and restored it (consume) or kept it (error, `--keep-local`); `cause` is the last notify it had applied |
 //!
+//! A consume with `repairs` answers its notify a second time, on purpose; one with `drift`
+//! answers nothing. `filesync check` counts neither as a duplicate answer.
 //! **Names that are not UTF-8.** `path`, `from`, `to` and `target` are always readable
 //! strings; when the underlying bytes are not valid UTF-8, the string has U+FFFD in place of
 //! the bad bytes and a sibling field `path_b64` (`from_b64`, `to_b64`, `target_b64`) holds
@@ -178,6 +187,46 @@ pub struct Draft {
     pub cause: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub takeover: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uploaded: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fetched: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reused: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repairs: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift: Option<Drift>,
+}
+
+/// What a slave found at a path of its directory that it did not put there (see `drift`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Drift {
+    /// The path the log says it holds is gone.
+    Missing,
+    /// The path holds something else (content, kind, mode or link target).
+    Modified,
+    /// The path exists, but the log says nothing is there.
+    Unexpected,
+}
+
+impl Drift {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Drift::Missing => "missing",
+            Drift::Modified => "modified",
+            Drift::Unexpected => "unexpected",
+        }
+    }
 }
 
 /// One line of the event log.
@@ -220,6 +269,15 @@ struct InlineEvent {
     target_b64: Option<String>,
     cause: Option<u64>,
     error: Option<String>,
+    host: Option<String>,
+    dir: Option<String>,
+    takeover: Option<bool>,
+    manifest: Option<String>,
+    uploaded: Option<u64>,
+    fetched: Option<u64>,
+    reused: Option<u64>,
+    repairs: Option<u64>,
+    drift: Option<Drift>,
 }
 
 impl From<InlineEvent> for Event {
@@ -246,6 +304,15 @@ impl From<InlineEvent> for Event {
                 target_b64: inline.target_b64,
                 cause: inline.cause,
                 error: inline.error,
+                host: inline.host,
+                dir: inline.dir,
+                takeover: inline.takeover,
+                manifest: inline.manifest,
+                uploaded: inline.uploaded,
+                fetched: inline.fetched,
+                reused: inline.reused,
+                repairs: inline.repairs,
+                drift: inline.drift,
             },
         }
     }
@@ -338,21 +405,30 @@ impl Draft {
         draft
     }
 
-    /// A slave's error answering notify `cause`; `op` and paths are echoed when known.
+    /// A slave's error answering notify `cause`: the change is echoed whole when the notify
+    /// describes one, `op` and paths as they are otherwise.
     pub fn error(notify: &Draft, cause: u64, message: String) -> Draft {
-        Draft {
-            tag: Some(Tag::Error),
-            op: notify.op,
-            path: notify.path.clone(),
-            path_b64: notify.path_b64.clone(),
-            from: notify.from.clone(),
-            from_b64: notify.from_b64.clone(),
-            to: notify.to.clone(),
-            to_b64: notify.to_b64.clone(),
-            cause: Some(cause),
-            error: Some(message),
-            ..Draft::default()
-        }
+        let mut draft = match notify.change() {
+            Ok(change) => {
+                let mut draft = Draft::tagged(Tag::Error);
+                draft.set_change(&change);
+                draft
+            }
+            Err(_) => Draft {
+                tag: Some(Tag::Error),
+                op: notify.op,
+                path: notify.path.clone(),
+                path_b64: notify.path_b64.clone(),
+                from: notify.from.clone(),
+                from_b64: notify.from_b64.clone(),
+                to: notify.to.clone(),
+                to_b64: notify.to_b64.clone(),
+                ..Draft::default()
+            },
+        };
+        draft.cause = Some(cause);
+        draft.error = Some(message);
+        draft
     }
 
     fn set_change(&mut self, change: &Change) {
@@ -533,6 +609,15 @@ mod tests {
                 target_b64: text("Li4veA=="),
                 cause: Some(3),
                 error: text("a \"quoted\" message"),
+                host: text("h"),
+                dir: text("/d"),
+                takeover: Some(true),
+                manifest: text(&"b".repeat(64)),
+                uploaded: Some(1),
+                fetched: Some(2),
+                reused: Some(3),
+                repairs: Some(4),
+                drift: Some(Drift::Modified),
             },
         };
         let line = full.to_line();

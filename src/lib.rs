@@ -4,6 +4,8 @@
 //!
 //! - [`event`]: the event log line, and how names that are not UTF-8 are carried.
 //! - [`bus`]: the bus server (log, blob store, fan-out) and its client.
+//! - [`rules`]: what may join the bus and what may be appended to its log.
+//! - [`state`]: an agent's state directory, checked before use and locked while used.
 //! - [`agent`]: wiring the master's changes onto the bus, and the bus into the slave.
 //! - [`check`]: the invariants behind `filesync check`.
 //! - [`html`]: the log drawn as a timeline (`filesync check --html`).
@@ -21,4 +23,6 @@ pub mod demo;
 pub mod event;
 pub mod html;
 pub mod listen;
+pub mod rules;
+pub mod state;
 pub mod testkit;

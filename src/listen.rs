@@ -49,12 +49,7 @@ pub async fn run(args: ListenArgs) -> anyhow::Result<i32> {
         .map(|g| Glob::new(g).map(|g| g.compile_matcher()))
         .transpose()
         .context("bad --path glob")?;
-    let hello = Hello {
-        role: Role::Listener,
-        name: "listener".into(),
-        token: args.token,
-        dir: None,
-    };
+    let hello = Hello::new(Role::Listener, "listener", args.token);
     let (client, welcome) = BusClient::connect(&args.bus, hello).await?;
     let mut subscription = Subscription::new(client, args.from.unwrap_or(welcome.head + 1));
     let shutdown = shutdown_signal();

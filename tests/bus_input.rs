@@ -47,6 +47,8 @@ pub async fn hello(addr: &str, role: Role, name: &str) -> TcpStream {
         name: name.into(),
         token: None,
         dir: None,
+        host: None,
+        takeover: false,
     };
     send(&mut stream, &request, &[]).await;
     assert!(matches!(reply(&mut stream).await, Reply::Welcome { .. }));

@@ -155,6 +155,32 @@ impl Change {
             Change::Move { from, to, .. } => vec![from, to],
         }
     }
+
+    /// True when `self` and `other` touch a common path, one's path lying at, above or
+    /// below one of the other's: applying one may change what the other finds.
+    pub fn overlaps(&self, other: &Change) -> bool {
+        self.paths().iter().any(|mine| {
+            other
+                .paths()
+                .iter()
+                .any(|theirs| mine.starts_with(theirs) || theirs.starts_with(mine))
+        })
+    }
+
+    /// True when applying `self` after `earlier` decides, by itself, the state of every path
+    /// `earlier` touched: whatever `earlier` did or failed to do there no longer shows. A
+    /// put decides its path (and, when it is not a directory, everything that was beneath
+    /// it); a delete decides its path and everything beneath; a move decides its
+    /// destination's subtree but not its source's, whose state it carries along.
+    pub fn covers(&self, earlier: &Change) -> bool {
+        earlier.paths().iter().all(|path| match self {
+            Change::Put { path: put, entry } => {
+                *path == put || (entry.kind != Kind::Dir && path.starts_with(put))
+            }
+            Change::Delete { path: deleted, .. } => path.starts_with(deleted),
+            Change::Move { to, .. } => path.starts_with(to),
+        })
+    }
 }
 
 impl fmt::Display for Change {
@@ -176,6 +202,12 @@ pub enum ModelError {
     NoParent(RelPath),
     #[error("cannot move {0} into itself")]
     IntoItself(RelPath),
+    #[error("{path} is a {actual}, not a {claimed}")]
+    WrongKind {
+        path: RelPath,
+        claimed: Kind,
+        actual: Kind,
+    },
 }
 
 /// The state of a synced tree: every path and what it holds, ordered so that a directory's
@@ -230,18 +262,15 @@ impl Model {
                 self.require_parent(path)?;
                 self.put(path.clone(), entry.clone());
             }
-            Change::Delete { path, .. } => {
-                if self.remove_subtree(path).is_empty() {
-                    return Err(ModelError::Missing(path.clone()));
-                }
+            Change::Delete { path, kind } => {
+                self.require_kind(path, *kind)?;
+                self.remove_subtree(path);
             }
-            Change::Move { from, to, .. } => {
+            Change::Move { from, to, kind } => {
                 if to.starts_with(from) && to != from {
                     return Err(ModelError::IntoItself(from.clone()));
                 }
-                if !self.entries.contains_key(from) {
-                    return Err(ModelError::Missing(from.clone()));
-                }
+                self.require_kind(from, *kind)?;
                 self.require_parent(to)?;
                 self.rename(from, to);
             }
@@ -282,6 +311,20 @@ impl Model {
             if let Some(new_path) = path.rebase(from, to) {
                 self.entries.insert(new_path, entry);
             }
+        }
+    }
+
+    /// `path` exists and is what the change says it is: a delete or move that names the
+    /// wrong kind would remove something its sender never saw.
+    fn require_kind(&self, path: &RelPath, claimed: Kind) -> Result<(), ModelError> {
+        match self.entries.get(path) {
+            None => Err(ModelError::Missing(path.clone())),
+            Some(entry) if entry.kind != claimed => Err(ModelError::WrongKind {
+                path: path.clone(),
+                claimed,
+                actual: entry.kind,
+            }),
+            Some(_) => Ok(()),
         }
     }
 

@@ -114,6 +114,11 @@ impl RelPath {
         root.join(OsStr::from_bytes(&self.0))
     }
 
+    /// The components (names), outermost first.
+    pub fn components(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        self.0.split(|&b| b == b'/')
+    }
+
     /// The last component.
     pub fn file_name(&self) -> &[u8] {
         match self.0.iter().rposition(|&b| b == b'/') {

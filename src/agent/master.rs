@@ -35,6 +35,8 @@ pub struct MasterOptions {
     pub bus: String,
     pub name: String,
     pub token: Option<String>,
+    /// Take the log over from the master directory it belongs to.
+    pub takeover: bool,
 }
 
 /// With the watch limit reached, the whole tree is compared this often instead.
@@ -69,7 +71,8 @@ pub async fn run(options: MasterOptions, shutdown: impl Future<Output = ()>) -> 
         &options.name,
         options.token.clone(),
         &dir,
-    );
+    )
+    .takeover(options.takeover);
     let mut shutdown = Box::pin(shutdown);
     while let Some((client, welcome)) = connector.connect(&mut shutdown).await? {
         match session(&dir, client, welcome.head, &mut shutdown).await? {

@@ -12,7 +12,6 @@ pub mod slave;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
 use std::time::Duration;
 
 use crate::bus::{BusClient, ClientError, Hello, Welcome};
@@ -20,6 +19,10 @@ use crate::event::Role;
 
 /// How long an agent keeps trying to reach a bus that has never answered.
 pub const FIRST_CONNECT_PATIENCE: Duration = Duration::from_secs(10);
+/// How long an agent starting up waits for its name (or the master's place) to be let go by
+/// a connection the bus has not seen close yet (a predecessor killed a moment ago). A
+/// second agent started by mistake is refused after this.
+pub const FIRST_BUSY_PATIENCE: Duration = Duration::from_secs(3);
 
 /// Backoff between reconnection attempts: quick at first, then at most every two seconds.
 pub fn backoff(attempt: u32) -> Duration {
@@ -34,28 +37,35 @@ pub enum SessionEnd {
     BusLost(ClientError),
 }
 
-/// Connects, retrying with backoff; gives up after `patience` (if any). Returns `None` when
-/// shutdown came first.
+/// How long to keep trying: while the bus cannot be reached, and while it says what we
+/// need is held by another connection (`None`: for as long as the agent runs).
+#[derive(Debug, Clone, Copy)]
+struct Patience {
+    unreachable: Option<Duration>,
+    busy: Option<Duration>,
+}
+
+/// Connects, retrying with backoff within `patience`. Returns `None` when shutdown came
+/// first.
 async fn connect_with_retry(
     addr: &str,
     hello: &Hello,
-    patience: Option<Duration>,
+    patience: Patience,
     shutdown: &mut (impl Future<Output = ()> + Unpin),
 ) -> Result<Option<(BusClient, Welcome)>, ClientError> {
     let started = tokio::time::Instant::now();
     let mut attempt = 0;
     loop {
-        match BusClient::connect(addr, hello.clone()).await {
+        let limit = match BusClient::connect(addr, hello.clone()).await {
             Ok(connected) => return Ok(Some(connected)),
-            Err(err) if err.is_connection() => {
-                if patience.is_some_and(|p| started.elapsed() >= p) {
-                    return Err(err);
-                }
-                if attempt == 3 {
-                    tracing::warn!("{err}; retrying");
-                }
-            }
+            Err(err) if err.is_connection() => (err, patience.unreachable),
+            Err(err @ ClientError::Busy(_)) => (err, patience.busy),
             Err(err) => return Err(err),
+        };
+        match limit {
+            (err, Some(limit)) if started.elapsed() >= limit => return Err(err),
+            (err, _) if attempt == 3 => tracing::warn!("{err}; retrying"),
+            _ => {}
         }
         tokio::select! {
             _ = &mut *shutdown => return Ok(None),
@@ -70,21 +80,30 @@ async fn connect_with_retry(
 pub struct Connector {
     addr: String,
     hello: Hello,
-    patience: Option<Duration>,
+    patience: Patience,
 }
 
 impl Connector {
+    /// The way to the bus for a master or slave syncing `dir` (its absolute path) on this
+    /// host.
     pub fn new(addr: &str, role: Role, name: &str, token: Option<String>, dir: &Path) -> Connector {
+        let mut hello = Hello::new(role, name, token);
+        hello.dir = Some(dir.to_string_lossy().into_owned());
+        hello.host = Some(host_name());
         Connector {
             addr: addr.to_owned(),
-            hello: Hello {
-                role,
-                name: name.to_owned(),
-                token,
-                dir: Some(dir.to_string_lossy().into_owned()),
+            hello,
+            patience: Patience {
+                unreachable: Some(FIRST_CONNECT_PATIENCE),
+                busy: Some(FIRST_BUSY_PATIENCE),
             },
-            patience: Some(FIRST_CONNECT_PATIENCE),
         }
+    }
+
+    /// A master that takes the log over from the master it belongs to (`--takeover`).
+    pub fn takeover(mut self, takeover: bool) -> Connector {
+        self.hello.takeover = takeover;
+        self
     }
 
     /// The next connection, or `None` when shutdown came first. Fails when a bus that never
@@ -95,10 +114,24 @@ impl Connector {
     ) -> anyhow::Result<Option<(BusClient, Welcome)>> {
         let connected = connect_with_retry(&self.addr, &self.hello, self.patience, shutdown)
             .await
-            .with_context(|| format!("bus unreachable at {}", self.addr))?;
-        self.patience = None;
+            .map_err(|err| match err {
+                ClientError::Rejected(_) | ClientError::Busy(_) => anyhow::Error::new(err),
+                err => anyhow::Error::new(err).context(format!("bus unreachable at {}", self.addr)),
+            })?;
+        self.patience = Patience {
+            unreachable: None,
+            busy: None,
+        };
         Ok(connected)
     }
+}
+
+/// This machine's name, as the bus records it beside an agent's directory.
+pub fn host_name() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|name| name.into_string().ok())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 /// `$XDG_STATE_HOME/filesync/NAME`, or `~/.local/state/filesync/NAME`.

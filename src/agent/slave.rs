@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use filesync_master::hash::CHUNK_SIZE;
 use filesync_master::{Change, Kind};
 use filesync_slave::{Applied, Applier, FileStart, StagedFile};
@@ -21,6 +21,7 @@ use super::{Connector, SessionEnd};
 use crate::bus::client::PIECES_IN_FLIGHT;
 use crate::bus::{BusClient, ClientError, PendingReply, Subscription, Welcome};
 use crate::event::{Draft, Event, EventError, Role, Tag};
+use crate::state::{check_creatable, refuse_state_inside, would_be_canonical, StateDir};
 
 /// How the slave runs.
 #[derive(Debug, Clone)]
@@ -41,25 +42,46 @@ enum ApplyFailure {
 }
 
 /// Runs the slave until `shutdown`, reconnecting when the bus goes away.
+///
+/// Everything a start can be refused for is checked before anything is created or joined:
+/// the directories (where they are, that they can be made, that they do not nest), the
+/// state (readable, writable, not held by another process), then the bus's own refusals
+/// (its token, our name in use, our directory nesting with the master's). A state
+/// directory created for a start the bus then refused is removed again.
 pub async fn run(options: SlaveOptions, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&options.dir)
-        .with_context(|| format!("cannot create slave directory {}", options.dir.display()))?;
-    let dir = std::fs::canonicalize(&options.dir)
-        .with_context(|| format!("slave directory {} is not usable", options.dir.display()))?;
-    std::fs::create_dir_all(&options.state_dir).with_context(|| {
-        format!(
-            "cannot create state directory {}",
-            options.state_dir.display()
-        )
-    })?;
-    let state_dir = std::fs::canonicalize(&options.state_dir)?;
-    if state_dir.starts_with(&dir) {
-        bail!(
-            "state directory {} must not be inside the synced directory {}",
-            state_dir.display(),
-            dir.display()
-        );
+    let dir = would_be_canonical(&options.dir)?;
+    check_creatable(&dir, "slave directory")?;
+    let state_path = would_be_canonical(&options.state_dir)?;
+    refuse_state_inside(&state_path, &dir, "synced directory")?;
+    let position_file = state_path.join("position");
+    // Fail now, not at the first event, when the state is unreadable ...
+    read_position(&position_file)?;
+    let state = StateDir::open(&state_path)?;
+    // ... or cannot record where we are.
+    if position_file.exists() {
+        if let Err(err) = std::fs::OpenOptions::new().write(true).open(&position_file) {
+            return Err(err).with_context(|| {
+                format!("cannot record positions in {}", position_file.display())
+            });
+        }
     }
+    let mut connector = Connector::new(
+        &options.bus,
+        Role::Slave,
+        &options.name,
+        options.token.clone(),
+        &dir,
+    );
+    let mut shutdown = Box::pin(shutdown);
+    let mut next = match connector.connect(&mut shutdown).await {
+        Ok(connected) => connected,
+        Err(err) => {
+            state.abandon();
+            return Err(err);
+        }
+    };
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("cannot create slave directory {}", dir.display()))?;
     // Content a killed predecessor was receiving early (a whole large file, perhaps).
     match Applier::new(&dir).remove_leftovers() {
         Ok(0) => {}
@@ -69,37 +91,12 @@ pub async fn run(options: SlaveOptions, shutdown: impl Future<Output = ()>) -> a
         ),
         Err(err) => tracing::warn!("cannot clean up {}: {err}", dir.display()),
     }
-    let position_file = state_dir.join("position");
-    // Fail now, not at the first event, when the state is unreadable.
-    read_position(&position_file)?;
-    let mut connector = Connector::new(
-        &options.bus,
-        Role::Slave,
-        &options.name,
-        options.token.clone(),
-        &dir,
-    );
-    let mut shutdown = Box::pin(shutdown);
-    while let Some((client, welcome)) = connector.connect(&mut shutdown).await? {
-        refuse_nesting(&dir, &welcome)?;
+    while let Some((client, welcome)) = next {
         match session(&dir, &position_file, client, welcome, &mut shutdown).await? {
             SessionEnd::Stopped => return Ok(()),
             SessionEnd::BusLost(err) => tracing::warn!("{err}; reconnecting"),
         }
-    }
-    Ok(())
-}
-
-fn refuse_nesting(dir: &Path, welcome: &Welcome) -> anyhow::Result<()> {
-    if let Some(master_dir) = &welcome.master_dir {
-        let master_dir = Path::new(master_dir);
-        if dir.starts_with(master_dir) || master_dir.starts_with(dir) {
-            bail!(
-                "slave directory {} and master directory {} must not contain each other",
-                dir.display(),
-                master_dir.display()
-            );
-        }
+        next = connector.connect(&mut shutdown).await?;
     }
     Ok(())
 }

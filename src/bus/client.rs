@@ -9,6 +9,7 @@ use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use filesync_master::hash::CHUNK_SIZE;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
@@ -34,6 +35,10 @@ pub enum ClientError {
     },
     #[error("the bus refused us: {0}")]
     Rejected(String),
+    /// Refused for something another connection holds (our name, the master's place):
+    /// worth trying again once it is gone.
+    #[error("the bus refused us: {0}")]
+    Busy(String),
     #[error("the bus refused the request: {0}")]
     Refused(String),
     #[error("the bus sent something unexpected: {0}")]
@@ -52,9 +57,12 @@ impl ClientError {
 /// What the bus told us when we joined.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Welcome {
+    /// The last `seq` in the log before our join.
     pub head: u64,
+    /// The highest notify our name answered.
     pub answered: u64,
-    pub master_dir: Option<String>,
+    /// `(error seq, notify seq)` of our errors to retry, oldest first.
+    pub retry: Vec<(u64, u64)>,
 }
 
 /// Who we are, for the handshake.
@@ -63,7 +71,26 @@ pub struct Hello {
     pub role: Role,
     pub name: String,
     pub token: Option<String>,
+    /// The synced directory, for a master or slave.
     pub dir: Option<String>,
+    /// This machine's name, which `dir` is a path on.
+    pub host: Option<String>,
+    /// A master taking the log over from the one it belongs to.
+    pub takeover: bool,
+}
+
+impl Hello {
+    /// A hello for an agent that syncs no directory (a listener, a test's raw peer).
+    pub fn new(role: Role, name: &str, token: Option<String>) -> Hello {
+        Hello {
+            role,
+            name: name.to_owned(),
+            token,
+            dir: None,
+            host: None,
+            takeover: false,
+        }
+    }
 }
 
 type Pending = Arc<Mutex<Option<HashMap<u64, oneshot::Sender<(Reply, Vec<u8>)>>>>>;
@@ -96,6 +123,8 @@ impl BusClient {
             name: hello.name,
             token: hello.token,
             dir: hello.dir,
+            host: hello.host,
+            takeover: hello.takeover,
         };
         send(&mut writer, &request, &[]).await?;
         let frame = match read_frame(&mut reader).await {
@@ -104,18 +133,23 @@ impl BusClient {
             Ok(None) | Err(FrameError::Io(_) | FrameError::Torn) => return Err(ClientError::Lost),
             Err(err) => return Err(ClientError::Protocol(err.to_string())),
         };
-        let welcome = match serde_json::from_slice::<Reply>(&frame.header) {
+        let (welcome, keepalive) = match serde_json::from_slice::<Reply>(&frame.header) {
             Ok(Reply::Welcome {
                 protocol,
                 head,
                 answered,
-                master_dir,
-            }) if protocol == PROTOCOL_VERSION => Welcome {
-                head,
-                answered,
-                master_dir,
-            },
-            Ok(Reply::Reject { error }) => return Err(ClientError::Rejected(error)),
+                retry,
+                keepalive_ms,
+            }) if protocol == PROTOCOL_VERSION => (
+                Welcome {
+                    head,
+                    answered,
+                    retry: retry.into_iter().map(|[e, n]| (e, n)).collect(),
+                },
+                keepalive_ms.map(Duration::from_millis),
+            ),
+            Ok(Reply::Reject { error, busy: true }) => return Err(ClientError::Busy(error)),
+            Ok(Reply::Reject { error, .. }) => return Err(ClientError::Rejected(error)),
             Ok(other) => {
                 return Err(ClientError::Protocol(format!(
                     "expected welcome, got {other:?}"
@@ -127,6 +161,9 @@ impl BusClient {
         tokio::spawn(read_loop(reader, pending.clone()));
         let (outbox, queued) = mpsc::channel(OUTBOX);
         tokio::spawn(write_loop(writer.into_inner(), queued, pending.clone()));
+        if let Some(every) = keepalive {
+            tokio::spawn(keep_alive(outbox.downgrade(), every));
+        }
         Ok((
             BusClient {
                 outbox,
@@ -579,6 +616,27 @@ pub const PIECES_IN_FLIGHT: usize = 4;
 
 /// Requests queued and not yet written; enough for the slave's and master's pipelines.
 const OUTBOX: usize = 256;
+
+/// Pings the bus every `every` for as long as the connection lasts, so that a client with
+/// nothing to say (a master whose directory is quiet) is not taken for an idle peer. The
+/// reply (to id 0, which no request uses) is dropped by the reader. It holds the outbox
+/// weakly: the connection closes when the last `BusClient` is dropped, pings or not.
+async fn keep_alive(outbox: mpsc::WeakSender<Frame>, every: Duration) {
+    let ping = serde_json::to_vec(&Request::Ping { id: 0 }).unwrap_or_default();
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(outbox) = outbox.upgrade() else {
+            return;
+        };
+        if outbox
+            .send(Frame::new(ping.clone(), Vec::new()))
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
 
 async fn write_loop(write_half: OwnedWriteHalf, queued: mpsc::Receiver<Frame>, pending: Pending) {
     if let Err(err) = write_queued(write_half, queued).await {

@@ -6,17 +6,17 @@
 //! partial line. A line survives the bus being killed (the kernel has it); surviving power
 //! loss would need an fsync per event, which we do not pay (see ARCHITECTURE.md).
 //!
-//! At start the log is read once to rebuild the `seq` index. A last line torn by a crash
+//! At start the log is read once to rebuild the `seq` index, and every event is handed to
+//! the caller (the bus rebuilds its rules' state from them). A last line torn by a crash
 //! (no newline, or not JSON) is an expected condition: it is cut off with a warning. A bad
 //! line anywhere else means the file is not ours to fix, and opening fails.
 
-use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use crate::event::{Draft, Event, Tag};
+use crate::event::{Draft, Event};
 
 /// The log's end: its last `seq` and the byte offset just past its last line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -25,12 +25,8 @@ pub struct Head {
     pub end: u64,
 }
 
-/// Facts derived from the log while reading it at start.
-#[derive(Debug, Default)]
-pub struct Recovered {
-    /// Per agent name, the highest notify `seq` it answered with a consume or error.
-    pub answered: HashMap<String, u64>,
-}
+/// Reads back an earlier event of the log by `seq` (while the log is being opened).
+pub type Lookup<'a> = &'a dyn Fn(u64) -> Option<Event>;
 
 /// The open event log.
 pub struct EventLog {
@@ -43,15 +39,15 @@ pub struct EventLog {
 }
 
 impl EventLog {
-    /// Opens (creating if needed) the log at `path`, recovering from a torn last line.
-    pub fn open(path: &Path) -> io::Result<(EventLog, Recovered)> {
+    /// Opens (creating if needed) the log at `path`, recovering from a torn last line, and
+    /// hands each event to `visit` in order, with a way to read back earlier ones.
+    pub fn open(path: &Path, mut visit: impl FnMut(&Event, Lookup<'_>)) -> io::Result<EventLog> {
         let mut file = OpenOptions::new()
             .read(true)
             .append(true)
             .create(true)
             .open(path)?;
-        let mut offsets = Vec::new();
-        let mut recovered = Recovered::default();
+        let mut offsets: Vec<u64> = Vec::new();
         let mut last_time = SystemTime::UNIX_EPOCH;
         let mut end: u64 = 0;
         let file_len = file.metadata()?.len();
@@ -97,12 +93,8 @@ impl EventLog {
                         ),
                     ));
                 }
-                if matches!(event.tag(), Some(Tag::Consume | Tag::Error)) {
-                    if let Some(cause) = event.body.cause {
-                        let answered = recovered.answered.entry(event.agent.clone()).or_default();
-                        *answered = (*answered).max(cause);
-                    }
-                }
+                let lookup = |seq: u64| read_event_at(path, &offsets, end, seq);
+                visit(&event, &lookup);
                 if let Ok(time) = humantime::parse_rfc3339(&event.time) {
                     last_time = last_time.max(time);
                 }
@@ -113,16 +105,18 @@ impl EventLog {
         if end != file_len {
             file.set_len(end)?;
         }
-        Ok((
-            EventLog {
-                path: path.to_path_buf(),
-                file,
-                offsets,
-                end,
-                last_time,
-            },
-            recovered,
-        ))
+        Ok(EventLog {
+            path: path.to_path_buf(),
+            file,
+            offsets,
+            end,
+            last_time,
+        })
+    }
+
+    /// Reads back the event with `seq`, if the log has it.
+    pub fn read_event(&self, seq: u64) -> Option<Event> {
+        read_event_at(&self.path, &self.offsets, self.end, seq)
     }
 
     pub fn path(&self) -> &Path {
@@ -162,6 +156,15 @@ impl EventLog {
         self.end += line.len() as u64;
         Ok(event)
     }
+}
+
+/// The event with `seq` of the log at `path`, given its line offsets and end.
+fn read_event_at(path: &Path, offsets: &[u64], end: u64, seq: u64) -> Option<Event> {
+    let idx = usize::try_from(seq.checked_sub(1)?).ok()?;
+    let start = *offsets.get(idx)?;
+    let stop = offsets.get(idx + 1).copied().unwrap_or(end);
+    let line = read_lines(path, start, stop, stop - start).ok()?;
+    Event::parse(std::str::from_utf8(&line).ok()?.trim_end()).ok()
 }
 
 /// Reads whole lines from `path` between byte offsets `start` and `end`, at most about
@@ -209,13 +212,14 @@ pub fn read_log(path: &Path) -> io::Result<Vec<Event>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::Tag;
 
     #[test]
     fn appends_recover_and_a_torn_tail_is_cut() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("events.jsonl");
         {
-            let (mut log, _) = EventLog::open(&path).expect("open");
+            let mut log = EventLog::open(&path, |_, _| {}).expect("open");
             log.append("master", Draft::tagged(Tag::Ready))
                 .expect("append");
             let mut consume = Draft::tagged(Tag::Consume);
@@ -224,9 +228,17 @@ mod tests {
         }
         let mut file = OpenOptions::new().append(true).open(&path).expect("open");
         file.write_all(br#"{"seq":3,"time":"#).expect("torn write");
-        let (mut log, recovered) = EventLog::open(&path).expect("reopen");
+        let mut seen = Vec::new();
+        let mut log = EventLog::open(&path, |event, lookup| {
+            seen.push(event.seq);
+            if event.seq == 2 {
+                assert_eq!(lookup(1).map(|e| e.agent), Some("master".to_owned()));
+            }
+        })
+        .expect("reopen");
         assert_eq!(log.head().seq, 2);
-        assert_eq!(recovered.answered.get("slave"), Some(&1));
+        assert_eq!(seen, [1, 2]);
+        assert_eq!(log.read_event(2).and_then(|e| e.body.cause), Some(1));
         let third = log
             .append("master", Draft::tagged(Tag::Leave))
             .expect("append");
@@ -247,6 +259,6 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("events.jsonl");
         std::fs::write(&path, "garbage\n{}\n").expect("write");
-        assert!(EventLog::open(&path).is_err());
+        assert!(EventLog::open(&path, |_, _| {}).is_err());
     }
 }

@@ -27,8 +27,12 @@
 //! `stream_next` and `stream_get` let an idle slave follow a large upload while it arrives
 //! (see `streams.rs`); it still applies nothing before the notify.
 //!
+//! | `ping {id}` | | `ok {id}`: keeps an otherwise quiet connection from being dropped as idle |
+//!
 //! Version 2 replaced version 1's `blob_put {offset, last}` pieces, addressed up front, by
-//! `blob_piece` and `blob_commit`; the handshake refuses a peer speaking another version.
+//! `blob_piece` and `blob_commit`. Version 3 added the agent's `host` and `takeover` to the
+//! hello, what to retry and how often to ping to the welcome, and `ping`. The handshake
+//! refuses a peer speaking another version.
 //!
 //! Subscription is pull-based: a subscriber asks for events from the `seq` it wants next,
 //! so each one goes at its own pace and the bus keeps no per-subscriber queue.
@@ -40,7 +44,7 @@ use super::gates::Gate;
 use crate::event::{Draft, Role};
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Messages from an agent to the bus.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,9 +56,16 @@ pub enum Request {
         name: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         token: Option<String>,
-        /// The synced directory (masters and slaves), so the bus can refuse nested setups.
+        /// The synced directory (masters and slaves): the log belongs to one master's, and
+        /// a slave's may not nest with it.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         dir: Option<String>,
+        /// The agent's host name, which `dir` is a path on.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        host: Option<String>,
+        /// A master taking the log over from the master it belongs to.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        takeover: bool,
     },
     Publish {
         id: u64,
@@ -130,6 +141,10 @@ pub enum Request {
     Disarm {
         id: u64,
     },
+    /// Nothing but proof of life.
+    Ping {
+        id: u64,
+    },
 }
 
 /// Messages from the bus to an agent.
@@ -142,12 +157,18 @@ pub enum Reply {
         head: u64,
         /// The highest notify `seq` this agent's name has answered, per the log.
         answered: u64,
-        /// The master's directory, when a master is connected (to refuse nested setups).
+        /// `[error seq, notify seq]` of this agent's errors to retry (see `rules::repairs`).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        retry: Vec<[u64; 2]>,
+        /// Send something (a `ping`) at least this often, or be dropped as idle.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        master_dir: Option<String>,
+        keepalive_ms: Option<u64>,
     },
     Reject {
         error: String,
+        /// The refusal may pass by itself (what it names is held by another connection).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        busy: bool,
     },
     Ok {
         id: u64,

@@ -7,21 +7,32 @@
 //!
 //! What a peer sends is untrusted. A frame that is not a valid message, or is too large,
 //! ends that peer's connection with a warning on stderr; a well-formed request that is
-//! wrong (a path with `..`, a put of content the store does not have, a notify from a
-//! slave) gets an `err` reply and is never logged. Either way the bus and other agents go on.
+//! wrong (a path with `..`, a put of content the store does not have, a notify that does
+//! not apply, a notify from a slave) gets an `err` reply and is never logged. Either way
+//! the bus and other agents go on. What may join and what may be appended is decided by
+//! [`crate::rules`], which sees every event appended.
+//!
+//! Connections are bounded and fair: at most `MAX_HANDSHAKES` peers may be saying hello at
+//! once (each for `HANDSHAKE_TIMEOUT` at most), at most `MAX_AGENTS` may be connected, and
+//! the last `RESERVED` places go only to masters and slaves the log knows, so a crowd of
+//! strangers cannot lock out the mirror's own agents. A welcomed peer that waits for
+//! nothing and sends nothing for the idle timeout is dropped; agents ping (`keepalive_ms`
+//! in the welcome). TCP keepalive finds peers whose host vanished.
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use filesync_master::hash::CHUNK_SIZE;
 use tokio::io::BufReader;
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinSet;
 
 use super::blobs::{BlobStore, Upload};
@@ -30,11 +41,23 @@ use super::log::{read_lines, EventLog, Head};
 use super::protocol::{Reply, Request, PROTOCOL_VERSION};
 use super::streams::{Stream, Streams};
 use crate::event::{Draft, Event, Role, Tag};
+use crate::rules::{Connected, Place, Refusal, Rules};
+use crate::state::StateDir;
 
-/// At most this many agents at once; more wait in the kernel's accept queue.
-const MAX_CONNECTIONS: usize = 1024;
+/// At most this many agents connected at once ...
+const MAX_AGENTS: usize = 1024;
+/// ... of which the last this many only for masters and slaves the log knows.
+const RESERVED: usize = 64;
+/// At most this many peers between accept and hello; more are closed at once.
+const MAX_HANDSHAKES: usize = 256;
 /// A peer that has not said hello by then is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The default for `BusOptions::idle_timeout`.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// TCP keepalive: probes after this much silence, then every `KEEPALIVE_INTERVAL` (the
+/// kernel gives up after 9 unanswered: about two minutes for a vanished host).
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// Uploads one connection may have open at once.
 const MAX_UPLOADS: usize = 8;
 /// Replies waiting for a slow peer's socket; past this the peer's reads simply wait.
@@ -55,20 +78,50 @@ pub struct BusOptions {
     pub token: Option<String>,
     /// Test buses only: let a peer hold agents at checkpoints (see `gates`).
     pub checkpoints: bool,
+    /// Drop a welcomed peer that waits for nothing and sends nothing this long (`None`:
+    /// never).
+    pub idle_timeout: Option<Duration>,
+}
+
+/// The log and the rules that decide what enters it, under one lock: one writer.
+struct Ledger {
+    log: EventLog,
+    rules: Rules,
+}
+
+impl Ledger {
+    fn append(&mut self, agent: &str, draft: Draft) -> std::io::Result<Event> {
+        let event = self.log.append(agent, draft)?;
+        let log = &self.log;
+        self.rules.observe(&event, |cause| {
+            log.read_event(cause).and_then(|e| e.body.change().ok())
+        });
+        Ok(event)
+    }
+}
+
+/// Who is connected, and who is still saying hello.
+#[derive(Default)]
+struct Sessions {
+    next_id: u64,
+    handshaking: usize,
+    agents: HashMap<u64, Connected>,
 }
 
 struct Shared {
-    log: Mutex<EventLog>,
+    ledger: Mutex<Ledger>,
     log_path: PathBuf,
     head: watch::Sender<Head>,
     blobs: BlobStore,
     /// Uploads under way, for slaves that follow them as they arrive.
     streams: Streams,
-    answered: Mutex<HashMap<String, u64>>,
-    master_dir: Mutex<Option<String>>,
+    sessions: Mutex<Sessions>,
     token: Option<String>,
+    idle_timeout: Option<Duration>,
     /// Present only on a bus started with checkpoints enabled.
     gates: Option<super::gates::Gates>,
+    /// Held while the bus runs: its lock keeps a second process off this state.
+    _state: StateDir,
 }
 
 /// Locks a mutex, recovering the data if a panicking task poisoned it: every critical
@@ -79,37 +132,70 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Opens the bus's state (log and blobs) so that errors surface before listening.
+/// Binds the bus's address and applies the bus's policy to it: beyond loopback a token is
+/// required and checkpoints are refused. Nothing is created on disk.
+pub async fn bind(listen: &str, options: &BusOptions) -> anyhow::Result<TcpListener> {
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    check_policy(
+        &listener.local_addr()?,
+        options.token.is_some(),
+        options.checkpoints,
+    )?;
+    Ok(listener)
+}
+
+fn check_policy(addr: &SocketAddr, token: bool, checkpoints: bool) -> anyhow::Result<()> {
+    let loopback = addr.ip().is_loopback();
+    if checkpoints && !loopback {
+        bail!("--test-checkpoints lets any peer pause agents: it is refused beyond loopback");
+    }
+    if !loopback && !token {
+        bail!("listening on {addr} (beyond loopback) needs a shared token: pass --token or set FILESYNC_TOKEN");
+    }
+    Ok(())
+}
+
+/// The bus's state (log, rules, blobs), open and locked; serve it with [`Bus::serve`].
 pub struct Bus {
     shared: Arc<Shared>,
 }
 
 impl Bus {
+    /// Opens (creating if needed) and locks the state directory, then reads the log back.
     pub fn open(options: &BusOptions) -> anyhow::Result<Bus> {
-        std::fs::create_dir_all(&options.state_dir).with_context(|| {
-            format!(
-                "cannot create state directory {}",
-                options.state_dir.display()
-            )
-        })?;
+        let state = StateDir::open(&options.state_dir)?;
+        let opened = Bus::open_locked(options, state);
+        raise_fd_limit();
+        opened
+    }
+
+    fn open_locked(options: &BusOptions, state: StateDir) -> anyhow::Result<Bus> {
         let log_path = options.state_dir.join("events.jsonl");
-        let (log, recovered) = EventLog::open(&log_path)
-            .with_context(|| format!("cannot open event log {}", log_path.display()))?;
+        let mut rules = Rules::new();
+        let log = EventLog::open(&log_path, |event, lookup| {
+            rules.observe(event, |cause| {
+                lookup(cause).and_then(|e| e.body.change().ok())
+            })
+        })
+        .with_context(|| format!("cannot open event log {}", log_path.display()))?;
         let blobs = BlobStore::open(&options.state_dir.join("blobs")).with_context(|| {
             format!("cannot open blob store in {}", options.state_dir.display())
         })?;
         let (head, _) = watch::channel(log.head());
         Ok(Bus {
             shared: Arc::new(Shared {
-                log: Mutex::new(log),
+                ledger: Mutex::new(Ledger { log, rules }),
                 log_path,
                 head,
                 blobs,
                 streams: Streams::default(),
-                answered: Mutex::new(recovered.answered),
-                master_dir: Mutex::new(None),
+                sessions: Mutex::new(Sessions::default()),
                 token: options.token.clone(),
+                idle_timeout: options.idle_timeout,
                 gates: options.checkpoints.then(super::gates::Gates::default),
+                _state: state,
             }),
         })
     }
@@ -124,24 +210,30 @@ impl Bus {
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> anyhow::Result<()> {
-        let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        // Checked again here, so that no embedding of `Bus` can serve beyond its policy.
+        check_policy(
+            &listener.local_addr()?,
+            self.shared.token.is_some(),
+            self.shared.gates.is_some(),
+        )?;
         let mut connections = JoinSet::new();
         tokio::pin!(shutdown);
         loop {
-            let permit = tokio::select! {
-                _ = &mut shutdown => break,
-                permit = limit.clone().acquire_owned() => permit.context("connection limit closed")?,
-            };
             let accepted = tokio::select! {
                 _ = &mut shutdown => break,
                 accepted = listener.accept() => accepted,
             };
             match accepted {
                 Ok((stream, peer)) => {
+                    let Some(slot) = HandshakeSlot::take(&self.shared) else {
+                        tracing::warn!(
+                            "peer {peer}: {MAX_HANDSHAKES} peers are saying hello already; closing"
+                        );
+                        continue;
+                    };
                     let shared = self.shared.clone();
                     connections.spawn(async move {
-                        let _permit = permit;
-                        handle_connection(shared, stream, peer.to_string()).await;
+                        handle_connection(shared, stream, peer.to_string(), slot).await;
                     });
                 }
                 Err(err) => {
@@ -157,6 +249,50 @@ impl Bus {
     }
 }
 
+/// Lets the process hold as many connections as the bus admits (the soft limit is often
+/// 1,024 descriptors, which `MAX_AGENTS` alone would use up).
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let want = (MAX_AGENTS + MAX_HANDSHAKES + 512) as u64;
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < want {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, want.min(hard), hard);
+        }
+    }
+}
+
+/// A place among the peers saying hello; given back when dropped.
+struct HandshakeSlot(Arc<Shared>);
+
+impl HandshakeSlot {
+    fn take(shared: &Arc<Shared>) -> Option<HandshakeSlot> {
+        let mut sessions = lock(&shared.sessions);
+        if sessions.handshaking >= MAX_HANDSHAKES {
+            return None;
+        }
+        sessions.handshaking += 1;
+        Some(HandshakeSlot(shared.clone()))
+    }
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        lock(&self.0.sessions).handshaking -= 1;
+    }
+}
+
+/// A welcomed agent's place in `Sessions`; removed when dropped.
+struct SessionSlot {
+    shared: Arc<Shared>,
+    id: u64,
+}
+
+impl Drop for SessionSlot {
+    fn drop(&mut self) {
+        lock(&self.shared.sessions).agents.remove(&self.id);
+    }
+}
+
 /// One agent's identity, from its hello.
 struct Peer {
     role: Role,
@@ -164,8 +300,17 @@ struct Peer {
     addr: String,
 }
 
-async fn handle_connection(shared: Arc<Shared>, stream: TcpStream, addr: String) {
+async fn handle_connection(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    addr: String,
+    handshake: HandshakeSlot,
+) {
     let _ = stream.set_nodelay(true);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(KEEPALIVE_INTERVAL);
+    let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
     let (read_half, write_half) = stream.into_split();
     let mut reader = BufReader::new(read_half);
     let (outbox, outbox_rx) = mpsc::channel::<Frame>(OUTBOX);
@@ -176,400 +321,535 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream, addr: String)
         Ok(Ok(None)) => return,
         Ok(Err(err)) => {
             tracing::warn!("peer {addr}: bad handshake frame: {err}; dropping it");
-            return reject(outbox, writer, format!("bad frame: {err}")).await;
+            return reject(
+                outbox,
+                writer,
+                Refusal::Refused(format!("bad frame: {err}")),
+            )
+            .await;
         }
         Err(_) => {
             tracing::warn!("peer {addr}: no hello within {HANDSHAKE_TIMEOUT:?}; dropping it");
-            return reject(outbox, writer, "no hello in time".into()).await;
+            return reject(outbox, writer, Refusal::Refused("no hello in time".into())).await;
         }
     };
-    let peer = match accept_hello(&shared, &hello, addr.clone()) {
-        Ok(peer) => peer,
-        Err(error) => {
-            tracing::warn!("peer {addr}: refused: {error}");
-            return reject(outbox, writer, error).await;
+    let (peer, welcome, session) = match admit(&shared, &hello, addr.clone()) {
+        Ok(admitted) => admitted,
+        Err(refusal) => {
+            tracing::warn!("peer {addr}: refused: {}", refusal.message());
+            return reject(outbox, writer, refusal).await;
         }
     };
-    let welcome = {
-        let mut log = lock(&shared.log);
-        let head = log.head().seq;
-        let answered = lock(&shared.answered).get(&peer.name).copied().unwrap_or(0);
-        let master_dir = lock(&shared.master_dir).clone();
-        let join = Draft {
-            role: Some(peer.role),
-            ..Draft::tagged(Tag::Join)
-        };
-        match log.append(&peer.name, join) {
-            Ok(_) => {
-                shared.head.send_replace(log.head());
-            }
-            Err(err) => tracing::error!("cannot append to the event log: {err}"),
-        }
-        Reply::Welcome {
-            protocol: PROTOCOL_VERSION,
-            head,
-            answered,
-            master_dir,
-        }
-    };
-    if outbox
-        .send(reply_frame(&welcome, Vec::new()))
-        .await
-        .is_err()
-    {
+    drop(handshake);
+    if outbox.send(reply_frame(&welcome)).await.is_err() {
         return;
     }
     tracing::info!("{} {} joined from {}", peer.role, peer.name, peer.addr);
-
-    let mut uploads: HashMap<u64, Receiving> = HashMap::new();
-    let mut polls = JoinSet::new();
-    let mut stream_waits = JoinSet::new();
-    loop {
-        let frame = match read_frame(&mut reader).await {
-            Ok(Some(frame)) => frame,
-            Ok(None) => break,
-            Err(err) => {
-                tracing::warn!(
-                    "peer {} ({}): {err}; dropping the connection",
-                    peer.name,
-                    peer.addr
-                );
-                break;
-            }
-        };
-        let request = match Request::parse(&frame.header) {
-            Ok(request) => request,
-            Err(err) => {
-                tracing::warn!(
-                    "peer {} ({}): not a request: {err}; dropping the connection",
-                    peer.name,
-                    peer.addr
-                );
-                break;
-            }
-        };
-        let reply = match request {
-            Request::Hello { .. } => {
-                tracing::warn!(
-                    "peer {} ({}): second hello; dropping the connection",
-                    peer.name,
-                    peer.addr
-                );
-                break;
-            }
-            Request::Publish { id, event } => {
-                if let Some(gates) = &shared.gates {
-                    gates.before_append(&peer.name, &event).await;
-                }
-                match publish(&shared, &peer, *event) {
-                    Ok(event) => {
-                        if let Some(gates) = &shared.gates {
-                            gates.after_append(&peer.name, &event).await;
-                        }
-                        let seq = Some(event.seq);
-                        reply_frame(
-                            &Reply::Ok {
-                                id,
-                                seq,
-                                present: None,
-                            },
-                            Vec::new(),
-                        )
-                    }
-                    Err(error) => {
-                        tracing::warn!("peer {}: publish refused: {error}", peer.name);
-                        reply_frame(&Reply::Err { id, error }, Vec::new())
-                    }
-                }
-            }
-            Request::Poll {
-                id,
-                from,
-                max_bytes,
-            } => {
-                while polls.try_join_next().is_some() {}
-                if polls.len() >= MAX_POLLS {
-                    let error = format!("more than {MAX_POLLS} polls in flight");
-                    reply_frame(&Reply::Err { id, error }, Vec::new())
-                } else {
-                    let from = from.max(1);
-                    let agent = peer.name.clone();
-                    polls.spawn(poll(
-                        shared.clone(),
-                        outbox.clone(),
-                        agent,
-                        id,
-                        from,
-                        max_bytes,
-                    ));
-                    continue;
-                }
-            }
-            Request::Arm { .. }
-            | Request::Release { .. }
-            | Request::Reached { .. }
-            | Request::Disarm { .. } => {
-                match checkpoint_request(&shared, request, &outbox, &mut polls) {
-                    Some(reply) => reply,
-                    None => continue,
-                }
-            }
-            Request::BlobHas { id, sha256 } => match shared.blobs.contains(&sha256) {
-                Ok(present) => reply_frame(
-                    &Reply::Ok {
-                        id,
-                        seq: None,
-                        present: Some(present),
-                    },
-                    Vec::new(),
-                ),
-                Err(err) => reply_frame(
-                    &Reply::Err {
-                        id,
-                        error: err.to_string(),
-                    },
-                    Vec::new(),
-                ),
-            },
-            Request::BlobPut { id, sha256 } => {
-                let stored = shared.blobs.put_whole(&sha256, &frame.body);
-                blob_reply(id, stored.map_err(|err| err.to_string()))
-            }
-            Request::BlobPiece { id, upload, offset } => blob_reply(
-                id,
-                blob_piece(&shared, &mut uploads, upload, offset, frame.body),
-            ),
-            Request::BlobCommit { id, upload, sha256 } => {
-                let committed = match uploads.remove(&upload) {
-                    Some(received) => received.commit(&shared.blobs, &sha256),
-                    None => Err(format!("no upload {upload} in progress")),
-                };
-                blob_reply(id, committed)
-            }
-            Request::BlobAbort { id, upload } => {
-                // Dropping it removes its temporary file and tells its followers.
-                uploads.remove(&upload);
-                blob_reply(id, Ok(()))
-            }
-            Request::StreamNext { .. } | Request::StreamGet { .. } => {
-                while stream_waits.try_join_next().is_some() {}
-                if stream_waits.len() >= MAX_STREAM_WAITS {
-                    let id = match request {
-                        Request::StreamNext { id, .. } | Request::StreamGet { id, .. } => id,
-                        _ => 0,
-                    };
-                    let error = format!("more than {MAX_STREAM_WAITS} stream requests waiting");
-                    reply_frame(&Reply::Err { id, error }, Vec::new())
-                } else {
-                    stream_waits.spawn(stream_request(shared.clone(), outbox.clone(), request));
-                    continue;
-                }
-            }
-            Request::BlobGet {
-                id,
-                sha256,
-                offset,
-                len,
-            } => {
-                match shared
-                    .blobs
-                    .read(&sha256, offset, len.min(CHUNK_SIZE as u64))
-                {
-                    Ok((data, eof)) => reply_frame(&Reply::BlobData { id, eof }, data),
-                    Err(err) => reply_frame(
-                        &Reply::Err {
-                            id,
-                            error: err.to_string(),
-                        },
-                        Vec::new(),
-                    ),
-                }
-            }
-        };
-        if outbox.send(reply).await.is_err() {
-            break;
-        }
-    }
-    polls.shutdown().await;
-    stream_waits.shutdown().await;
-    drop(outbox);
+    let handler = Handler {
+        idle: Idle::watch(shared.idle_timeout),
+        shared,
+        outbox,
+        uploads: HashMap::new(),
+        polls: JoinSet::new(),
+        stream_waits: JoinSet::new(),
+        peer,
+    };
+    let peer = handler.run(&mut reader).await;
     let _ = writer.await;
+    drop(session);
     tracing::info!("{} {} disconnected", peer.role, peer.name);
 }
 
-async fn reject(outbox: mpsc::Sender<Frame>, writer: tokio::task::JoinHandle<()>, error: String) {
-    let _ = outbox
-        .send(reply_frame(&Reply::Reject { error }, Vec::new()))
-        .await;
+async fn reject(
+    outbox: mpsc::Sender<Frame>,
+    writer: tokio::task::JoinHandle<()>,
+    refusal: Refusal,
+) {
+    let reply = Reply::Reject {
+        busy: matches!(refusal, Refusal::Busy(_)),
+        error: refusal.message().to_owned(),
+    };
+    let _ = outbox.send(reply_frame(&reply)).await;
     drop(outbox);
     let _ = writer.await;
 }
 
-fn accept_hello(shared: &Shared, frame: &Frame, addr: String) -> Result<Peer, String> {
-    let request: Request =
-        serde_json::from_slice(&frame.header).map_err(|err| format!("expected a hello: {err}"))?;
+/// Reads the hello, asks the rules, takes a place among the connected, and appends the
+/// join: all under the sessions lock, so two peers cannot both pass as the one master.
+fn admit(
+    shared: &Arc<Shared>,
+    frame: &Frame,
+    addr: String,
+) -> Result<(Peer, Reply, SessionSlot), Refusal> {
+    let refused = |message: String| Refusal::Refused(message);
+    let request: Request = serde_json::from_slice(&frame.header)
+        .map_err(|err| refused(format!("expected a hello: {err}")))?;
     let Request::Hello {
         protocol,
         role,
         name,
         token,
         dir,
+        host,
+        takeover,
     } = request
     else {
-        return Err("expected a hello first".into());
+        return Err(refused("expected a hello first".into()));
     };
     if protocol != PROTOCOL_VERSION {
-        return Err(format!(
+        return Err(refused(format!(
             "protocol {protocol} not supported (this bus speaks {PROTOCOL_VERSION})"
-        ));
+        )));
     }
     if let Some(expected) = &shared.token {
         if !constant_time_eq(
             token.as_deref().unwrap_or("").as_bytes(),
             expected.as_bytes(),
         ) {
-            return Err("missing or wrong token".into());
+            return Err(refused("missing or wrong token".into()));
         }
     }
-    if name.is_empty()
-        || name.len() > 64
-        || !name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-    {
-        return Err(format!(
-            "agent name {name:?} must be 1-64 of A-Z a-z 0-9 . _ -"
-        ));
+    let place = match (host, dir) {
+        (Some(host), Some(dir)) if role != Role::Listener => Some(Place { host, dir }),
+        _ => None,
+    };
+    let hello = crate::rules::Hello {
+        role,
+        name: name.clone(),
+        place: place.clone(),
+        takeover,
+    };
+    let mut sessions = lock(&shared.sessions);
+    let mut ledger = lock(&shared.ledger);
+    let connected: Vec<Connected> = sessions.agents.values().cloned().collect();
+    ledger.rules.admit(&hello, &connected)?;
+    let own = matches!(role, Role::Master | Role::Slave) && ledger.rules.is_known_agent(&name);
+    let room = if own {
+        MAX_AGENTS
+    } else {
+        MAX_AGENTS - RESERVED
+    };
+    if connected.len() >= room {
+        return Err(Refusal::Busy(format!(
+            "the bus is full ({} agents connected); try again later",
+            connected.len()
+        )));
     }
-    if let (Role::Master, Some(dir)) = (role, dir) {
-        *lock(&shared.master_dir) = Some(dir);
+    let head = ledger.log.head().seq;
+    let owner_before = ledger.rules.master_place().cloned();
+    let join = Draft {
+        role: Some(role),
+        host: place.as_ref().map(|p| p.host.clone()),
+        dir: place.as_ref().map(|p| p.dir.clone()),
+        takeover: (role == Role::Master
+            && takeover
+            && owner_before.is_some()
+            && owner_before != place)
+            .then_some(true),
+        ..Draft::tagged(Tag::Join)
+    };
+    match ledger.append(&name, join) {
+        Ok(_) => {
+            shared.head.send_replace(ledger.log.head());
+        }
+        Err(err) => tracing::error!("cannot append to the event log: {err}"),
     }
-    Ok(Peer { role, name, addr })
+    let welcome = Reply::Welcome {
+        protocol: PROTOCOL_VERSION,
+        head,
+        answered: ledger.rules.answered(&name),
+        retry: match role {
+            Role::Slave => ledger
+                .rules
+                .retryable(&name)
+                .into_iter()
+                .map(|(e, n)| [e, n])
+                .collect(),
+            _ => Vec::new(),
+        },
+        keepalive_ms: shared
+            .idle_timeout
+            .map(|timeout| (timeout / 3).as_millis() as u64),
+    };
+    sessions.next_id += 1;
+    let id = sessions.next_id;
+    sessions.agents.insert(id, Connected { role, name, place });
+    let session = SessionSlot {
+        shared: shared.clone(),
+        id,
+    };
+    Ok((
+        Peer {
+            role,
+            name: hello.name,
+            addr,
+        },
+        welcome,
+        session,
+    ))
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Serves a gate request; `None` when the reply comes later (from a spawned waiter).
-fn checkpoint_request(
-    shared: &Arc<Shared>,
-    request: Request,
-    outbox: &mpsc::Sender<Frame>,
-    waiters: &mut JoinSet<()>,
-) -> Option<Frame> {
-    let ok = |id| {
-        reply_frame(
-            &Reply::Ok {
-                id,
-                seq: None,
-                present: None,
-            },
-            Vec::new(),
-        )
-    };
-    let err = |id, error: String| reply_frame(&Reply::Err { id, error }, Vec::new());
-    let Some(gates) = &shared.gates else {
-        let id = match &request {
-            Request::Arm { id, .. }
-            | Request::Release { id, .. }
-            | Request::Reached { id, .. }
-            | Request::Disarm { id } => *id,
-            _ => 0,
+/// When a connection last did something, how many of its requests are waiting, and the
+/// signal that it has been idle too long (from a watchdog task, so reading a frame needs no
+/// timer of its own).
+struct Idle {
+    base: Instant,
+    /// Milliseconds since `base` of the last frame received.
+    last: AtomicU64,
+    waiting: AtomicUsize,
+    expired: Notify,
+    watchdog: Option<tokio::task::AbortHandle>,
+}
+
+impl Idle {
+    fn watch(timeout: Option<Duration>) -> Arc<Idle> {
+        let mut idle = Idle {
+            base: Instant::now(),
+            last: AtomicU64::new(0),
+            waiting: AtomicUsize::new(0),
+            expired: Notify::new(),
+            watchdog: None,
         };
-        return Some(err(
-            id,
-            "checkpoints are disabled on this bus (start it with --test-checkpoints)".into(),
-        ));
-    };
-    match request {
-        Request::Arm { id, name, gate } => Some(match gates.arm(name, gate) {
-            Ok(()) => ok(id),
-            Err(error) => err(id, error),
-        }),
-        Request::Release { id, name } => Some(match gates.release(&name) {
-            Ok(()) => ok(id),
-            Err(error) => err(id, error),
-        }),
-        Request::Disarm { id } => {
-            gates.disarm_all();
-            Some(ok(id))
-        }
-        Request::Reached { id, name } => {
-            let shared = shared.clone();
-            let outbox = outbox.clone();
-            waiters.spawn(async move {
-                let Some(gates) = &shared.gates else { return };
-                let frame = match gates.wait_reached(&name).await {
-                    Ok(seq) => reply_frame(
-                        &Reply::Ok {
-                            id,
-                            seq: Some(seq),
-                            present: None,
-                        },
-                        Vec::new(),
-                    ),
-                    Err(error) => reply_frame(&Reply::Err { id, error }, Vec::new()),
-                };
-                let _ = outbox.send(frame).await;
+        let Some(timeout) = timeout else {
+            return Arc::new(idle);
+        };
+        Arc::new_cyclic(|weak: &std::sync::Weak<Idle>| {
+            let weak = weak.clone();
+            let task = tokio::spawn(async move {
+                let tick = (timeout / 4).max(Duration::from_millis(50));
+                loop {
+                    tokio::time::sleep(tick).await;
+                    let Some(idle) = weak.upgrade() else { return };
+                    let quiet = (idle.base.elapsed().as_millis() as u64)
+                        .saturating_sub(idle.last.load(Ordering::Relaxed));
+                    if idle.waiting.load(Ordering::Relaxed) == 0
+                        && Duration::from_millis(quiet) >= timeout
+                    {
+                        idle.expired.notify_one();
+                        return;
+                    }
+                }
             });
-            None
-        }
-        _ => None,
+            idle.watchdog = Some(task.abort_handle());
+            idle
+        })
+    }
+
+    fn touch(&self) {
+        let now = self.base.elapsed().as_millis() as u64;
+        self.last.store(now, Ordering::Relaxed);
+    }
+
+    /// Counts a request as waiting until the guard is dropped (and touches on the way out,
+    /// so the idle time starts when the reply leaves, not when the request came).
+    fn busy(self: &Arc<Idle>) -> Busy {
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        Busy(self.clone())
     }
 }
 
-/// Validates a peer's event and appends it.
-fn publish(shared: &Shared, peer: &Peer, mut draft: Draft) -> Result<Event, String> {
-    let tag = draft.tag.ok_or("missing field `tag`")?;
-    let allowed = match tag {
-        Tag::Join => false,
-        Tag::Ready | Tag::Leave => true,
-        Tag::Notify => peer.role == Role::Master,
-        Tag::Consume | Tag::Error => peer.role == Role::Slave,
-    };
-    if !allowed {
-        return Err(format!("a {} may not publish {tag} events", peer.role));
+impl Drop for Idle {
+    fn drop(&mut self) {
+        if let Some(watchdog) = &self.watchdog {
+            watchdog.abort();
+        }
     }
-    draft.role = None;
-    // No path in the log may escape the root, whatever the tag.
-    draft.check_paths().map_err(|err| err.to_string())?;
-    if matches!(tag, Tag::Notify | Tag::Consume) {
-        let change = draft.change().map_err(|err| err.to_string())?;
-        if tag == Tag::Notify {
-            if let filesync_master::Change::Put { entry, path } = &change {
-                if let Some(sha256) = &entry.sha256 {
-                    if !shared.blobs.contains(&sha256.to_hex()).unwrap_or(false) {
-                        return Err(format!(
-                            "put of {path}: the bus has no content {sha256}; upload it first"
-                        ));
-                    }
+}
+
+struct Busy(Arc<Idle>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.waiting.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One welcomed connection: reads requests in order and answers each (the agents rely on
+/// that order: a content upload sent before its notify is stored before the notify is
+/// checked). Requests that wait (polls, stream reads, checkpoint waits) are answered from
+/// tasks of their own.
+struct Handler {
+    shared: Arc<Shared>,
+    peer: Peer,
+    outbox: mpsc::Sender<Frame>,
+    uploads: HashMap<u64, Receiving>,
+    polls: JoinSet<()>,
+    stream_waits: JoinSet<()>,
+    idle: Arc<Idle>,
+}
+
+impl Handler {
+    /// Serves requests until the peer leaves, misbehaves or idles; returns who it was.
+    async fn run(mut self, reader: &mut BufReader<OwnedReadHalf>) -> Peer {
+        loop {
+            let frame = tokio::select! {
+                biased;
+                frame = read_frame(reader) => frame,
+                _ = self.idle.expired.notified() => {
+                    tracing::warn!(
+                        "peer {} ({}): idle (no request waiting, nothing sent); dropping it",
+                        self.peer.name, self.peer.addr
+                    );
+                    break;
                 }
+            };
+            let frame = match frame {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(err) => {
+                    self.warn(&format!("{err}; dropping the connection"));
+                    break;
+                }
+            };
+            self.idle.touch();
+            let request = match Request::parse(&frame.header) {
+                Ok(request) => request,
+                Err(err) => {
+                    self.warn(&format!("not a request: {err}; dropping the connection"));
+                    break;
+                }
+            };
+            let reply = match self.dispatch(request, frame.body).await {
+                Ok(Some(reply)) => reply,
+                Ok(None) => continue,
+                Err(()) => break,
+            };
+            if self.outbox.send(reply).await.is_err() {
+                break;
+            }
+        }
+        self.polls.shutdown().await;
+        self.stream_waits.shutdown().await;
+        self.peer
+    }
+
+    fn warn(&self, what: &str) {
+        tracing::warn!("peer {} ({}): {what}", self.peer.name, self.peer.addr);
+    }
+
+    /// The reply to `request`; `None` when a task of its own replies later; `Err` to end
+    /// the connection.
+    async fn dispatch(&mut self, request: Request, body: Vec<u8>) -> Result<Option<Frame>, ()> {
+        let reply = match request {
+            Request::Hello { .. } => {
+                self.warn("second hello; dropping the connection");
+                return Err(());
+            }
+            Request::Publish { id, event } => self.publish(id, *event).await,
+            Request::Poll {
+                id,
+                from,
+                max_bytes,
+            } => return Ok(self.poll(id, from, max_bytes)),
+            Request::Arm { .. }
+            | Request::Release { .. }
+            | Request::Reached { .. }
+            | Request::Disarm { .. } => return Ok(self.checkpoint(request)),
+            Request::Ping { id } => ok(id, None, None),
+            Request::BlobHas { id, sha256 } => match self.shared.blobs.contains(&sha256) {
+                Ok(present) => ok(id, None, Some(present)),
+                Err(err) => err_reply(id, err.to_string()),
+            },
+            Request::BlobPut { id, sha256 } => {
+                let stored = self.shared.blobs.put_whole(&sha256, &body);
+                blob_reply(id, stored.map_err(|err| err.to_string()))
+            }
+            Request::BlobPiece { id, upload, offset } => {
+                blob_reply(id, self.blob_piece(upload, offset, body))
+            }
+            Request::BlobCommit { id, upload, sha256 } => {
+                let committed = match self.uploads.remove(&upload) {
+                    Some(received) => received.commit(&self.shared.blobs, &sha256),
+                    None => Err(format!("no upload {upload} in progress")),
+                };
+                blob_reply(id, committed)
+            }
+            Request::BlobAbort { id, upload } => {
+                // Dropping it removes its temporary file and tells its followers.
+                self.uploads.remove(&upload);
+                blob_reply(id, Ok(()))
+            }
+            Request::StreamNext { id, .. } | Request::StreamGet { id, .. } => {
+                return Ok(self.stream(id, request))
+            }
+            Request::BlobGet {
+                id,
+                sha256,
+                offset,
+                len,
+            } => match self
+                .shared
+                .blobs
+                .read(&sha256, offset, len.min(CHUNK_SIZE as u64))
+            {
+                Ok((data, eof)) => reply_with_body(&Reply::BlobData { id, eof }, data),
+                Err(err) => err_reply(id, err.to_string()),
+            },
+        };
+        Ok(Some(reply))
+    }
+
+    async fn publish(&self, id: u64, event: Draft) -> Frame {
+        if let Some(gates) = &self.shared.gates {
+            gates.before_append(&self.peer.name, &event).await;
+        }
+        match publish(&self.shared, &self.peer, event) {
+            Ok(event) => {
+                if let Some(gates) = &self.shared.gates {
+                    gates.after_append(&self.peer.name, &event).await;
+                }
+                ok(id, Some(event.seq), None)
+            }
+            Err(error) => {
+                self.warn(&format!("publish refused: {error}"));
+                err_reply(id, error)
             }
         }
     }
-    let head = shared.head.borrow().seq;
-    if matches!(tag, Tag::Consume | Tag::Error) {
-        let cause = draft.cause.ok_or("missing field `cause`")?;
-        if cause == 0 || cause > head {
-            return Err(format!("cause {cause} is not in the log (head is {head})"));
+
+    fn poll(&mut self, id: u64, from: u64, max_bytes: u64) -> Option<Frame> {
+        while self.polls.try_join_next().is_some() {}
+        if self.polls.len() >= MAX_POLLS {
+            return Some(err_reply(
+                id,
+                format!("more than {MAX_POLLS} polls in flight"),
+            ));
         }
-        if tag == Tag::Error && draft.error.is_none() {
-            return Err("missing field `error`".into());
+        let busy = self.idle.busy();
+        let task = poll(
+            self.shared.clone(),
+            self.outbox.clone(),
+            self.peer.name.clone(),
+            id,
+            from.max(1),
+            max_bytes,
+        );
+        self.polls.spawn(async move {
+            let _busy = busy;
+            task.await
+        });
+        None
+    }
+
+    fn stream(&mut self, id: u64, request: Request) -> Option<Frame> {
+        while self.stream_waits.try_join_next().is_some() {}
+        if self.stream_waits.len() >= MAX_STREAM_WAITS {
+            let error = format!("more than {MAX_STREAM_WAITS} stream requests waiting");
+            return Some(err_reply(id, error));
+        }
+        let busy = self.idle.busy();
+        let task = stream_request(self.shared.clone(), self.outbox.clone(), request);
+        self.stream_waits.spawn(async move {
+            let _busy = busy;
+            task.await
+        });
+        None
+    }
+
+    /// Serves a gate request; `None` when the reply comes later (from a spawned waiter).
+    fn checkpoint(&mut self, request: Request) -> Option<Frame> {
+        let Some(gates) = &self.shared.gates else {
+            let id = match &request {
+                Request::Arm { id, .. }
+                | Request::Release { id, .. }
+                | Request::Reached { id, .. }
+                | Request::Disarm { id } => *id,
+                _ => 0,
+            };
+            return Some(err_reply(
+                id,
+                "checkpoints are disabled on this bus (start it with --test-checkpoints)".into(),
+            ));
+        };
+        let done = |id, outcome: Result<(), String>| match outcome {
+            Ok(()) => ok(id, None, None),
+            Err(error) => err_reply(id, error),
+        };
+        match request {
+            Request::Arm { id, name, gate } => Some(done(id, gates.arm(name, gate))),
+            Request::Release { id, name } => Some(done(id, gates.release(&name))),
+            Request::Disarm { id } => {
+                gates.disarm_all();
+                Some(ok(id, None, None))
+            }
+            Request::Reached { id, name } => {
+                let shared = self.shared.clone();
+                let outbox = self.outbox.clone();
+                let busy = self.idle.busy();
+                self.polls.spawn(async move {
+                    let _busy = busy;
+                    let Some(gates) = &shared.gates else { return };
+                    let frame = match gates.wait_reached(&name).await {
+                        Ok(seq) => ok(id, Some(seq), None),
+                        Err(error) => err_reply(id, error),
+                    };
+                    let _ = outbox.send(frame).await;
+                });
+                None
+            }
+            _ => None,
         }
     }
-    let cause = draft.cause;
-    let mut log = lock(&shared.log);
-    let event = log.append(&peer.name, draft).map_err(|err| {
+
+    /// Receives one piece of an upload; offset 0 starts it (again, if it was under way).
+    fn blob_piece(&mut self, upload: u64, offset: u64, piece: Vec<u8>) -> Result<(), String> {
+        let shared = &self.shared;
+        if offset == 0 {
+            self.uploads.remove(&upload);
+            if self.uploads.len() >= MAX_UPLOADS {
+                return Err(format!("more than {MAX_UPLOADS} uploads at once"));
+            }
+            let started = shared.blobs.begin().map_err(|err| err.to_string())?;
+            // Followers are a bonus: an upload that cannot be followed is still received.
+            let stream = shared.streams.open(started.temp_path()).ok();
+            self.uploads.insert(
+                upload,
+                Receiving {
+                    upload: Some(started),
+                    stream,
+                },
+            );
+        }
+        let receiving = self
+            .uploads
+            .get_mut(&upload)
+            .ok_or_else(|| format!("no upload {upload} in progress at offset {offset}"))?;
+        let Some(current) = receiving.upload.as_mut() else {
+            return Err(format!("upload {upload} already finished"));
+        };
+        match shared.blobs.write(current, offset, piece) {
+            Ok(()) => {
+                if let Some(stream) = &receiving.stream {
+                    stream.wrote(current.written());
+                }
+                Ok(())
+            }
+            Err(err) => {
+                self.uploads.remove(&upload);
+                Err(err.to_string())
+            }
+        }
+    }
+}
+
+/// Validates a peer's event against the rules and appends it.
+fn publish(shared: &Shared, peer: &Peer, draft: Draft) -> Result<Event, String> {
+    let mut ledger = lock(&shared.ledger);
+    ledger
+        .rules
+        .check(peer.role, &peer.name, &draft, |sha256| {
+            shared.blobs.contains(&sha256.to_hex()).unwrap_or(false)
+        })?;
+    let event = ledger.append(&peer.name, draft).map_err(|err| {
         tracing::error!("cannot append to the event log: {err}");
         format!("bus cannot append to its log: {err}")
     })?;
-    if let (Some(cause), Tag::Consume | Tag::Error) = (cause, tag) {
-        let mut answered = lock(&shared.answered);
-        let entry = answered.entry(peer.name.clone()).or_default();
-        *entry = (*entry).max(cause);
-    }
-    shared.head.send_replace(log.head());
+    shared.head.send_replace(ledger.log.head());
     Ok(event)
 }
 
@@ -603,56 +883,12 @@ impl Drop for Receiving {
     }
 }
 
-/// Receives one piece of an upload; offset 0 starts it (again, if it was under way).
-fn blob_piece(
-    shared: &Shared,
-    uploads: &mut HashMap<u64, Receiving>,
-    upload: u64,
-    offset: u64,
-    piece: Vec<u8>,
-) -> Result<(), String> {
-    if offset == 0 {
-        uploads.remove(&upload);
-        if uploads.len() >= MAX_UPLOADS {
-            return Err(format!("more than {MAX_UPLOADS} uploads at once"));
-        }
-        let started = shared.blobs.begin().map_err(|err| err.to_string())?;
-        // Followers are a bonus: an upload that cannot be followed is still received.
-        let stream = shared.streams.open(started.temp_path()).ok();
-        uploads.insert(
-            upload,
-            Receiving {
-                upload: Some(started),
-                stream,
-            },
-        );
-    }
-    let receiving = uploads
-        .get_mut(&upload)
-        .ok_or_else(|| format!("no upload {upload} in progress at offset {offset}"))?;
-    let Some(current) = receiving.upload.as_mut() else {
-        return Err(format!("upload {upload} already finished"));
-    };
-    match shared.blobs.write(current, offset, piece) {
-        Ok(()) => {
-            if let Some(stream) = &receiving.stream {
-                stream.wrote(current.written());
-            }
-            Ok(())
-        }
-        Err(err) => {
-            uploads.remove(&upload);
-            Err(err.to_string())
-        }
-    }
-}
-
 /// Answers `stream_next` or `stream_get`, which may wait for the uploader.
 async fn stream_request(shared: Arc<Shared>, outbox: mpsc::Sender<Frame>, request: Request) {
     let frame = match request {
         Request::StreamNext { id, after } => {
             let stream = shared.streams.next_open(after).await;
-            reply_frame(&Reply::Stream { id, stream }, Vec::new())
+            reply_frame(&Reply::Stream { id, stream })
         }
         Request::StreamGet {
             id,
@@ -665,7 +901,7 @@ async fn stream_request(shared: Arc<Shared>, outbox: mpsc::Sender<Frame>, reques
                 None => Err(format!("no upload stream {stream}")),
             };
             match read {
-                Ok(piece) => reply_frame(
+                Ok(piece) => reply_with_body(
                     &Reply::StreamData {
                         id,
                         eof: piece.eof,
@@ -673,7 +909,7 @@ async fn stream_request(shared: Arc<Shared>, outbox: mpsc::Sender<Frame>, reques
                     },
                     piece.data,
                 ),
-                Err(error) => reply_frame(&Reply::Err { id, error }, Vec::new()),
+                Err(error) => err_reply(id, error),
             }
         }
         _ => return,
@@ -683,15 +919,8 @@ async fn stream_request(shared: Arc<Shared>, outbox: mpsc::Sender<Frame>, reques
 
 fn blob_reply(id: u64, outcome: Result<(), String>) -> Frame {
     match outcome {
-        Ok(()) => reply_frame(
-            &Reply::Ok {
-                id,
-                seq: None,
-                present: Some(true),
-            },
-            Vec::new(),
-        ),
-        Err(error) => reply_frame(&Reply::Err { id, error }, Vec::new()),
+        Ok(()) => ok(id, None, Some(true)),
+        Err(error) => err_reply(id, error),
     }
 }
 
@@ -715,7 +944,7 @@ async fn poll(
             return;
         }
     };
-    let start = lock(&shared.log).offset_of(from);
+    let start = lock(&shared.ledger).log.offset_of(from);
     let path = shared.log_path.clone();
     let max = max_bytes.clamp(1, CHUNK_SIZE as u64);
     let lines = tokio::task::spawn_blocking(move || read_lines(&path, start, head.end, max)).await;
@@ -736,27 +965,27 @@ async fn poll(
                     .map_or(0, |(idx, _)| idx + 1);
                 lines.truncate(if allowed == 0 { 0 } else { cut });
             }
-            reply_frame(&Reply::Events { id }, lines)
+            reply_with_body(&Reply::Events { id }, lines)
         }
-        Ok(Err(err)) => reply_frame(
-            &Reply::Err {
-                id,
-                error: format!("cannot read the log: {err}"),
-            },
-            Vec::new(),
-        ),
-        Err(err) => reply_frame(
-            &Reply::Err {
-                id,
-                error: format!("log reader failed: {err}"),
-            },
-            Vec::new(),
-        ),
+        Ok(Err(err)) => err_reply(id, format!("cannot read the log: {err}")),
+        Err(err) => err_reply(id, format!("log reader failed: {err}")),
     };
     let _ = outbox.send(frame).await;
 }
 
-fn reply_frame(reply: &Reply, body: Vec<u8>) -> Frame {
+fn ok(id: u64, seq: Option<u64>, present: Option<bool>) -> Frame {
+    reply_frame(&Reply::Ok { id, seq, present })
+}
+
+fn err_reply(id: u64, error: String) -> Frame {
+    reply_frame(&Reply::Err { id, error })
+}
+
+fn reply_frame(reply: &Reply) -> Frame {
+    reply_with_body(reply, Vec::new())
+}
+
+fn reply_with_body(reply: &Reply, body: Vec<u8>) -> Frame {
     // Replies are plain data: serialising them cannot fail.
     Frame::new(serde_json::to_vec(reply).unwrap_or_default(), body)
 }

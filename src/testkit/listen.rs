@@ -68,12 +68,7 @@ impl EventStream {
         from: u64,
         token: Option<String>,
     ) -> Result<EventStream, crate::bus::ClientError> {
-        let hello = Hello {
-            role: Role::Listener,
-            name: "testkit".into(),
-            token,
-            dir: None,
-        };
+        let hello = Hello::new(Role::Listener, "testkit", token);
         let (client, _) = BusClient::connect(addr, hello).await?;
         let (tx, rx) = mpsc::unbounded_channel();
         let task = tokio::spawn(async move {
@@ -378,7 +373,7 @@ mod tests {
     use super::*;
     use crate::event::Draft;
     use crate::testkit::test_bus::TestBus;
-    use filesync_master::{Change, Kind, RelPath};
+    use filesync_master::{Change, RelPath};
 
     /// A bus in this process, a "master" and a "slave" to publish with, and a stream on it.
     struct Harness {
@@ -400,16 +395,7 @@ mod tests {
         }
     }
 
-    async fn notify_delete(client: &BusClient, path: &str) -> u64 {
-        let change = Change::Delete {
-            path: RelPath::new(path).expect("valid"),
-            kind: Kind::File,
-        };
-        client
-            .publish(Draft::notify(&change))
-            .await
-            .expect("publish")
-    }
+    use crate::testkit::test_bus::notify_dir as notify_delete;
 
     #[tokio::test]
     async fn a_quiet_period_without_the_event_fails_with_a_timeline() {
@@ -491,9 +477,9 @@ mod tests {
     async fn an_error_event_fails_every_expectation_unless_allowed() {
         let mut h = harness().await;
         let cause = notify_delete(&h.master, "x.txt").await;
-        let notify = Draft::notify(&Change::Delete {
+        let notify = Draft::notify(&Change::Put {
             path: RelPath::new("x.txt").expect("valid"),
-            kind: Kind::File,
+            entry: filesync_master::Entry::dir(0o755),
         });
         h.slave
             .publish(Draft::error(&notify, cause, "disk on fire".into()))

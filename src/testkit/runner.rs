@@ -128,12 +128,7 @@ pub struct Runner {
 impl Runner {
     /// Connects to a test bus and arms every checkpoint; nothing is released yet.
     pub async fn new(addr: &str, order: Vec<Checkpoint>) -> Result<Runner, RunnerError> {
-        let hello = Hello {
-            role: Role::Listener,
-            name: "runner".into(),
-            token: None,
-            dir: None,
-        };
+        let hello = Hello::new(Role::Listener, "runner", None);
         let (client, _) = BusClient::connect(addr, hello)
             .await
             .map_err(|e| fail(e.to_string()))?;
@@ -231,9 +226,7 @@ fn turn_gate(checkpoint: &Checkpoint) -> String {
 mod tests {
     use super::*;
     use crate::bus::Subscription;
-    use crate::event::Draft;
     use crate::testkit::test_bus::TestBus;
-    use filesync_master::{Change, Kind, RelPath};
 
     /// A test bus in this process, a publishing "master" and a subscribing "slave" client.
     async fn test_bus(checkpoints: bool) -> (String, BusClient, BusClient, TestBus) {
@@ -243,16 +236,7 @@ mod tests {
         (bus.addr.clone(), master, slave, bus)
     }
 
-    async fn notify_delete(master: &BusClient, path: &str) {
-        let change = Change::Delete {
-            path: RelPath::new(path).expect("valid"),
-            kind: Kind::File,
-        };
-        master
-            .publish(Draft::notify(&change))
-            .await
-            .expect("publish");
-    }
+    use crate::testkit::test_bus::notify_delete;
 
     #[tokio::test]
     async fn an_order_that_cannot_be_reached_is_a_clear_error_not_a_hang() {
@@ -316,7 +300,7 @@ mod tests {
         {
             got.extend(path);
         }
-        assert_eq!(got, ["w"]);
+        assert_eq!(got, ["w", "w", "x"], "put w, delete w, put x; not delete x");
         runner.run_to_end().await.expect("release");
         let next = tokio::time::timeout(Duration::from_secs(5), seen_rx.recv())
             .await

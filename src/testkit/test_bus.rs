@@ -17,6 +17,7 @@ impl TestBus {
             state_dir: state.path().to_path_buf(),
             token: None,
             checkpoints,
+            idle_timeout: None,
         })
         .expect("bus");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -32,15 +33,36 @@ impl TestBus {
 
     /// A client connected as `name` in `role`.
     pub async fn client(&self, role: Role, name: &str) -> BusClient {
-        let hello = Hello {
-            role,
-            name: name.into(),
-            token: None,
-            dir: None,
-        };
+        let hello = Hello::new(role, name, None);
         BusClient::connect(&self.addr, hello)
             .await
             .expect("connect")
             .0
     }
+}
+
+/// Publishes, as a master, a notify that applies to any log: a put of directory `path`
+/// (again, if it is one already). Returns its seq.
+pub(crate) async fn notify_dir(master: &BusClient, path: &str) -> u64 {
+    let change = filesync_master::Change::Put {
+        path: filesync_master::RelPath::new(path).expect("valid"),
+        entry: filesync_master::Entry::dir(0o755),
+    };
+    master
+        .publish(crate::event::Draft::notify(&change))
+        .await
+        .expect("publish")
+}
+
+/// Publishes the put of directory `path` and then its delete; returns the delete's seq.
+pub(crate) async fn notify_delete(master: &BusClient, path: &str) -> u64 {
+    notify_dir(master, path).await;
+    let change = filesync_master::Change::Delete {
+        path: filesync_master::RelPath::new(path).expect("valid"),
+        kind: filesync_master::Kind::Dir,
+    };
+    master
+        .publish(crate::event::Draft::notify(&change))
+        .await
+        .expect("publish")
 }

@@ -1,0 +1,421 @@
+//! The bus's rules: what may join, and what may be appended to the log. One place, called by
+//! every backend before it appends, and fed every event it appends (and, at start, every
+//! event of the log it reopens), so its verdicts always reflect the whole log.
+//!
+//! - [`Rules::admit`]: a hello. A name is 1-64 of `A-Z a-z 0-9 . _ -`; one live connection
+//!   per master or slave name; one master at a time, and only the master the log belongs
+//!   to (its host and directory, from its `join`) unless it asks to take over; no slave
+//!   directory inside the master's (or the reverse) on the same host.
+//! - [`Rules::check`]: an event. Which role may publish which tag; no path outside the
+//!   root; a notify describes a valid change that applies to the state the log implies
+//!   ([`PathIndex`]) and whose content the store holds; a consume or error names a notify
+//!   in the log as its `cause`, answers notifies in `seq` order and each once (a consume
+//!   `repairs` only an open error of its own, see [`OpenErrors`]); a consume's byte counts
+//!   add up to its size.
+//! - [`Rules::observe`]: the event was appended; update the state behind the verdicts.
+//!
+//! Nothing here does I/O: the caller says whether content is present and hands over the
+//! events, so these rules are unit-tested without a bus.
+
+pub mod index;
+pub mod repairs;
+
+use std::collections::HashMap;
+
+use filesync_master::hash::ContentHash;
+use filesync_master::{Change, Kind};
+
+pub use index::PathIndex;
+pub use repairs::{OpenError, OpenErrors};
+
+use crate::event::{Draft, Event, Role, Tag};
+
+/// Where an agent runs: its host name and synced directory, as its hello says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Place {
+    pub host: String,
+    pub dir: String,
+}
+
+impl Place {
+    fn nests_with(&self, other: &Place) -> bool {
+        if self.host != other.host {
+            return false;
+        }
+        let (a, b) = (
+            std::path::Path::new(&self.dir),
+            std::path::Path::new(&other.dir),
+        );
+        a.starts_with(b) || b.starts_with(a)
+    }
+}
+
+impl std::fmt::Display for Place {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} on {}", self.dir, self.host)
+    }
+}
+
+/// A hello, as the rules see it.
+#[derive(Debug, Clone)]
+pub struct Hello {
+    pub role: Role,
+    pub name: String,
+    pub place: Option<Place>,
+    /// A master asking to take the log over from the master it belongs to.
+    pub takeover: bool,
+}
+
+/// Why a hello is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// Something another connection holds (its name, the master's place): it may pass
+    /// once that connection is gone.
+    Busy(String),
+    /// It will not pass by waiting.
+    Refused(String),
+}
+
+impl Refusal {
+    pub fn message(&self) -> &str {
+        match self {
+            Refusal::Busy(message) | Refusal::Refused(message) => message,
+        }
+    }
+}
+
+/// An agent connected right now.
+#[derive(Debug, Clone)]
+pub struct Connected {
+    pub role: Role,
+    pub name: String,
+    pub place: Option<Place>,
+}
+
+/// What the log says about one agent name.
+#[derive(Debug, Clone, Copy, Default)]
+struct AgentRecord {
+    /// The role of its latest join.
+    role: Option<Role>,
+    /// The highest notify it answered (consume or error, repairs aside).
+    answered: u64,
+}
+
+/// A set of `seq`s, one bit each (which events are notifies).
+#[derive(Debug, Default)]
+struct SeqSet(Vec<u64>);
+
+impl SeqSet {
+    fn insert(&mut self, seq: u64) {
+        let (word, bit) = ((seq / 64) as usize, seq % 64);
+        if self.0.len() <= word {
+            self.0.resize(word + 1, 0);
+        }
+        self.0[word] |= 1 << bit;
+    }
+
+    fn contains(&self, seq: u64) -> bool {
+        let (word, bit) = ((seq / 64) as usize, seq % 64);
+        self.0.get(word).is_some_and(|w| w & (1 << bit) != 0)
+    }
+}
+
+/// The state behind the verdicts: see the module docs.
+#[derive(Default)]
+pub struct Rules {
+    head: u64,
+    state: PathIndex,
+    notifies: SeqSet,
+    agents: HashMap<String, AgentRecord>,
+    errors: OpenErrors,
+    /// The master the log belongs to: the place of its latest master join.
+    master: Option<(String, Place)>,
+}
+
+impl Rules {
+    pub fn new() -> Rules {
+        Rules::default()
+    }
+
+    /// The last `seq` observed.
+    pub fn head(&self) -> u64 {
+        self.head
+    }
+
+    /// The state the log's notifies imply.
+    pub fn state(&self) -> &PathIndex {
+        &self.state
+    }
+
+    /// The highest notify `name` answered.
+    pub fn answered(&self, name: &str) -> u64 {
+        self.agents.get(name).map_or(0, |a| a.answered)
+    }
+
+    /// Every agent name that joined as a master or slave at some point.
+    pub fn is_known_agent(&self, name: &str) -> bool {
+        self.agents
+            .get(name)
+            .is_some_and(|a| matches!(a.role, Some(Role::Master | Role::Slave)))
+    }
+
+    /// Where the master the log belongs to runs, once one joined with its place.
+    pub fn master_place(&self) -> Option<&Place> {
+        self.master.as_ref().map(|(_, place)| place)
+    }
+
+    pub fn open_errors(&self) -> &OpenErrors {
+        &self.errors
+    }
+
+    /// The errors `name` should retry: open and not stale, oldest first.
+    pub fn retryable(&self, name: &str) -> Vec<(u64, u64)> {
+        self.errors
+            .of(name)
+            .filter(|open| !open.stale && open.change.is_some())
+            .map(|open| (open.seq, open.cause))
+            .collect()
+    }
+
+    /// Whether a hello may join, given who is connected.
+    pub fn admit(&self, hello: &Hello, connected: &[Connected]) -> Result<(), Refusal> {
+        check_name(&hello.name).map_err(Refusal::Refused)?;
+        let exclusive = |role| matches!(role, Role::Master | Role::Slave);
+        if let Some(other) = connected
+            .iter()
+            .find(|c| c.name == hello.name && (exclusive(c.role) || exclusive(hello.role)))
+        {
+            return Err(Refusal::Busy(format!(
+                "an agent named {:?} is already connected (as {}); one connection per name",
+                other.name, other.role
+            )));
+        }
+        if hello.role == Role::Master {
+            if let Some(master) = connected.iter().find(|c| c.role == Role::Master) {
+                return Err(Refusal::Busy(format!(
+                    "master {:?}{} is already connected: one master per log",
+                    master.name,
+                    master
+                        .place
+                        .as_ref()
+                        .map(|p| format!(" ({p})"))
+                        .unwrap_or_default()
+                )));
+            }
+            if let (Some((owner, owner_place)), false) = (&self.master, hello.takeover) {
+                if hello.place.as_ref() != Some(owner_place) {
+                    let this = hello
+                        .place
+                        .as_ref()
+                        .map_or("no directory".to_owned(), |p| p.to_string());
+                    return Err(Refusal::Refused(format!(
+                        "this log belongs to master {owner:?} of {owner_place}, not to {this}; \
+                         to replace its directory with this one, start the master with --takeover"
+                    )));
+                }
+            }
+        }
+        if hello.role == Role::Slave {
+            if let Some(place) = &hello.place {
+                let masters = connected
+                    .iter()
+                    .filter(|c| c.role == Role::Master)
+                    .filter_map(|c| c.place.clone())
+                    .chain(self.master.iter().map(|(_, p)| p.clone()));
+                for master in masters {
+                    if place.nests_with(&master) {
+                        return Err(Refusal::Refused(format!(
+                            "slave directory {} and master directory {} must not contain each other",
+                            place.dir, master.dir
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `draft`, published by `agent` in `role`, may be appended. `has_content` says
+    /// whether the store holds content.
+    pub fn check(
+        &self,
+        role: Role,
+        agent: &str,
+        draft: &Draft,
+        has_content: impl Fn(&ContentHash) -> bool,
+    ) -> Result<(), String> {
+        let tag = draft.tag.ok_or("missing field `tag`")?;
+        let allowed = match tag {
+            Tag::Join => false,
+            Tag::Ready | Tag::Leave => true,
+            Tag::Notify => role == Role::Master,
+            Tag::Consume | Tag::Error => role == Role::Slave,
+        };
+        if !allowed {
+            return Err(format!("a {role} may not publish {tag} events"));
+        }
+        if draft.role.is_some() || draft.host.is_some() || draft.dir.is_some() {
+            return Err("`role`, `host` and `dir` are the bus's to set (in joins)".into());
+        }
+        draft.check_paths().map_err(|err| err.to_string())?;
+        match tag {
+            Tag::Notify => self.check_notify(draft, has_content),
+            Tag::Consume | Tag::Error => self.check_answer(tag, agent, draft),
+            _ => Ok(()),
+        }
+    }
+
+    fn check_notify(
+        &self,
+        draft: &Draft,
+        has_content: impl Fn(&ContentHash) -> bool,
+    ) -> Result<(), String> {
+        let change = draft.change().map_err(|err| err.to_string())?;
+        if let Change::Put { entry, path } = &change {
+            if let (Kind::File, Some(sha256)) = (entry.kind, &entry.sha256) {
+                if !has_content(sha256) {
+                    return Err(format!(
+                        "put of {path}: the bus has no content {sha256}; upload it first"
+                    ));
+                }
+            }
+        }
+        self.state
+            .check(&change)
+            .map_err(|err| format!("{change} does not apply to the log's state: {err}"))
+    }
+
+    fn check_answer(&self, tag: Tag, agent: &str, draft: &Draft) -> Result<(), String> {
+        let cause = draft.cause.ok_or("missing field `cause`")?;
+        if !self.notifies.contains(cause) {
+            return Err(format!(
+                "cause {cause} is not a notify in the log (head is {})",
+                self.head
+            ));
+        }
+        if tag == Tag::Error && draft.error.is_none() {
+            return Err("missing field `error`".into());
+        }
+        if tag == Tag::Consume {
+            let change = draft.change().map_err(|err| err.to_string())?;
+            check_byte_counts(draft, &change)?;
+        }
+        if let Some(seq) = draft.repairs {
+            let open = self.errors.get(agent, seq);
+            return match open {
+                _ if tag != Tag::Consume => Err("only a consume repairs an error".into()),
+                Some(open) if open.cause == cause && !open.stale => Ok(()),
+                Some(open) if open.stale => Err(format!(
+                    "error #{seq} is stale: later notifies changed its paths"
+                )),
+                Some(open) => Err(format!(
+                    "error #{seq} answered #{}, not #{cause}",
+                    open.cause
+                )),
+                None => Err(format!("#{seq} is not an open error of {agent}")),
+            };
+        }
+        if draft.drift.is_some() {
+            return Ok(());
+        }
+        let answered = self.answered(agent);
+        if cause <= answered {
+            return Err(format!(
+                "{agent} already answered up to notify #{answered}; #{cause} is answered once, in order"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Feeds an appended event. For an `error` whose own fields do not describe its change
+    /// (logs written before errors echoed it), `cause_change` reads the notify's.
+    pub fn observe(&mut self, event: &Event, cause_change: impl FnOnce(u64) -> Option<Change>) {
+        self.head = self.head.max(event.seq);
+        let body = &event.body;
+        match body.tag {
+            Some(Tag::Join) => {
+                let record = self.agents.entry(event.agent.clone()).or_default();
+                record.role = body.role;
+                if let (Some(Role::Master), Some(host), Some(dir)) =
+                    (body.role, &body.host, &body.dir)
+                {
+                    let place = Place {
+                        host: host.clone(),
+                        dir: dir.clone(),
+                    };
+                    self.master = Some((event.agent.clone(), place));
+                }
+            }
+            Some(Tag::Notify) => {
+                self.notifies.insert(event.seq);
+                if let Ok(change) = body.change() {
+                    // A log from before the bus checked notifies may hold one that does not
+                    // apply: the state stays as it was, as the master's replay would have it.
+                    if let Err(err) = self.state.apply(&change) {
+                        tracing::debug!("log #{}: {change}: {err}", event.seq);
+                    }
+                    self.errors.notify(&change);
+                }
+            }
+            Some(tag @ (Tag::Consume | Tag::Error)) => {
+                let Some(cause) = body.cause else { return };
+                if body.repairs.is_none() && body.drift.is_none() {
+                    let record = self.agents.entry(event.agent.clone()).or_default();
+                    record.answered = record.answered.max(cause);
+                }
+                if tag == Tag::Error && body.drift.is_none() {
+                    let change = body.change().ok().or_else(|| cause_change(cause));
+                    self.errors.error(&event.agent, event.seq, cause, change);
+                } else if tag == Tag::Consume {
+                    let change = body.change().ok();
+                    self.errors
+                        .consume(&event.agent, body.repairs, change.as_ref());
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// An agent name is 1-64 of `A-Z a-z 0-9 . _ -`.
+pub fn check_name(name: &str) -> Result<(), String> {
+    let fine = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if fine {
+        Ok(())
+    } else {
+        Err(format!(
+            "agent name {name:?} must be 1-64 of A-Z a-z 0-9 . _ -"
+        ))
+    }
+}
+
+/// A consume of a file put that reports where its bytes came from must account for all of
+/// them: `fetched + reused = size`.
+fn check_byte_counts(draft: &Draft, change: &Change) -> Result<(), String> {
+    let (Some(fetched), Some(reused)) = (draft.fetched, draft.reused) else {
+        return match (draft.fetched, draft.reused) {
+            (None, None) => Ok(()),
+            _ => Err("`fetched` and `reused` come together".into()),
+        };
+    };
+    match change {
+        Change::Put { entry, .. } if entry.kind == Kind::File => {
+            if fetched.checked_add(reused) == Some(entry.size) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "fetched {fetched} + reused {reused} is not the size {}",
+                    entry.size
+                ))
+            }
+        }
+        _ => Err("`fetched` and `reused` belong to a file put".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests;
