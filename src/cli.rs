@@ -263,12 +263,16 @@ async fn open_bus(
 ) -> anyhow::Result<(Bus, tokio::net::TcpListener)> {
     let listener = crate::bus::server::bind(listen, options).await?;
     let bus = Bus::open(options)?;
-    let addr = listener.local_addr()?;
-    // Not through tracing: scripts and tests read this line whatever the log level.
-    // One write, so a reader never sees half the line.
-    let line = format!("listening on {addr}\n");
-    let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), line.as_bytes());
+    announce(&listener)?;
     Ok((bus, listener))
+}
+
+/// Prints `listening on ADDR` on stderr. Not through tracing: scripts and tests read this
+/// line whatever the log level. One write, so a reader never sees half the line.
+fn announce(listener: &tokio::net::TcpListener) -> anyhow::Result<()> {
+    let line = format!("listening on {}\n", listener.local_addr()?);
+    let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), line.as_bytes());
+    Ok(())
 }
 
 async fn run_master(args: MasterArgs) -> anyhow::Result<()> {
@@ -297,7 +301,15 @@ async fn run_master(args: MasterArgs) -> anyhow::Result<()> {
         checkpoints: args.test_checkpoints,
         idle_timeout: Some(args.idle_timeout),
     };
-    let (bus, listener) = open_bus(&args.listen, &bus_options).await?;
+    let listener = crate::bus::server::bind(&args.listen, &bus_options).await?;
+    let bus = Bus::open(&bus_options)?;
+    let place = crate::rules::Place {
+        host: agent::host_name(),
+        dir: dir.to_string_lossy().into_owned(),
+    };
+    bus.admits_master(&args.name, place, args.takeover)
+        .map_err(anyhow::Error::msg)?;
+    announce(&listener)?;
     options.bus = listener.local_addr()?.to_string();
     let (stop_bus, bus_stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(bus.serve(listener, async move {

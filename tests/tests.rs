@@ -13,6 +13,7 @@ mod directories;
 mod disk_errors;
 mod editors;
 mod hostile_paths;
+mod identity;
 mod ignore;
 mod moves;
 mod multiple_slaves;

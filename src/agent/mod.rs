@@ -64,6 +64,8 @@ async fn connect_with_retry(
         };
         match limit {
             (err, Some(limit)) if started.elapsed() >= limit => return Err(err),
+            // A name held by a connection about to close is the common case: quiet.
+            (err @ ClientError::Busy(_), _) => tracing::debug!("{err}; retrying"),
             (err, _) if attempt == 3 => tracing::warn!("{err}; retrying"),
             _ => {}
         }

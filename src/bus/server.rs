@@ -204,6 +204,21 @@ impl Bus {
         &self.shared.log_path
     }
 
+    /// Whether a master at `place` would be let in, asked before serving: a master that
+    /// hosts its bus is refused before it listens, not after.
+    pub fn admits_master(&self, name: &str, place: Place, takeover: bool) -> Result<(), String> {
+        let hello = crate::rules::Hello {
+            role: Role::Master,
+            name: name.to_owned(),
+            place: Some(place),
+            takeover,
+        };
+        lock(&self.shared.ledger)
+            .rules
+            .admit(&hello, &[])
+            .map_err(|refusal| refusal.message().to_owned())
+    }
+
     /// Serves agents on `listener` until `shutdown` completes.
     pub async fn serve(
         self,
