@@ -2,11 +2,17 @@
 //!
 //! 1. `seq` starts at 1 and has no gaps; `time` never goes backwards.
 //! 2. Every notify after a slave's `join` gets exactly one consume or error from that slave,
-//!    with `cause` pointing at it, and a slave answers notifies in `seq` order.
-//! 3. A consume agrees with its notify (`op`, paths, `kind`, `sha256`).
+//!    with `cause` pointing at it, and a slave answers notifies in `seq` order; no notify is
+//!    answered twice by one slave, whenever it joined. A consume that `repairs` an error
+//!    names an open error of that slave for the same notify; it and a `drift` repair are not
+//!    answers.
+//! 3. A consume agrees with its notify (`op`, paths, `kind`, `sha256`), and its byte counts
+//!    add up: `fetched + reused = size`.
 //! 4. Replaying the notifies in order from an empty directory gives the master's state;
-//!    replaying a slave's consumes gives that slave's state; when nothing is pending and no
-//!    error was reported, the two are equal.
+//!    replaying a slave's consumes (repairs included) gives that slave's state; when nothing
+//!    is pending and every error was made good, the two are equal. An error is made good by
+//!    a repair naming it or by a later consume of that slave that decides its paths (see
+//!    `rules::repairs`); a slave with errors still open at the end has not converged.
 //! 5. No path in any event escapes the root.
 //!
 //! Notifies published after a slave's last event that it has not answered yet are reported
@@ -25,6 +31,7 @@ use filesync_master::hash::hash_file;
 use filesync_master::{Entry, Kind, Model, RelPath};
 
 use crate::event::{Draft, Event, Role, Tag};
+use crate::rules::OpenErrors;
 
 /// What to be lenient about.
 #[derive(Debug, Clone, Copy, Default)]
@@ -110,7 +117,6 @@ struct SlaveTrack {
     answers: BTreeMap<u64, Vec<u64>>,
     last_cause: u64,
     state: Model,
-    errors: usize,
     /// Paths an error left in an unknown state on this slave.
     errored: Vec<RelPath>,
 }
@@ -125,6 +131,7 @@ pub fn check_log(events: &[Event], options: CheckOptions) -> Report {
     let mut by_seq: HashMap<u64, &Event> = HashMap::new();
     let mut notifies: Vec<&Event> = Vec::new();
     let mut slaves: BTreeMap<String, SlaveTrack> = BTreeMap::new();
+    let mut open_errors = OpenErrors::default();
     let mut last_time = None;
     let mut last_seq = 0;
 
@@ -186,6 +193,7 @@ pub fn check_log(events: &[Event], options: CheckOptions) -> Report {
                 notifies.push(event);
                 match event.body.change() {
                     Ok(change) => {
+                        open_errors.notify(&change);
                         if let Err(err) = report.master_state.apply(&change) {
                             violations.push(Violation {
                                 invariant: 4,
@@ -233,6 +241,22 @@ pub fn check_log(events: &[Event], options: CheckOptions) -> Report {
                     });
                     continue;
                 };
+                if let Some(violation) = repair_violation(event, &open_errors) {
+                    violations.push(violation);
+                }
+                let answers = event.body.repairs.is_none() && event.body.drift.is_none();
+                if !answers {
+                    // A repair (of an error, or of drift): it did apply, so it is replayed.
+                    if tag == Tag::Consume {
+                        replay_consume(event, track, &mut violations);
+                        open_errors.consume(
+                            &event.agent,
+                            event.body.repairs,
+                            event.body.change().ok().as_ref(),
+                        );
+                    }
+                    continue;
+                }
                 if cause <= track.last_cause && !track.answers.contains_key(&cause) {
                     violations.push(Violation {
                         invariant: 2,
@@ -246,10 +270,11 @@ pub fn check_log(events: &[Event], options: CheckOptions) -> Report {
                 track.last_cause = track.last_cause.max(cause);
                 track.answers.entry(cause).or_default().push(event.seq);
                 if tag == Tag::Error {
-                    track.errors += 1;
-                    if let Ok(change) = notify.body.change() {
+                    let change = notify.body.change().ok();
+                    if let Some(change) = &change {
                         track.errored.extend(change.paths().into_iter().cloned());
                     }
+                    open_errors.error(&event.agent, event.seq, cause, change);
                     continue;
                 }
                 // 3: consume agrees with notify.
@@ -264,41 +289,22 @@ pub fn check_log(events: &[Event], options: CheckOptions) -> Report {
                     });
                     // Still replayed: the slave's state is what it did.
                 }
-                if let Ok(change) = event.body.change() {
-                    let after_error = change.paths().iter().any(|p| {
-                        track
-                            .errored
-                            .iter()
-                            .any(|e| p.starts_with(e) || e.starts_with(p))
-                    });
-                    if let Err(err) = track.state.apply(&change) {
-                        // After an error the slave's state at that path is unknown: a later
-                        // change there that does not fit the replay is not its fault.
-                        if !after_error {
-                            violations.push(Violation {
-                                invariant: 4,
-                                seqs: vec![event.seq],
-                                message: format!(
-                                    "#{} consume {change} does not apply to {}'s state: {err}",
-                                    event.seq, event.agent
-                                ),
-                            });
-                        }
-                    }
-                }
+                replay_consume(event, track, &mut violations);
+                open_errors.consume(&event.agent, None, event.body.change().ok().as_ref());
             }
             _ => {}
         }
     }
     report.n_notifies = notifies.len();
 
-    // 2: exactly one answer to every notify after the join.
+    // 2: exactly one answer to every notify after the join, and never two to any.
     for (name, track) in &slaves {
         let mut pending = Vec::new();
-        for notify in notifies.iter().filter(|n| n.seq > track.joined_at) {
+        for notify in &notifies {
+            let expected = notify.seq > track.joined_at;
             match track.answers.get(&notify.seq).map(Vec::len).unwrap_or(0) {
-                0 => pending.push(notify.seq),
-                1 => {}
+                0 if expected => pending.push(notify.seq),
+                0 | 1 => {}
                 _ => violations.push(Violation {
                     invariant: 2,
                     seqs: std::iter::once(notify.seq)
@@ -342,9 +348,35 @@ pub fn check_log(events: &[Event], options: CheckOptions) -> Report {
                 ),
             });
         }
-        // 4: a slave that answered every notify without error holds the master's state.
+        // 4: a slave with errors still open has not converged; one that answered every
+        // notify and made good every error holds the master's state.
+        let open: Vec<_> = open_errors.of(name).collect();
+        if !open.is_empty() {
+            let listed: Vec<String> = open
+                .iter()
+                .take(10)
+                .map(|e| {
+                    let error = by_seq.get(&e.seq).map(|event| &event.body);
+                    format!(
+                        "#{} ({}: {})",
+                        e.seq,
+                        error.map(describe).unwrap_or_default(),
+                        error.and_then(|b| b.error.as_deref()).unwrap_or("?")
+                    )
+                })
+                .collect();
+            violations.push(Violation {
+                invariant: 4,
+                seqs: open.iter().map(|e| e.seq).collect(),
+                message: format!(
+                    "{name} has not converged: {} error(s) not repaired: {}",
+                    open.len(),
+                    listed.join(", ")
+                ),
+            });
+        }
         let answered_all = notifies.iter().all(|n| track.answers.contains_key(&n.seq));
-        if answered_all && track.errors == 0 && track.state != report.master_state {
+        if answered_all && open.is_empty() && track.state != report.master_state {
             violations.push(Violation {
                 invariant: 4,
                 seqs: Vec::new(),
@@ -358,6 +390,50 @@ pub fn check_log(events: &[Event], options: CheckOptions) -> Report {
     report.slaves = slaves.keys().cloned().collect();
     report.violations = violations;
     report
+}
+
+/// Replays a consume into its slave's state. After an error the slave's state at that path
+/// is unknown: a later change there that does not fit the replay is not its fault.
+fn replay_consume(event: &Event, track: &mut SlaveTrack, violations: &mut Vec<Violation>) {
+    let Ok(change) = event.body.change() else {
+        return;
+    };
+    let after_error = change.paths().iter().any(|p| {
+        track
+            .errored
+            .iter()
+            .any(|e| p.starts_with(e) || e.starts_with(p))
+    });
+    if let Err(err) = track.state.apply(&change) {
+        if !after_error {
+            violations.push(Violation {
+                invariant: 4,
+                seqs: vec![event.seq],
+                message: format!(
+                    "#{} consume {change} does not apply to {}'s state: {err}",
+                    event.seq, event.agent
+                ),
+            });
+        }
+    }
+}
+
+/// A consume that `repairs` must name an open error of its own slave, for the same notify.
+fn repair_violation(event: &Event, open_errors: &OpenErrors) -> Option<Violation> {
+    let repaired = event.body.repairs?;
+    let fits = open_errors
+        .get(&event.agent, repaired)
+        .is_some_and(|open| Some(open.cause) == event.body.cause);
+    (!fits).then(|| Violation {
+        invariant: 2,
+        seqs: vec![event.seq, repaired],
+        message: format!(
+            "#{} repairs #{repaired}, which is not an open error of {} answering #{}",
+            event.seq,
+            event.agent,
+            event.body.cause.unwrap_or(0)
+        ),
+    })
 }
 
 fn list(seqs: &[u64]) -> String {
@@ -401,6 +477,14 @@ fn disagreement(notify: &Draft, consume: &Draft) -> Option<String> {
         ("to", notify.to.clone(), consume.to.clone()),
         ("sha256", notify.sha256.clone(), consume.sha256.clone()),
     ];
+    if let (Some(fetched), Some(reused)) = (consume.fetched, consume.reused) {
+        let size = consume.size.or(notify.size).unwrap_or(0);
+        if fetched.checked_add(reused) != Some(size) {
+            return Some(format!(
+                "fetched {fetched} + reused {reused} is not the size {size}"
+            ));
+        }
+    }
     for (name, expected, got) in fields {
         if expected != got {
             let show = |value: Option<String>| value.unwrap_or_else(|| "absent".into());
@@ -554,6 +638,8 @@ mod tests {
             ("broken-mismatch.jsonl", vec![3]),
             ("broken-replay.jsonl", vec![4]),
             ("broken-escape.jsonl", vec![5, 4, 5]),
+            ("broken-double-before-join.jsonl", vec![2]),
+            ("broken-unrepaired.jsonl", vec![4]),
         ] {
             let report = golden(name);
             assert_eq!(invariants(&report), expected, "{name}:\n{report}");
@@ -565,6 +651,31 @@ mod tests {
                 .iter()
                 .any(|v| v.invariant == 2 && v.message.contains("never answered")),
             "{unanswered}"
+        );
+    }
+
+    #[test]
+    fn an_error_repaired_by_a_retry_checks_out_and_an_open_one_does_not() {
+        let repaired = golden("valid-repaired.jsonl");
+        assert!(repaired.is_ok(), "{repaired}");
+        let open = golden("broken-unrepaired.jsonl");
+        assert!(
+            open.violations.iter().any(|v| v
+                .message
+                .contains("slave has not converged: 1 error(s) not repaired: #6")),
+            "{open}"
+        );
+        // A repair that names nothing open is a violation of its own.
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/logs/valid-repaired.jsonl");
+        let mut events = read_log(&path).expect("read");
+        events[6].body.repairs = Some(5);
+        let report = check_log(&events, CheckOptions::default());
+        assert!(
+            report
+                .violations
+                .iter()
+                .any(|v| v.invariant == 2 && v.message.contains("repairs #5")),
+            "{report}"
         );
     }
 
