@@ -111,3 +111,117 @@ async fn a_full_disk_is_an_error_event_and_the_slave_keeps_going() {
     // The error answered its notify; once big.bin is gone again the states agree.
     c.assert_checks(CheckOptions::default());
 }
+
+/// Unmounts (lazily) when dropped.
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+fn mount(args: &[&str], target: &std::path::Path) -> Mounted {
+    let status = std::process::Command::new("mount")
+        .args(args)
+        .arg(target)
+        .status()
+        .expect("run mount");
+    assert!(status.success(), "this test needs mount (root): {status}");
+    Mounted(target.to_path_buf())
+}
+
+/// A full disk on the slave, freed by its user: the failed file arrives by itself, as a
+/// consume that names the error it repairs, and the log checks out (the error is closed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_once_freed_is_repaired_by_a_retry() {
+    let mut c = cluster("disk-freed", 0).await;
+    c.events.allow_errors();
+    let idx = c.add_slave();
+    let slave_dir = c.slaves[idx].dir.clone();
+    fs::create_dir_all(&slave_dir).expect("mkdir");
+    let _tmpfs = mount(&["-t", "tmpfs", "-o", "size=1m", "tmpfs"], &slave_dir);
+    must(c.start_slave(idx).await);
+    // Someone else's file fills the slave's disk.
+    fs::write(slave_dir.join("hog"), vec![0u8; 700 << 10]).expect("write");
+    fs::write(c.master_dir().join("data.bin"), vec![3u8; 600 << 10]).expect("write");
+    let error = must(
+        c.events
+            .expect(Pattern::error().by("slave").put().path("data.bin"))
+            .await,
+    );
+    fs::remove_file(slave_dir.join("hog")).expect("free the disk");
+    let repair = must(
+        c.events
+            .expect(
+                Pattern::consume()
+                    .by("slave")
+                    .put()
+                    .path("data.bin")
+                    .cause(error.body.cause.unwrap_or(0))
+                    .with("repairs the error", move |e| {
+                        e.body.repairs == Some(error.seq)
+                    }),
+            )
+            .await,
+    );
+    assert_eq!(
+        fs::read(slave_dir.join("data.bin")).expect("arrived").len(),
+        600 << 10,
+        "{repair:?}"
+    );
+    must(c.settle().await);
+    c.assert_checks(CheckOptions::default());
+}
+
+/// A directory the slave cannot write (read-only) makes its files fail; fixed while the
+/// slave is down, they are retried when it starts again and the repairs are in the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_directory_fixed_converges_when_the_slave_restarts() {
+    let mut c = cluster("read-only-dir", 1).await;
+    c.events.allow_errors();
+    let m = c.master_dir();
+    fs::create_dir(m.join("d")).expect("mkdir");
+    fs::write(m.join("d/a"), "a").expect("write");
+    must(
+        c.events
+            .expect(Pattern::consume().by("slave").put().path("d/a"))
+            .await,
+    );
+    let d = c.slaves[0].dir.join("d");
+    let bound = mount(&["--bind", d.to_str().expect("utf-8")], &d);
+    let status = std::process::Command::new("mount")
+        .args(["-o", "remount,bind,ro"])
+        .arg(&d)
+        .status()
+        .expect("remount");
+    assert!(status.success(), "{status}");
+    fs::write(m.join("d/x"), "x").expect("write");
+    let error = must(
+        c.events
+            .expect(Pattern::error().by("slave").path("d/x"))
+            .await,
+    );
+    must(c.stop_slave(0));
+    drop(bound);
+    must(c.start_slave(0).await);
+    must(
+        c.events
+            .expect(
+                Pattern::consume()
+                    .by("slave")
+                    .put()
+                    .path("d/x")
+                    .with("repairs the error", move |e| {
+                        e.body.repairs == Some(error.seq)
+                    }),
+            )
+            .await,
+    );
+    assert_eq!(fs::read(c.slaves[0].dir.join("d/x")).expect("read"), b"x");
+    must(c.settle().await);
+    c.assert_checks(CheckOptions::default());
+}

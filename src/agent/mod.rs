@@ -2,11 +2,13 @@
 //!
 //! - [`master`]: watch, reconcile with the log, upload content, publish notifies.
 //! - [`slave`]: follow the log from a durable position, apply, answer each notify.
+//! - [`retry`]: the changes a slave failed to apply, tried again until they apply.
 //! - [`early`]: an idle slave follows large uploads as they arrive (its copy is written
 //!   while the bus writes its own), and the slave adopts the content when its notify comes.
 
 pub mod early;
 pub mod master;
+pub mod retry;
 pub mod slave;
 
 use std::future::Future;

@@ -17,6 +17,7 @@ use filesync_master::{Change, Kind};
 use filesync_slave::{Applied, Applier, FileStart, StagedFile};
 
 use super::early::EarlyFetch;
+use super::retry::Retries;
 use super::{Connector, SessionEnd};
 use crate::bus::client::PIECES_IN_FLIGHT;
 use crate::bus::{BusClient, ClientError, PendingReply, Subscription, Welcome};
@@ -172,23 +173,85 @@ async fn prefetch(client: &BusClient, event: Event) -> Result<Ahead, ClientError
     })
 }
 
-/// Waits for every consume sent so far to be acknowledged.
-async fn settle_all(in_flight: &mut VecDeque<(u64, PendingReply)>) -> Result<(), ClientError> {
-    while let Some((seq, reply)) = in_flight.pop_front() {
-        settle_one(seq, reply).await?;
+/// An answer sent and not yet acknowledged.
+struct Sent {
+    /// The notify it answers.
+    cause: u64,
+    reply: PendingReply,
+    /// For an error: the change that failed, to retry once the error has its `seq`.
+    failed: Option<Change>,
+}
+
+/// Waits for every answer sent so far to be acknowledged.
+async fn settle_all(
+    in_flight: &mut VecDeque<Sent>,
+    retries: &mut Retries,
+) -> Result<(), ClientError> {
+    while let Some(sent) = in_flight.pop_front() {
+        settle_one(sent, retries).await?;
     }
     Ok(())
 }
 
-async fn settle_one(seq: u64, reply: PendingReply) -> Result<(), ClientError> {
-    match reply.seq().await {
-        Ok(_) => Ok(()),
+async fn settle_one(sent: Sent, retries: &mut Retries) -> Result<(), ClientError> {
+    match sent.reply.seq().await {
+        Ok(seq) => {
+            if let Some(change) = sent.failed {
+                retries.add(seq, sent.cause, change);
+            }
+            Ok(())
+        }
         Err(err) if err.is_connection() => Err(err),
         Err(err) => {
-            tracing::error!("#{seq}: the bus refused our answer: {err}");
+            tracing::error!("#{}: the bus refused our answer: {err}", sent.cause);
             Ok(())
         }
     }
+}
+
+/// The errors the bus says are ours to retry, with the changes they failed to apply.
+async fn load_retries(client: &BusClient, welcome: &Welcome) -> Result<Retries, ClientError> {
+    let mut retries = Retries::default();
+    for &(error, cause) in &welcome.retry {
+        let notify = client.poll(cause).await?.into_iter().next();
+        match notify.map(|event| event.body.change()) {
+            Some(Ok(change)) => retries.add(error, cause, change),
+            _ => tracing::warn!("error #{error}: notify #{cause} cannot be read back to retry it"),
+        }
+    }
+    Ok(retries)
+}
+
+/// Tries the failed changes that are due again; one that applies is published as a
+/// consume that repairs its error.
+async fn run_retries(
+    retries: &mut Retries,
+    applier: &Applier,
+    early: &EarlyFetch,
+    client: &BusClient,
+) -> Result<(), ClientError> {
+    for retry in retries.take_due(tokio::time::Instant::now()) {
+        match apply(applier, early, client, Ok(retry.change.clone()), None).await {
+            Ok((change, applied)) => {
+                let mut repair = Draft::consume(&change, retry.cause, applied.sha256);
+                repair.repairs = Some(retry.error);
+                match client.publish(repair).await {
+                    Ok(seq) => tracing::info!(
+                        "#{seq}: applied {change} at last, repairing error #{}",
+                        retry.error
+                    ),
+                    Err(err) if err.is_connection() => return Err(err),
+                    Err(err) => tracing::warn!("repair of error #{} refused: {err}", retry.error),
+                }
+            }
+            Err(ApplyFailure::Bus(err)) => return Err(err),
+            Err(ApplyFailure::Change(message)) => {
+                tracing::debug!("retry of error #{} failed again: {message}", retry.error);
+                retries.failed_again(retry);
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn session(
@@ -215,7 +278,7 @@ async fn session(
     // consumes go out without waiting for each reply. Requests leave in seq order on one
     // connection, so the bus logs consumes in order.
     let mut ahead = Window::default();
-    let mut in_flight: VecDeque<(u64, PendingReply)> = VecDeque::new();
+    let mut in_flight: VecDeque<Sent> = VecDeque::new();
     // The position is a hint (the bus's `answered` guards against answering twice). It is
     // recorded only when every consume sent is acknowledged: when caught up, every
     // POSITION_EVERY events, and on a clean stop. After a crash or a lost connection the
@@ -236,6 +299,7 @@ async fn session(
             }
         };
     }
+    let mut retries = lost!(load_retries(&client, &welcome).await);
     loop {
         // A stop is honoured between events, never in the middle of one.
         let stop = tokio::select! {
@@ -244,7 +308,7 @@ async fn session(
             _ = std::future::ready(()) => false,
         };
         if stop {
-            lost!(settle_all(&mut in_flight).await);
+            lost!(settle_all(&mut in_flight, &mut retries).await);
             save(position_file, &mut unsaved)?;
             if let Err(err) = client.publish(Draft::tagged(Tag::Leave)).await {
                 tracing::warn!("could not publish leave: {err}");
@@ -263,19 +327,28 @@ async fn session(
         } = match ahead.pop() {
             Some(next) => next,
             None => {
-                // Caught up with what the bus sent: settle, record, then wait for more.
-                lost!(settle_all(&mut in_flight).await);
+                // Caught up with what the bus sent: settle, record, then wait for more,
+                // retrying failed changes as they come due meanwhile.
+                lost!(settle_all(&mut in_flight, &mut retries).await);
                 save(position_file, &mut unsaved)?;
                 since_saved = 0;
                 early.set_idle(true);
-                let event = tokio::select! {
-                    _ = &mut *shutdown => {
-                        if let Err(err) = client.publish(Draft::tagged(Tag::Leave)).await {
-                            tracing::warn!("could not publish leave: {err}");
+                let next = subscription.next();
+                tokio::pin!(next);
+                let event = loop {
+                    let due = retries.next_due();
+                    tokio::select! {
+                        _ = &mut *shutdown => {
+                            if let Err(err) = client.publish(Draft::tagged(Tag::Leave)).await {
+                                tracing::warn!("could not publish leave: {err}");
+                            }
+                            return Ok(SessionEnd::Stopped);
                         }
-                        return Ok(SessionEnd::Stopped);
+                        event = &mut next => break lost!(event),
+                        _ = sleep_until_due(due), if due.is_some() => {
+                            lost!(run_retries(&mut retries, &applier, &early, &client).await);
+                        }
                     }
-                    event = subscription.next() => lost!(event),
                 };
                 lost!(prefetch(&client, event).await)
             }
@@ -285,6 +358,15 @@ async fn session(
         // other, not every second one).
         early.set_idle(ahead.is_empty() && subscription.is_drained());
         if let Some(change) = change {
+            if let Ok(change) = &change {
+                for dropped in retries.forget_overlapping(change) {
+                    tracing::info!(
+                        "#{}: {change} supersedes the retry of error #{}",
+                        event.seq,
+                        dropped.error
+                    );
+                }
+            }
             let answer = answer(
                 &applier,
                 &early,
@@ -294,19 +376,19 @@ async fn session(
                 content,
                 welcome.answered,
             );
-            if let Some(reply) = lost!(answer.await) {
-                in_flight.push_back((event.seq, reply));
+            if let Some(sent) = lost!(answer.await) {
+                in_flight.push_back(sent);
             }
             unsaved = Some(event.seq);
             since_saved += 1;
         }
         while in_flight.len() > IN_FLIGHT {
-            if let Some((seq, reply)) = in_flight.pop_front() {
-                lost!(settle_one(seq, reply).await);
+            if let Some(sent) = in_flight.pop_front() {
+                lost!(settle_one(sent, &mut retries).await);
             }
         }
         if since_saved >= POSITION_EVERY {
-            lost!(settle_all(&mut in_flight).await);
+            lost!(settle_all(&mut in_flight, &mut retries).await);
             save(position_file, &mut unsaved)?;
             since_saved = 0;
         }
@@ -339,23 +421,37 @@ async fn answer(
     change: Result<Change, EventError>,
     content: Option<PendingReply>,
     answered: u64,
-) -> Result<Option<PendingReply>, ClientError> {
+) -> Result<Option<Sent>, ClientError> {
+    let wanted = change.as_ref().ok().cloned();
     let outcome = apply(applier, early, client, change, content).await;
-    let reply = match outcome {
+    let (reply, failed) = match outcome {
         Ok((change, applied)) => {
             tracing::debug!("#{} applied {change}", event.seq);
-            Draft::consume(&change, event.seq, applied.sha256)
+            (Draft::consume(&change, event.seq, applied.sha256), None)
         }
         Err(ApplyFailure::Bus(err)) => return Err(err),
         Err(ApplyFailure::Change(message)) => {
             tracing::warn!("#{}: {message}", event.seq);
-            Draft::error(&event.body, event.seq, message)
+            (Draft::error(&event.body, event.seq, message), wanted)
         }
     };
     if event.seq <= answered {
         return Ok(None);
     }
-    client.publish_pipelined(reply).await.map(Some)
+    let reply = client.publish_pipelined(reply).await?;
+    Ok(Some(Sent {
+        cause: event.seq,
+        reply,
+        failed,
+    }))
+}
+
+/// Resolves at `due` (never, for `None`).
+async fn sleep_until_due(due: Option<tokio::time::Instant>) {
+    match due {
+        Some(due) => tokio::time::sleep_until(due).await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn apply(
