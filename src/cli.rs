@@ -141,6 +141,13 @@ pub struct SlaveArgs {
     pub name: String,
     #[arg(long, env = "FILESYNC_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Also verify the directory against the state applied this often (it is verified at
+    /// every start), restoring what was changed behind the slave's back.
+    #[arg(long, value_name = "INTERVAL", value_parser = humantime::parse_duration)]
+    pub verify: Option<std::time::Duration>,
+    /// Report what verification finds changed locally (error events) instead of restoring it.
+    #[arg(long)]
+    pub keep_local: bool,
 }
 
 #[derive(Debug, Args)]
@@ -232,6 +239,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 name: args.name,
                 token: args.token,
                 state_dir,
+                verify_every: args.verify,
+                keep_local: args.keep_local,
             };
             on_workers(agent::slave::run(options, shutdown_signal()))
                 .await

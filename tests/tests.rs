@@ -11,6 +11,7 @@ mod cli;
 mod delete;
 mod directories;
 mod disk_errors;
+mod drift;
 mod editors;
 mod hostile_paths;
 mod identity;

@@ -8,10 +8,13 @@
 //! - [`apply`]: `Applier` and `StagedFile`, the writes themselves.
 //! - [`received`]: content received before its destination is known (`LooseFile`), put in
 //!   place by `Applier::adopt` once a change names it and the hash matches.
+//! - [`verify`]: the directory as it is (temporary files left by a killed slave removed),
+//!   and how it differs from the state applied.
 
 pub mod apply;
 pub mod received;
 pub mod safety;
+pub mod verify;
 
 use filesync_master::RelPath;
 

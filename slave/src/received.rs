@@ -13,7 +13,6 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use filesync_master::hash::{ContentHash, PieceHasher};
-use filesync_master::ignore::TEMP_PREFIX;
 use filesync_master::{Entry, Kind, RelPath};
 
 use crate::apply::{remove_any, set_mode, temp_beside, Applied, Applier};
@@ -38,21 +37,11 @@ pub struct ReceivedFile {
 }
 
 impl Applier {
-    /// Removes content a slave killed mid-transfer left in the root (loose files are only
-    /// ever created there), returning how many. Call before receiving anything: a slave is
-    /// the root's only writer of such names.
+    /// Removes the temporary files a slave killed mid-transfer left, in the root (content
+    /// received early) or anywhere beneath it (files it was replacing); returns how many.
+    /// Call before receiving anything: a slave is its root's only writer of such names.
     pub fn remove_leftovers(&self) -> io::Result<usize> {
-        let mut removed = 0;
-        for entry in fs::read_dir(self.root())? {
-            let entry = entry?;
-            let name = entry.file_name();
-            let temp = name.as_encoded_bytes().starts_with(TEMP_PREFIX);
-            if temp && entry.file_type()?.is_file() {
-                fs::remove_file(entry.path())?;
-                removed += 1;
-            }
-        }
-        Ok(removed)
+        crate::verify::remove_leftovers(self.root())
     }
 
     /// Opens a file in the root for content whose path is not known yet.

@@ -23,9 +23,9 @@ use filesync_master::watch::{DirWatcher, Signal};
 use filesync_master::{Change, Kind, Model, RelPath};
 use tokio::sync::mpsc;
 
-use super::{Connector, SessionEnd};
+use super::{replay_notifies, Connector, SessionEnd};
 use crate::bus::client::{PendingReply, UploadError, PIECES_IN_FLIGHT};
-use crate::bus::{BusClient, ClientError, Subscription};
+use crate::bus::{BusClient, ClientError};
 use crate::event::{Draft, Role, Tag};
 
 /// How the master runs.
@@ -83,34 +83,13 @@ pub async fn run(options: MasterOptions, shutdown: impl Future<Output = ()>) -> 
     Ok(())
 }
 
-/// The published state: every notify in the log up to `head`, replayed.
-async fn replay_log(client: &BusClient, head: u64) -> Result<Model, ClientError> {
-    let mut model = Model::new();
-    let mut subscription = Subscription::new(client.clone(), 1);
-    while subscription.position() <= head {
-        let event = subscription.next().await?;
-        if event.tag() != Some(Tag::Notify) {
-            continue;
-        }
-        match event.body.change() {
-            Ok(change) => {
-                if let Err(err) = model.apply(&change) {
-                    tracing::warn!("log #{}: {err}; the rescan will correct it", event.seq);
-                }
-            }
-            Err(err) => tracing::warn!("log #{}: unreadable notify: {err}", event.seq),
-        }
-    }
-    Ok(model)
-}
-
 async fn session(
     dir: &Path,
     client: BusClient,
     head: u64,
     shutdown: &mut (impl Future<Output = ()> + Unpin),
 ) -> anyhow::Result<SessionEnd> {
-    let model = match replay_log(&client, head).await {
+    let model = match replay_notifies(&client, head).await {
         Ok(model) => model,
         Err(err) if err.is_connection() => return Ok(SessionEnd::BusLost(err)),
         Err(err) => return Err(err).context("cannot read the event log"),

@@ -3,6 +3,7 @@
 //! - [`master`]: watch, reconcile with the log, upload content, publish notifies.
 //! - [`slave`]: follow the log from a durable position, apply, answer each notify.
 //! - [`retry`]: the changes a slave failed to apply, tried again until they apply.
+//! - [`verify`]: a slave's directory compared with the state it applied, and restored.
 //! - [`early`]: an idle slave follows large uploads as they arrive (its copy is written
 //!   while the bus writes its own), and the slave adopts the content when its notify comes.
 
@@ -10,14 +11,17 @@ pub mod early;
 pub mod master;
 pub mod retry;
 pub mod slave;
+pub mod verify;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
 
 use std::time::Duration;
 
-use crate::bus::{BusClient, ClientError, Hello, Welcome};
-use crate::event::Role;
+use filesync_master::Model;
+
+use crate::bus::{BusClient, ClientError, Hello, Subscription, Welcome};
+use crate::event::{Role, Tag};
 
 /// How long an agent keeps trying to reach a bus that has never answered.
 pub const FIRST_CONNECT_PATIENCE: Duration = Duration::from_secs(10);
@@ -136,6 +140,28 @@ pub fn host_name() -> String {
         .ok()
         .and_then(|name| name.into_string().ok())
         .unwrap_or_else(|| "localhost".into())
+}
+
+/// The state the log's notifies imply up to `upto`: every notify from seq 1, replayed (the
+/// master reconciles its directory with it; a slave verifies its own against it).
+pub async fn replay_notifies(client: &BusClient, upto: u64) -> Result<Model, ClientError> {
+    let mut model = Model::new();
+    let mut subscription = Subscription::new(client.clone(), 1);
+    while subscription.position() <= upto {
+        let event = subscription.next().await?;
+        if event.tag() != Some(Tag::Notify) {
+            continue;
+        }
+        match event.body.change() {
+            Ok(change) => {
+                if let Err(err) = model.apply(&change) {
+                    tracing::warn!("log #{}: {err}; skipped", event.seq);
+                }
+            }
+            Err(err) => tracing::warn!("log #{}: unreadable notify: {err}", event.seq),
+        }
+    }
+    Ok(model)
 }
 
 /// `$XDG_STATE_HOME/filesync/NAME`, or `~/.local/state/filesync/NAME`.

@@ -6,8 +6,10 @@
 //! slave adds each error it reports. A retry that applies is published as a consume that
 //! `repairs` the error, which closes it in the log. A retry is dropped once a later notify
 //! touches its paths: the newer change decides them now, and retrying the old one would
-//! undo it (the bus calls such an error stale and refuses its repair). Retries run only
-//! when the slave has caught up, so no newer notify is waiting behind them.
+//! undo it (the bus calls such an error stale and refuses its repair). Retries run when
+//! the slave starts (before it verifies its directory, so a retry is not taken for drift;
+//! the bus names only errors no later notify touched) and whenever it has caught up, so no
+//! newer notify is waiting behind them.
 
 use std::time::Duration;
 
@@ -40,13 +42,22 @@ pub struct Retries {
 impl Retries {
     /// Error `error` reported that notify `cause`'s `change` failed; try it again soon.
     pub fn add(&mut self, error: u64, cause: u64, change: Change) {
+        self.add_due(error, cause, change, Instant::now() + FIRST_WAIT);
+    }
+
+    /// Like `add`, due at once (errors a slave finds open when it starts).
+    pub fn add_now(&mut self, error: u64, cause: u64, change: Change) {
+        self.add_due(error, cause, change, Instant::now());
+    }
+
+    fn add_due(&mut self, error: u64, cause: u64, change: Change, due: Instant) {
         self.pending.retain(|r| r.error != error);
         self.pending.push(Retry {
             error,
             cause,
             change,
             failures: 0,
-            due: Instant::now() + FIRST_WAIT,
+            due,
         });
     }
 

@@ -10,6 +10,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context;
 use filesync_master::hash::CHUNK_SIZE;
@@ -18,6 +19,7 @@ use filesync_slave::{Applied, Applier, FileStart, StagedFile};
 
 use super::early::EarlyFetch;
 use super::retry::Retries;
+use super::verify::Verifier;
 use super::{Connector, SessionEnd};
 use crate::bus::client::PIECES_IN_FLIGHT;
 use crate::bus::{BusClient, ClientError, PendingReply, Subscription, Welcome};
@@ -32,10 +34,14 @@ pub struct SlaveOptions {
     pub name: String,
     pub token: Option<String>,
     pub state_dir: PathBuf,
+    /// Verify the directory against the state applied this often, besides at start.
+    pub verify_every: Option<Duration>,
+    /// Report differences found by a verification instead of restoring them.
+    pub keep_local: bool,
 }
 
 /// Why a notify could not be applied.
-enum ApplyFailure {
+pub(super) enum ApplyFailure {
     /// Reported as an `error` event; the slave goes on.
     Change(String),
     /// The bus went away mid-transfer: reconnect and try the same event again.
@@ -83,17 +89,25 @@ pub async fn run(options: SlaveOptions, shutdown: impl Future<Output = ()>) -> a
     };
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("cannot create slave directory {}", dir.display()))?;
-    // Content a killed predecessor was receiving early (a whole large file, perhaps).
-    match Applier::new(&dir).remove_leftovers() {
-        Ok(0) => {}
-        Ok(n) => tracing::info!(
-            "removed {n} unfinished transfer(s) left in {}",
-            dir.display()
-        ),
-        Err(err) => tracing::warn!("cannot clean up {}: {err}", dir.display()),
-    }
+    let verifier = Verifier {
+        dir: &dir,
+        stamps: state_path.join("verified"),
+        keep_local: options.keep_local,
+    };
+    let mut schedule = Schedule {
+        verify_every: options.verify_every,
+        verify_now: true,
+    };
     while let Some((client, welcome)) = next {
-        match session(&dir, &position_file, client, welcome, &mut shutdown).await? {
+        let ended = session(
+            &verifier,
+            &position_file,
+            client,
+            welcome,
+            &mut schedule,
+            &mut shutdown,
+        );
+        match ended.await? {
             SessionEnd::Stopped => return Ok(()),
             SessionEnd::BusLost(err) => tracing::warn!("{err}; reconnecting"),
         }
@@ -215,7 +229,7 @@ async fn load_retries(client: &BusClient, welcome: &Welcome) -> Result<Retries, 
     for &(error, cause) in &welcome.retry {
         let notify = client.poll(cause).await?.into_iter().next();
         match notify.map(|event| event.body.change()) {
-            Some(Ok(change)) => retries.add(error, cause, change),
+            Some(Ok(change)) => retries.add_now(error, cause, change),
             _ => tracing::warn!("error #{error}: notify #{cause} cannot be read back to retry it"),
         }
     }
@@ -254,13 +268,58 @@ async fn run_retries(
     Ok(())
 }
 
+/// When the slave verifies its directory: at its first session, then every `verify_every`.
+struct Schedule {
+    verify_every: Option<Duration>,
+    verify_now: bool,
+}
+
+/// Verifies the directory against the state as of `position` (or, with nothing applied
+/// yet, only removes what a killed predecessor left), and drops the retries the repairs
+/// settled.
+async fn verify(
+    verifier: &Verifier<'_>,
+    position: u64,
+    client: &BusClient,
+    applier: &Applier,
+    early: &EarlyFetch,
+    retries: &mut Retries,
+) -> Result<(), ClientError> {
+    if position == 0 {
+        match applier.remove_leftovers() {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("removed {n} unfinished transfer(s)"),
+            Err(err) => tracing::warn!("cannot clean up {}: {err}", verifier.dir.display()),
+        }
+        return Ok(());
+    }
+    let verified = verifier.run(position, client, applier, early).await?;
+    if verified.leftovers > 0 {
+        tracing::info!("removed {} unfinished transfer(s)", verified.leftovers);
+    }
+    if !verified.repaired.is_empty() || verified.kept > 0 {
+        tracing::info!(
+            "verified {}: {} path(s) restored, {} left as found",
+            verifier.dir.display(),
+            verified.repaired.len(),
+            verified.kept
+        );
+    }
+    for change in &verified.repaired {
+        retries.forget_overlapping(change);
+    }
+    Ok(())
+}
+
 async fn session(
-    dir: &Path,
+    verifier: &Verifier<'_>,
     position_file: &Path,
     client: BusClient,
     welcome: Welcome,
+    schedule: &mut Schedule,
     shutdown: &mut (impl Future<Output = ()> + Unpin),
 ) -> anyhow::Result<SessionEnd> {
+    let dir = verifier.dir;
     let applier = Applier::new(dir);
     // Follows large uploads while we are idle; stops with the session.
     let early = EarlyFetch::start(client.clone(), applier.clone());
@@ -299,7 +358,16 @@ async fn session(
             }
         };
     }
+    // What failed before is retried first, so that a verification does not take its
+    // repairs for drift.
     let mut retries = lost!(load_retries(&client, &welcome).await);
+    lost!(run_retries(&mut retries, &applier, &early, &client).await);
+    // The last notify taken in hand: what a verification compares with.
+    let mut at = position;
+    if std::mem::take(&mut schedule.verify_now) {
+        lost!(verify(verifier, at, &client, &applier, &early, &mut retries).await);
+    }
+    let mut verified_at = tokio::time::Instant::now();
     loop {
         // A stop is honoured between events, never in the middle of one.
         let stop = tokio::select! {
@@ -337,6 +405,7 @@ async fn session(
                 tokio::pin!(next);
                 let event = loop {
                     let due = retries.next_due();
+                    let verify_due = schedule.verify_every.map(|every| verified_at + every);
                     tokio::select! {
                         _ = &mut *shutdown => {
                             if let Err(err) = client.publish(Draft::tagged(Tag::Leave)).await {
@@ -347,6 +416,10 @@ async fn session(
                         event = &mut next => break lost!(event),
                         _ = sleep_until_due(due), if due.is_some() => {
                             lost!(run_retries(&mut retries, &applier, &early, &client).await);
+                        }
+                        _ = sleep_until_due(verify_due), if verify_due.is_some() => {
+                            lost!(verify(verifier, at, &client, &applier, &early, &mut retries).await);
+                            verified_at = tokio::time::Instant::now();
                         }
                     }
                 };
@@ -379,6 +452,7 @@ async fn session(
             if let Some(sent) = lost!(answer.await) {
                 in_flight.push_back(sent);
             }
+            at = event.seq;
             unsaved = Some(event.seq);
             since_saved += 1;
         }
@@ -454,7 +528,7 @@ async fn sleep_until_due(due: Option<tokio::time::Instant>) {
     }
 }
 
-async fn apply(
+pub(super) async fn apply(
     applier: &Applier,
     early: &EarlyFetch,
     client: &BusClient,

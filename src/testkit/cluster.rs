@@ -25,6 +25,8 @@ pub struct SlaveAgent {
     pub dir: PathBuf,
     pub state: PathBuf,
     pub proc: Option<ProcId>,
+    /// More arguments for `filesync slave` (`--keep-local`, `--verify 1s`...).
+    pub args: Vec<String>,
 }
 
 /// A running system under test.
@@ -221,6 +223,7 @@ impl Cluster {
             state: self.dir().join("state").join(&name),
             name,
             proc: None,
+            args: Vec::new(),
         });
         idx
     }
@@ -245,7 +248,8 @@ impl Cluster {
             .arg("--state")
             .arg(&slave.state)
             .arg("--name")
-            .arg(&slave.name);
+            .arg(&slave.name)
+            .args(&slave.args);
         self.agent_log.apply(&mut command);
         let name = slave.name.clone();
         let id = self.plan.spawn(&name, command).map_err(|e| e.to_string())?;
