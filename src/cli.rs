@@ -117,6 +117,10 @@ pub struct MasterArgs {
     /// the one mirrored, and whatever it lacks is deleted on the slaves.
     #[arg(long)]
     pub takeover: bool,
+    /// Publish the deletion of everything when DIR is empty at start although the log says
+    /// it held files (by default the master waits for it to come back: a missing mount).
+    #[arg(long)]
+    pub allow_empty: bool,
     /// Drop a peer of the bus that waits for nothing and sends nothing this long.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
     pub idle_timeout: std::time::Duration,
@@ -296,6 +300,7 @@ async fn run_master(args: MasterArgs) -> anyhow::Result<()> {
         name: args.name.clone(),
         token: args.token.clone(),
         takeover: args.takeover,
+        allow_empty: args.allow_empty,
     };
     if let Some(bus) = args.bus {
         options.bus = bus;

@@ -24,3 +24,4 @@ mod restarts;
 mod scenarios;
 mod sigkill;
 mod symlinks_modes;
+mod vanished;

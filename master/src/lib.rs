@@ -11,8 +11,10 @@
 //! - [`tree`]: `Tree`, which compares the disk with the model and yields changes.
 //! - [`watch`]: `DirWatcher`, inotify through `notify`, reduced to a few signals.
 //! - [`coalesce`]: `Coalescer`, which decides when each signalled path is looked at.
+//! - [`guard`]: `RootGuard`, which holds publication while the directory is gone or empty.
 
 pub mod coalesce;
+pub mod guard;
 pub mod hash;
 pub mod ignore;
 pub mod model;

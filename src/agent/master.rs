@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use filesync_master::coalesce::{Coalescer, Timing, Work};
+use filesync_master::guard::RootGuard;
 use filesync_master::hash::ContentHash;
 use filesync_master::ignore::IGNORE_FILE;
 use filesync_master::tree::{Observed, Outcome, Tree};
@@ -37,6 +38,8 @@ pub struct MasterOptions {
     pub token: Option<String>,
     /// Take the log over from the master directory it belongs to.
     pub takeover: bool,
+    /// Publish the deletion of everything when the directory is empty at start.
+    pub allow_empty: bool,
 }
 
 /// With the watch limit reached, the whole tree is compared this often instead.
@@ -75,7 +78,15 @@ pub async fn run(options: MasterOptions, shutdown: impl Future<Output = ()>) -> 
     .takeover(options.takeover);
     let mut shutdown = Box::pin(shutdown);
     while let Some((client, welcome)) = connector.connect(&mut shutdown).await? {
-        match session(&dir, client, welcome.head, &mut shutdown).await? {
+        match session(
+            &dir,
+            client,
+            welcome.head,
+            options.allow_empty,
+            &mut shutdown,
+        )
+        .await?
+        {
             SessionEnd::Stopped => return Ok(()),
             SessionEnd::BusLost(err) => tracing::warn!("{err}; reconnecting"),
         }
@@ -87,6 +98,7 @@ async fn session(
     dir: &Path,
     client: BusClient,
     head: u64,
+    allow_empty: bool,
     shutdown: &mut (impl Future<Output = ()> + Unpin),
 ) -> anyhow::Result<SessionEnd> {
     let model = match replay_notifies(&client, head).await {
@@ -102,7 +114,10 @@ async fn session(
         let stop = stop.clone();
         std::thread::Builder::new()
             .name("master-worker".into())
-            .spawn(move || worker(&dir, model, &tx, &retry_rx, &stop))
+            .spawn(move || {
+                let guard = RootGuard::new(&dir, allow_empty);
+                worker(&dir, model, guard, &tx, &retry_rx, &stop)
+            })
             .context("cannot start the master's worker thread")?
     };
     let mut in_flight = InFlight::default();
@@ -299,20 +314,48 @@ fn settle_refusal(result: Result<(), ClientError>) -> Result<(), ClientError> {
     }
 }
 
-/// The blocking side: watch first, then reconcile, then follow signals.
+/// Waits while `why` names a reason not to publish (said once on stderr); false when the
+/// master is stopping meanwhile.
+fn hold_while(stop: &AtomicBool, why: impl Fn() -> Option<String>) -> bool {
+    let Some(reason) = why() else {
+        return true;
+    };
+    tracing::error!("{reason}");
+    while why().is_some() {
+        if stop.load(Ordering::SeqCst) {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    tracing::warn!("the master directory is back; publishing again");
+    true
+}
+
+/// The blocking side: watch first, then reconcile, then follow signals. Nothing is
+/// watched, scanned or published while the directory is gone, replaced or (at start)
+/// empty against the log (`RootGuard`).
 fn worker(
     dir: &Path,
     model: Model,
+    mut guard: RootGuard,
     tx: &mpsc::Sender<WorkerMsg>,
     retries: &std_mpsc::Receiver<RelPath>,
     stop: &AtomicBool,
 ) {
-    let mut watcher = match DirWatcher::start(dir) {
-        Ok(watcher) => watcher,
+    let published = model.len();
+    if !hold_while(stop, || guard.empty_or_gone(published)) {
+        return;
+    }
+    guard.rebind();
+    let start_watch = || match DirWatcher::start(dir) {
+        Ok(watcher) => Some(watcher),
         Err(err) => {
             let _ = tx.blocking_send(WorkerMsg::Fatal(err.to_string()));
-            return;
+            None
         }
+    };
+    let Some(mut watcher) = start_watch() else {
+        return;
     };
     let mut tree = Tree::new(dir, model);
     let mut coalescer = Coalescer::new(Timing::default());
@@ -351,6 +394,23 @@ fn worker(
     let ignore_file = RelPath::new(IGNORE_FILE).ok();
     let mut polling_since: Option<Instant> = None;
     while !stop.load(Ordering::SeqCst) {
+        if let Some(why) = guard.replaced() {
+            tracing::error!("{why}: not publishing until it is back");
+            let published = tree.model().len();
+            if !hold_while(stop, || guard.empty_or_gone(published)) {
+                return;
+            }
+            guard.rebind();
+            // The old watches died with the old directory; signals about it mean nothing.
+            let Some(rewatched) = start_watch() else {
+                return;
+            };
+            watcher = rewatched;
+            coalescer = Coalescer::new(Timing::default());
+            tree.reload_ignore();
+            tree.rescan_all(&mut emit);
+            continue;
+        }
         let now = Instant::now();
         for path in unstable.borrow_mut().drain(..) {
             coalescer.retry(path, now);

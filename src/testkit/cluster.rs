@@ -259,6 +259,12 @@ impl Cluster {
 
     /// Starts the master again (same directory, state and address) and waits for `ready`.
     pub async fn start_master(&mut self) -> Result<(), String> {
+        self.spawn_master().await?;
+        self.expect_ready("master").await
+    }
+
+    /// Starts the master again and follows its bus, without waiting for its `ready`.
+    pub async fn spawn_master(&mut self) -> Result<(), String> {
         let master = spawn_master(
             &mut self.plan,
             &self.bin,
@@ -277,7 +283,14 @@ impl Cluster {
             .map_err(|e| e.to_string())?;
         events.absorb(&mut self.events);
         self.events = events;
-        self.expect_ready("master").await
+        Ok(())
+    }
+
+    /// Waits until the master's stderr has a line containing `needle`; returns the rest of
+    /// that line.
+    pub fn master_says(&mut self, needle: &str, timeout: Duration) -> Result<String, String> {
+        let id = self.master.ok_or("the master is not running")?;
+        self.plan.proc(id).wait_for_stderr(needle, timeout)
     }
 
     /// SIGTERM to the master; it must exit 0.
