@@ -8,6 +8,7 @@ mod bursts;
 mod bus_input;
 mod check_cli;
 mod cli;
+mod crowd;
 mod delete;
 mod directories;
 mod disk_errors;

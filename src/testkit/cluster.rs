@@ -38,7 +38,8 @@ pub struct Cluster {
     pub master: Option<ProcId>,
     pub slaves: Vec<SlaveAgent>,
     pub events: EventStream,
-    checkpoints: bool,
+    /// More arguments for `filesync master`, at every start.
+    master_args: Vec<String>,
     agent_log: AgentLog,
 }
 
@@ -69,7 +70,7 @@ pub struct ClusterBuilder<'a> {
     bin: PathBuf,
     label: String,
     n_slaves: usize,
-    checkpoints: bool,
+    master_args: Vec<String>,
     agent_log: AgentLog,
     prepare: Option<Prepare<'a>>,
 }
@@ -83,7 +84,13 @@ impl<'a> ClusterBuilder<'a> {
 
     /// Start the bus with checkpoints enabled (`--test-checkpoints`), for a `Runner`.
     pub fn checkpoints(mut self) -> Self {
-        self.checkpoints = true;
+        self.master_args.push("--test-checkpoints".into());
+        self
+    }
+
+    /// More arguments for `filesync master` (`--idle-timeout 2s`...), at every start.
+    pub fn master_args(mut self, args: &[&str]) -> Self {
+        self.master_args.extend(args.iter().map(|a| a.to_string()));
         self
     }
 
@@ -110,7 +117,7 @@ impl<'a> ClusterBuilder<'a> {
             &mut plan,
             &self.bin,
             "127.0.0.1:0",
-            self.checkpoints,
+            &self.master_args,
             self.agent_log,
         )?;
         let addr = plan
@@ -126,7 +133,7 @@ impl<'a> ClusterBuilder<'a> {
             master: Some(master),
             slaves: Vec::new(),
             events,
-            checkpoints: self.checkpoints,
+            master_args: self.master_args,
             agent_log: self.agent_log,
         };
         cluster.expect_ready("master").await?;
@@ -144,7 +151,7 @@ impl Cluster {
             bin: bin.to_path_buf(),
             label: label.to_owned(),
             n_slaves: 1,
-            checkpoints: false,
+            master_args: Vec::new(),
             agent_log: AgentLog::Debug,
             prepare: None,
         }
@@ -269,7 +276,7 @@ impl Cluster {
             &mut self.plan,
             &self.bin,
             &self.addr,
-            self.checkpoints,
+            &self.master_args,
             self.agent_log,
         )?;
         self.master = Some(master);
@@ -487,7 +494,7 @@ fn spawn_master(
     plan: &mut Plan,
     bin: &Path,
     listen: &str,
-    checkpoints: bool,
+    args: &[String],
     agent_log: AgentLog,
 ) -> Result<ProcId, String> {
     let root = plan.dir().to_path_buf();
@@ -501,8 +508,6 @@ fn spawn_master(
         .arg("--state")
         .arg(root.join("state").join("master"));
     agent_log.apply(&mut command);
-    if checkpoints {
-        command.arg("--test-checkpoints");
-    }
+    command.args(args);
     plan.spawn("master", command).map_err(|e| e.to_string())
 }
