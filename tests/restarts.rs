@@ -95,3 +95,63 @@ async fn a_stopped_slave_resumes_after_its_last_applied_event() {
     );
     c.assert_checks(CheckOptions::default());
 }
+
+/// Directories and a file renamed while the master was down: published as moves (matched
+/// by content), not as a delete and a put of every file, and the slave follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renames_made_while_the_master_was_down_are_published_as_moves() {
+    let mut c = cluster("offline-renames", 1).await;
+    let m = c.master_dir();
+    for d in ["photos", "letters"] {
+        fs::create_dir(m.join(d)).expect("mkdir");
+        for i in 0..65 {
+            fs::write(m.join(format!("{d}/{i}.txt")), format!("{d} {i}")).expect("write");
+        }
+    }
+    fs::write(m.join("todo.txt"), "the list").expect("write");
+    must(
+        c.events
+            .expect_count(
+                Pattern::consume().by("slave").put(),
+                133,
+                Duration::from_millis(300),
+            )
+            .await,
+    );
+    must(c.settle().await);
+    must(c.stop_master());
+    fs::rename(m.join("photos"), m.join("pictures")).expect("mv");
+    fs::rename(m.join("letters"), m.join("mail")).expect("mv");
+    fs::rename(m.join("todo.txt"), m.join("todo.md")).expect("mv");
+    let before = c.events.count(&Pattern::notify());
+    must(c.start_master().await);
+    must(
+        c.events
+            .expect_all(vec![
+                Pattern::consume()
+                    .by("slave")
+                    .moved()
+                    .from("photos")
+                    .path("pictures"),
+                Pattern::consume()
+                    .by("slave")
+                    .moved()
+                    .from("letters")
+                    .path("mail"),
+                Pattern::consume()
+                    .by("slave")
+                    .moved()
+                    .from("todo.txt")
+                    .path("todo.md"),
+            ])
+            .await,
+    );
+    must(c.settle().await);
+    assert_eq!(
+        c.events.count(&Pattern::notify()) - before,
+        3,
+        "three moves, nothing else:\n{}",
+        c.events.timeline()
+    );
+    c.assert_checks(CheckOptions::default());
+}

@@ -5,6 +5,7 @@
 //! may be coalesced, reordered or repeated without changing the outcome: the result always
 //! describes the disk as it is now.
 
+use std::collections::HashSet;
 use std::fs::{self, File, Metadata};
 use std::io;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -201,7 +202,12 @@ impl Tree {
         let mut unreadable: Vec<RelPath> = Vec::new();
         let root = self.root.clone();
         let ignore = self.ignore.clone();
-        let walker = WalkDir::new(&start)
+        // A full rescan of a published tree (a master restarted) holds back what is new at
+        // the top of a new subtree, to be paired with what vanished: a rename made while the
+        // master was down is published as a move, not a delete and a put of everything.
+        let pair_renames = under.is_none() && had_published;
+        let mut new_tops: Vec<RelPath> = Vec::new();
+        let mut walker = WalkDir::new(&start)
             .min_depth(1)
             .follow_links(false)
             .sort_by(|a, b| a.file_name().as_bytes().cmp(b.file_name().as_bytes()))
@@ -210,7 +216,7 @@ impl Tree {
                 Ok(rel) => !ignore.is_ignored(&rel, entry.file_type().is_dir()),
                 Err(_) => false,
             });
-        for item in walker {
+        while let Some(item) = walker.next() {
             let entry = match item {
                 Ok(entry) => entry,
                 Err(err) => {
@@ -230,6 +236,13 @@ impl Tree {
             let Ok(rel) = RelPath::from_full(&root, entry.path()) else {
                 continue;
             };
+            if pair_renames && self.model.get(&rel).is_none() {
+                new_tops.push(rel);
+                if entry.file_type().is_dir() {
+                    walker.skip_current_dir();
+                }
+                continue;
+            }
             // A file new to the model is opened at once, and the open file says what it
             // is: one `stat` by name less per file of a new tree (W2). Anything else, or a
             // file that is no longer one, is looked at by name.
@@ -276,6 +289,15 @@ impl Tree {
                 }
             }
         }
+        for new in new_tops {
+            match self.renamed_from(&new, &doomed) {
+                Some(idx) => {
+                    let (old, _) = doomed.remove(idx);
+                    self.moved(&old, &new, out);
+                }
+                None => self.refresh(&new, out),
+            }
+        }
         for (path, kind) in doomed {
             self.model.remove_subtree(&path);
             out(Outcome::Changed(Observed {
@@ -283,6 +305,80 @@ impl Tree {
                 content: None,
             }));
         }
+    }
+
+    /// Which vanished entry `new` (on disk, unknown to the model) most likely is, renamed:
+    /// a file with the same content, a symlink with the same target, a directory holding
+    /// at least half of what the vanished one held (same relative names, kinds and file
+    /// sizes; what differs is published after the move).
+    fn renamed_from(&self, new: &RelPath, vanished: &[(RelPath, Kind)]) -> Option<usize> {
+        let full = new.to_path(&self.root);
+        let meta = fs::symlink_metadata(&full).ok()?;
+        let kind = kind_of(&meta)?;
+        let mut candidates = vanished.iter().enumerate().filter(|(_, (_, k))| *k == kind);
+        match kind {
+            Kind::File => {
+                let mut same_size = candidates
+                    .filter(|(_, (path, _))| {
+                        self.model.get(path).is_some_and(|e| e.size == meta.len())
+                    })
+                    .peekable();
+                same_size.peek()?;
+                let sha256 = crate::hash::hash_file(&full).ok()?.sha256;
+                same_size
+                    .find(|(_, (path, _))| {
+                        self.model.get(path).and_then(|e| e.sha256) == Some(sha256)
+                    })
+                    .map(|(idx, _)| idx)
+            }
+            Kind::Symlink => {
+                let target = fs::read_link(&full).ok()?.into_os_string().into_vec();
+                candidates
+                    .find(|(_, (path, _))| {
+                        self.model.get(path).and_then(|e| e.target.as_deref()) == Some(&target[..])
+                    })
+                    .map(|(idx, _)| idx)
+            }
+            Kind::Dir => {
+                let on_disk = self.listing(new);
+                candidates
+                    .filter_map(|(idx, (path, _))| {
+                        let held: Vec<(Vec<u8>, Kind, u64)> = self
+                            .model
+                            .subtree(path)
+                            .filter(|(p, _)| *p != path)
+                            .map(|(p, e)| (relative(p, path), e.kind, e.size))
+                            .collect();
+                        let kept = held.iter().filter(|h| on_disk.contains(h)).count();
+                        let likely = if held.is_empty() {
+                            on_disk.is_empty()
+                        } else {
+                            kept * 2 >= held.len()
+                        };
+                        likely.then_some((kept, idx))
+                    })
+                    .max()
+                    .map(|(_, idx)| idx)
+            }
+        }
+    }
+
+    /// What is beneath directory `path` on disk: relative name, kind and size (files).
+    fn listing(&self, path: &RelPath) -> HashSet<(Vec<u8>, Kind, u64)> {
+        let start = path.to_path(&self.root);
+        WalkDir::new(&start)
+            .min_depth(1)
+            .follow_links(false)
+            .into_iter()
+            .filter_map(Result::ok)
+            .filter_map(|entry| {
+                let rel = RelPath::from_full(&self.root, entry.path()).ok()?;
+                let meta = entry.metadata().ok()?;
+                let kind = kind_of(&meta)?;
+                let size = if kind == Kind::File { meta.len() } else { 0 };
+                Some((relative(&rel, path), kind, size))
+            })
+            .collect()
     }
 
     /// Publishes `path` if what is on disk differs from the model (not recursive).
@@ -427,6 +523,11 @@ impl Tree {
 }
 
 /// How recently written a file found by a scan may be before it is trusted as complete.
+/// `path` relative to its ancestor `top`, as bytes.
+fn relative(path: &RelPath, top: &RelPath) -> Vec<u8> {
+    path.as_bytes()[top.as_bytes().len()..].to_vec()
+}
+
 pub const SCAN_SETTLE: std::time::Duration = std::time::Duration::from_millis(50);
 
 fn modified_within(meta: &Metadata, window: std::time::Duration) -> bool {
@@ -523,6 +624,53 @@ mod tests {
         assert_eq!(
             seen,
             ["put file d/keep", "put file edit", "delete file d/gone"]
+        );
+    }
+
+    /// The model a restarted master replays from the log: no local stamps.
+    fn replayed(tree: &Tree) -> Model {
+        let mut model = Model::new();
+        for (path, entry) in tree.model().iter() {
+            let mut entry = entry.clone();
+            entry.stamp = None;
+            model.put(path.clone(), entry);
+        }
+        model
+    }
+
+    #[test]
+    fn renames_made_while_the_master_was_down_are_moves() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        for d in ["docs", "src"] {
+            fs::create_dir(root.join(d)).expect("mkdir");
+            for i in 0..6 {
+                write_aged(&root.join(format!("{d}/f{i}")), &format!("{d} {i}"));
+            }
+        }
+        write_aged(&root.join("notes.txt"), "notes");
+        write_aged(&root.join("gone.txt"), "gone");
+        let mut tree = Tree::new(root, Model::new());
+        changes(&mut tree, |t, out| t.rescan_all(out));
+        let model = replayed(&tree);
+        fs::rename(root.join("docs"), root.join("manual")).expect("mv");
+        fs::rename(root.join("src"), root.join("source")).expect("mv");
+        write_aged(&root.join("source/f0"), "edited while down");
+        fs::rename(root.join("notes.txt"), root.join("notes.md")).expect("mv");
+        fs::remove_file(root.join("gone.txt")).expect("rm");
+        write_aged(&root.join("new.txt"), "new");
+        let mut restarted = Tree::new(root, model);
+        let seen = changes(&mut restarted, |t, out| t.rescan_all(out));
+        assert_eq!(
+            seen,
+            [
+                "move dir docs -> manual",
+                "put file new.txt",
+                "move file notes.txt -> notes.md",
+                "move dir src -> source",
+                "put file source/f0",
+                "delete file gone.txt"
+            ]
         );
     }
 

@@ -280,6 +280,7 @@ struct Schedule {
 async fn verify(
     verifier: &Verifier<'_>,
     position: u64,
+    head: u64,
     client: &BusClient,
     applier: &Applier,
     early: &EarlyFetch,
@@ -293,7 +294,7 @@ async fn verify(
         }
         return Ok(());
     }
-    let verified = verifier.run(position, client, applier, early).await?;
+    let verified = verifier.run(position, head, client, applier, early).await?;
     if verified.leftovers > 0 {
         tracing::info!("removed {} unfinished transfer(s)", verified.leftovers);
     }
@@ -362,10 +363,12 @@ async fn session(
     // repairs for drift.
     let mut retries = lost!(load_retries(&client, &welcome).await);
     lost!(run_retries(&mut retries, &applier, &early, &client).await);
-    // The last notify taken in hand: what a verification compares with.
-    let mut at = position;
+    // The last notify taken in hand: what a verification compares with. At start, as far
+    // as the log says we answered (our position file may lag behind it).
+    let mut at = position.max(welcome.answered.min(welcome.head));
     if std::mem::take(&mut schedule.verify_now) {
-        lost!(verify(verifier, at, &client, &applier, &early, &mut retries).await);
+        let head = welcome.head;
+        lost!(verify(verifier, at, head, &client, &applier, &early, &mut retries).await);
     }
     let mut verified_at = tokio::time::Instant::now();
     loop {
@@ -418,7 +421,7 @@ async fn session(
                             lost!(run_retries(&mut retries, &applier, &early, &client).await);
                         }
                         _ = sleep_until_due(verify_due), if verify_due.is_some() => {
-                            lost!(verify(verifier, at, &client, &applier, &early, &mut retries).await);
+                            lost!(verify(verifier, at, at, &client, &applier, &early, &mut retries).await);
                             verified_at = tokio::time::Instant::now();
                         }
                     }

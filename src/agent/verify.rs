@@ -29,8 +29,8 @@ use filesync_slave::Applier;
 use super::early::EarlyFetch;
 use super::replay_notifies;
 use super::slave::{apply, ApplyFailure};
-use crate::bus::{BusClient, ClientError};
-use crate::event::{Draft, Drift};
+use crate::bus::{BusClient, ClientError, Subscription};
+use crate::event::{Draft, Drift, Tag};
 
 /// What a verification did.
 #[derive(Debug, Default)]
@@ -53,15 +53,19 @@ pub struct Verifier<'a> {
 
 impl Verifier<'_> {
     /// Verifies the directory against the state as of notify `position` (see the module
-    /// docs).
+    /// docs). Paths that notifies after it (up to `head`) touch are left to those notifies:
+    /// the slave applies them next, and may well have applied some already (a slave killed
+    /// before it recorded how far it got).
     pub async fn run(
         &self,
         position: u64,
+        head: u64,
         client: &BusClient,
         applier: &Applier,
         early: &EarlyFetch,
     ) -> Result<Verified, ClientError> {
         let expected = replay_notifies(client, position).await?;
+        let later = later_paths(client, position, head).await?;
         let found = self.scan().await;
         let Some(found) = found else {
             return Ok(Verified::default());
@@ -70,7 +74,12 @@ impl Verifier<'_> {
             leftovers: found.leftovers,
             ..Verified::default()
         };
-        let diffs = differences(&expected, &found.model);
+        let mut diffs = differences(&expected, &found.model);
+        diffs.retain(|diff| {
+            !later
+                .iter()
+                .any(|p| p.starts_with(diff.path()) || diff.path().starts_with(p))
+        });
         for diff in &diffs {
             let (drift, change) = repair_of(diff);
             if self.keep_local {
@@ -132,6 +141,23 @@ impl Verifier<'_> {
             }
         }
     }
+}
+
+/// The paths the notifies after `after`, up to `head`, touch.
+async fn later_paths(
+    client: &BusClient,
+    after: u64,
+    head: u64,
+) -> Result<Vec<RelPath>, ClientError> {
+    let mut paths = Vec::new();
+    let mut subscription = Subscription::new(client.clone(), after + 1);
+    while subscription.position() <= head {
+        let event = subscription.next().await?;
+        if let (Some(Tag::Notify), Ok(change)) = (event.tag(), event.body.change()) {
+            paths.extend(change.paths().into_iter().cloned());
+        }
+    }
+    Ok(paths)
 }
 
 /// The change that restores one difference, and what kind of drift it was.
