@@ -39,19 +39,33 @@ pub async fn reply(stream: &mut TcpStream) -> Reply {
     serde_json::from_slice(&frame.header).expect("reply json")
 }
 
-pub async fn hello(addr: &str, role: Role, name: &str) -> TcpStream {
+/// Connects and says hello as `name` in `role` (for a directory on this host, if given);
+/// the stream and the bus's answer.
+pub async fn raw_hello(
+    addr: &str,
+    role: Role,
+    name: &str,
+    dir: Option<&std::path::Path>,
+) -> (TcpStream, Reply) {
     let mut stream = TcpStream::connect(addr).await.expect("connect");
     let request = Request::Hello {
         protocol: PROTOCOL_VERSION,
         role,
         name: name.into(),
         token: None,
-        dir: None,
-        host: None,
+        dir: dir.map(|d| d.to_string_lossy().into_owned()),
+        host: dir.map(|_| filesync::agent::host_name()),
         takeover: false,
     };
     send(&mut stream, &request, &[]).await;
-    assert!(matches!(reply(&mut stream).await, Reply::Welcome { .. }));
+    let answer = reply(&mut stream).await;
+    (stream, answer)
+}
+
+/// A welcomed connection as `name` in `role`.
+pub async fn hello(addr: &str, role: Role, name: &str) -> TcpStream {
+    let (stream, answer) = raw_hello(addr, role, name, None).await;
+    assert!(matches!(answer, Reply::Welcome { .. }), "{answer:?}");
     stream
 }
 
@@ -183,4 +197,99 @@ async fn stream_requests_are_bounded_and_unknown_streams_refused() {
     still_works(&mut c, "while-waits-park.txt").await;
     drop(peer);
     c.assert_checks(CheckOptions::default());
+}
+
+/// On a real standalone bus, a master's notifies that do not apply to the state the log
+/// implies are refused with a clear error and never logged: a move into itself, a delete
+/// of a path that is not there, a put under a file, a delete naming the wrong kind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifies_that_do_not_apply_are_refused_by_the_bus() {
+    use filesync::event::Draft;
+    use filesync_master::{Change, Entry, Kind, RelPath};
+    let tmp = must(filesync::testkit::TestDir::new("inapplicable").map_err(|e| e.to_string()));
+    let mut bus = std::process::Command::new(crate::util::bin());
+    bus.args(["bus", "--listen", "127.0.0.1:0", "--state"])
+        .arg(tmp.path().join("bus"));
+    let mut bus = must(
+        filesync::testkit::Proc::spawn("bus", bus, &tmp.path().join("logs"))
+            .map_err(|e| e.to_string()),
+    );
+    let addr = must(bus.wait_for_stderr("listening on ", Duration::from_secs(10)));
+    let mut master = hello(&addr, Role::Master, "master").await;
+    let p = |s: &str| RelPath::new(s).expect("valid");
+    let mut id = 0;
+    let mut publish = |change: Change| {
+        id += 1;
+        (
+            Request::Publish {
+                id,
+                event: Box::new(Draft::notify(&change)),
+            },
+            id,
+        )
+    };
+    let fine = [
+        Change::Put {
+            path: p("d"),
+            entry: Entry::dir(0o755),
+        },
+        Change::Put {
+            path: p("link"),
+            entry: Entry::symlink(b"d".to_vec()),
+        },
+    ];
+    for change in fine {
+        let (request, _) = publish(change);
+        send(&mut master, &request, &[]).await;
+        assert!(matches!(reply(&mut master).await, Reply::Ok { .. }));
+    }
+    let refused = [
+        (
+            Change::Move {
+                from: p("d"),
+                to: p("d/inner"),
+                kind: Kind::Dir,
+            },
+            "cannot move d into itself",
+        ),
+        (
+            Change::Delete {
+                path: p("ghost"),
+                kind: Kind::File,
+            },
+            "ghost is not in the tree",
+        ),
+        (
+            Change::Put {
+                path: p("link/under"),
+                entry: Entry::dir(0o755),
+            },
+            "the parent of link/under is not a directory",
+        ),
+        (
+            Change::Delete {
+                path: p("d"),
+                kind: Kind::File,
+            },
+            "d is a dir, not a file",
+        ),
+    ];
+    for (change, why) in refused {
+        let (request, sent) = publish(change);
+        send(&mut master, &request, &[]).await;
+        match reply(&mut master).await {
+            Reply::Err { id, error } => {
+                assert_eq!(id, sent);
+                assert!(error.contains(why), "{error}");
+            }
+            other => panic!("an inapplicable notify was accepted: {other:?}"),
+        }
+    }
+    let log = std::fs::read_to_string(tmp.path().join("bus/events.jsonl")).expect("log");
+    let notifies = log
+        .lines()
+        .filter(|l| l.contains(r#""tag":"notify""#))
+        .count();
+    assert_eq!(notifies, 2, "only the two that apply:\n{log}");
+    bus.terminate(Duration::from_secs(5));
 }

@@ -3,30 +3,18 @@
 
 use std::time::{Duration, Instant};
 
-use filesync::bus::protocol::{Reply, Request, PROTOCOL_VERSION};
+use filesync::bus::protocol::Reply;
 use filesync::check::CheckOptions;
 use filesync::event::Role;
 use filesync::testkit::{Cluster, Pattern};
 use tokio::net::TcpStream;
 
-use crate::bus_input::{reply, send, still_works};
+use crate::bus_input::{raw_hello, still_works};
 use crate::util::{bin, must};
 
 /// Connects and says hello as listener `name`; the stream and the bus's answer.
 async fn idle_peer(addr: &str, name: &str) -> (TcpStream, Reply) {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
-    let request = Request::Hello {
-        protocol: PROTOCOL_VERSION,
-        role: Role::Listener,
-        name: name.into(),
-        token: None,
-        dir: None,
-        host: None,
-        takeover: false,
-    };
-    send(&mut stream, &request, &[]).await;
-    let answer = reply(&mut stream).await;
-    (stream, answer)
+    raw_hello(addr, Role::Listener, name, None).await
 }
 
 /// Enough descriptors for a thousand sockets in this process.

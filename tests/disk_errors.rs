@@ -16,25 +16,7 @@ async fn a_full_disk_is_an_error_event_and_the_slave_keeps_going() {
     let idx = c.add_slave();
     let slave_dir = c.slaves[idx].dir.clone();
     fs::create_dir_all(&slave_dir).expect("mkdir");
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
-        .arg(&slave_dir)
-        .status()
-        .expect("run mount");
-    assert!(
-        mounted.success(),
-        "this test needs to mount a 1 MiB tmpfs (root): {mounted}"
-    );
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount")
-                .arg("-l")
-                .arg(&self.0)
-                .status();
-        }
-    }
-    let _unmount = Unmount(slave_dir.clone());
+    let _tmpfs = mount(&["-t", "tmpfs", "-o", "size=1m", "tmpfs"], &slave_dir);
     must(c.start_slave(idx).await);
     let m = c.master_dir();
     fs::write(m.join("small.txt"), "fits").expect("write");

@@ -7,13 +7,11 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use filesync::bus::protocol::{Reply, Request, PROTOCOL_VERSION};
+use filesync::bus::protocol::Reply;
 use filesync::check::CheckOptions;
 use filesync::event::Role;
 use filesync::testkit::{Cluster, EventStream, Pattern, Proc};
-use tokio::net::TcpStream;
 
-use crate::bus_input::{reply, send};
 use crate::util::{bin, cluster, must};
 
 /// Runs `filesync ARGS` to its end (it is expected to be refused quickly).
@@ -41,18 +39,7 @@ fn log_lines(c: &Cluster) -> usize {
 
 /// A raw hello; returns the bus's answer.
 async fn raw_hello(addr: &str, role: Role, name: &str, dir: Option<&Path>) -> Reply {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
-    let request = Request::Hello {
-        protocol: PROTOCOL_VERSION,
-        role,
-        name: name.into(),
-        token: None,
-        dir: dir.map(|d| d.to_string_lossy().into_owned()),
-        host: dir.map(|_| filesync::agent::host_name()),
-        takeover: false,
-    };
-    send(&mut stream, &request, &[]).await;
-    reply(&mut stream).await
+    crate::bus_input::raw_hello(addr, role, name, dir).await.1
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
