@@ -7,12 +7,14 @@
 //! - [`relpath`]: `RelPath`, a validated path relative to the synced root (bytes, not UTF-8).
 //! - [`model`]: `Kind`, `Entry`, `Change` and `Model`, the state a sequence of changes implies.
 //! - [`hash`]: SHA-256 of files in bounded memory, refusing files that change mid-read.
+//! - [`chunk`]: content-defined chunks and the manifests that list them (protocol sizes).
 //! - [`ignore`]: `.filesyncignore` (gitignore syntax) and the agents' temp files.
 //! - [`tree`]: `Tree`, which compares the disk with the model and yields changes.
 //! - [`watch`]: `DirWatcher`, inotify through `notify`, reduced to a few signals.
 //! - [`coalesce`]: `Coalescer`, which decides when each signalled path is looked at.
 //! - [`guard`]: `RootGuard`, which holds publication while the directory is gone or empty.
 
+pub mod chunk;
 pub mod coalesce;
 pub mod guard;
 pub mod hash;
