@@ -484,6 +484,11 @@ fn disagreement(notify: &Draft, consume: &Draft) -> Option<String> {
         ("from", notify.from.clone(), consume.from.clone()),
         ("to", notify.to.clone(), consume.to.clone()),
         ("sha256", notify.sha256.clone(), consume.sha256.clone()),
+        (
+            "manifest",
+            notify.manifest.clone(),
+            consume.manifest.clone(),
+        ),
     ];
     if let (Some(fetched), Some(reused)) = (consume.fetched, consume.reused) {
         let size = consume.size.or(notify.size).unwrap_or(0);

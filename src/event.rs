@@ -22,7 +22,7 @@
 //! | `error` | error | a readable message |
 //! | `host`, `dir` | join of a master or slave | the agent's host name and synced directory |
 //! | `takeover` | join of a master | `true` when this master took the log over from another |
-//! | `manifest` | put of a file stored in chunks | SHA-256 (hex) of the file's chunk list |
+//! | `manifest` | put of a file stored in chunks | SHA-256 (hex) of the file's chunk list (`filesync_master::chunk::Manifest`): files over 1 MiB; a consume echoes it |
 //! | `uploaded` | notify put of a file | bytes the master sent to the bus for this version |
 //! | `fetched`, `reused` | consume put of a file | bytes fetched from the bus, bytes taken from what the slave held; they add up to `size` |
 //! | `repairs` | consume | the `seq` of this slave's `error` that this consume makes good: the change failed, was retried, and now applied |

@@ -168,10 +168,10 @@ async fn files_of_many_pieces_arrive_byte_for_byte() {
 }
 
 /// A large file written on for longer than the master waits (1 s) is read while it still
-/// changes: the upload streamed during that read is abandoned (the bus keeps nothing of it,
-/// nor does the slave that followed it), and the file is published again once it holds
-/// still. The log ends with its final content on both sides, and no abandoned upload is
-/// left in the bus's store or the slave's directory.
+/// changes: the chunks sent during that read are for nothing (the notify never comes; the
+/// chunks stay in the store until it collects unreferenced content), and the file is
+/// published once it holds still. The log ends with its final content on both sides, and
+/// nothing unfinished is left in the bus's upload area or the slave's directory.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_file_changing_while_streamed_is_abandoned_then_published_whole() {
     use std::io::Write;

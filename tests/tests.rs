@@ -7,6 +7,7 @@ mod util;
 mod bursts;
 mod bus_input;
 mod check_cli;
+mod chunks;
 mod cli;
 mod crowd;
 mod delete;

@@ -7,6 +7,8 @@ use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
+use crate::chunk::{is_chunked, ChunkRef, Chunker, Manifest};
+
 /// Content is read and hashed in pieces of this size: memory never depends on file size.
 pub const CHUNK_SIZE: usize = 1 << 20;
 
@@ -62,6 +64,8 @@ pub struct Hashed {
     pub sha256: ContentHash,
     /// The whole content, when it fits in one chunk (saves reading small files twice).
     pub content: Option<Vec<u8>>,
+    /// The chunks of a file stored in chunks, when they were asked for.
+    pub manifest: Option<Manifest>,
     pub mtime_ns: i64,
     pub ino: u64,
     pub mode: u32,
@@ -105,39 +109,53 @@ pub fn open_file(path: &Path) -> io::Result<(File, std::fs::Metadata)> {
     Ok((file, meta))
 }
 
-/// Like [`hash_file`], but a file larger than one chunk is handed to `stream` piece by piece
-/// as it is hashed (each piece once, in order, nothing kept), so that uploading it overlaps
-/// with hashing it and it is read once. When this fails (`Unstable`: the file changed while
-/// read) whatever was streamed must be thrown away. Files of one chunk or less are not
-/// streamed; their content comes back in `Hashed::content` as with `hash_file`.
-pub fn hash_file_streaming(
-    path: &Path,
-    stream: &mut dyn FnMut(Vec<u8>),
-) -> Result<Hashed, HashError> {
+/// Like [`hash_file`], but a file stored in chunks is cut as it is hashed and each chunk
+/// handed to `chunks` (once, in order, nothing kept), so that uploading it overlaps with
+/// hashing it and it is read once; `Hashed::manifest` lists them. When this fails
+/// (`Unstable`: the file changed while read) what was handed over must be thrown away.
+/// Smaller files are not cut; their content comes back in `Hashed::content`.
+pub fn hash_file_chunked(path: &Path, chunks: ChunkSink<'_>) -> Result<Hashed, HashError> {
     let (file, before) = open_file(path)?;
-    hash_opened(file, &before, Some(stream))
+    hash_opened(file, &before, Some(chunks))
 }
 
+/// Where a large file's chunks go while it is hashed: each chunk, with its address, as
+/// soon as it is cut (so its upload overlaps the reading and hashing of the rest).
+pub type ChunkSink<'a> = &'a mut dyn FnMut(ChunkRef, Vec<u8>);
+
 /// Hashes a file opened by [`open_file`]; `before` is what it was when opened. A file
-/// larger than one chunk goes to `stream`, if given, piece by piece (see
-/// [`hash_file_streaming`]).
+/// stored in chunks (see [`crate::chunk`]) is also cut into chunks in the same read when
+/// `chunks` is given: each goes to `chunks`, and the result carries the manifest.
 pub fn hash_opened(
     mut file: File,
     before: &std::fs::Metadata,
-    mut stream: Option<&mut dyn FnMut(Vec<u8>)>,
+    mut chunks: Option<ChunkSink<'_>>,
 ) -> Result<Hashed, HashError> {
     if !before.is_file() {
         return Err(HashError::Io(io::Error::other("not a regular file")));
     }
-    let mut hasher = Sha256::new();
+    // The whole file's hash runs on a thread of its own for a large file, beside the
+    // chunks' hashes on this one.
+    let mut hasher = PieceHasher::new(before.len());
     let mut content = Vec::new();
     let piece_size = CHUNK_SIZE.min(before.len() as usize + 1).max(8192);
     let mut buffer = vec![0u8; piece_size];
     let mut size: u64 = 0;
     let mut keep = before.len() <= CHUNK_SIZE as u64;
-    if keep {
-        stream = None;
-    }
+    let mut chunking = match chunks.as_mut() {
+        Some(_) if is_chunked(before.len()) => Some((Chunker::new(), Manifest::new())),
+        _ => None,
+    };
+    let mut cut = |chunk: &[u8], manifest: &mut Manifest| {
+        let chunk_ref = ChunkRef {
+            sha256: ContentHash::of(chunk),
+            len: chunk.len() as u32,
+        };
+        manifest.push(chunk_ref);
+        if let Some(sink) = chunks.as_mut() {
+            sink(chunk_ref, chunk.to_vec());
+        }
+    };
     loop {
         // Stop at the size the file had when opened, without a read to see the end: if it
         // grew meanwhile, the size check below says so (one system call less per file).
@@ -152,11 +170,8 @@ pub fn hash_opened(
         };
         hasher.update(&buffer[..n]);
         size += n as u64;
-        if let Some(stream) = stream.as_mut() {
-            // The piece changes hands; a fresh buffer takes its place.
-            let mut piece = std::mem::replace(&mut buffer, vec![0u8; piece_size]);
-            piece.truncate(n);
-            stream(piece);
+        if let Some((chunker, manifest)) = chunking.as_mut() {
+            chunker.push(&buffer[..n], &mut |chunk| cut(chunk, manifest));
         } else if keep {
             if size <= CHUNK_SIZE as u64 {
                 content.extend_from_slice(&buffer[..n]);
@@ -166,14 +181,19 @@ pub fn hash_opened(
             }
         }
     }
+    let manifest = chunking.map(|(chunker, mut manifest)| {
+        chunker.finish(&mut |chunk| cut(chunk, &mut manifest));
+        manifest
+    });
     let after = file.metadata()?;
     if size != before.len() || after.len() != before.len() || mtime_ns(&after) != mtime_ns(before) {
         return Err(HashError::Unstable);
     }
     Ok(Hashed {
         size,
-        sha256: ContentHash(hasher.finalize().into()),
+        sha256: hasher.finish()?,
         content: keep.then_some(content),
+        manifest,
         mtime_ns: mtime_ns(&after),
         ino: after.ino(),
         mode: after.mode() & 0o7777,
@@ -318,25 +338,40 @@ mod tests {
     }
 
     #[test]
-    fn streaming_hands_over_every_piece_of_a_large_file_once_in_order() {
+    fn a_large_file_is_cut_into_chunks_as_it_is_hashed_and_a_small_one_kept() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("big");
-        let data: Vec<u8> = (0..CHUNK_SIZE * 2 + 12_345)
-            .map(|i| (i % 253) as u8)
+        let data: Vec<u8> = (0..CHUNK_SIZE * 3 + 12_345)
+            .map(|i| (i * 7919 % 251) as u8 ^ (i >> 13) as u8)
             .collect();
         std::fs::write(&path, &data).expect("write");
         let mut streamed = Vec::new();
-        let hashed = hash_file_streaming(&path, &mut |piece| streamed.extend_from_slice(&piece))
-            .expect("hash");
+        let mut refs = Vec::new();
+        let hashed = hash_file_chunked(&path, &mut |chunk_ref, chunk| {
+            assert_eq!(ContentHash::of(&chunk), chunk_ref.sha256);
+            refs.push(chunk_ref);
+            streamed.extend_from_slice(&chunk);
+        })
+        .expect("hash");
         assert_eq!(streamed, data);
         assert_eq!(hashed.sha256, ContentHash::of(&data));
         assert!(hashed.content.is_none());
+        let manifest = hashed.manifest.expect("a manifest");
+        assert_eq!(manifest.chunks(), &refs[..]);
+        assert_eq!(manifest.size(), data.len() as u64);
+        let cut: Vec<usize> = crate::chunk::chunks_of(&data)
+            .iter()
+            .map(|c| c.len())
+            .collect();
+        let got: Vec<usize> = refs.iter().map(|r| r.len as usize).collect();
+        assert_eq!(got, cut, "the same cuts as in memory");
 
-        // A small file is kept, not streamed.
+        // A small file is kept, not cut.
         std::fs::write(&path, b"small").expect("write");
         let mut pieces = 0;
-        let hashed = hash_file_streaming(&path, &mut |_| pieces += 1).expect("hash");
+        let hashed = hash_file_chunked(&path, &mut |_, _| pieces += 1).expect("hash");
         assert_eq!(pieces, 0);
+        assert!(hashed.manifest.is_none());
         assert_eq!(hashed.content.as_deref(), Some(&b"small"[..]));
     }
 

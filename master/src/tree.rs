@@ -14,17 +14,19 @@ use std::path::{Path, PathBuf};
 
 use walkdir::WalkDir;
 
-use crate::hash::{hash_opened, open_file, ContentHash, HashError, CHUNK_SIZE};
+use crate::chunk::{ChunkRef, Manifest};
+use crate::hash::{hash_opened, open_file, ContentHash, HashError};
 use crate::ignore::IgnoreRules;
 use crate::model::{Change, Entry, Kind, Model, Stamp};
 use crate::RelPath;
 
 /// A change the master observed, with the file's content when it was small enough to keep
-/// from hashing (so it is not read twice).
+/// from hashing (so it is not read twice), or its manifest when it is stored in chunks.
 #[derive(Debug, Clone)]
 pub struct Observed {
     pub change: Change,
     pub content: Option<Vec<u8>>,
+    pub manifest: Option<Manifest>,
 }
 
 /// What a refresh produces, in order.
@@ -34,19 +36,19 @@ pub enum Outcome {
     Changed(Observed),
     /// The file is still being written: look again once it is quiet.
     Retry(RelPath),
-    /// The next piece of a large file being hashed, handed over as it is read so that its
-    /// upload overlaps with the hashing (and the file is read once). Streamed are files of
-    /// more than one chunk that are new, or whose size changed: their content is almost
-    /// surely new to the bus. A `StreamEnd` always follows the last piece.
-    Piece(Vec<u8>),
-    /// The end of the pieces: with the content's hash when the file held still while read
-    /// and its `Changed` follows right after; `None` when the pieces are to be thrown away.
+    /// The next chunk of a file stored in chunks, handed over as soon as it is cut so that
+    /// its upload (if the bus lacks it) overlaps with reading the rest, and the file is read
+    /// once. A `StreamEnd` always follows the last chunk.
+    Chunk(ChunkRef, Vec<u8>),
+    /// The end of the chunks: with the content's hash when the file held still while read
+    /// and its `Changed` follows right after; `None` when the chunks were for nothing (the
+    /// file changed meanwhile, or its content is the one published).
     StreamEnd(Option<ContentHash>),
 }
 
 /// What looking at a file's content concluded.
 enum FileLook {
-    Publish(Entry, Option<Vec<u8>>),
+    Publish(Entry, Option<Vec<u8>>, Option<Manifest>),
     Retry,
     Nothing,
 }
@@ -156,6 +158,7 @@ impl Tree {
                         kind,
                     },
                     content: None,
+                    manifest: None,
                 }));
                 self.refresh(to, out);
                 return;
@@ -180,6 +183,7 @@ impl Tree {
             out(Outcome::Changed(Observed {
                 change: Change::Delete { path: victim, kind },
                 content: None,
+                manifest: None,
             }));
         }
     }
@@ -303,6 +307,7 @@ impl Tree {
             out(Outcome::Changed(Observed {
                 change: Change::Delete { path, kind },
                 content: None,
+                manifest: None,
             }));
         }
     }
@@ -406,11 +411,13 @@ impl Tree {
                         kind: old_kind,
                     },
                     content: None,
+                    manifest: None,
                 }));
             }
         }
         let full = path.to_path(&self.root);
         let old = self.model.get(path);
+        let mut manifest = None;
         let (entry, content) = match kind {
             Kind::Dir => {
                 let mode = meta.mode() & 0o7777;
@@ -446,31 +453,30 @@ impl Tree {
                 if found_by_scan && modified_within(meta, SCAN_SETTLE) {
                     return out(Outcome::Retry(path.clone()));
                 }
-                let streaming = meta.len() > CHUNK_SIZE as u64
-                    && !old.is_some_and(|old| old.kind == Kind::File && old.size == meta.len());
                 let mut streamed = false;
-                let mut stream = |piece| {
+                let mut chunks = |chunk_ref, chunk| {
                     streamed = true;
-                    out(Outcome::Piece(piece));
+                    out(Outcome::Chunk(chunk_ref, chunk));
                 };
-                let stream: Option<&mut dyn FnMut(Vec<u8>)> =
-                    if streaming { Some(&mut stream) } else { None };
                 let hashed = match opened {
-                    Some(file) => hash_opened(file, meta, stream),
+                    Some(file) => hash_opened(file, meta, Some(&mut chunks)),
                     None => open_file(&full)
                         .map_err(HashError::from)
-                        .and_then(|(file, before)| hash_opened(file, &before, stream)),
+                        .and_then(|(file, before)| hash_opened(file, &before, Some(&mut chunks))),
                 };
                 let look = self.look_at_file(path, &full, hashed);
                 if streamed {
                     let keep = match &look {
-                        FileLook::Publish(entry, _) => entry.sha256,
+                        FileLook::Publish(entry, ..) => entry.sha256,
                         FileLook::Retry | FileLook::Nothing => None,
                     };
                     out(Outcome::StreamEnd(keep));
                 }
                 match look {
-                    FileLook::Publish(entry, content) => (entry, content),
+                    FileLook::Publish(entry, content, chunks) => {
+                        manifest = chunks;
+                        (entry, content)
+                    }
                     FileLook::Retry => return out(Outcome::Retry(path.clone())),
                     FileLook::Nothing => return,
                 }
@@ -483,6 +489,7 @@ impl Tree {
                 entry,
             },
             content,
+            manifest,
         }));
     }
 }
@@ -518,16 +525,16 @@ impl Tree {
                 return FileLook::Nothing;
             }
         }
-        FileLook::Publish(entry, hashed.content)
+        FileLook::Publish(entry, hashed.content, hashed.manifest)
     }
 }
 
-/// How recently written a file found by a scan may be before it is trusted as complete.
 /// `path` relative to its ancestor `top`, as bytes.
 fn relative(path: &RelPath, top: &RelPath) -> Vec<u8> {
     path.as_bytes()[top.as_bytes().len()..].to_vec()
 }
 
+/// How recently written a file found by a scan may be before it is trusted as complete.
 pub const SCAN_SETTLE: std::time::Duration = std::time::Duration::from_millis(50);
 
 fn modified_within(meta: &Metadata, window: std::time::Duration) -> bool {
@@ -572,7 +579,7 @@ mod tests {
         f(tree, &mut |outcome| match outcome {
             Outcome::Changed(observed) => seen.push(observed.change.to_string()),
             Outcome::Retry(path) => seen.push(format!("retry {path}")),
-            Outcome::Piece(piece) => seen.push(format!("piece of {} bytes", piece.len())),
+            Outcome::Chunk(_, chunk) => seen.push(format!("chunk of {} bytes", chunk.len())),
             Outcome::StreamEnd(hash) => seen.push(format!("end {}", hash.is_some())),
         });
         seen
@@ -755,43 +762,53 @@ mod tests {
     }
 
     #[test]
-    fn a_large_new_file_is_streamed_while_hashed_and_a_same_size_rewrite_is_not() {
+    fn a_large_file_is_handed_over_in_chunks_while_hashed() {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path();
         let mut tree = Tree::new(root, Model::new());
-        let big = "x".repeat(CHUNK_SIZE + 10);
-        write_aged(&root.join("big"), &big);
+        let size = crate::chunk::CHUNKED_ABOVE as usize + 10;
+        // Bytes that never match the cut mask: every chunk but the last is the largest.
+        write_aged(&root.join("big"), &"x".repeat(size));
+        let max = crate::chunk::CHUNK_MAX;
+        let mut expected: Vec<String> = (0..size / max)
+            .map(|_| format!("chunk of {max} bytes"))
+            .collect();
+        expected.extend([
+            format!("chunk of {} bytes", size % max),
+            "end true".into(),
+            "put file big".into(),
+        ]);
         let seen = changes(&mut tree, |t, out| t.refresh(&p("big"), out));
-        assert_eq!(
-            seen,
-            [
-                format!("piece of {CHUNK_SIZE} bytes"),
-                "piece of 10 bytes".into(),
-                "end true".into(),
-                "put file big".into(),
-            ]
-        );
-        // Same size, new content: likely an in-place rewrite, hashed before anything is sent.
-        write_aged(&root.join("big"), &"y".repeat(CHUNK_SIZE + 10));
-        let seen = changes(&mut tree, |t, out| t.refresh(&p("big"), out));
-        assert_eq!(seen, ["put file big"]);
-        // Grown: streamed again.
-        write_aged(&root.join("big"), &"y".repeat(CHUNK_SIZE + 11));
-        let seen = changes(&mut tree, |t, out| t.refresh(&p("big"), out));
-        assert_eq!(seen.last().map(String::as_str), Some("put file big"));
-        assert_eq!(seen[seen.len() - 2], "end true");
+        assert_eq!(seen, expected);
+        // Rewritten in place with the same size: chunked again (the bus says which chunks
+        // it lacks), and published with its manifest.
+        write_aged(&root.join("big"), &"y".repeat(size));
+        let mut manifest = None;
+        tree.refresh(&p("big"), &mut |outcome| {
+            if let Outcome::Changed(observed) = outcome {
+                manifest = observed.manifest;
+            }
+        });
+        assert_eq!(manifest.map(|m| m.size()), Some(size as u64));
+        // Small files are not chunked.
+        write_aged(&root.join("small"), "small");
+        let seen = changes(&mut tree, |t, out| t.refresh(&p("small"), out));
+        assert_eq!(seen, ["put file small"]);
     }
 
     #[test]
-    fn a_file_that_changes_while_streamed_ends_its_stream_with_nothing_to_keep() {
+    fn a_file_that_changes_while_chunked_ends_its_stream_with_nothing_to_keep() {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path();
         let mut tree = Tree::new(root, Model::new());
-        write_aged(&root.join("big"), &"x".repeat(CHUNK_SIZE + 10));
+        write_aged(
+            &root.join("big"),
+            &"x".repeat(crate::chunk::CHUNKED_ABOVE as usize * 2),
+        );
         let mut ended = None;
         let mut pieces = 0;
         tree.refresh(&p("big"), &mut |outcome| match outcome {
-            Outcome::Piece(_) => {
+            Outcome::Chunk(..) => {
                 pieces += 1;
                 // The file changes under the reader after its first piece.
                 if pieces == 1 {
@@ -803,6 +820,6 @@ mod tests {
             Outcome::Retry(_) => {}
         });
         assert!(pieces >= 1);
-        assert_eq!(ended, Some(None), "the pieces are to be thrown away");
+        assert_eq!(ended, Some(None), "the chunks are to be thrown away");
     }
 }

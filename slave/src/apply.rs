@@ -103,6 +103,34 @@ impl Applier {
             .map(|staged| FileStart::Stage(Box::new(staged)))
     }
 
+    /// The regular file at `path` as it is now, opened for reading (never through a
+    /// symlink), so that its chunks can be reused for a new version; `None` when there is
+    /// none (or a parent is missing).
+    pub fn current_copy(&self, path: &RelPath) -> Result<Option<File>, ApplyError> {
+        let target = match resolve(&self.root, path, false) {
+            Ok(target) => target,
+            Err(ApplyError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                return Ok(None)
+            }
+            Err(err) => return Err(err),
+        };
+        match filesync_master::hash::open_file(&target) {
+            Ok((file, meta)) if meta.is_file() => Ok(Some(file)),
+            _ => Ok(None),
+        }
+    }
+
+    /// The target holds `entry`'s content already, as the caller has just verified: only
+    /// its mode is set.
+    pub fn confirm(&self, path: &RelPath, entry: &Entry) -> Result<Applied, ApplyError> {
+        let target = resolve(&self.root, path, false)?;
+        set_mode(&target, entry.mode, path)?;
+        Ok(Applied {
+            sha256: entry.sha256.map(|sha256| sha256.to_hex()),
+            bytes_written: 0,
+        })
+    }
+
     /// Opens a temporary file beside `path` for its new content.
     pub fn stage_file(&self, path: &RelPath, entry: &Entry) -> Result<StagedFile, ApplyError> {
         let target = resolve(&self.root, path, true)?;

@@ -8,10 +8,13 @@
 //! - [`apply`]: `Applier` and `StagedFile`, the writes themselves.
 //! - [`received`]: content received before its destination is known (`LooseFile`), put in
 //!   place by `Applier::adopt` once a change names it and the hash matches.
+//! - [`rebuild`]: a new version of a file in chunks, from its current copy's chunks and
+//!   fetched ones.
 //! - [`verify`]: the directory as it is (temporary files left by a killed slave removed),
 //!   and how it differs from the state applied.
 
 pub mod apply;
+pub mod rebuild;
 pub mod received;
 pub mod safety;
 pub mod verify;

@@ -17,15 +17,15 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use filesync_master::coalesce::{Coalescer, Timing, Work};
 use filesync_master::guard::RootGuard;
-use filesync_master::hash::ContentHash;
 use filesync_master::ignore::IGNORE_FILE;
 use filesync_master::tree::{Observed, Outcome, Tree};
 use filesync_master::watch::{DirWatcher, Signal};
 use filesync_master::{Change, Kind, Model, RelPath};
 use tokio::sync::mpsc;
 
+use super::upload::{Budget, ChunkUpload, CutChunk};
 use super::{replay_notifies, Connector, SessionEnd};
-use crate::bus::client::{PendingReply, UploadError, PIECES_IN_FLIGHT};
+use crate::bus::client::PendingReply;
 use crate::bus::{BusClient, ClientError};
 use crate::event::{Draft, Role, Tag};
 
@@ -48,17 +48,14 @@ const POLL_INTERVAL: Duration = Duration::from_secs(2);
 /// From the worker thread to the async side.
 enum WorkerMsg {
     Change(Observed),
-    /// A large file's content, streamed while the worker hashes it; handled whole before
-    /// the next message (the `Change` it belongs to comes right after it).
-    Upload(mpsc::Receiver<StreamMsg>),
+    /// The next chunk of a large file the worker is reading; its `ChunksEnd` and then (if
+    /// kept) its `Change` follow the last one.
+    Chunk(CutChunk),
+    /// The end of a file's chunks: `true` when its `Change` comes next, `false` when they
+    /// were for nothing.
+    ChunksEnd(bool),
     Ready,
     Fatal(String),
-}
-
-/// One streamed upload's messages; the stream ending without `Commit` abandons it.
-enum StreamMsg {
-    Piece(Vec<u8>),
-    Commit(ContentHash),
 }
 
 /// Runs the master until `shutdown`, reconnecting when the bus goes away.
@@ -102,7 +99,7 @@ async fn session(
     shutdown: &mut (impl Future<Output = ()> + Unpin),
 ) -> anyhow::Result<SessionEnd> {
     let model = match replay_notifies(&client, head).await {
-        Ok(model) => model,
+        Ok(replayed) => replayed.model,
         Err(err) if err.is_connection() => return Ok(SessionEnd::BusLost(err)),
         Err(err) => return Err(err).context("cannot read the event log"),
     };
@@ -121,6 +118,8 @@ async fn session(
             .context("cannot start the master's worker thread")?
     };
     let mut in_flight = InFlight::default();
+    // The chunks of the large file the worker is reading, on their way to the bus.
+    let mut upload: Option<ChunkUpload> = None;
     let end = loop {
         let msg = tokio::select! {
             biased;
@@ -139,9 +138,18 @@ async fn session(
         };
         let result = match msg {
             Some(WorkerMsg::Change(observed)) => {
-                publish_change(&client, dir, observed, &retry_tx, &mut in_flight).await
+                let chunks = upload.take();
+                publish_change(&client, observed, chunks, &retry_tx, &mut in_flight).await
             }
-            Some(WorkerMsg::Upload(pieces)) => stream_upload(&client, pieces).await,
+            Some(WorkerMsg::Chunk(cut)) => {
+                let chunks = upload.get_or_insert_with(ChunkUpload::default);
+                chunks.chunk(&client, cut).await
+            }
+            Some(WorkerMsg::ChunksEnd(true)) => Ok(()),
+            Some(WorkerMsg::ChunksEnd(false)) => match upload.take() {
+                Some(chunks) => chunks.abandon().await,
+                None => Ok(()),
+            },
             Some(WorkerMsg::Ready) => match in_flight.settle_all().await {
                 Ok(()) => {
                     tracing::info!("master ready: watching {}", dir.display());
@@ -227,91 +235,54 @@ impl InFlight {
     }
 }
 
-/// Uploads what the bus lacks, then publishes. A file that changed since it was hashed is
-/// handed back to the worker to look at again, and not published. Small content and every
-/// notify are only sent here; their replies are settled by `in_flight`.
+/// Uploads what the bus lacks, then publishes. Small content and every notify are only
+/// sent here (their replies are settled by `in_flight`); a large file's chunks were sent as
+/// the worker cut them, and its manifest follows. A file whose upload the bus refused is
+/// handed back to the worker to look at again, and not published.
 async fn publish_change(
     client: &BusClient,
-    dir: &Path,
     observed: Observed,
+    chunks: Option<ChunkUpload>,
     retry: &std_mpsc::Sender<RelPath>,
     in_flight: &mut InFlight,
 ) -> Result<(), ClientError> {
-    let mut content = None;
-    if let Change::Put { path, entry } = &observed.change {
-        if let (Kind::File, Some(sha256), Some(bytes)) =
-            (entry.kind, &entry.sha256, &observed.content)
-        {
+    let Observed {
+        change,
+        content,
+        manifest,
+    } = observed;
+    let mut draft = Draft::notify(&change);
+    let mut content_reply = None;
+    if let Change::Put { path, entry } = &change {
+        if let (Kind::File, Some(sha256), Some(bytes)) = (entry.kind, &entry.sha256, content) {
             // Small file: content and notify sent back to back. The bus handles a
             // connection's requests in order, so the content is stored before the notify is
             // checked.
-            content = Some(client.blob_put_pipelined(&sha256.to_hex(), bytes).await?);
-        } else if let (Kind::File, Some(sha256)) = (entry.kind, &entry.sha256) {
-            let uploaded = client
-                .upload_file(&path.to_path(dir), &sha256.to_hex())
-                .await;
-            match uploaded {
-                Ok(()) => {}
-                Err(UploadError::Bus(err)) if err.is_connection() => return Err(err),
+            draft.uploaded = Some(bytes.len() as u64);
+            content_reply = Some(client.blob_put_pipelined(&sha256.to_hex(), bytes).await?);
+        } else if let Some(manifest) = manifest {
+            let finished = chunks.unwrap_or_default().finish(client, &manifest).await;
+            match finished {
+                Ok(uploaded) => {
+                    draft.uploaded = Some(uploaded);
+                    draft.manifest = Some(manifest.address().to_hex());
+                }
+                Err(err) if err.is_connection() => return Err(err),
                 Err(err) => {
-                    tracing::debug!("{path} changed while uploading ({err}); looking again");
+                    tracing::warn!("{path}: the bus refused its content ({err}); looking again");
                     let _ = retry.send(path.clone());
                     return Ok(());
                 }
             }
         }
     }
-    let notify = client
-        .publish_pipelined(Draft::notify(&observed.change))
-        .await?;
+    let notify = client.publish_pipelined(draft).await?;
     in_flight.push(Sent {
-        what: observed.change.to_string(),
-        content,
+        what: change.to_string(),
+        content: content_reply,
         notify,
     });
     Ok(())
-}
-
-/// Uploads a file while the worker hashes it, piece by piece as it reads them, and commits
-/// it under the hash that ends the stream; a stream ending without one (the file changed
-/// while read) is abandoned. A refusal is only logged: the change's publication finds the
-/// content missing and uploads it from the file (`upload_file`).
-async fn stream_upload(
-    client: &BusClient,
-    mut pieces: mpsc::Receiver<StreamMsg>,
-) -> Result<(), ClientError> {
-    let mut upload = client.begin_upload();
-    let outcome = loop {
-        match pieces.recv().await {
-            Some(StreamMsg::Piece(piece)) => {
-                if let Err(err) = upload.piece(piece).await {
-                    // Dropping `pieces` lets the worker go on hashing without us.
-                    break Err(err);
-                }
-            }
-            Some(StreamMsg::Commit(sha256)) => {
-                return settle_refusal(upload.commit(&sha256.to_hex()).await)
-            }
-            None => {
-                tracing::debug!("streamed upload abandoned: the file changed while it was read");
-                break Ok(());
-            }
-        }
-    };
-    drop(pieces);
-    let aborted = upload.abort().await;
-    settle_refusal(outcome.and(aborted))
-}
-
-/// A lost connection is returned; a refusal is logged and swallowed.
-fn settle_refusal(result: Result<(), ClientError>) -> Result<(), ClientError> {
-    match result {
-        Err(err) if !err.is_connection() => {
-            tracing::warn!("streamed upload refused: {err}");
-            Ok(())
-        }
-        other => other,
-    }
 }
 
 /// Waits while `why` names a reason not to publish (said once on stderr); false when the
@@ -361,30 +332,21 @@ fn worker(
     let mut coalescer = Coalescer::new(Timing::default());
     // Paths whose hash was unstable, handed from the emit callback back to the coalescer.
     let unstable: std::cell::RefCell<Vec<RelPath>> = std::cell::RefCell::new(Vec::new());
-    // The upload of the large file being hashed, if any.
-    let mut stream: Option<mpsc::Sender<StreamMsg>> = None;
-    let mut emit = |outcome: Outcome| match outcome {
-        Outcome::Changed(observed) => {
-            if tx.blocking_send(WorkerMsg::Change(observed)).is_err() {
-                stop.store(true, Ordering::SeqCst);
-            }
-        }
-        Outcome::Retry(path) => unstable.borrow_mut().push(path),
-        Outcome::Piece(piece) => {
-            let pieces = stream.get_or_insert_with(|| {
-                let (pieces, receiver) = mpsc::channel(PIECES_IN_FLIGHT);
-                if tx.blocking_send(WorkerMsg::Upload(receiver)).is_err() {
-                    stop.store(true, Ordering::SeqCst);
-                }
-                pieces
-            });
-            // Fails only when the upload was given up; hashing goes on regardless.
-            let _ = pieces.blocking_send(StreamMsg::Piece(piece));
-        }
-        Outcome::StreamEnd(hash) => {
-            if let (Some(pieces), Some(hash)) = (stream.take(), hash) {
-                let _ = pieces.blocking_send(StreamMsg::Commit(hash));
-            }
+    // Chunks cut and not yet answered for by the bus: the worker waits for room.
+    let budget = Budget::default();
+    let mut emit = |outcome: Outcome| {
+        let msg = match outcome {
+            Outcome::Changed(observed) => WorkerMsg::Change(observed),
+            Outcome::Retry(path) => return unstable.borrow_mut().push(path),
+            Outcome::Chunk(chunk_ref, data) => WorkerMsg::Chunk(CutChunk {
+                chunk_ref,
+                held: budget.take(data.len()),
+                data,
+            }),
+            Outcome::StreamEnd(hash) => WorkerMsg::ChunksEnd(hash.is_some()),
+        };
+        if tx.blocking_send(msg).is_err() {
+            stop.store(true, Ordering::SeqCst);
         }
     };
     tree.rescan_all(&mut emit);

@@ -1,16 +1,20 @@
 //! Agents: the wiring between the brains (`filesync-master`, `filesync-slave`) and the bus.
 //!
 //! - [`master`]: watch, reconcile with the log, upload content, publish notifies.
+//! - [`upload`]: a large file's chunks, sent while it is read, only those the bus lacks.
 //! - [`slave`]: follow the log from a durable position, apply, answer each notify.
 //! - [`retry`]: the changes a slave failed to apply, tried again until they apply.
 //! - [`verify`]: a slave's directory compared with the state it applied, and restored.
+//! - [`chunked`]: a slave applies a file stored in chunks, reusing those it holds.
 //! - [`early`]: an idle slave follows large uploads as they arrive (its copy is written
 //!   while the bus writes its own), and the slave adopts the content when its notify comes.
 
+pub mod chunked;
 pub mod early;
 pub mod master;
 pub mod retry;
 pub mod slave;
+pub mod upload;
 pub mod verify;
 
 use std::future::Future;
@@ -18,7 +22,10 @@ use std::path::{Path, PathBuf};
 
 use std::time::Duration;
 
-use filesync_master::Model;
+use std::collections::HashMap;
+
+use filesync_master::hash::ContentHash;
+use filesync_master::{Change, Model};
 
 use crate::bus::{BusClient, ClientError, Hello, Subscription, Welcome};
 use crate::event::{Role, Tag};
@@ -142,10 +149,19 @@ pub fn host_name() -> String {
         .unwrap_or_else(|| "localhost".into())
 }
 
-/// The state the log's notifies imply up to `upto`: every notify from seq 1, replayed (the
-/// master reconciles its directory with it; a slave verifies its own against it).
-pub async fn replay_notifies(client: &BusClient, upto: u64) -> Result<Model, ClientError> {
-    let mut model = Model::new();
+/// The state the log's notifies imply up to a `seq`.
+#[derive(Debug, Default)]
+pub struct Replayed {
+    pub model: Model,
+    /// The manifest (hex) of each content stored in chunks, by the content's SHA-256: the
+    /// same bytes are always cut the same way, so one per content, whatever its path.
+    pub manifests: HashMap<ContentHash, String>,
+}
+
+/// Every notify from seq 1 up to `upto`, replayed (the master reconciles its directory
+/// with it; a slave verifies its own against it).
+pub async fn replay_notifies(client: &BusClient, upto: u64) -> Result<Replayed, ClientError> {
+    let mut replayed = Replayed::default();
     let mut subscription = Subscription::new(client.clone(), 1);
     while subscription.position() <= upto {
         let event = subscription.next().await?;
@@ -154,14 +170,20 @@ pub async fn replay_notifies(client: &BusClient, upto: u64) -> Result<Model, Cli
         }
         match event.body.change() {
             Ok(change) => {
-                if let Err(err) = model.apply(&change) {
+                if let (Change::Put { entry, .. }, Some(manifest)) = (&change, &event.body.manifest)
+                {
+                    if let Some(sha256) = entry.sha256 {
+                        replayed.manifests.insert(sha256, manifest.clone());
+                    }
+                }
+                if let Err(err) = replayed.model.apply(&change) {
                     tracing::warn!("log #{}: {err}; skipped", event.seq);
                 }
             }
             Err(err) => tracing::warn!("log #{}: unreadable notify: {err}", event.seq),
         }
     }
-    Ok(model)
+    Ok(replayed)
 }
 
 /// `$XDG_STATE_HOME/filesync/NAME`, or `~/.local/state/filesync/NAME`.

@@ -21,6 +21,14 @@ const FIRST_WAIT: Duration = Duration::from_millis(500);
 /// ... up to this.
 const MAX_WAIT: Duration = Duration::from_secs(30);
 
+/// What failed: a notify's change, and the manifest its content is listed by (a file
+/// stored in chunks).
+#[derive(Debug, Clone)]
+pub struct Failed {
+    pub change: Change,
+    pub manifest: Option<String>,
+}
+
 /// One failed change.
 #[derive(Debug, Clone)]
 pub struct Retry {
@@ -28,7 +36,7 @@ pub struct Retry {
     pub error: u64,
     /// The notify it answered.
     pub cause: u64,
-    pub change: Change,
+    pub failed: Failed,
     failures: u32,
     due: Instant,
 }
@@ -40,22 +48,22 @@ pub struct Retries {
 }
 
 impl Retries {
-    /// Error `error` reported that notify `cause`'s `change` failed; try it again soon.
-    pub fn add(&mut self, error: u64, cause: u64, change: Change) {
-        self.add_due(error, cause, change, Instant::now() + FIRST_WAIT);
+    /// Error `error` reported that notify `cause` failed; try it again soon.
+    pub fn add(&mut self, error: u64, cause: u64, failed: Failed) {
+        self.add_due(error, cause, failed, Instant::now() + FIRST_WAIT);
     }
 
     /// Like `add`, due at once (errors a slave finds open when it starts).
-    pub fn add_now(&mut self, error: u64, cause: u64, change: Change) {
-        self.add_due(error, cause, change, Instant::now());
+    pub fn add_now(&mut self, error: u64, cause: u64, failed: Failed) {
+        self.add_due(error, cause, failed, Instant::now());
     }
 
-    fn add_due(&mut self, error: u64, cause: u64, change: Change, due: Instant) {
+    fn add_due(&mut self, error: u64, cause: u64, failed: Failed, due: Instant) {
         self.pending.retain(|r| r.error != error);
         self.pending.push(Retry {
             error,
             cause,
-            change,
+            failed,
             failures: 0,
             due,
         });
@@ -95,7 +103,7 @@ impl Retries {
         let (dropped, kept) = self
             .pending
             .drain(..)
-            .partition(|r| r.change.overlaps(change));
+            .partition(|r| r.failed.change.overlaps(change));
         self.pending = kept;
         dropped
     }
@@ -106,10 +114,13 @@ mod tests {
     use super::*;
     use filesync_master::{Entry, Kind, RelPath};
 
-    fn put_dir(path: &str) -> Change {
-        Change::Put {
-            path: RelPath::new(path).expect("valid"),
-            entry: Entry::dir(0o755),
+    fn put_dir(path: &str) -> Failed {
+        Failed {
+            change: Change::Put {
+                path: RelPath::new(path).expect("valid"),
+                entry: Entry::dir(0o755),
+            },
+            manifest: None,
         }
     }
 

@@ -17,8 +17,9 @@ use filesync_master::hash::CHUNK_SIZE;
 use filesync_master::{Change, Kind};
 use filesync_slave::{Applied, Applier, FileStart, StagedFile};
 
+use super::chunked::{apply_chunked, Transfer};
 use super::early::EarlyFetch;
-use super::retry::Retries;
+use super::retry::{Failed, Retries};
 use super::verify::Verifier;
 use super::{Connector, SessionEnd};
 use crate::bus::client::PIECES_IN_FLIGHT;
@@ -193,7 +194,7 @@ struct Sent {
     cause: u64,
     reply: PendingReply,
     /// For an error: the change that failed, to retry once the error has its `seq`.
-    failed: Option<Change>,
+    failed: Option<Failed>,
 }
 
 /// Waits for every answer sent so far to be acknowledged.
@@ -210,8 +211,8 @@ async fn settle_all(
 async fn settle_one(sent: Sent, retries: &mut Retries) -> Result<(), ClientError> {
     match sent.reply.seq().await {
         Ok(seq) => {
-            if let Some(change) = sent.failed {
-                retries.add(seq, sent.cause, change);
+            if let Some(failed) = sent.failed {
+                retries.add(seq, sent.cause, failed);
             }
             Ok(())
         }
@@ -228,8 +229,16 @@ async fn load_retries(client: &BusClient, welcome: &Welcome) -> Result<Retries, 
     let mut retries = Retries::default();
     for &(error, cause) in &welcome.retry {
         let notify = client.poll(cause).await?.into_iter().next();
-        match notify.map(|event| event.body.change()) {
-            Some(Ok(change)) => retries.add_now(error, cause, change),
+        let failed = notify.and_then(|event| {
+            let manifest = event.body.manifest.clone();
+            event
+                .body
+                .change()
+                .ok()
+                .map(|change| Failed { change, manifest })
+        });
+        match failed {
+            Some(failed) => retries.add_now(error, cause, failed),
             _ => tracing::warn!("error #{error}: notify #{cause} cannot be read back to retry it"),
         }
     }
@@ -245,13 +254,16 @@ async fn run_retries(
     client: &BusClient,
 ) -> Result<(), ClientError> {
     for retry in retries.take_due(tokio::time::Instant::now()) {
-        match apply(applier, early, client, Ok(retry.change.clone()), None).await {
-            Ok((change, applied)) => {
-                let mut repair = Draft::consume(&change, retry.cause, applied.sha256);
+        let manifest = retry.failed.manifest.as_deref();
+        let change = Ok(retry.failed.change.clone());
+        match apply(applier, early, client, change, None, manifest).await {
+            Ok(done) => {
+                let mut repair = done.consume(retry.cause, manifest);
                 repair.repairs = Some(retry.error);
                 match client.publish(repair).await {
                     Ok(seq) => tracing::info!(
-                        "#{seq}: applied {change} at last, repairing error #{}",
+                        "#{seq}: applied {} at last, repairing error #{}",
+                        done.change,
                         retry.error
                     ),
                     Err(err) if err.is_connection() => return Err(err),
@@ -500,16 +512,21 @@ async fn answer(
     answered: u64,
 ) -> Result<Option<Sent>, ClientError> {
     let wanted = change.as_ref().ok().cloned();
-    let outcome = apply(applier, early, client, change, content).await;
+    let manifest = event.body.manifest.as_deref();
+    let outcome = apply(applier, early, client, change, content, manifest).await;
     let (reply, failed) = match outcome {
-        Ok((change, applied)) => {
-            tracing::debug!("#{} applied {change}", event.seq);
-            (Draft::consume(&change, event.seq, applied.sha256), None)
+        Ok(done) => {
+            tracing::debug!("#{} applied {}", event.seq, done.change);
+            (done.consume(event.seq, manifest), None)
         }
         Err(ApplyFailure::Bus(err)) => return Err(err),
         Err(ApplyFailure::Change(message)) => {
             tracing::warn!("#{}: {message}", event.seq);
-            (Draft::error(&event.body, event.seq, message), wanted)
+            let failed = wanted.map(|change| Failed {
+                change,
+                manifest: manifest.map(str::to_owned),
+            });
+            (Draft::error(&event.body, event.seq, message), failed)
         }
     };
     if event.seq <= answered {
@@ -531,86 +548,147 @@ async fn sleep_until_due(due: Option<tokio::time::Instant>) {
     }
 }
 
+/// What applying a notify did.
+pub(super) struct Done {
+    pub change: Change,
+    pub applied: Applied,
+    /// For a file put: where its bytes came from.
+    pub transfer: Option<Transfer>,
+}
+
+impl Done {
+    /// The consume that says so, answering notify `cause`.
+    pub fn consume(&self, cause: u64, manifest: Option<&str>) -> Draft {
+        let mut draft = Draft::consume(&self.change, cause, self.applied.sha256.clone());
+        if let Some(transfer) = self.transfer {
+            draft.fetched = Some(transfer.fetched);
+            draft.reused = Some(transfer.reused);
+            draft.manifest = manifest.map(str::to_owned);
+        }
+        draft
+    }
+}
+
+/// Applies a change; a file put's content is fetched (or found) as its notify describes
+/// it: whole by its SHA-256, or in chunks by its manifest (`manifest`, hex).
 pub(super) async fn apply(
     applier: &Applier,
     early: &EarlyFetch,
     client: &BusClient,
     change: Result<Change, EventError>,
     content: Option<PendingReply>,
-) -> Result<(Change, Applied), ApplyFailure> {
+    manifest: Option<&str>,
+) -> Result<Done, ApplyFailure> {
     let change = change.map_err(|err| ApplyFailure::Change(format!("invalid change: {err}")))?;
+    let (applied, transfer) = match (&change, manifest) {
+        (Change::Put { path, entry }, Some(address)) if entry.kind == Kind::File => {
+            let (applied, transfer) = apply_chunked(applier, client, path, entry, address).await?;
+            (applied, Some(transfer))
+        }
+        (Change::Put { path, entry }, None) if entry.kind == Kind::File => {
+            let (applied, transfer) =
+                apply_whole(applier, early, client, path, entry, content).await?;
+            (applied, Some(transfer))
+        }
+        (other, _) => (
+            applier
+                .apply(other)
+                .map_err(|err| ApplyFailure::Change(err.to_string()))?,
+            None,
+        ),
+    };
+    Ok(Done {
+        change,
+        applied,
+        transfer,
+    })
+}
+
+/// A file put whose content is one blob: fetched in pieces (the first asked for ahead, in
+/// `content`), or adopted when it was followed while it was uploaded.
+async fn apply_whole(
+    applier: &Applier,
+    early: &EarlyFetch,
+    client: &BusClient,
+    path: &filesync_master::RelPath,
+    entry: &filesync_master::Entry,
+    content: Option<PendingReply>,
+) -> Result<(Applied, Transfer), ApplyFailure> {
     let failed = |err: filesync_slave::ApplyError| ApplyFailure::Change(err.to_string());
-    let fetch_failed = |path: &filesync_master::RelPath, err: ClientError| {
+    let fetch_failed = |err: ClientError| {
         if err.is_connection() {
             ApplyFailure::Bus(err)
         } else {
             ApplyFailure::Change(format!("cannot fetch {path}: {err}"))
         }
     };
-    let applied = match &change {
-        Change::Put { path, entry } if entry.kind == Kind::File => {
-            // Content followed while it was uploaded, if it is this file's (see `early`).
-            if let (true, Some(sha256)) = (entry.size > CHUNK_SIZE as u64, entry.sha256) {
-                if let Some(received) = early.claim(sha256).await {
-                    match applier.adopt(path, entry, received) {
-                        Ok(applied) => {
-                            tracing::debug!("{path}: received while it was uploaded");
-                            return Ok((change, applied));
-                        }
-                        Err(err) => tracing::debug!("early content not used: {err}"),
-                    }
-                }
-            }
-            let mut staged = match applier.start_file(path, entry).map_err(failed)? {
-                FileStart::Done(applied) => return Ok((change, applied)),
-                FileStart::Stage(staged) => staged,
-            };
-            let sha256 = entry
-                .sha256
-                .map(|sha256| sha256.to_hex())
-                .unwrap_or_default();
-            // Pieces are requested ahead (the size is known), so the bus reads and sends the
-            // next while this one is written. Each piece must be whole: a short one would
-            // shift everything after it, so it ends the transfer (and the hash check fails).
-            let mut requested = VecDeque::new();
-            let mut next_offset = 0u64;
-            if let Some(first) = content {
-                requested.push_back(first);
-                next_offset = CHUNK_SIZE as u64;
-            }
-            loop {
-                while requested.len() < PIECES_IN_FLIGHT && next_offset < entry.size {
-                    let piece = client
-                        .blob_get_pipelined(&sha256, next_offset)
-                        .await
-                        .map_err(|err| fetch_failed(path, err))?;
-                    requested.push_back(piece);
-                    next_offset += CHUNK_SIZE as u64;
-                }
-                let Some(piece) = requested.pop_front() else {
-                    break;
-                };
-                let (data, last) = piece.data().await.map_err(|err| fetch_failed(path, err))?;
-                let whole =
-                    data.len() == CHUNK_SIZE || staged.written() + data.len() as u64 == entry.size;
-                staged = write_piece(staged, data, path, entry.size)
-                    .await
-                    .map_err(failed)?;
-                if last || !whole {
-                    break;
-                }
-            }
-            staged.commit().map_err(failed)?
-        }
-        other => applier.apply(other).map_err(failed)?,
+    let fetched = Transfer {
+        fetched: entry.size,
+        reused: 0,
     };
-    Ok((change, applied))
+    // Content followed while it was uploaded, if it is this file's (see `early`).
+    if let (true, Some(sha256)) = (entry.size > CHUNK_SIZE as u64, entry.sha256) {
+        if let Some(received) = early.claim(sha256).await {
+            match applier.adopt(path, entry, received) {
+                Ok(applied) => {
+                    tracing::debug!("{path}: received while it was uploaded");
+                    return Ok((applied, fetched));
+                }
+                Err(err) => tracing::debug!("early content not used: {err}"),
+            }
+        }
+    }
+    let mut staged = match applier.start_file(path, entry).map_err(failed)? {
+        FileStart::Done(applied) => {
+            let reused = Transfer {
+                fetched: 0,
+                reused: entry.size,
+            };
+            return Ok((applied, reused));
+        }
+        FileStart::Stage(staged) => staged,
+    };
+    let sha256 = entry
+        .sha256
+        .map(|sha256| sha256.to_hex())
+        .unwrap_or_default();
+    // Pieces are requested ahead (the size is known), so the bus reads and sends the
+    // next while this one is written. Each piece must be whole: a short one would
+    // shift everything after it, so it ends the transfer (and the hash check fails).
+    let mut requested = VecDeque::new();
+    let mut next_offset = 0u64;
+    if let Some(first) = content {
+        requested.push_back(first);
+        next_offset = CHUNK_SIZE as u64;
+    }
+    loop {
+        while requested.len() < PIECES_IN_FLIGHT && next_offset < entry.size {
+            let piece = client
+                .blob_get_pipelined(&sha256, next_offset)
+                .await
+                .map_err(fetch_failed)?;
+            requested.push_back(piece);
+            next_offset += CHUNK_SIZE as u64;
+        }
+        let Some(piece) = requested.pop_front() else {
+            break;
+        };
+        let (data, last) = piece.data().await.map_err(fetch_failed)?;
+        let whole = data.len() == CHUNK_SIZE || staged.written() + data.len() as u64 == entry.size;
+        staged = write_piece(staged, data, path, entry.size)
+            .await
+            .map_err(failed)?;
+        if last || !whole {
+            break;
+        }
+    }
+    Ok((staged.commit().map_err(failed)?, fetched))
 }
 
 /// Writes one piece. For a large file the write runs on a blocking thread, so that this
 /// (single-threaded) runtime goes on receiving the next pieces meanwhile, while the file's
 /// own hasher thread hashes the previous one: receiving, writing and hashing overlap.
-async fn write_piece(
+pub(super) async fn write_piece(
     mut staged: Box<StagedFile>,
     piece: Vec<u8>,
     path: &filesync_master::RelPath,

@@ -64,7 +64,8 @@ impl Verifier<'_> {
         applier: &Applier,
         early: &EarlyFetch,
     ) -> Result<Verified, ClientError> {
-        let expected = replay_notifies(client, position).await?;
+        let replayed = replay_notifies(client, position).await?;
+        let expected = replayed.model;
         let later = later_paths(client, position, head).await?;
         let found = self.scan().await;
         let Some(found) = found else {
@@ -93,12 +94,18 @@ impl Verifier<'_> {
                 verified.kept += 1;
                 continue;
             }
-            match apply(applier, early, client, Ok(change.clone()), None).await {
-                Ok((change, applied)) => {
+            let manifest = match &change {
+                Change::Put { entry, .. } => entry
+                    .sha256
+                    .and_then(|sha256| replayed.manifests.get(&sha256))
+                    .map(String::as_str),
+                _ => None,
+            };
+            match apply(applier, early, client, Ok(change.clone()), None, manifest).await {
+                Ok(done) => {
                     tracing::info!("{}: {} locally; restored", diff.path(), drift.as_str());
-                    let draft = Draft::consume(&change, position, applied.sha256);
-                    publish_drift(client, draft, drift).await?;
-                    verified.repaired.push(change);
+                    publish_drift(client, done.consume(position, manifest), drift).await?;
+                    verified.repaired.push(done.change);
                 }
                 Err(ApplyFailure::Bus(err)) => return Err(err),
                 Err(ApplyFailure::Change(message)) => {

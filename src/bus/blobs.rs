@@ -6,8 +6,10 @@
 //! uploader commits it under. A blob in place is therefore always whole and correct.
 //! Identical files are stored once. Nothing is ever deleted (no garbage collection yet).
 //!
-//! Blobs that arrive whole and are at most [`PACK_MAX`] bytes skip the file and are appended
-//! to the store's [`Pack`] after the same verification (see `pack.rs` for why).
+//! Blobs that arrive whole and are at most [`PACK_MAX`] bytes (small files, and every chunk
+//! of a large one) skip the file and are appended to the store's [`Pack`] after the same
+//! verification (see `pack.rs` for why). A manifest is content like any other; reading one
+//! back for the rules is [`crate::rules::Content::manifest`].
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -15,7 +17,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
-use filesync_master::hash::PieceHasher;
+use filesync_master::chunk::Manifest;
+use filesync_master::hash::{ContentHash, PieceHasher, CHUNK_SIZE};
 use sha2::{Digest, Sha256};
 
 use super::pack::{Pack, PACK_MAX};
@@ -237,6 +240,36 @@ impl BlobStore {
         let mut buf = vec![0u8; want as usize];
         file.read_exact(&mut buf)?;
         Ok((buf, start + want >= size))
+    }
+}
+
+/// Manifests larger than this are not read (a 64 MiB manifest lists a 140 GiB file).
+const MANIFEST_LIMIT: u64 = 64 << 20;
+
+impl crate::rules::Content for BlobStore {
+    fn has(&self, address: &ContentHash) -> bool {
+        self.contains(&address.to_hex()).unwrap_or(false)
+    }
+
+    fn manifest(&self, address: &ContentHash) -> Option<Result<Manifest, String>> {
+        let sha256 = address.to_hex();
+        let mut bytes = Vec::new();
+        loop {
+            match self.read(&sha256, bytes.len() as u64, CHUNK_SIZE as u64) {
+                Ok((piece, eof)) => {
+                    bytes.extend_from_slice(&piece);
+                    if eof || piece.is_empty() {
+                        break;
+                    }
+                    if bytes.len() as u64 > MANIFEST_LIMIT {
+                        return Some(Err(format!("larger than {MANIFEST_LIMIT} bytes")));
+                    }
+                }
+                Err(BlobError::Missing(_)) => return None,
+                Err(err) => return Some(Err(err.to_string())),
+            }
+        }
+        Some(Manifest::decode(&bytes).map_err(|err| err.to_string()))
     }
 }
 

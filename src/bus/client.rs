@@ -288,20 +288,15 @@ impl BusClient {
     }
 
     pub async fn blob_has(&self, sha256: &str) -> Result<bool, ClientError> {
+        self.blob_has_pipelined(sha256).await?.present().await
+    }
+
+    /// Asks now whether the bus holds `sha256`; the answer is awaited later with
+    /// `PendingReply::present`.
+    pub async fn blob_has_pipelined(&self, sha256: &str) -> Result<PendingReply, ClientError> {
         let sha256 = sha256.to_owned();
-        match self
-            .request(|id| Request::BlobHas { id, sha256 }, &[])
-            .await?
-        {
-            (
-                Reply::Ok {
-                    present: Some(present),
-                    ..
-                },
-                _,
-            ) => Ok(present),
-            (other, _) => Err(ClientError::Protocol(format!("expected ok, got {other:?}"))),
-        }
+        self.send_request(|id| Request::BlobHas { id, sha256 }, &[])
+            .await
     }
 
     /// Sends a whole small blob now; its acknowledgement is awaited later with
@@ -309,10 +304,10 @@ impl BusClient {
     pub async fn blob_put_pipelined(
         &self,
         sha256: &str,
-        content: &[u8],
+        content: Vec<u8>,
     ) -> Result<PendingReply, ClientError> {
         let sha256 = sha256.to_owned();
-        self.send_request(|id| Request::BlobPut { id, sha256 }, content)
+        self.send_request_owned(|id| Request::BlobPut { id, sha256 }, content)
             .await
     }
 
@@ -556,6 +551,17 @@ impl PendingReply {
     /// The `seq` a pipelined publish was given.
     pub async fn seq(self) -> Result<u64, ClientError> {
         seq_of(self.wait().await?.0)
+    }
+
+    /// The answer to a `blob_has`.
+    pub async fn present(self) -> Result<bool, ClientError> {
+        match self.wait().await?.0 {
+            Reply::Ok {
+                present: Some(present),
+                ..
+            } => Ok(present),
+            other => Err(ClientError::Protocol(format!("expected ok, got {other:?}"))),
+        }
     }
 
     /// Like `seq`, but by reference and cancel-safe: abandoned (say, by a `select!`), nothing

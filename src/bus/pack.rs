@@ -24,8 +24,8 @@ use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-/// Content up to this size goes into the pack.
-pub const PACK_MAX: usize = 64 * 1024;
+/// Content up to this size goes into the pack: small files, and every chunk of a large one.
+pub const PACK_MAX: usize = filesync_master::chunk::CHUNK_MAX;
 
 const MAGIC: &[u8; 16] = b"filesync-pack-1\n";
 const RECORD_HEADER: u64 = 32 + 4;

@@ -31,8 +31,11 @@
 //!
 //! Version 2 replaced version 1's `blob_put {offset, last}` pieces, addressed up front, by
 //! `blob_piece` and `blob_commit`. Version 3 added the agent's `host` and `takeover` to the
-//! hello, what to retry and how often to ping to the welcome, and `ping`. The handshake
-//! refuses a peer speaking another version.
+//! hello, what to retry and how often to ping to the welcome, and `ping`. Version 4 stores
+//! files larger than 1 MiB in content-defined chunks (`filesync_master::chunk`: FastCDC
+//! 2020, 16 / 64 / 256 KiB), each chunk and each manifest a blob of its own, and a notify's
+//! `manifest` names the manifest; the messages are unchanged, but content cut with other
+//! sizes would not meet the store's. The handshake refuses a peer speaking another version.
 //!
 //! Subscription is pull-based: a subscriber asks for events from the `seq` it wants next,
 //! so each one goes at its own pace and the bus keeps no per-subscriber queue.
@@ -44,7 +47,7 @@ use super::gates::Gate;
 use crate::event::{Draft, Role};
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Messages from an agent to the bus.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -857,9 +857,7 @@ fn publish(shared: &Shared, peer: &Peer, draft: Draft) -> Result<Event, String> 
     let mut ledger = lock(&shared.ledger);
     ledger
         .rules
-        .check(peer.role, &peer.name, &draft, |sha256| {
-            shared.blobs.contains(&sha256.to_hex()).unwrap_or(false)
-        })?;
+        .check(peer.role, &peer.name, &draft, &shared.blobs)?;
     let event = ledger.append(&peer.name, draft).map_err(|err| {
         tracing::error!("cannot append to the event log: {err}");
         format!("bus cannot append to its log: {err}")

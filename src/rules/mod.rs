@@ -8,20 +8,22 @@
 //!   directory inside the master's (or the reverse) on the same host.
 //! - [`Rules::check`]: an event. Which role may publish which tag; no path outside the
 //!   root; a notify describes a valid change that applies to the state the log implies
-//!   ([`PathIndex`]) and whose content the store holds; a consume or error names a notify
+//!   ([`PathIndex`]) and whose content the store holds (for a file in chunks: its
+//!   manifest, as long as the file, and every chunk it lists); a consume or error names a notify
 //!   in the log as its `cause`, answers notifies in `seq` order and each once (a consume
 //!   `repairs` only an open error of its own, see [`OpenErrors`]); a consume's byte counts
 //!   add up to its size.
 //! - [`Rules::observe`]: the event was appended; update the state behind the verdicts.
 //!
-//! Nothing here does I/O: the caller says whether content is present and hands over the
-//! events, so these rules are unit-tested without a bus.
+//! Nothing here does I/O: the caller answers for the content store ([`Content`]) and hands
+//! over the events, so these rules are unit-tested without a bus.
 
 pub mod index;
 pub mod repairs;
 
 use std::collections::HashMap;
 
+use filesync_master::chunk::Manifest;
 use filesync_master::hash::ContentHash;
 use filesync_master::{Change, Kind};
 
@@ -29,6 +31,15 @@ pub use index::PathIndex;
 pub use repairs::{OpenError, OpenErrors};
 
 use crate::event::{Draft, Event, Role, Tag};
+
+/// What the rules ask of a content store.
+pub trait Content {
+    /// Whether it holds `address`.
+    fn has(&self, address: &ContentHash) -> bool;
+    /// The manifest stored at `address`: `None` when it is not held, an error when what is
+    /// held there is not a manifest.
+    fn manifest(&self, address: &ContentHash) -> Option<Result<Manifest, String>>;
+}
 
 /// Where an agent runs: its host name and synced directory, as its hello says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -242,7 +253,7 @@ impl Rules {
         role: Role,
         agent: &str,
         draft: &Draft,
-        has_content: impl Fn(&ContentHash) -> bool,
+        content: &dyn Content,
     ) -> Result<(), String> {
         let tag = draft.tag.ok_or("missing field `tag`")?;
         let allowed = match tag {
@@ -259,24 +270,24 @@ impl Rules {
         }
         draft.check_paths().map_err(|err| err.to_string())?;
         match tag {
-            Tag::Notify => self.check_notify(draft, has_content),
+            Tag::Notify => self.check_notify(draft, content),
             Tag::Consume | Tag::Error => self.check_answer(tag, agent, draft),
             _ => Ok(()),
         }
     }
 
-    fn check_notify(
-        &self,
-        draft: &Draft,
-        has_content: impl Fn(&ContentHash) -> bool,
-    ) -> Result<(), String> {
+    fn check_notify(&self, draft: &Draft, content: &dyn Content) -> Result<(), String> {
         let change = draft.change().map_err(|err| err.to_string())?;
         if let Change::Put { entry, path } = &change {
             if let (Kind::File, Some(sha256)) = (entry.kind, &entry.sha256) {
-                if !has_content(sha256) {
-                    return Err(format!(
-                        "put of {path}: the bus has no content {sha256}; upload it first"
-                    ));
+                match &draft.manifest {
+                    Some(manifest) => check_chunks(path, entry.size, manifest, content)?,
+                    None if !content.has(sha256) => {
+                        return Err(format!(
+                            "put of {path}: the bus has no content {sha256}; upload it first"
+                        ))
+                    }
+                    None => {}
                 }
             }
         }
@@ -374,6 +385,41 @@ impl Rules {
             }
             _ => {}
         }
+    }
+}
+
+/// A file put in chunks: its manifest is stored, describes `size` bytes, and every chunk it
+/// lists is stored. (That the chunks add up to the file's SHA-256 is for the slave to find
+/// out as it writes them: checking it here would mean reading every chunk.)
+fn check_chunks(
+    path: &filesync_master::RelPath,
+    size: u64,
+    manifest: &str,
+    content: &dyn Content,
+) -> Result<(), String> {
+    let address = ContentHash::parse_hex(manifest)
+        .ok_or_else(|| format!("field `manifest`: {manifest:?} is not a sha256"))?;
+    let manifest = match content.manifest(&address) {
+        None => {
+            return Err(format!(
+                "put of {path}: the bus has no manifest {address}; upload it first"
+            ))
+        }
+        Some(Err(err)) => return Err(format!("put of {path}: manifest {address}: {err}")),
+        Some(Ok(manifest)) => manifest,
+    };
+    if manifest.size() != size {
+        return Err(format!(
+            "put of {path}: its manifest describes {} bytes, not {size}",
+            manifest.size()
+        ));
+    }
+    match manifest.chunks().iter().find(|c| !content.has(&c.sha256)) {
+        Some(missing) => Err(format!(
+            "put of {path}: the bus has no chunk {}; upload it first",
+            missing.sha256
+        )),
+        None => Ok(()),
     }
 }
 

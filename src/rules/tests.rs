@@ -9,6 +9,19 @@ struct Log {
     events: Vec<Event>,
 }
 
+/// A store that holds everything, or nothing.
+struct Store(bool);
+
+impl Content for Store {
+    fn has(&self, _: &ContentHash) -> bool {
+        self.0
+    }
+
+    fn manifest(&self, _: &ContentHash) -> Option<Result<Manifest, String>> {
+        None
+    }
+}
+
 impl Log {
     fn new() -> Log {
         Log {
@@ -19,7 +32,7 @@ impl Log {
 
     /// Appends `draft` as `agent` if the rules allow it; returns its seq.
     fn publish(&mut self, role: Role, agent: &str, draft: Draft) -> Result<u64, String> {
-        self.rules.check(role, agent, &draft, |_| true)?;
+        self.rules.check(role, agent, &draft, &Store(true))?;
         Ok(self.append(agent, draft))
     }
 
@@ -121,7 +134,7 @@ fn notifies_that_do_not_apply_to_the_logs_state_are_refused() {
     // Content the store lacks.
     let lacking = log
         .rules
-        .check(Role::Master, "master", &put_file("g"), |_| false)
+        .check(Role::Master, "master", &put_file("g"), &Store(false))
         .expect_err("no content");
     assert!(lacking.contains("upload it first"), "{lacking}");
 }
@@ -316,4 +329,61 @@ fn one_master_per_log_and_one_connection_per_name() {
         .rules
         .admit(&hello(Role::Listener, "bad name!", None, false), &[])
         .is_err());
+}
+
+/// A store holding one manifest and some of its chunks.
+struct Chunks {
+    manifest: (ContentHash, Manifest),
+    held: Vec<ContentHash>,
+}
+
+impl Content for Chunks {
+    fn has(&self, address: &ContentHash) -> bool {
+        self.held.contains(address) || *address == self.manifest.0
+    }
+
+    fn manifest(&self, address: &ContentHash) -> Option<Result<Manifest, String>> {
+        (*address == self.manifest.0).then(|| Ok(self.manifest.1.clone()))
+    }
+}
+
+#[test]
+fn a_put_in_chunks_needs_its_manifest_and_every_chunk_stored() {
+    use filesync_master::chunk::ChunkRef;
+    let mut log = Log::new();
+    log.join("master", Role::Master, None);
+    let chunks: Vec<ChunkRef> = (0..3u8)
+        .map(|i| ChunkRef {
+            sha256: ContentHash::from([i; 32]),
+            len: 1000,
+        })
+        .collect();
+    let mut manifest = Manifest::new();
+    for chunk in &chunks {
+        manifest.push(*chunk);
+    }
+    let address = manifest.address();
+    let put = |size: u64, manifest: &str| {
+        let mut draft = Draft::notify(&Change::Put {
+            path: p("big"),
+            entry: Entry::file(size, ContentHash::of(b"whole"), 0o644),
+        });
+        draft.manifest = Some(manifest.to_owned());
+        draft
+    };
+    let store = |held: usize| Chunks {
+        manifest: (address, manifest.clone()),
+        held: chunks[..held].iter().map(|c| c.sha256).collect(),
+    };
+    let check =
+        |draft: &Draft, held: usize| log.rules.check(Role::Master, "master", draft, &store(held));
+    assert_eq!(check(&put(3000, &address.to_hex()), 3), Ok(()));
+    let missing = check(&put(3000, &address.to_hex()), 2).expect_err("a chunk is missing");
+    assert!(missing.contains(&chunks[2].sha256.to_hex()), "{missing}");
+    let size = check(&put(2999, &address.to_hex()), 3).expect_err("sizes differ");
+    assert!(size.contains("describes 3000 bytes, not 2999"), "{size}");
+    let other = ContentHash::of(b"no such manifest").to_hex();
+    let absent = check(&put(3000, &other), 3).expect_err("no manifest");
+    assert!(absent.contains("no manifest"), "{absent}");
+    assert!(check(&put(3000, "not hex"), 3).is_err());
 }

@@ -1,0 +1,173 @@
+//! The slave's side of a file stored in chunks: the manifest fetched, the slave's current
+//! copy cut and hashed (`filesync_slave::rebuild`), every chunk found there copied from it
+//! and the rest fetched from the bus, into a staged file that is verified whole before it
+//! is put in place. What came from where is counted for the consume (`fetched`, `reused`).
+
+use std::collections::VecDeque;
+
+use filesync_master::chunk::Manifest;
+use filesync_master::hash::{ContentHash, CHUNK_SIZE};
+use filesync_master::{Entry, RelPath};
+use filesync_slave::rebuild::{plan, LocalChunks, Source};
+use filesync_slave::{Applied, Applier, ApplyError};
+
+use super::slave::{write_piece, ApplyFailure};
+use crate::bus::{BusClient, ClientError, PendingReply};
+
+/// Chunk fetches asked for ahead of the one being written.
+const FETCHES_AHEAD: usize = 16;
+
+/// Where a file's bytes came from: the consume's `fetched` and `reused`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Transfer {
+    pub fetched: u64,
+    pub reused: u64,
+}
+
+/// Fetches content of any size from the bus, piece by piece.
+pub async fn fetch_content(client: &BusClient, address: &str) -> Result<Vec<u8>, ClientError> {
+    let mut content = Vec::new();
+    loop {
+        let (piece, last) = client.blob_get(address, content.len() as u64).await?;
+        let short = piece.len() < CHUNK_SIZE;
+        content.extend_from_slice(&piece);
+        if last || short {
+            return Ok(content);
+        }
+    }
+}
+
+/// Applies the put of `path` whose content is listed by the manifest at `address` (hex).
+pub(super) async fn apply_chunked(
+    applier: &Applier,
+    client: &BusClient,
+    path: &RelPath,
+    entry: &Entry,
+    address: &str,
+) -> Result<(Applied, Transfer), ApplyFailure> {
+    let fetch_failed = |what: String, err: ClientError| {
+        if err.is_connection() {
+            ApplyFailure::Bus(err)
+        } else {
+            ApplyFailure::Change(format!("cannot fetch {what} of {path}: {err}"))
+        }
+    };
+    let failed = |err: ApplyError| ApplyFailure::Change(err.to_string());
+    let bytes = fetch_content(client, address)
+        .await
+        .map_err(|err| fetch_failed(format!("manifest {address}"), err))?;
+    if ContentHash::of(&bytes).to_hex() != address {
+        return Err(ApplyFailure::Change(format!(
+            "manifest {address} of {path} arrived with other content"
+        )));
+    }
+    let manifest = Manifest::decode(&bytes)
+        .map_err(|err| ApplyFailure::Change(format!("manifest of {path}: {err}")))?;
+    if manifest.size() != entry.size {
+        return Err(ApplyFailure::Change(format!(
+            "manifest of {path} describes {} bytes, not {}",
+            manifest.size(),
+            entry.size
+        )));
+    }
+    let local = local_chunks(applier, path).await.map_err(failed)?;
+    if let Some(local) = &local {
+        if Some(local.whole()) == entry.sha256 && local.size() == entry.size {
+            let applied = applier.confirm(path, entry).map_err(failed)?;
+            let reused = entry.size;
+            return Ok((applied, Transfer { fetched: 0, reused }));
+        }
+    }
+    let mut staged = Box::new(applier.stage_file(path, entry).map_err(failed)?);
+    let steps = plan(&manifest, local.as_ref());
+    let mut transfer = Transfer::default();
+    let mut asked: VecDeque<PendingReply> = VecDeque::new();
+    let mut next_ask = 0;
+    let mut batch: Vec<u8> = Vec::with_capacity(CHUNK_SIZE);
+    for (idx, (chunk, source)) in steps.iter().enumerate() {
+        // Keep the bus busy with the next chunks while this one is written.
+        next_ask = next_ask.max(idx);
+        while asked.len() < FETCHES_AHEAD && next_ask < steps.len() {
+            let (ahead, ahead_source) = &steps[next_ask];
+            if *ahead_source == Source::Bus {
+                let reply = client
+                    .blob_get_pipelined(&ahead.sha256.to_hex(), 0)
+                    .await
+                    .map_err(|err| fetch_failed(format!("chunk {}", ahead.sha256), err))?;
+                asked.push_back(reply);
+            }
+            next_ask += 1;
+        }
+        let data = match (source, &local) {
+            (Source::Local(offset), Some(local)) => {
+                transfer.reused += u64::from(chunk.len);
+                local.read(*offset, chunk.len).map_err(|source| {
+                    failed(ApplyError::Io {
+                        action: "read the current copy of",
+                        path: path.clone(),
+                        source,
+                    })
+                })?
+            }
+            _ => {
+                let reply = asked.pop_front().ok_or_else(|| {
+                    ApplyFailure::Change(format!(
+                        "{path}: chunk {} was not asked for",
+                        chunk.sha256
+                    ))
+                })?;
+                let (data, _) = reply
+                    .data()
+                    .await
+                    .map_err(|err| fetch_failed(format!("chunk {}", chunk.sha256), err))?;
+                transfer.fetched += data.len() as u64;
+                data
+            }
+        };
+        if data.len() != chunk.len as usize {
+            return Err(ApplyFailure::Change(format!(
+                "chunk {} of {path} is {} bytes, not {}",
+                chunk.sha256,
+                data.len(),
+                chunk.len
+            )));
+        }
+        batch.extend_from_slice(&data);
+        if batch.len() >= CHUNK_SIZE {
+            let full = std::mem::replace(&mut batch, Vec::with_capacity(CHUNK_SIZE));
+            staged = write_piece(staged, full, path, entry.size)
+                .await
+                .map_err(failed)?;
+        }
+    }
+    if !batch.is_empty() {
+        staged = write_piece(staged, batch, path, entry.size)
+            .await
+            .map_err(failed)?;
+    }
+    let applied = staged.commit().map_err(failed)?;
+    Ok((applied, transfer))
+}
+
+/// The chunks of the current copy at `path`, read off the runtime's thread.
+async fn local_chunks(
+    applier: &Applier,
+    path: &RelPath,
+) -> Result<Option<LocalChunks>, ApplyError> {
+    let Some(file) = applier.current_copy(path)? else {
+        return Ok(None);
+    };
+    let indexed = tokio::task::spawn_blocking(move || LocalChunks::index(file)).await;
+    match indexed {
+        Ok(Ok(local)) => Ok(Some(local)),
+        // A copy that cannot be read is simply not reused.
+        Ok(Err(err)) => {
+            tracing::debug!("{path}: current copy not reusable: {err}");
+            Ok(None)
+        }
+        Err(err) => {
+            tracing::debug!("{path}: indexing stopped: {err}");
+            Ok(None)
+        }
+    }
+}

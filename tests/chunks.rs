@@ -1,0 +1,321 @@
+//! Content in chunks: a change costs what changed. Each test edits a large file on the
+//! master and asserts from the log alone what moved: `uploaded` on the notify (master to
+//! bus), `fetched` and `reused` on the consume (bus to slave, and what the slave took from
+//! its own copy). The checker then proves `fetched + reused = size` and the mirror.
+
+use std::fs;
+use std::io::{Seek, SeekFrom, Write};
+use std::path::Path;
+use std::time::Duration;
+
+use filesync::check::CheckOptions;
+use filesync::event::Event;
+use filesync::testkit::{Cluster, Pattern};
+
+use crate::util::{cluster, must};
+
+const MIB: u64 = 1 << 20;
+
+/// Bytes that look random to the chunker (so that cuts fall by content, as in real files).
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        out.extend_from_slice(&state.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Writes `data` beside the master directory and renames it in, so the master sees the
+/// whole new version at once (a save through a temporary name inside the directory would
+/// be published, and its chunks uploaded, under that name first).
+fn save(dir: &Path, name: &str, data: &[u8]) {
+    let temp = dir.with_file_name(format!("{name}.saving"));
+    fs::write(&temp, data).expect("write");
+    fs::rename(&temp, dir.join(name)).expect("rename");
+}
+
+/// Waits for the notify and the consume of `name` holding `data`; returns both.
+async fn mirrored(c: &mut Cluster, name: &str, data: &[u8]) -> (Event, Event) {
+    let sha256 = filesync_master::hash::sha256_hex(data);
+    let notify = must(
+        c.events
+            .expect(Pattern::notify().put().path(name).sha256(&sha256))
+            .await,
+    );
+    let consume = must(
+        c.events
+            .expect(
+                Pattern::consume()
+                    .by("slave")
+                    .put()
+                    .path(name)
+                    .sha256(&sha256)
+                    .cause(notify.seq),
+            )
+            .await,
+    );
+    (notify, consume)
+}
+
+fn uploaded(notify: &Event) -> u64 {
+    notify
+        .body
+        .uploaded
+        .expect("a notify of a file put says what it uploaded")
+}
+
+fn fetched(consume: &Event) -> u64 {
+    consume
+        .body
+        .fetched
+        .expect("a consume of a file put says what it fetched")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overwrite_in_the_middle_moves_about_what_changed() {
+    let mut c = cluster("chunks-overwrite", 1).await;
+    let mut data = noise(64 << 20, 1);
+    save(&c.master_dir(), "big.bin", &data);
+    let (notify, consume) = mirrored(&mut c, "big.bin", &data).await;
+    assert!(notify.body.manifest.is_some(), "{notify:?}");
+    assert!(uploaded(&notify) >= 64 * MIB, "all of it was new");
+    assert_eq!(fetched(&consume), 64 * MIB, "all of it was fetched");
+    // 1 MiB overwritten in place in the middle.
+    let middle = (32 << 20) + 4321;
+    data[middle..middle + (1 << 20)].copy_from_slice(&noise(1 << 20, 2));
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .open(c.master_dir().join("big.bin"))
+        .expect("open");
+    file.seek(SeekFrom::Start(middle as u64)).expect("seek");
+    file.write_all(&data[middle..middle + (1 << 20)])
+        .expect("write");
+    drop(file);
+    let (notify, consume) = mirrored(&mut c, "big.bin", &data).await;
+    assert!(uploaded(&notify) <= 2 * MIB, "{notify:?}");
+    assert!(fetched(&consume) <= 2 * MIB, "{consume:?}");
+    assert_eq!(
+        consume.body.reused.map(|r| r + fetched(&consume)),
+        Some(64 * MIB)
+    );
+    must(c.settle().await);
+    c.assert_checks(CheckOptions::default());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_insertion_moves_about_what_was_inserted() {
+    let mut c = cluster("chunks-insert", 1).await;
+    let data = noise(64 << 20, 3);
+    save(&c.master_dir(), "big.bin", &data);
+    mirrored(&mut c, "big.bin", &data).await;
+    let middle = 32 << 20;
+    let mut inserted = data[..middle].to_vec();
+    inserted.extend_from_slice(&noise(1_000_000, 4));
+    inserted.extend_from_slice(&data[middle..]);
+    save(&c.master_dir(), "big.bin", &inserted);
+    let (notify, consume) = mirrored(&mut c, "big.bin", &inserted).await;
+    assert!(uploaded(&notify) <= 3 * MIB, "{notify:?}");
+    assert!(fetched(&consume) <= 3 * MIB, "{consume:?}");
+    must(c.settle().await);
+    c.assert_checks(CheckOptions::default());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_move_only_the_tail_and_a_truncation_almost_nothing() {
+    let mut c = cluster("chunks-append", 1).await;
+    let mut data = noise(32 << 20, 5);
+    save(&c.master_dir(), "log.bin", &data);
+    mirrored(&mut c, "log.bin", &data).await;
+    for i in 0..50u64 {
+        let line = noise(100, 100 + i);
+        let mut file = fs::OpenOptions::new()
+            .append(true)
+            .open(c.master_dir().join("log.bin"))
+            .expect("open");
+        file.write_all(&line).expect("append");
+        drop(file);
+        data.extend_from_slice(&line);
+        let (notify, consume) = mirrored(&mut c, "log.bin", &data).await;
+        // The last chunk (256 KiB at most) and the manifest (about 16 KiB here).
+        assert!(uploaded(&notify) <= 300 << 10, "append {i}: {notify:?}");
+        assert!(fetched(&consume) <= 300 << 10, "append {i}: {consume:?}");
+    }
+    // Cut to 10 MiB: every chunk but the new last one is held already.
+    data.truncate(10 << 20);
+    fs::OpenOptions::new()
+        .write(true)
+        .open(c.master_dir().join("log.bin"))
+        .and_then(|f| f.set_len(10 << 20))
+        .expect("truncate");
+    let (notify, consume) = mirrored(&mut c, "log.bin", &data).await;
+    assert!(uploaded(&notify) <= 300 << 10, "{notify:?}");
+    assert!(fetched(&consume) <= 300 << 10, "{consume:?}");
+    must(c.settle().await);
+    c.assert_checks(CheckOptions::default());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_or_an_earlier_version_uploads_nothing_new() {
+    let mut c = cluster("chunks-dedup", 1).await;
+    let first = noise(8 << 20, 6);
+    save(&c.master_dir(), "a.bin", &first);
+    mirrored(&mut c, "a.bin", &first).await;
+    fs::copy(
+        c.master_dir().join("a.bin"),
+        c.master_dir().join("copy.bin"),
+    )
+    .expect("cp");
+    let (notify, _) = mirrored(&mut c, "copy.bin", &first).await;
+    assert_eq!(uploaded(&notify), 0, "{notify:?}");
+    // A new version, then the first one restored.
+    let second = noise(8 << 20, 7);
+    save(&c.master_dir(), "a.bin", &second);
+    mirrored(&mut c, "a.bin", &second).await;
+    save(&c.master_dir(), "a.bin", &first);
+    let (notify, consume) = mirrored(&mut c, "a.bin", &first).await;
+    assert_eq!(uploaded(&notify), 0, "{notify:?}");
+    assert_eq!(
+        fetched(&consume),
+        8 * MIB,
+        "its old copy was replaced: fetched again"
+    );
+    must(c.settle().await);
+    c.assert_checks(CheckOptions::default());
+}
+
+/// The slave's copy was edited behind its back before the update came: its chunks are
+/// reused only where they still hash right, and the mirror ends with the master's bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_edited_on_the_slave_still_ends_with_the_masters_bytes() {
+    let mut c = cluster("chunks-local-edit", 1).await;
+    let mut data = noise(16 << 20, 8);
+    save(&c.master_dir(), "big.bin", &data);
+    mirrored(&mut c, "big.bin", &data).await;
+    let mut mine = fs::OpenOptions::new()
+        .write(true)
+        .open(c.slaves[0].dir.join("big.bin"))
+        .expect("open the slave's copy");
+    mine.seek(SeekFrom::Start(1 << 20)).expect("seek");
+    mine.write_all(&[0u8; 4096]).expect("edit");
+    drop(mine);
+    data[(10 << 20)..(10 << 20) + 100].copy_from_slice(&noise(100, 9));
+    save(&c.master_dir(), "big.bin", &data);
+    let (_, consume) = mirrored(&mut c, "big.bin", &data).await;
+    assert!(
+        fetched(&consume) <= 2 * MIB,
+        "the edited chunk and the changed one: {consume:?}"
+    );
+    assert_eq!(
+        fs::read(c.slaves[0].dir.join("big.bin")).expect("read"),
+        data
+    );
+    must(c.settle().await);
+    c.assert_checks(CheckOptions::default());
+}
+
+/// The walk of the bus's pack: `(record offset, address)` of each record.
+fn pack_records(pack: &Path) -> Vec<(u64, String)> {
+    let bytes = fs::read(pack).expect("pack");
+    let mut records = Vec::new();
+    let mut at = 16usize;
+    while at + 36 <= bytes.len() {
+        let address = hex::encode(&bytes[at..at + 32]);
+        let mut len = [0u8; 4];
+        len.copy_from_slice(&bytes[at + 32..at + 36]);
+        records.push((at as u64, address));
+        at += 36 + u32::from_le_bytes(len) as usize;
+    }
+    records
+}
+
+/// Content missing on the bus (its store lost the file's manifest): the slave says so with
+/// an `error` event and writes nothing torn; once the same content is uploaded again (a
+/// copy of the file), its retry applies it, and the log says which error it repairs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_missing_on_the_bus_is_an_error_until_it_is_uploaded_again() {
+    let mut c = cluster("chunks-missing", 0).await;
+    c.events.allow_errors();
+    let data = noise(4 << 20, 10);
+    save(&c.master_dir(), "big.bin", &data);
+    let notify = must(
+        c.events
+            .expect(Pattern::notify().put().path("big.bin"))
+            .await,
+    );
+    let manifest = notify.body.manifest.clone().expect("a manifest");
+    must(c.stop_master());
+    // The manifest was the last thing stored: cut it off the pack.
+    let pack = c.master_state().join("blobs/small.pack");
+    let records = pack_records(&pack);
+    let (offset, last) = records.last().expect("records");
+    assert_eq!(*last, manifest);
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&pack)
+        .and_then(|f| f.set_len(*offset))
+        .expect("truncate");
+    must(c.start_master().await);
+    let idx = c.add_slave();
+    must(c.start_slave(idx).await);
+    let error = must(
+        c.events
+            .expect(Pattern::error().by("slave").path("big.bin"))
+            .await,
+    );
+    assert!(
+        error
+            .body
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains(&manifest)),
+        "{error:?}"
+    );
+    assert!(
+        !c.slaves[idx].dir.join("big.bin").exists(),
+        "nothing torn is left"
+    );
+    fs::copy(
+        c.master_dir().join("big.bin"),
+        c.master_dir().join("copy.bin"),
+    )
+    .expect("cp");
+    let copied = must(
+        c.events
+            .expect(Pattern::notify().put().path("copy.bin"))
+            .await,
+    );
+    assert_eq!(
+        copied.body.uploaded,
+        Some(36 * (records.len() as u64 - 1)),
+        "only the manifest was missing"
+    );
+    must(
+        c.events
+            .expect(
+                Pattern::consume()
+                    .by("slave")
+                    .put()
+                    .path("big.bin")
+                    .with("repairs the error", move |e| {
+                        e.body.repairs == Some(error.seq)
+                    }),
+            )
+            .await,
+    );
+    assert_eq!(
+        fs::read(c.slaves[idx].dir.join("big.bin")).expect("read"),
+        data
+    );
+    must(c.settle().await);
+    must(
+        c.events
+            .expect_none(Pattern::notify().delete(), Duration::from_millis(50))
+            .await,
+    );
+    c.assert_checks(CheckOptions::default());
+}
