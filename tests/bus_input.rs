@@ -156,49 +156,6 @@ async fn a_subscriber_that_never_reads_stalls_nobody() {
     c.assert_checks(CheckOptions::default());
 }
 
-/// Stream requests from a peer: an unknown stream is an error reply, waiting requests are
-/// capped per connection (the ninth is refused, not queued), and a peer parking waits that
-/// never end holds up nobody else.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stream_requests_are_bounded_and_unknown_streams_refused() {
-    let mut c = cluster("stream-requests", 1).await;
-    let mut peer = hello(&c.addr, Role::Listener, "curious").await;
-    send(
-        &mut peer,
-        &Request::StreamGet {
-            id: 1,
-            stream: 999,
-            offset: 0,
-            len: 1 << 30,
-        },
-        &[],
-    )
-    .await;
-    match reply(&mut peer).await {
-        Reply::Err { id: 1, error } => assert!(error.contains("999"), "{error}"),
-        other => panic!("expected an error for an unknown stream, got {other:?}"),
-    }
-    // Waits for uploads that never come: eight are parked, the ninth is refused.
-    for id in 10..19u64 {
-        send(
-            &mut peer,
-            &Request::StreamNext {
-                id,
-                after: u64::MAX - 1,
-            },
-            &[],
-        )
-        .await;
-    }
-    match reply(&mut peer).await {
-        Reply::Err { id: 18, error } => assert!(error.contains("waiting"), "{error}"),
-        other => panic!("expected the ninth wait refused, got {other:?}"),
-    }
-    still_works(&mut c, "while-waits-park.txt").await;
-    drop(peer);
-    c.assert_checks(CheckOptions::default());
-}
-
 /// On a real standalone bus, a master's notifies that do not apply to the state the log
 /// implies are refused with a clear error and never logged: a move into itself, a delete
 /// of a path that is not there, a put under a file, a delete naming the wrong kind.

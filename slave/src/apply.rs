@@ -103,6 +103,13 @@ impl Applier {
             .map(|staged| FileStart::Stage(Box::new(staged)))
     }
 
+    /// Removes the temporary files a slave killed mid-transfer left anywhere under the
+    /// root (beside the files it was replacing); returns how many. Call before applying
+    /// anything: a slave is its root's only writer of such names.
+    pub fn remove_leftovers(&self) -> io::Result<usize> {
+        crate::verify::remove_leftovers(&self.root)
+    }
+
     /// The regular file at `path` as it is now, opened for reading (never through a
     /// symlink), so that its chunks can be reused for a new version; `None` when there is
     /// none (or a parent is missing).

@@ -6,8 +6,6 @@
 //!
 //! - [`safety`]: resolving a path under the root, refusing to cross symlinks.
 //! - [`apply`]: `Applier` and `StagedFile`, the writes themselves.
-//! - [`received`]: content received before its destination is known (`LooseFile`), put in
-//!   place by `Applier::adopt` once a change names it and the hash matches.
 //! - [`rebuild`]: a new version of a file in chunks, from its current copy's chunks and
 //!   fetched ones.
 //! - [`verify`]: the directory as it is (temporary files left by a killed slave removed),
@@ -15,14 +13,12 @@
 
 pub mod apply;
 pub mod rebuild;
-pub mod received;
 pub mod safety;
 pub mod verify;
 
 use filesync_master::RelPath;
 
 pub use apply::{Applied, Applier, FileStart, StagedFile};
-pub use received::{LooseFile, ReceivedFile};
 
 /// Why a change could not be applied. Every variant names the path and reads as a sentence,
 /// because it becomes the `error` field of an `error` event.

@@ -6,11 +6,8 @@
 //! - [`retry`]: the changes a slave failed to apply, tried again until they apply.
 //! - [`verify`]: a slave's directory compared with the state it applied, and restored.
 //! - [`chunked`]: a slave applies a file stored in chunks, reusing those it holds.
-//! - [`early`]: an idle slave follows large uploads as they arrive (its copy is written
-//!   while the bus writes its own), and the slave adopts the content when its notify comes.
 
 pub mod chunked;
-pub mod early;
 pub mod master;
 pub mod retry;
 pub mod slave;

@@ -18,7 +18,6 @@ use filesync_master::{Change, Kind};
 use filesync_slave::{Applied, Applier, FileStart, StagedFile};
 
 use super::chunked::{apply_chunked, Transfer};
-use super::early::EarlyFetch;
 use super::retry::{Failed, Retries};
 use super::verify::Verifier;
 use super::{Connector, SessionEnd};
@@ -149,10 +148,6 @@ impl Window {
         self.events.len() < LOOKAHEAD && self.bytes < LOOKAHEAD_BYTES
     }
 
-    fn is_empty(&self) -> bool {
-        self.events.is_empty()
-    }
-
     fn push(&mut self, ahead: Ahead) {
         self.bytes += ahead.bytes;
         self.events.push_back(ahead);
@@ -250,13 +245,12 @@ async fn load_retries(client: &BusClient, welcome: &Welcome) -> Result<Retries, 
 async fn run_retries(
     retries: &mut Retries,
     applier: &Applier,
-    early: &EarlyFetch,
     client: &BusClient,
 ) -> Result<(), ClientError> {
     for retry in retries.take_due(tokio::time::Instant::now()) {
         let manifest = retry.failed.manifest.as_deref();
         let change = Ok(retry.failed.change.clone());
-        match apply(applier, early, client, change, None, manifest).await {
+        match apply(applier, client, change, None, manifest).await {
             Ok(done) => {
                 let mut repair = done.consume(retry.cause, manifest);
                 repair.repairs = Some(retry.error);
@@ -295,7 +289,6 @@ async fn verify(
     head: u64,
     client: &BusClient,
     applier: &Applier,
-    early: &EarlyFetch,
     retries: &mut Retries,
 ) -> Result<(), ClientError> {
     if position == 0 {
@@ -306,7 +299,7 @@ async fn verify(
         }
         return Ok(());
     }
-    let verified = verifier.run(position, head, client, applier, early).await?;
+    let verified = verifier.run(position, head, client, applier).await?;
     if verified.leftovers > 0 {
         tracing::info!("removed {} unfinished transfer(s)", verified.leftovers);
     }
@@ -334,8 +327,6 @@ async fn session(
 ) -> anyhow::Result<SessionEnd> {
     let dir = verifier.dir;
     let applier = Applier::new(dir);
-    // Follows large uploads while we are idle; stops with the session.
-    let early = EarlyFetch::start(client.clone(), applier.clone());
     let mut position = read_position(position_file)?;
     if position > welcome.head {
         tracing::warn!(
@@ -374,13 +365,13 @@ async fn session(
     // What failed before is retried first, so that a verification does not take its
     // repairs for drift.
     let mut retries = lost!(load_retries(&client, &welcome).await);
-    lost!(run_retries(&mut retries, &applier, &early, &client).await);
+    lost!(run_retries(&mut retries, &applier, &client).await);
     // The last notify taken in hand: what a verification compares with. At start, as far
     // as the log says we answered (our position file may lag behind it).
     let mut at = position.max(welcome.answered.min(welcome.head));
     if std::mem::take(&mut schedule.verify_now) {
         let head = welcome.head;
-        lost!(verify(verifier, at, head, &client, &applier, &early, &mut retries).await);
+        lost!(verify(verifier, at, head, &client, &applier, &mut retries).await);
     }
     let mut verified_at = tokio::time::Instant::now();
     loop {
@@ -415,7 +406,6 @@ async fn session(
                 lost!(settle_all(&mut in_flight, &mut retries).await);
                 save(position_file, &mut unsaved)?;
                 since_saved = 0;
-                early.set_idle(true);
                 let next = subscription.next();
                 tokio::pin!(next);
                 let event = loop {
@@ -430,10 +420,10 @@ async fn session(
                         }
                         event = &mut next => break lost!(event),
                         _ = sleep_until_due(due), if due.is_some() => {
-                            lost!(run_retries(&mut retries, &applier, &early, &client).await);
+                            lost!(run_retries(&mut retries, &applier, &client).await);
                         }
                         _ = sleep_until_due(verify_due), if verify_due.is_some() => {
-                            lost!(verify(verifier, at, at, &client, &applier, &early, &mut retries).await);
+                            lost!(verify(verifier, at, at, &client, &applier, &mut retries).await);
                             verified_at = tokio::time::Instant::now();
                         }
                     }
@@ -441,10 +431,6 @@ async fn session(
                 lost!(prefetch(&client, event).await)
             }
         };
-        // Nothing queued behind this event: an upload starting now is for what comes
-        // next, so it is worth following (a run of large files is followed one after the
-        // other, not every second one).
-        early.set_idle(ahead.is_empty() && subscription.is_drained());
         if let Some(change) = change {
             if let Ok(change) = &change {
                 for dropped in retries.forget_overlapping(change) {
@@ -457,7 +443,6 @@ async fn session(
             }
             let answer = answer(
                 &applier,
-                &early,
                 &client,
                 &event,
                 change,
@@ -504,7 +489,6 @@ async fn announce_ready(
 /// shows we already answered it (a replay after a crash): then it is only re-applied.
 async fn answer(
     applier: &Applier,
-    early: &EarlyFetch,
     client: &BusClient,
     event: &Event,
     change: Result<Change, EventError>,
@@ -513,7 +497,7 @@ async fn answer(
 ) -> Result<Option<Sent>, ClientError> {
     let wanted = change.as_ref().ok().cloned();
     let manifest = event.body.manifest.as_deref();
-    let outcome = apply(applier, early, client, change, content, manifest).await;
+    let outcome = apply(applier, client, change, content, manifest).await;
     let (reply, failed) = match outcome {
         Ok(done) => {
             tracing::debug!("#{} applied {}", event.seq, done.change);
@@ -573,7 +557,6 @@ impl Done {
 /// it: whole by its SHA-256, or in chunks by its manifest (`manifest`, hex).
 pub(super) async fn apply(
     applier: &Applier,
-    early: &EarlyFetch,
     client: &BusClient,
     change: Result<Change, EventError>,
     content: Option<PendingReply>,
@@ -587,7 +570,7 @@ pub(super) async fn apply(
         }
         (Change::Put { path, entry }, None) if entry.kind == Kind::File => {
             let (applied, transfer) =
-                apply_whole(applier, early, client, path, entry, content).await?;
+                apply_whole(applier, client, path, entry, content).await?;
             (applied, Some(transfer))
         }
         (other, _) => (
@@ -604,11 +587,10 @@ pub(super) async fn apply(
     })
 }
 
-/// A file put whose content is one blob: fetched in pieces (the first asked for ahead, in
-/// `content`), or adopted when it was followed while it was uploaded.
+/// A file put whose content is one blob (a file of at most 1 MiB, or any size from a
+/// master that did not chunk it): fetched in pieces, the first asked for ahead (`content`).
 async fn apply_whole(
     applier: &Applier,
-    early: &EarlyFetch,
     client: &BusClient,
     path: &filesync_master::RelPath,
     entry: &filesync_master::Entry,
@@ -626,18 +608,6 @@ async fn apply_whole(
         fetched: entry.size,
         reused: 0,
     };
-    // Content followed while it was uploaded, if it is this file's (see `early`).
-    if let (true, Some(sha256)) = (entry.size > CHUNK_SIZE as u64, entry.sha256) {
-        if let Some(received) = early.claim(sha256).await {
-            match applier.adopt(path, entry, received) {
-                Ok(applied) => {
-                    tracing::debug!("{path}: received while it was uploaded");
-                    return Ok((applied, fetched));
-                }
-                Err(err) => tracing::debug!("early content not used: {err}"),
-            }
-        }
-    }
     let mut staged = match applier.start_file(path, entry).map_err(failed)? {
         FileStart::Done(applied) => {
             let reused = Transfer {

@@ -26,7 +26,6 @@ use filesync_master::{Change, Model, RelPath};
 use filesync_slave::verify::{differences, scan, Difference, Found};
 use filesync_slave::Applier;
 
-use super::early::EarlyFetch;
 use super::replay_notifies;
 use super::slave::{apply, ApplyFailure};
 use crate::bus::{BusClient, ClientError, Subscription};
@@ -62,7 +61,6 @@ impl Verifier<'_> {
         head: u64,
         client: &BusClient,
         applier: &Applier,
-        early: &EarlyFetch,
     ) -> Result<Verified, ClientError> {
         let replayed = replay_notifies(client, position).await?;
         let expected = replayed.model;
@@ -101,7 +99,7 @@ impl Verifier<'_> {
                     .map(String::as_str),
                 _ => None,
             };
-            match apply(applier, early, client, Ok(change.clone()), None, manifest).await {
+            match apply(applier, client, Ok(change.clone()), None, manifest).await {
                 Ok(done) => {
                     tracing::info!("{}: {} locally; restored", diff.path(), drift.as_str());
                     publish_drift(client, done.consume(position, manifest), drift).await?;

@@ -56,18 +56,6 @@ pub struct Upload {
     written: u64,
 }
 
-impl Upload {
-    /// The file the content is written to until it is committed.
-    pub fn temp_path(&self) -> &Path {
-        &self.temp
-    }
-
-    /// Bytes received so far.
-    pub fn written(&self) -> u64 {
-        self.written
-    }
-}
-
 impl Drop for Upload {
     fn drop(&mut self) {
         // Abandoned or committed: either way the temporary name must go.
@@ -174,7 +162,6 @@ impl BlobStore {
     }
 
     /// Appends a piece at `offset`, which must be where the previous piece ended.
-    /// (Followers of the upload read `upload.temp_path()` up to `upload.written()`.)
     pub fn write(&self, upload: &mut Upload, offset: u64, piece: Vec<u8>) -> Result<(), BlobError> {
         if offset != upload.written {
             return Err(BlobError::OutOfOrder {

@@ -311,40 +311,6 @@ impl BusClient {
             .await
     }
 
-    /// The next upload under way after stream number `after`; waits until there is one.
-    pub async fn stream_next(&self, after: u64) -> Result<u64, ClientError> {
-        match self
-            .request(|id| Request::StreamNext { id, after }, &[])
-            .await?
-        {
-            (Reply::Stream { stream, .. }, _) => Ok(stream),
-            (other, _) => Err(ClientError::Protocol(format!(
-                "expected a stream, got {other:?}"
-            ))),
-        }
-    }
-
-    /// Asks for what upload stream `stream` has written from `offset` (one chunk at most);
-    /// the answer, which may wait for the uploader, is awaited with
-    /// `PendingReply::stream_data`.
-    pub async fn stream_get_pipelined(
-        &self,
-        stream: u64,
-        offset: u64,
-    ) -> Result<PendingReply, ClientError> {
-        let len = CHUNK_SIZE as u64;
-        self.send_request(
-            |id| Request::StreamGet {
-                id,
-                stream,
-                offset,
-                len,
-            },
-            &[],
-        )
-        .await
-    }
-
     /// Starts an upload in pieces, for content too large for one frame. Its address is given
     /// at the commit, so it can be sent while it is still being hashed.
     pub fn begin_upload(&self) -> BlobUpload<'_> {
@@ -569,17 +535,6 @@ impl PendingReply {
     pub async fn seq_in_place(&mut self) -> Result<u64, ClientError> {
         let received = (&mut self.rx).await.map_err(|_| ClientError::Lost)?;
         seq_of(refused_as_error(received)?.0)
-    }
-
-    /// A piece of an upload under way: the data, whether it reaches the committed end, and
-    /// the upload's address once it was committed.
-    pub async fn stream_data(self) -> Result<(Vec<u8>, bool, Option<String>), ClientError> {
-        match self.wait().await? {
-            (Reply::StreamData { eof, sha256, .. }, body) => Ok((body, eof, sha256)),
-            (other, _) => Err(ClientError::Protocol(format!(
-                "expected stream data, got {other:?}"
-            ))),
-        }
     }
 
     /// The piece a pipelined blob fetch returned, and whether it was the last.

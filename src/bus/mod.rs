@@ -5,7 +5,6 @@
 //! - [`protocol`]: the messages, version 2.
 //! - [`log`]: `events.jsonl`: append, recover, read by `seq`.
 //! - [`blobs`]: content addressed by SHA-256; [`pack`]: the small ones, appended to one file.
-//! - [`streams`]: uploads under way, readable while they arrive (a slave's early fetch).
 //! - [`gates`]: checkpoint gates that hold agents, on test buses only.
 //! - [`server`]: accepts agents and serves all of the above.
 //! - [`client`]: the agents' side, and `Subscription`.
@@ -18,7 +17,6 @@ pub mod log;
 pub mod pack;
 pub mod protocol;
 pub mod server;
-pub mod streams;
 
 pub use client::{BusClient, ClientError, Hello, PendingReply, Subscription, Welcome};
 pub use server::{Bus, BusOptions};

@@ -14,20 +14,13 @@
 //! | `blob_piece {id, upload, offset}` | content piece | `ok {id}`; offset 0 starts upload number `upload` (the client's choice) |
 //! | `blob_commit {id, upload, sha256}` | | `ok {id}` once the pieces hash to `sha256` and are stored |
 //! | `blob_abort {id, upload}` | | `ok {id}`; the pieces are thrown away |
-//! | `stream_next {id, after}` | | `stream {id, stream}`: the next upload under way after stream number `after`; waits for one |
-//! | `stream_get {id, stream, offset, len}` | | `stream_data {id, eof, sha256?}` with what that upload has written from `offset`; waits for more; `sha256` once committed, an `err` once abandoned |
 //! | `blob_get {id, sha256, offset, len}` | | `blob_data {id, eof}` with the piece in the body |
-//!
+//! | `ping {id}` | | `ok {id}`: keeps an otherwise quiet connection from being dropped as idle |
 //! | `arm`, `release`, `reached`, `disarm` | | checkpoint gates, on buses started with `--test-checkpoints` only |
 //!
-//! A large upload's address is given only when it is committed, so a master can send a file
-//! while it is still hashing it (the file is read once, and the upload overlaps the hashing).
-//! The bus hashes what it receives either way and stores nothing that does not match.
-//!
-//! `stream_next` and `stream_get` let an idle slave follow a large upload while it arrives
-//! (see `streams.rs`); it still applies nothing before the notify.
-//!
-//! | `ping {id}` | | `ok {id}`: keeps an otherwise quiet connection from being dropped as idle |
+//! Content larger than one frame (a manifest of a file of some gigabytes) is sent in
+//! pieces and its address given at the commit. The bus hashes what it receives either way
+//! and stores nothing that does not match.
 //!
 //! Version 2 replaced version 1's `blob_put {offset, last}` pieces, addressed up front, by
 //! `blob_piece` and `blob_commit`. Version 3 added the agent's `host` and `takeover` to the
@@ -111,19 +104,6 @@ pub enum Request {
         offset: u64,
         len: u64,
     },
-    /// The next upload under way after stream number `after`; answered when there is one.
-    StreamNext {
-        id: u64,
-        after: u64,
-    },
-    /// What upload stream `stream` has written from `offset` (at most `len` bytes); answered
-    /// when there is something past `offset` or the upload has ended.
-    StreamGet {
-        id: u64,
-        stream: u64,
-        offset: u64,
-        len: u64,
-    },
     /// Test buses only (`--test-checkpoints`): hold an agent where `gate` says.
     Arm {
         id: u64,
@@ -191,19 +171,6 @@ pub enum Reply {
         id: u64,
         eof: bool,
     },
-    Stream {
-        id: u64,
-        stream: u64,
-    },
-    /// A piece of an upload under way, in the body.
-    StreamData {
-        id: u64,
-        /// Committed, and the piece reaches its end.
-        eof: bool,
-        /// The upload's address, once it was committed.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        sha256: Option<String>,
-    },
 }
 
 impl Reply {
@@ -213,9 +180,7 @@ impl Reply {
             Reply::Ok { id, .. }
             | Reply::Err { id, .. }
             | Reply::Events { id }
-            | Reply::BlobData { id, .. }
-            | Reply::Stream { id, .. }
-            | Reply::StreamData { id, .. } => Some(*id),
+            | Reply::BlobData { id, .. } => Some(*id),
             Reply::Welcome { .. } | Reply::Reject { .. } => None,
         }
     }

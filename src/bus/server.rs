@@ -39,7 +39,6 @@ use super::blobs::{BlobStore, Upload};
 use super::frame::{read_frame, write_queued, Frame};
 use super::log::{read_lines, EventLog, Head};
 use super::protocol::{Reply, Request, PROTOCOL_VERSION};
-use super::streams::{Stream, Streams};
 use crate::event::{Draft, Event, Role, Tag};
 use crate::rules::{Connected, Place, Refusal, Rules};
 use crate::state::StateDir;
@@ -65,9 +64,6 @@ const OUTBOX: usize = 64;
 /// Polls one connection may have waiting at once. Each may hold a piece of the log in
 /// memory, so a peer firing polls without reading must not be able to pile them up.
 const MAX_POLLS: usize = 4;
-/// Stream requests (`stream_next`, `stream_get`) one connection may have waiting at once;
-/// each may hold a piece of content in memory.
-const MAX_STREAM_WAITS: usize = 8;
 
 /// How the bus is set up.
 #[derive(Debug, Clone)]
@@ -113,8 +109,6 @@ struct Shared {
     log_path: PathBuf,
     head: watch::Sender<Head>,
     blobs: BlobStore,
-    /// Uploads under way, for slaves that follow them as they arrive.
-    streams: Streams,
     sessions: Mutex<Sessions>,
     token: Option<String>,
     idle_timeout: Option<Duration>,
@@ -190,7 +184,6 @@ impl Bus {
                 log_path,
                 head,
                 blobs,
-                streams: Streams::default(),
                 sessions: Mutex::new(Sessions::default()),
                 token: options.token.clone(),
                 idle_timeout: options.idle_timeout,
@@ -366,7 +359,6 @@ async fn handle_connection(
         outbox,
         uploads: HashMap::new(),
         polls: JoinSet::new(),
-        stream_waits: JoinSet::new(),
         peer,
     };
     let peer = handler.run(&mut reader).await;
@@ -586,15 +578,14 @@ impl Drop for Busy {
 
 /// One welcomed connection: reads requests in order and answers each (the agents rely on
 /// that order: a content upload sent before its notify is stored before the notify is
-/// checked). Requests that wait (polls, stream reads, checkpoint waits) are answered from
-/// tasks of their own.
+/// checked). Requests that wait (polls, checkpoint waits) are answered from tasks of their
+/// own.
 struct Handler {
     shared: Arc<Shared>,
     peer: Peer,
     outbox: mpsc::Sender<Frame>,
-    uploads: HashMap<u64, Receiving>,
+    uploads: HashMap<u64, Upload>,
     polls: JoinSet<()>,
-    stream_waits: JoinSet<()>,
     idle: Arc<Idle>,
 }
 
@@ -639,7 +630,6 @@ impl Handler {
             }
         }
         self.polls.shutdown().await;
-        self.stream_waits.shutdown().await;
         self.peer
     }
 
@@ -679,18 +669,19 @@ impl Handler {
             }
             Request::BlobCommit { id, upload, sha256 } => {
                 let committed = match self.uploads.remove(&upload) {
-                    Some(received) => received.commit(&self.shared.blobs, &sha256),
+                    Some(received) => self
+                        .shared
+                        .blobs
+                        .commit(received, &sha256)
+                        .map_err(|err| err.to_string()),
                     None => Err(format!("no upload {upload} in progress")),
                 };
                 blob_reply(id, committed)
             }
             Request::BlobAbort { id, upload } => {
-                // Dropping it removes its temporary file and tells its followers.
+                // Dropping it removes its temporary file.
                 self.uploads.remove(&upload);
                 blob_reply(id, Ok(()))
-            }
-            Request::StreamNext { id, .. } | Request::StreamGet { id, .. } => {
-                return Ok(self.stream(id, request))
             }
             Request::BlobGet {
                 id,
@@ -751,21 +742,6 @@ impl Handler {
         None
     }
 
-    fn stream(&mut self, id: u64, request: Request) -> Option<Frame> {
-        while self.stream_waits.try_join_next().is_some() {}
-        if self.stream_waits.len() >= MAX_STREAM_WAITS {
-            let error = format!("more than {MAX_STREAM_WAITS} stream requests waiting");
-            return Some(err_reply(id, error));
-        }
-        let busy = self.idle.busy();
-        let task = stream_request(self.shared.clone(), self.outbox.clone(), request);
-        self.stream_waits.spawn(async move {
-            let _busy = busy;
-            task.await
-        });
-        None
-    }
-
     /// Serves a gate request; `None` when the reply comes later (from a spawned waiter).
     fn checkpoint(&mut self, request: Request) -> Option<Frame> {
         let Some(gates) = &self.shared.gates else {
@@ -813,42 +789,23 @@ impl Handler {
 
     /// Receives one piece of an upload; offset 0 starts it (again, if it was under way).
     fn blob_piece(&mut self, upload: u64, offset: u64, piece: Vec<u8>) -> Result<(), String> {
-        let shared = &self.shared;
+        let blobs = &self.shared.blobs;
         if offset == 0 {
             self.uploads.remove(&upload);
             if self.uploads.len() >= MAX_UPLOADS {
                 return Err(format!("more than {MAX_UPLOADS} uploads at once"));
             }
-            let started = shared.blobs.begin().map_err(|err| err.to_string())?;
-            // Followers are a bonus: an upload that cannot be followed is still received.
-            let stream = shared.streams.open(started.temp_path()).ok();
-            self.uploads.insert(
-                upload,
-                Receiving {
-                    upload: Some(started),
-                    stream,
-                },
-            );
+            let started = blobs.begin().map_err(|err| err.to_string())?;
+            self.uploads.insert(upload, started);
         }
-        let receiving = self
+        let current = self
             .uploads
             .get_mut(&upload)
             .ok_or_else(|| format!("no upload {upload} in progress at offset {offset}"))?;
-        let Some(current) = receiving.upload.as_mut() else {
-            return Err(format!("upload {upload} already finished"));
-        };
-        match shared.blobs.write(current, offset, piece) {
-            Ok(()) => {
-                if let Some(stream) = &receiving.stream {
-                    stream.wrote(current.written());
-                }
-                Ok(())
-            }
-            Err(err) => {
-                self.uploads.remove(&upload);
-                Err(err.to_string())
-            }
-        }
+        blobs.write(current, offset, piece).map_err(|err| {
+            self.uploads.remove(&upload);
+            err.to_string()
+        })
     }
 }
 
@@ -864,70 +821,6 @@ fn publish(shared: &Shared, peer: &Peer, draft: Draft) -> Result<Event, String> 
     })?;
     shared.head.send_replace(ledger.log.head());
     Ok(event)
-}
-
-/// An upload being received on a connection, and its stream for followers. Dropped
-/// uncommitted (aborted, refused, restarted, connection closed), it removes its temporary
-/// file and tells its followers it was abandoned.
-struct Receiving {
-    upload: Option<Upload>,
-    stream: Option<Arc<Stream>>,
-}
-
-impl Receiving {
-    fn commit(mut self, blobs: &BlobStore, sha256: &str) -> Result<(), String> {
-        let upload = self.upload.take().ok_or("upload already finished")?;
-        let written = upload.written();
-        blobs
-            .commit(upload, sha256)
-            .map_err(|err| err.to_string())?;
-        if let Some(stream) = &self.stream {
-            stream.committed(written, sha256);
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Receiving {
-    fn drop(&mut self) {
-        if let Some(stream) = &self.stream {
-            stream.abandoned();
-        }
-    }
-}
-
-/// Answers `stream_next` or `stream_get`, which may wait for the uploader.
-async fn stream_request(shared: Arc<Shared>, outbox: mpsc::Sender<Frame>, request: Request) {
-    let frame = match request {
-        Request::StreamNext { id, after } => {
-            let stream = shared.streams.next_open(after).await;
-            reply_frame(&Reply::Stream { id, stream })
-        }
-        Request::StreamGet {
-            id,
-            stream,
-            offset,
-            len,
-        } => {
-            let read = match shared.streams.get(stream) {
-                Some(found) => found.read(offset, len.min(CHUNK_SIZE as u64)).await,
-                None => Err(format!("no upload stream {stream}")),
-            };
-            match read {
-                Ok(piece) => reply_with_body(
-                    &Reply::StreamData {
-                        id,
-                        eof: piece.eof,
-                        sha256: piece.sha256,
-                    },
-                    piece.data,
-                ),
-                Err(error) => err_reply(id, error),
-            }
-        }
-        _ => return,
-    };
-    let _ = outbox.send(frame).await;
 }
 
 fn blob_reply(id: u64, outcome: Result<(), String>) -> Frame {
