@@ -11,6 +11,13 @@
 //! | W4 | a directory holding 10,000 files is renamed | `rsync -a --delete` after the rename |
 //! | W5 | 10,000 files are deleted | `rsync -a --delete` after the delete |
 //! | W6 | 100,000 files mirrored: peak memory of master and slave | |
+//! | W7 | 1 MiB overwritten at the middle of a mirrored 1 GiB file | `rsync --no-whole-file` onto the old version |
+//! | W8 | 1 MB inserted at the middle of a mirrored 1 GiB file | `rsync --no-whole-file` onto the old version |
+//! | W9 | 100 B appended to a mirrored 100 MiB file, 100 times | |
+//!
+//! W7 to W9 also say what moved, from the log: bytes the master uploaded and the slave
+//! fetched (the notify's `uploaded`, the consume's `fetched`), and what the bus's state
+//! grew by.
 //!
 //! In W2 and W3 the new content is moved into the master directory whole (a rename from a
 //! staging directory), so every tool starts from the same complete tree. Arrival in the slave
@@ -107,6 +114,37 @@ fn peak_rss_mib(pid: u32) -> f64 {
         .and_then(|kb| kb.parse::<f64>().ok())
         .map(|kb| kb / 1024.0)
         .unwrap_or(f64::NAN)
+}
+
+/// Writes `len` random-looking bytes (a xorshift stream from `seed`) to `path`.
+fn write_noise(path: &Path, len: usize, seed: u64) {
+    let mut file = std::io::BufWriter::new(fs::File::create(path).expect("create"));
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut block = vec![0u8; 1 << 20];
+    let mut left = len;
+    while left > 0 {
+        for word in block.chunks_exact_mut(8) {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            word.copy_from_slice(&state.to_le_bytes());
+        }
+        let n = left.min(block.len());
+        file.write_all(&block[..n]).expect("write");
+        left -= n;
+    }
+    file.into_inner().expect("flush").sync_all().expect("sync");
+}
+
+/// Bytes under `dir`, recursively (a bus's state).
+fn du(dir: &Path) -> u64 {
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter_map(|e| e.metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum()
 }
 
 fn write_closed(path: &Path, data: &[u8]) {
@@ -342,15 +380,9 @@ async fn w3(rows: &mut Vec<Row>) {
     let stage = c.dir().join("stage");
     fs::create_dir_all(&stage).expect("mkdir");
     let source = stage.join("big.bin");
-    {
-        let mut file = fs::File::create(&source).expect("create");
-        let mut block = vec![0u8; 1 << 20];
-        for i in 0..1024u32 {
-            block[..4].copy_from_slice(&i.to_le_bytes());
-            file.write_all(&block).expect("write");
-        }
-        file.sync_all().expect("sync");
-    }
+    // Random bytes, as in a video or an archive: nothing in it repeats, so chunks store and
+    // move all of it (mostly-zero content would flatter filesync, whose chunks dedupe it).
+    write_noise(&source, 1 << 30, 3);
     let cp = timed("cp", &[os(&source), os(&stage.join("cp.bin"))]);
     let rsync = timed(
         "rsync",
@@ -363,10 +395,13 @@ async fn w3(rows: &mut Vec<Row>) {
     let slave_dir = c.slaves[0].dir.clone();
     let arrivals = Arrivals::watch(&slave_dir);
     let pid = c.slave_pid(0).unwrap_or(0);
+    let master = c.master_pid().unwrap_or(0);
     let wrote_before = wchar(pid);
+    let all_before = wrote_before + wchar(master);
     let started = Instant::now();
     fs::rename(&source, c.master_dir().join("big.bin")).expect("move in");
     let took = arrivals.wait_for(&slave_dir.join("big.bin"), Duration::from_secs(900)) - started;
+    let all_wrote = wchar(pid) + wchar(master) - all_before;
     rows.push(Row {
         id: "W3".into(),
         times: Some((took, cp, rsync)),
@@ -375,7 +410,11 @@ async fn w3(rows: &mut Vec<Row>) {
         cp: show(cp, "cp"),
         rsync: show(rsync, "rsync"),
         ratio: [ratio(took, cp, "cp"), ratio(took, rsync, "rsync -a")].join(", "),
-        slave_wrote: mib(wchar(pid) - wrote_before),
+        slave_wrote: format!(
+            "{} (all: {})",
+            mib(wchar(pid) - wrote_before),
+            mib(all_wrote)
+        ),
         rss: format!(
             "{:.1} / {:.1} MiB",
             peak_rss_mib(c.master_pid().unwrap_or(0)),
@@ -490,6 +529,175 @@ async fn w6(rows: &mut Vec<Row>) {
     leave(c);
 }
 
+/// A 1 GiB file (random content) mirrored, and a copy of it for `rsync` to update.
+async fn mirrored_gib(label: &str) -> (Cluster, PathBuf) {
+    let mut c = cluster(label).await;
+    let stage = c.dir().join("stage");
+    fs::create_dir_all(&stage).expect("mkdir");
+    let source = stage.join("big.bin");
+    write_noise(&source, 1 << 30, 7);
+    let old_copy = stage.join("rsync-target.bin");
+    fs::copy(&source, &old_copy).expect("copy for rsync");
+    fs::rename(&source, c.master_dir().join("big.bin")).expect("move in");
+    c.events
+        .expect(Pattern::consume().by("slave").put().path("big.bin"))
+        .await
+        .expect("mirrored");
+    (c, old_copy)
+}
+
+/// What a change moved, from the log and the bus's state: the last put of `path`'s notify
+/// `uploaded`, its consume's `fetched`, and how much the state grew since `state_before`.
+fn moved(c: &Cluster, path: &str, state_before: u64) -> String {
+    let seen = c.events.seen();
+    let last = |tag: filesync::event::Tag| {
+        seen.iter()
+            .rev()
+            .find(|e| e.tag() == Some(tag) && e.body.path.as_deref() == Some(path))
+    };
+    let uploaded = last(filesync::event::Tag::Notify).and_then(|e| e.body.uploaded);
+    let fetched = last(filesync::event::Tag::Consume).and_then(|e| e.body.fetched);
+    let grew = du(&c.master_state()).saturating_sub(state_before);
+    format!(
+        "up {} / fetched {} / stored {}",
+        uploaded.map(mib).unwrap_or_default(),
+        fetched.map(mib).unwrap_or_default(),
+        mib(grew)
+    )
+}
+
+/// W7 (an overwrite) and W8 (an insertion) in the middle of a mirrored 1 GiB file, timed
+/// until the slave's consume, against `rsync --no-whole-file` updating the old version.
+async fn w7_w8(rows: &mut Vec<Row>, insert: bool) {
+    let (id, what) = if insert {
+        ("W8", "1 MB inserted at the middle of 1 GiB")
+    } else {
+        ("W7", "1 MiB overwritten at the middle of 1 GiB")
+    };
+    let (mut c, rsync_target) = mirrored_gib(&format!("bench-{}", id.to_lowercase())).await;
+    let path = c.master_dir().join("big.bin");
+    let middle = (512 << 20) + 4321;
+    let mut patch = vec![0u8; if insert { 1_000_000 } else { 1 << 20 }];
+    let mut state = 11u64;
+    for b in patch.iter_mut() {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        *b = state as u8;
+    }
+    let edited = c.dir().join("stage").join("edited.bin");
+    if insert {
+        // Written whole beside, as an editor saves, then renamed in.
+        let old = fs::read(&path).expect("read");
+        let mut file = std::io::BufWriter::new(fs::File::create(&edited).expect("create"));
+        file.write_all(&old[..middle]).expect("write");
+        file.write_all(&patch).expect("write");
+        file.write_all(&old[middle..]).expect("write");
+        file.into_inner().expect("flush").sync_all().expect("sync");
+    } else {
+        fs::copy(&path, &edited).expect("copy");
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .open(&edited)
+            .expect("open");
+        std::os::unix::fs::FileExt::write_all_at(&file, &patch, middle as u64).expect("write");
+        file.sync_all().expect("sync");
+    }
+    let rsync = timed(
+        "rsync",
+        &[
+            std::ffi::OsStr::new("-a"),
+            std::ffi::OsStr::new("--no-whole-file"),
+            os(&edited),
+            os(&rsync_target),
+        ],
+    );
+    let state_before = du(&c.master_state());
+    let started = Instant::now();
+    fs::rename(&edited, &path).expect("move in");
+    c.events
+        .expect(
+            Pattern::consume()
+                .by("slave")
+                .put()
+                .path("big.bin")
+                .with("the edited version", |e| {
+                    e.body.fetched.is_some_and(|f| f < 1 << 30)
+                }),
+        )
+        .await
+        .expect("edit mirrored");
+    let took = started.elapsed();
+    rows.push(Row {
+        id: id.into(),
+        workload: what.into(),
+        filesync: secs(took),
+        rsync: show(rsync, "rsync"),
+        ratio: ratio(took, rsync, "rsync --no-whole-file"),
+        slave_wrote: moved(&c, "big.bin", state_before),
+        ..Row::default()
+    });
+    leave(c);
+}
+
+/// W9: 100 B appended to a mirrored 100 MiB file, 100 times, each waited for.
+async fn w9(rows: &mut Vec<Row>) {
+    let mut c = cluster("bench-w9").await;
+    let path = c.master_dir().join("log.bin");
+    write_noise(&path, 100 << 20, 9);
+    c.events
+        .expect(Pattern::consume().by("slave").put().path("log.bin"))
+        .await
+        .expect("mirrored");
+    let state_before = du(&c.master_state());
+    let started = Instant::now();
+    let (mut uploaded, mut fetched) = (0u64, 0u64);
+    for i in 0..100u32 {
+        let mut file = fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .expect("open");
+        file.write_all(&[i as u8; 100]).expect("append");
+        drop(file);
+        let size = (100 << 20) + 100 * (u64::from(i) + 1);
+        let consume = c
+            .events
+            .expect(
+                Pattern::consume()
+                    .by("slave")
+                    .put()
+                    .path("log.bin")
+                    .with("this append", move |e| e.body.size == Some(size)),
+            )
+            .await
+            .expect("append mirrored");
+        fetched += consume.body.fetched.unwrap_or(0);
+        uploaded += c
+            .events
+            .seen()
+            .iter()
+            .find(|e| e.seq == consume.body.cause.unwrap_or(0))
+            .and_then(|n| n.body.uploaded)
+            .unwrap_or(0);
+    }
+    let took = started.elapsed();
+    let grew = du(&c.master_state()).saturating_sub(state_before);
+    rows.push(Row {
+        id: "W9".into(),
+        workload: "100 B appended to 100 MiB, 100 times".into(),
+        filesync: format!("{} ({} each)", secs(took), secs(took / 100)),
+        ratio: "goal: state growth <= 2 MiB per append".into(),
+        slave_wrote: format!(
+            "per append: up {} / fetched {} / stored {}",
+            mib(uploaded / 100),
+            mib(fetched / 100),
+            mib(grew / 100)
+        ),
+        ..Row::default()
+    });
+    leave(c);
+}
+
 fn median(mut values: Vec<Duration>) -> Option<Duration> {
     values.sort();
     values.get(values.len() / 2).copied()
@@ -582,6 +790,15 @@ fn main() {
         if want("w4") || want("w5") {
             w4_w5(&mut rows, want("w4"), want("w5")).await;
         }
+        if want("w7") {
+            w7_w8(&mut rows, false).await;
+        }
+        if want("w8") {
+            w7_w8(&mut rows, true).await;
+        }
+        if want("w9") {
+            w9(&mut rows).await;
+        }
     });
     // Shown in id order, whatever order they ran in.
     rows.sort_by(|a, b| a.id.get(..2).cmp(&b.id.get(..2)));
@@ -592,7 +809,7 @@ fn main() {
         cp: "cp".into(),
         rsync: "rsync".into(),
         ratio: "ratio".into(),
-        slave_wrote: "slave wrote".into(),
+        slave_wrote: "slave wrote / moved".into(),
         rss: "peak RSS master / slave".into(),
         times: None,
     };

@@ -441,14 +441,7 @@ async fn session(
                     );
                 }
             }
-            let answer = answer(
-                &applier,
-                &client,
-                &event,
-                change,
-                content,
-                welcome.answered,
-            );
+            let answer = answer(&applier, &client, &event, change, content, welcome.answered);
             if let Some(sent) = lost!(answer.await) {
                 in_flight.push_back(sent);
             }
@@ -569,8 +562,7 @@ pub(super) async fn apply(
             (applied, Some(transfer))
         }
         (Change::Put { path, entry }, None) if entry.kind == Kind::File => {
-            let (applied, transfer) =
-                apply_whole(applier, client, path, entry, content).await?;
+            let (applied, transfer) = apply_whole(applier, client, path, entry, content).await?;
             (applied, Some(transfer))
         }
         (other, _) => (
