@@ -38,8 +38,9 @@ pub enum Outcome {
     Retry(RelPath),
     /// The next chunk of a file stored in chunks, handed over as soon as it is cut so that
     /// its upload (if the bus lacks it) overlaps with reading the rest, and the file is read
-    /// once. A `StreamEnd` always follows the last chunk.
-    Chunk(ChunkRef, Vec<u8>),
+    /// once; `true` when the file is new to the model (worth announcing to slaves that
+    /// follow uploads). A `StreamEnd` always follows the last chunk.
+    Chunk(ChunkRef, Vec<u8>, bool),
     /// The end of the chunks: with the content's hash when the file held still while read
     /// and its `Changed` follows right after; `None` when the chunks were for nothing (the
     /// file changed meanwhile, or its content is the one published).
@@ -454,9 +455,10 @@ impl Tree {
                     return out(Outcome::Retry(path.clone()));
                 }
                 let mut streamed = false;
+                let new_file = old.is_none();
                 let mut chunks = |chunk_ref, chunk| {
                     streamed = true;
-                    out(Outcome::Chunk(chunk_ref, chunk));
+                    out(Outcome::Chunk(chunk_ref, chunk, new_file));
                 };
                 let hashed = match opened {
                     Some(file) => hash_opened(file, meta, Some(&mut chunks)),
@@ -579,7 +581,7 @@ mod tests {
         f(tree, &mut |outcome| match outcome {
             Outcome::Changed(observed) => seen.push(observed.change.to_string()),
             Outcome::Retry(path) => seen.push(format!("retry {path}")),
-            Outcome::Chunk(_, chunk) => seen.push(format!("chunk of {} bytes", chunk.len())),
+            Outcome::Chunk(_, chunk, _) => seen.push(format!("chunk of {} bytes", chunk.len())),
             Outcome::StreamEnd(hash) => seen.push(format!("end {}", hash.is_some())),
         });
         seen

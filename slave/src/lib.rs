@@ -8,17 +8,21 @@
 //! - [`apply`]: `Applier` and `StagedFile`, the writes themselves.
 //! - [`rebuild`]: a new version of a file in chunks, from its current copy's chunks and
 //!   fetched ones.
+//! - [`received`]: content received before its destination is known (`LooseFile`), put in
+//!   place by `Applier::adopt` once a change names it and the hash matches.
 //! - [`verify`]: the directory as it is (temporary files left by a killed slave removed),
 //!   and how it differs from the state applied.
 
 pub mod apply;
 pub mod rebuild;
+pub mod received;
 pub mod safety;
 pub mod verify;
 
 use filesync_master::RelPath;
 
 pub use apply::{Applied, Applier, FileStart, StagedFile};
+pub use received::{LooseFile, ReceivedFile};
 
 /// Why a change could not be applied. Every variant names the path and reads as a sentence,
 /// because it becomes the `error` field of an `error` event.

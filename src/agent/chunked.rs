@@ -11,6 +11,7 @@ use filesync_master::{Entry, RelPath};
 use filesync_slave::rebuild::{plan, LocalChunks, Source};
 use filesync_slave::{Applied, Applier, ApplyError};
 
+use super::follow::Follower;
 use super::slave::{write_piece, ApplyFailure};
 use crate::bus::{BusClient, ClientError, PendingReply};
 
@@ -41,10 +42,24 @@ pub async fn fetch_content(client: &BusClient, address: &str) -> Result<Vec<u8>,
 pub(super) async fn apply_chunked(
     applier: &Applier,
     client: &BusClient,
+    follower: Option<&Follower>,
     path: &RelPath,
     entry: &Entry,
     address: &str,
 ) -> Result<(Applied, Transfer), ApplyFailure> {
+    // Received while it was uploaded, if it is this file's (see `follow`).
+    if let (Some(follower), Some(sha256)) = (follower, entry.sha256) {
+        if let Some(received) = follower.claim(sha256).await {
+            match applier.adopt(path, entry, received) {
+                Ok(applied) => {
+                    tracing::debug!("{path}: received while it was uploaded");
+                    let fetched = entry.size;
+                    return Ok((applied, Transfer { fetched, reused: 0 }));
+                }
+                Err(err) => tracing::debug!("{path}: what was followed is not used: {err}"),
+            }
+        }
+    }
     let fetch_failed = |what: String, err: ClientError| {
         if err.is_connection() {
             ApplyFailure::Bus(err)

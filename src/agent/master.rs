@@ -142,12 +142,12 @@ async fn session(
                 publish_change(&client, observed, chunks, &retry_tx, &mut in_flight).await
             }
             Some(WorkerMsg::Chunk(cut)) => {
-                let chunks = upload.get_or_insert_with(ChunkUpload::default);
+                let chunks = upload.get_or_insert_with(|| ChunkUpload::new(&client, cut.new_file));
                 chunks.chunk(&client, cut).await
             }
             Some(WorkerMsg::ChunksEnd(true)) => Ok(()),
             Some(WorkerMsg::ChunksEnd(false)) => match upload.take() {
-                Some(chunks) => chunks.abandon().await,
+                Some(chunks) => chunks.abandon(&client).await,
                 None => Ok(()),
             },
             Some(WorkerMsg::Ready) => match in_flight.settle_all().await {
@@ -254,14 +254,17 @@ async fn publish_change(
     let mut draft = Draft::notify(&change);
     let mut content_reply = None;
     if let Change::Put { path, entry } = &change {
-        if let (Kind::File, Some(sha256), Some(bytes)) = (entry.kind, &entry.sha256, content) {
+        let sha256 = entry.sha256;
+        if let (Kind::File, Some(sha256), Some(bytes)) = (entry.kind, &sha256, content) {
             // Small file: content and notify sent back to back. The bus handles a
             // connection's requests in order, so the content is stored before the notify is
             // checked.
             draft.uploaded = Some(bytes.len() as u64);
             content_reply = Some(client.blob_put_pipelined(&sha256.to_hex(), bytes).await?);
         } else if let Some(manifest) = manifest {
-            let finished = chunks.unwrap_or_default().finish(client, &manifest).await;
+            let chunks = chunks.unwrap_or_else(|| ChunkUpload::new(client, false));
+            let whole = sha256.map(|sha256| (sha256, entry.size));
+            let finished = chunks.finish(client, &manifest, whole).await;
             match finished {
                 Ok(uploaded) => {
                     draft.uploaded = Some(uploaded);
@@ -338,10 +341,11 @@ fn worker(
         let msg = match outcome {
             Outcome::Changed(observed) => WorkerMsg::Change(observed),
             Outcome::Retry(path) => return unstable.borrow_mut().push(path),
-            Outcome::Chunk(chunk_ref, data) => WorkerMsg::Chunk(CutChunk {
+            Outcome::Chunk(chunk_ref, data, new_file) => WorkerMsg::Chunk(CutChunk {
                 chunk_ref,
                 held: budget.take(data.len()),
                 data,
+                new_file,
             }),
             Outcome::StreamEnd(hash) => WorkerMsg::ChunksEnd(hash.is_some()),
         };

@@ -6,8 +6,10 @@
 //! - [`retry`]: the changes a slave failed to apply, tried again until they apply.
 //! - [`verify`]: a slave's directory compared with the state it applied, and restored.
 //! - [`chunked`]: a slave applies a file stored in chunks, reusing those it holds.
+//! - [`follow`]: an idle slave receives a new large file while it is being uploaded.
 
 pub mod chunked;
+pub mod follow;
 pub mod master;
 pub mod retry;
 pub mod slave;

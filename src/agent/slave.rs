@@ -18,6 +18,7 @@ use filesync_master::{Change, Kind};
 use filesync_slave::{Applied, Applier, FileStart, StagedFile};
 
 use super::chunked::{apply_chunked, Transfer};
+use super::follow::Follower;
 use super::retry::{Failed, Retries};
 use super::verify::Verifier;
 use super::{Connector, SessionEnd};
@@ -250,7 +251,7 @@ async fn run_retries(
     for retry in retries.take_due(tokio::time::Instant::now()) {
         let manifest = retry.failed.manifest.as_deref();
         let change = Ok(retry.failed.change.clone());
-        match apply(applier, client, change, None, manifest).await {
+        match apply(applier, client, None, change, None, manifest).await {
             Ok(done) => {
                 let mut repair = done.consume(retry.cause, manifest);
                 repair.repairs = Some(retry.error);
@@ -327,6 +328,8 @@ async fn session(
 ) -> anyhow::Result<SessionEnd> {
     let dir = verifier.dir;
     let applier = Applier::new(dir);
+    // Follows new large files while we are idle; stops with the session.
+    let follower = Follower::start(client.clone(), applier.clone());
     let mut position = read_position(position_file)?;
     if position > welcome.head {
         tracing::warn!(
@@ -406,6 +409,7 @@ async fn session(
                 lost!(settle_all(&mut in_flight, &mut retries).await);
                 save(position_file, &mut unsaved)?;
                 since_saved = 0;
+                follower.set_idle(true);
                 let next = subscription.next();
                 tokio::pin!(next);
                 let event = loop {
@@ -431,6 +435,9 @@ async fn session(
                 lost!(prefetch(&client, event).await)
             }
         };
+        // Nothing queued behind this event: a file announced now is for what comes next,
+        // so it is worth following.
+        follower.set_idle(ahead.events.is_empty() && subscription.is_drained());
         if let Some(change) = change {
             if let Ok(change) = &change {
                 for dropped in retries.forget_overlapping(change) {
@@ -441,7 +448,15 @@ async fn session(
                     );
                 }
             }
-            let answer = answer(&applier, &client, &event, change, content, welcome.answered);
+            let answer = answer(
+                &applier,
+                &client,
+                &follower,
+                &event,
+                change,
+                content,
+                welcome.answered,
+            );
             if let Some(sent) = lost!(answer.await) {
                 in_flight.push_back(sent);
             }
@@ -483,6 +498,7 @@ async fn announce_ready(
 async fn answer(
     applier: &Applier,
     client: &BusClient,
+    follower: &Follower,
     event: &Event,
     change: Result<Change, EventError>,
     content: Option<PendingReply>,
@@ -490,7 +506,7 @@ async fn answer(
 ) -> Result<Option<Sent>, ClientError> {
     let wanted = change.as_ref().ok().cloned();
     let manifest = event.body.manifest.as_deref();
-    let outcome = apply(applier, client, change, content, manifest).await;
+    let outcome = apply(applier, client, Some(follower), change, content, manifest).await;
     let (reply, failed) = match outcome {
         Ok(done) => {
             tracing::debug!("#{} applied {}", event.seq, done.change);
@@ -551,6 +567,7 @@ impl Done {
 pub(super) async fn apply(
     applier: &Applier,
     client: &BusClient,
+    follower: Option<&Follower>,
     change: Result<Change, EventError>,
     content: Option<PendingReply>,
     manifest: Option<&str>,
@@ -558,7 +575,8 @@ pub(super) async fn apply(
     let change = change.map_err(|err| ApplyFailure::Change(format!("invalid change: {err}")))?;
     let (applied, transfer) = match (&change, manifest) {
         (Change::Put { path, entry }, Some(address)) if entry.kind == Kind::File => {
-            let (applied, transfer) = apply_chunked(applier, client, path, entry, address).await?;
+            let (applied, transfer) =
+                apply_chunked(applier, client, follower, path, entry, address).await?;
             (applied, Some(transfer))
         }
         (Change::Put { path, entry }, None) if entry.kind == Kind::File => {

@@ -70,27 +70,45 @@ pub struct CutChunk {
     pub chunk_ref: ChunkRef,
     pub data: Vec<u8>,
     pub held: Held,
+    /// The file is new to the master: its chunks are announced to slaves that follow.
+    pub new_file: bool,
 }
 
 /// One file's chunks under way.
-#[derive(Default)]
 pub struct ChunkUpload {
-    asked: VecDeque<(CutChunk, PendingReply)>,
+    /// Chunks in order, with the question about each (none for a repeat in this file).
+    asked: VecDeque<(CutChunk, Option<PendingReply>)>,
     /// Chunks sent, holding their room until the bus has stored them.
     sent: VecDeque<(Held, PendingReply)>,
     seen: HashSet<ContentHash>,
     uploaded: u64,
+    /// For a file new to the master: its upload number, the next chunk index to announce,
+    /// and the announcements not yet acknowledged.
+    announce: Option<(u64, u64)>,
+    announced: VecDeque<PendingReply>,
 }
 
 impl ChunkUpload {
+    /// A file's chunks; announced to followers (`bus/follow.rs`) when `new_file`.
+    pub fn new(client: &BusClient, new_file: bool) -> ChunkUpload {
+        ChunkUpload {
+            asked: VecDeque::new(),
+            sent: VecDeque::new(),
+            seen: HashSet::new(),
+            uploaded: 0,
+            announce: new_file.then(|| (client.new_upload(), 0)),
+            announced: VecDeque::new(),
+        }
+    }
+
     /// The next chunk of the file, as the worker cut it.
     pub async fn chunk(&mut self, client: &BusClient, cut: CutChunk) -> Result<(), ClientError> {
-        if !self.seen.insert(cut.chunk_ref.sha256) {
-            return Ok(());
-        }
-        let asked = client
-            .blob_has_pipelined(&cut.chunk_ref.sha256.to_hex())
-            .await?;
+        let asked = if self.seen.insert(cut.chunk_ref.sha256) {
+            let address = cut.chunk_ref.sha256.to_hex();
+            Some(client.blob_has_pipelined(&address).await?)
+        } else {
+            None
+        };
         self.asked.push_back((cut, asked));
         while self.asked.len() > ASKED_AHEAD {
             self.answer_oldest(client).await?;
@@ -100,35 +118,59 @@ impl ChunkUpload {
                 oldest.wait().await?;
             }
         }
-        Ok(())
-    }
-
-    /// Awaits the oldest question's answer, and sends the chunk if the bus lacks it.
-    async fn answer_oldest(&mut self, client: &BusClient) -> Result<(), ClientError> {
-        let Some((cut, asked)) = self.asked.pop_front() else {
-            return Ok(());
-        };
-        if !asked.present().await? {
-            let address = cut.chunk_ref.sha256.to_hex();
-            let sent = client.blob_put_pipelined(&address, cut.data).await?;
-            self.sent.push_back((cut.held, sent));
-            self.uploaded += u64::from(cut.chunk_ref.len);
+        while self.announced.len() > ASKED_AHEAD {
+            if let Some(oldest) = self.announced.pop_front() {
+                oldest.wait().await?;
+            }
         }
         Ok(())
     }
 
-    /// Sends what is left, then the manifest (if the bus lacks it); returns the bytes sent
-    /// for this file. Every chunk is stored once this returns.
+    /// Awaits the oldest question's answer, sends the chunk if the bus lacks it, and
+    /// announces it (after its upload, on the same connection: stored before announced).
+    async fn answer_oldest(&mut self, client: &BusClient) -> Result<(), ClientError> {
+        let Some((cut, asked)) = self.asked.pop_front() else {
+            return Ok(());
+        };
+        let chunk_ref = cut.chunk_ref;
+        if let Some(asked) = asked {
+            if !asked.present().await? {
+                let address = chunk_ref.sha256.to_hex();
+                let sent = client.blob_put_pipelined(&address, cut.data).await?;
+                self.sent.push_back((cut.held, sent));
+                self.uploaded += u64::from(chunk_ref.len);
+            }
+        }
+        if let Some((upload, index)) = &mut self.announce {
+            let reply = client
+                .file_chunk_pipelined(*upload, *index, chunk_ref)
+                .await?;
+            self.announced.push_back(reply);
+            *index += 1;
+        }
+        Ok(())
+    }
+
+    /// Sends what is left, announces the file's end (`whole`: its SHA-256 and size), then
+    /// stores the manifest (if the bus lacks it); returns the bytes sent for this file.
+    /// Every chunk is stored once this returns.
     pub async fn finish(
         mut self,
         client: &BusClient,
         manifest: &Manifest,
+        whole: Option<(ContentHash, u64)>,
     ) -> Result<u64, ClientError> {
         while !self.asked.is_empty() {
             self.answer_oldest(client).await?;
         }
         for (_, sent) in self.sent.drain(..) {
             sent.wait().await?;
+        }
+        for announced in self.announced.drain(..) {
+            announced.wait().await?;
+        }
+        if let Some((upload, _)) = self.announce.take() {
+            client.file_end(upload, whole).await?;
         }
         let encoded = manifest.encode();
         let address = manifest.address().to_hex();
@@ -140,12 +182,20 @@ impl ChunkUpload {
     }
 
     /// The chunks were for nothing (the file changed while read, or its content is the one
-    /// published): only the answers still due are collected, so that a lost connection is
-    /// noticed.
-    pub async fn abandon(self) -> Result<(), ClientError> {
-        let pending = self.asked.into_iter().map(|(_, asked)| asked);
-        for reply in pending.chain(self.sent.into_iter().map(|(_, sent)| sent)) {
+    /// published): the answers still due are collected (so that a lost connection is
+    /// noticed) and followers are told.
+    pub async fn abandon(self, client: &BusClient) -> Result<(), ClientError> {
+        let pending = self.asked.into_iter().filter_map(|(_, asked)| asked);
+        let sent = self.sent.into_iter().map(|(_, sent)| sent);
+        for reply in pending.chain(sent).chain(self.announced) {
             match reply.wait().await {
+                Err(err) if err.is_connection() => return Err(err),
+                _ => {}
+            }
+        }
+        if let Some((upload, _)) = self.announce {
+            // Its followers give up on it.
+            match client.file_end(upload, None).await {
                 Err(err) if err.is_connection() => return Err(err),
                 _ => {}
             }

@@ -99,7 +99,7 @@ impl Verifier<'_> {
                     .map(String::as_str),
                 _ => None,
             };
-            match apply(applier, client, Ok(change.clone()), None, manifest).await {
+            match apply(applier, client, None, Ok(change.clone()), None, manifest).await {
                 Ok(done) => {
                     tracing::info!("{}: {} locally; restored", diff.path(), drift.as_str());
                     publish_drift(client, done.consume(position, manifest), drift).await?;

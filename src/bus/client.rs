@@ -11,7 +11,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use filesync_master::hash::CHUNK_SIZE;
+use filesync_master::chunk::ChunkRef;
+use filesync_master::hash::{ContentHash, CHUNK_SIZE};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
@@ -311,12 +312,81 @@ impl BusClient {
             .await
     }
 
+    /// A number for a new upload of this connection (pieces, or a file's announcements).
+    pub fn new_upload(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Announces chunk `index` of file upload `upload`, stored already; the reply is awaited
+    /// later.
+    pub async fn file_chunk_pipelined(
+        &self,
+        upload: u64,
+        index: u64,
+        chunk: ChunkRef,
+    ) -> Result<PendingReply, ClientError> {
+        let (sha256, len) = (chunk.sha256.to_hex(), chunk.len);
+        self.send_request(
+            |id| Request::FileChunk {
+                id,
+                upload,
+                index,
+                sha256,
+                len,
+            },
+            &[],
+        )
+        .await
+    }
+
+    /// Ends file upload `upload`: with its SHA-256 and size, or (`None`) short.
+    pub async fn file_end(
+        &self,
+        upload: u64,
+        whole: Option<(ContentHash, u64)>,
+    ) -> Result<(), ClientError> {
+        let request = |id| match whole {
+            Some((sha256, size)) => Request::FileEnd {
+                id,
+                upload,
+                sha256: sha256.to_hex(),
+                size,
+            },
+            None => Request::FileAbort { id, upload },
+        };
+        self.request(request, &[]).await.map(|_| ())
+    }
+
+    /// The first file announced after number `after`; waits until there is one.
+    pub async fn follow_next(&self, after: u64) -> Result<u64, ClientError> {
+        match self
+            .request(|id| Request::FollowNext { id, after }, &[])
+            .await?
+        {
+            (Reply::Following { file, .. }, _) => Ok(file),
+            (other, _) => Err(ClientError::Protocol(format!(
+                "expected an announced file, got {other:?}"
+            ))),
+        }
+    }
+
+    /// Asks what announced file `file` holds at chunk `index`; awaited with
+    /// `PendingReply::followed`.
+    pub async fn follow_get_pipelined(
+        &self,
+        file: u64,
+        index: u64,
+    ) -> Result<PendingReply, ClientError> {
+        self.send_request(|id| Request::FollowGet { id, file, index }, &[])
+            .await
+    }
+
     /// Starts an upload in pieces, for content too large for one frame. Its address is given
     /// at the commit, so it can be sent while it is still being hashed.
     pub fn begin_upload(&self) -> BlobUpload<'_> {
         BlobUpload {
             client: self,
-            upload: self.next_id.fetch_add(1, Ordering::Relaxed),
+            upload: self.new_upload(),
             offset: 0,
             in_flight: VecDeque::new(),
         }
@@ -517,6 +587,30 @@ impl PendingReply {
     /// The `seq` a pipelined publish was given.
     pub async fn seq(self) -> Result<u64, ClientError> {
         seq_of(self.wait().await?.0)
+    }
+
+    /// The answer to a `follow_get`: a chunk, or (`last`) the file's SHA-256 and size.
+    pub async fn followed(self) -> Result<(ChunkRef, bool, u64), ClientError> {
+        match self.wait().await?.0 {
+            Reply::Followed {
+                sha256, len, last, ..
+            } => {
+                let sha256 = ContentHash::parse_hex(&sha256)
+                    .ok_or_else(|| ClientError::Protocol(format!("not a sha256: {sha256:?}")))?;
+                let chunk_len = if last { 0 } else { len as u32 };
+                Ok((
+                    ChunkRef {
+                        sha256,
+                        len: chunk_len,
+                    },
+                    last,
+                    len,
+                ))
+            }
+            other => Err(ClientError::Protocol(format!(
+                "expected a followed chunk, got {other:?}"
+            ))),
+        }
     }
 
     /// The answer to a `blob_has`.

@@ -5,12 +5,14 @@
 //! - [`protocol`]: the messages, version 2.
 //! - [`log`]: `events.jsonl`: append, recover, read by `seq`.
 //! - [`blobs`]: content addressed by SHA-256; [`pack`]: the small ones, appended to one file.
+//! - [`follow`]: new large files' chunks announced as they are stored, for idle slaves.
 //! - [`gates`]: checkpoint gates that hold agents, on test buses only.
 //! - [`server`]: accepts agents and serves all of the above.
 //! - [`client`]: the agents' side, and `Subscription`.
 
 pub mod blobs;
 pub mod client;
+pub mod follow;
 pub mod frame;
 pub mod gates;
 pub mod log;

@@ -16,6 +16,10 @@
 //! | `blob_abort {id, upload}` | | `ok {id}`; the pieces are thrown away |
 //! | `blob_get {id, sha256, offset, len}` | | `blob_data {id, eof}` with the piece in the body |
 //! | `ping {id}` | | `ok {id}`: keeps an otherwise quiet connection from being dropped as idle |
+//! | `file_chunk {id, upload, index, sha256, len}` | | `ok {id}`: chunk `index` of new file upload `upload` is stored, announced to followers |
+//! | `file_end {id, upload, sha256, size}` / `file_abort {id, upload}` | | `ok {id}`: that file was all announced / stops short |
+//! | `follow_next {id, after}` | | `following {id, file}`: the first announced file after number `after`; waits for one |
+//! | `follow_get {id, file, index}` | | `followed {id, sha256, len, last}`: its chunk `index`, or (`last`) its end, once known |
 //! | `arm`, `release`, `reached`, `disarm` | | checkpoint gates, on buses started with `--test-checkpoints` only |
 //!
 //! Content larger than one frame (a manifest of a file of some gigabytes) is sent in
@@ -128,6 +132,38 @@ pub enum Request {
     Ping {
         id: u64,
     },
+    /// Chunk `index` of file upload `upload` (a number of the uploader's) is stored: it is
+    /// announced to followers (see `follow.rs`).
+    FileChunk {
+        id: u64,
+        upload: u64,
+        index: u64,
+        sha256: String,
+        len: u32,
+    },
+    /// Every chunk of file upload `upload` was announced: the file's SHA-256 and size.
+    FileEnd {
+        id: u64,
+        upload: u64,
+        sha256: String,
+        size: u64,
+    },
+    /// File upload `upload` stops short: its followers give up.
+    FileAbort {
+        id: u64,
+        upload: u64,
+    },
+    /// The first file announced after number `after`; answered when there is one.
+    FollowNext {
+        id: u64,
+        after: u64,
+    },
+    /// What announced file `file` holds at chunk `index`; answered once known.
+    FollowGet {
+        id: u64,
+        file: u64,
+        index: u64,
+    },
 }
 
 /// Messages from the bus to an agent.
@@ -171,6 +207,19 @@ pub enum Reply {
         id: u64,
         eof: bool,
     },
+    /// The answer to `follow_next`.
+    Following {
+        id: u64,
+        file: u64,
+    },
+    /// The answer to `follow_get`: the chunk at that index, or (`last`) the end of the
+    /// file, whose SHA-256 and size `sha256` and `len` then are.
+    Followed {
+        id: u64,
+        sha256: String,
+        len: u64,
+        last: bool,
+    },
 }
 
 impl Reply {
@@ -180,7 +229,9 @@ impl Reply {
             Reply::Ok { id, .. }
             | Reply::Err { id, .. }
             | Reply::Events { id }
-            | Reply::BlobData { id, .. } => Some(*id),
+            | Reply::BlobData { id, .. }
+            | Reply::Following { id, .. }
+            | Reply::Followed { id, .. } => Some(*id),
             Reply::Welcome { .. } | Reply::Reject { .. } => None,
         }
     }

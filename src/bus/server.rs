@@ -28,7 +28,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use filesync_master::hash::CHUNK_SIZE;
+use filesync_master::chunk::{ChunkRef, CHUNK_MAX};
+use filesync_master::hash::{ContentHash, CHUNK_SIZE};
 use tokio::io::BufReader;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
@@ -36,6 +37,7 @@ use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinSet;
 
 use super::blobs::{BlobStore, Upload};
+use super::follow::{Announced, Announcements, Followed};
 use super::frame::{read_frame, write_queued, Frame};
 use super::log::{read_lines, EventLog, Head};
 use super::protocol::{Reply, Request, PROTOCOL_VERSION};
@@ -64,6 +66,10 @@ const OUTBOX: usize = 64;
 /// Polls one connection may have waiting at once. Each may hold a piece of the log in
 /// memory, so a peer firing polls without reading must not be able to pile them up.
 const MAX_POLLS: usize = 4;
+/// Follow requests (`follow_next`, `follow_get`) one connection may have waiting at once.
+const MAX_FOLLOWS: usize = 16;
+/// Files one connection may be announcing at once.
+const MAX_ANNOUNCING: usize = 4;
 
 /// How the bus is set up.
 #[derive(Debug, Clone)]
@@ -109,6 +115,8 @@ struct Shared {
     log_path: PathBuf,
     head: watch::Sender<Head>,
     blobs: BlobStore,
+    /// New large files being uploaded, for slaves that follow them (`follow.rs`).
+    announcements: Announcements,
     sessions: Mutex<Sessions>,
     token: Option<String>,
     idle_timeout: Option<Duration>,
@@ -184,6 +192,7 @@ impl Bus {
                 log_path,
                 head,
                 blobs,
+                announcements: Announcements::default(),
                 sessions: Mutex::new(Sessions::default()),
                 token: options.token.clone(),
                 idle_timeout: options.idle_timeout,
@@ -358,7 +367,9 @@ async fn handle_connection(
         shared,
         outbox,
         uploads: HashMap::new(),
+        announcing: HashMap::new(),
         polls: JoinSet::new(),
+        follows: JoinSet::new(),
         peer,
     };
     let peer = handler.run(&mut reader).await;
@@ -585,7 +596,10 @@ struct Handler {
     peer: Peer,
     outbox: mpsc::Sender<Frame>,
     uploads: HashMap<u64, Upload>,
+    /// Files this peer is announcing, by its upload number.
+    announcing: HashMap<u64, Announcing>,
     polls: JoinSet<()>,
+    follows: JoinSet<()>,
     idle: Arc<Idle>,
 }
 
@@ -630,6 +644,7 @@ impl Handler {
             }
         }
         self.polls.shutdown().await;
+        self.follows.shutdown().await;
         self.peer
     }
 
@@ -656,6 +671,27 @@ impl Handler {
             | Request::Reached { .. }
             | Request::Disarm { .. } => return Ok(self.checkpoint(request)),
             Request::Ping { id } => ok(id, None, None),
+            Request::FileChunk {
+                id,
+                upload,
+                index,
+                sha256,
+                len,
+            } => blob_reply(id, self.file_chunk(upload, index, &sha256, len)),
+            Request::FileEnd {
+                id,
+                upload,
+                sha256,
+                size,
+            } => blob_reply(id, self.file_end(upload, &sha256, size)),
+            Request::FileAbort { id, upload } => {
+                // Dropping it tells its followers.
+                self.announcing.remove(&upload);
+                blob_reply(id, Ok(()))
+            }
+            Request::FollowNext { id, .. } | Request::FollowGet { id, .. } => {
+                return Ok(self.follow(id, request))
+            }
             Request::BlobHas { id, sha256 } => match self.shared.blobs.contains(&sha256) {
                 Ok(present) => ok(id, None, Some(present)),
                 Err(err) => err_reply(id, err.to_string()),
@@ -742,6 +778,101 @@ impl Handler {
         None
     }
 
+    /// Announces chunk `index` of file upload `upload` (index 0 starts the file).
+    fn file_chunk(
+        &mut self,
+        upload: u64,
+        index: u64,
+        sha256: &str,
+        len: u32,
+    ) -> Result<(), String> {
+        let address =
+            ContentHash::parse_hex(sha256).ok_or_else(|| format!("not a sha256: {sha256:?}"))?;
+        if len == 0
+            || len as usize > CHUNK_MAX
+            || !self.shared.blobs.contains(sha256).unwrap_or(false)
+        {
+            return Err(format!("chunk {sha256} of {len} bytes is not stored"));
+        }
+        if index == 0 {
+            self.announcing.remove(&upload);
+            if self.announcing.len() >= MAX_ANNOUNCING {
+                return Err(format!(
+                    "more than {MAX_ANNOUNCING} files announced at once"
+                ));
+            }
+            let opened = self.shared.announcements.open();
+            self.announcing.insert(upload, Announcing(opened));
+        }
+        let announcing = self
+            .announcing
+            .get(&upload)
+            .ok_or_else(|| format!("no file upload {upload} under way"))?;
+        announcing.0.chunk(
+            index,
+            ChunkRef {
+                sha256: address,
+                len,
+            },
+        )
+    }
+
+    fn file_end(&mut self, upload: u64, sha256: &str, size: u64) -> Result<(), String> {
+        let address =
+            ContentHash::parse_hex(sha256).ok_or_else(|| format!("not a sha256: {sha256:?}"))?;
+        let announcing = self
+            .announcing
+            .remove(&upload)
+            .ok_or_else(|| format!("no file upload {upload} under way"))?;
+        announcing.0.end(address, size);
+        Ok(())
+    }
+
+    fn follow(&mut self, id: u64, request: Request) -> Option<Frame> {
+        while self.follows.try_join_next().is_some() {}
+        if self.follows.len() >= MAX_FOLLOWS {
+            return Some(err_reply(
+                id,
+                format!("more than {MAX_FOLLOWS} follow requests waiting"),
+            ));
+        }
+        let busy = self.idle.busy();
+        let (shared, outbox) = (self.shared.clone(), self.outbox.clone());
+        self.follows.spawn(async move {
+            let _busy = busy;
+            let frame = match request {
+                Request::FollowNext { id, after } => {
+                    let file = shared.announcements.next(after).await;
+                    reply_frame(&Reply::Following { id, file })
+                }
+                Request::FollowGet { id, file, index } => {
+                    let followed = match shared.announcements.get(file) {
+                        Some(announced) => announced.get(index).await,
+                        None => Err(format!("file {file} is not followed any more")),
+                    };
+                    match followed {
+                        Ok(Followed::Chunk(chunk)) => reply_frame(&Reply::Followed {
+                            id,
+                            sha256: chunk.sha256.to_hex(),
+                            len: u64::from(chunk.len),
+                            last: false,
+                        }),
+                        Ok(Followed::End(sha256, size)) => reply_frame(&Reply::Followed {
+                            id,
+                            sha256: sha256.to_hex(),
+                            len: size,
+                            last: true,
+                        }),
+                        Err(error) => err_reply(id, error),
+                    }
+                }
+                _ => return,
+            };
+            let _ = outbox.send(frame).await;
+        });
+        None
+    }
+
     /// Serves a gate request; `None` when the reply comes later (from a spawned waiter).
     fn checkpoint(&mut self, request: Request) -> Option<Frame> {
         let Some(gates) = &self.shared.gates else {
@@ -806,6 +937,16 @@ impl Handler {
             self.uploads.remove(&upload);
             err.to_string()
         })
+    }
+}
+
+/// A file a connection is announcing; abandoned (its followers told) if dropped before
+/// its end, as when the connection closes.
+struct Announcing(Arc<Announced>);
+
+impl Drop for Announcing {
+    fn drop(&mut self) {
+        self.0.abandon();
     }
 }
 
