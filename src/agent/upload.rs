@@ -1,7 +1,7 @@
 //! `ChunkUpload`: a large file's chunks on their way to the bus while the worker still reads
 //! the file, each sent only if the bus lacks it, then the file's manifest.
 //!
-//! The bus is asked (`blob_has`) about up to [`ASKED_AHEAD`] chunks before the oldest
+//! The bus is asked (`blob_has`) about up to `ASKED_AHEAD` chunks before the oldest
 //! answer is awaited, so a file the bus mostly holds costs a stream of small questions, not
 //! a round trip per chunk; a chunk it lacks is sent at once (`blob_put`, verified by the bus
 //! against its address). A chunk that repeats inside the file is asked about once. What was
