@@ -8,6 +8,7 @@
 //! - [`state`]: an agent's state directory, checked before use and locked while used.
 //! - [`agent`]: wiring the master's changes onto the bus, and the bus into the slave.
 //! - [`check`]: the invariants behind `filesync check`.
+//! - [`checkpoint`]: the state the log implies at one `seq`, written down and read back.
 //! - [`html`]: the log drawn as a timeline (`filesync check --html`).
 //! - [`testkit`]: listening to the bus and expecting events; running agents as processes.
 //! - [`cli`]: the command line, called by `main.rs`.
@@ -18,6 +19,7 @@
 pub mod agent;
 pub mod bus;
 pub mod check;
+pub mod checkpoint;
 pub mod cli;
 pub mod demo;
 pub mod event;

@@ -279,6 +279,9 @@ mod tests {
     }
 
     proptest! {
+        // Failures are reported, not written into the source tree.
+        #![proptest_config(ProptestConfig { failure_persistence: None, ..ProptestConfig::default() })]
+
         /// The index and the model agree on every verdict and on every path's kind after
         /// every change, whatever the sequence.
         #[test]

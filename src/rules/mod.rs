@@ -21,7 +21,9 @@
 pub mod index;
 pub mod repairs;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
 
 use filesync_master::chunk::Manifest;
 use filesync_master::hash::ContentHash;
@@ -42,7 +44,7 @@ pub trait Content {
 }
 
 /// Where an agent runs: its host name and synced directory, as its hello says.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Place {
     pub host: String,
     pub dir: String,
@@ -104,12 +106,39 @@ pub struct Connected {
 }
 
 /// What the log says about one agent name.
-#[derive(Debug, Clone, Copy, Default)]
-struct AgentRecord {
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentRecord {
     /// The role of its latest join.
-    role: Option<Role>,
+    pub role: Option<Role>,
     /// The highest notify it answered (consume or error, repairs aside).
-    answered: u64,
+    pub answered: u64,
+    /// When it last joined (the log's `time`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub joined: Option<String>,
+}
+
+/// The rules' state, to be written in a checkpoint and read back (`crate::checkpoint`):
+/// everything but the tree, which the checkpoint holds in full.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RulesSnapshot {
+    pub agents: BTreeMap<String, AgentRecord>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub master: Option<(String, Place)>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<OpenErrorRecord>,
+}
+
+/// One open error, as a checkpoint keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenErrorRecord {
+    pub agent: String,
+    pub seq: u64,
+    pub cause: u64,
+    /// The change that failed, as a notify would carry it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change: Option<Draft>,
+    #[serde(default)]
+    pub stale: bool,
 }
 
 /// A set of `seq`s, one bit each (which events are notifies).
@@ -135,6 +164,9 @@ impl SeqSet {
 #[derive(Default)]
 pub struct Rules {
     head: u64,
+    /// The first `seq` the log still holds (1 until it is truncated): answers name only
+    /// notifies from there on, repairs of older open errors aside.
+    start: u64,
     state: PathIndex,
     notifies: SeqSet,
     agents: HashMap<String, AgentRecord>,
@@ -186,6 +218,79 @@ impl Rules {
             .filter(|open| !open.stale && open.change.is_some())
             .map(|open| (open.seq, open.cause))
             .collect()
+    }
+
+    /// The first `seq` the log holds.
+    pub fn start(&self) -> u64 {
+        self.start.max(1)
+    }
+
+    /// The agents the log knows, by name.
+    pub fn agents(&self) -> impl Iterator<Item = (&String, &AgentRecord)> + '_ {
+        self.agents.iter()
+    }
+
+    /// The rules' state for a checkpoint (the tree is the checkpoint's own).
+    pub fn snapshot(&self) -> RulesSnapshot {
+        let errors = self
+            .errors
+            .all()
+            .flat_map(|(agent, open)| {
+                open.values().map(move |e| OpenErrorRecord {
+                    agent: agent.clone(),
+                    seq: e.seq,
+                    cause: e.cause,
+                    change: e.change.as_ref().map(Draft::notify),
+                    stale: e.stale,
+                })
+            })
+            .collect();
+        RulesSnapshot {
+            agents: self
+                .agents
+                .iter()
+                .map(|(name, record)| (name.clone(), record.clone()))
+                .collect(),
+            master: self.master.clone(),
+            errors,
+        }
+    }
+
+    /// The rules as of a checkpoint at `seq` whose tree is `state` (the log now starting
+    /// after it, or earlier).
+    pub fn restore(snapshot: &RulesSnapshot, state: &filesync_master::Model, seq: u64) -> Rules {
+        let mut rules = Rules {
+            head: seq,
+            start: seq + 1,
+            agents: snapshot
+                .agents
+                .iter()
+                .map(|(name, record)| (name.clone(), record.clone()))
+                .collect(),
+            master: snapshot.master.clone(),
+            ..Rules::default()
+        };
+        for (path, entry) in state.iter() {
+            let put = Change::Put {
+                path: path.clone(),
+                entry: entry.clone(),
+            };
+            // In path order, parents first: every put applies.
+            let _ = rules.state.apply(&put);
+        }
+        for error in &snapshot.errors {
+            let change = error.change.as_ref().and_then(|d| d.change().ok());
+            rules
+                .errors
+                .restore(&error.agent, error.seq, error.cause, change, error.stale);
+        }
+        rules
+    }
+
+    /// The log now starts at `start` (older segments were removed); events from there on
+    /// are observed as usual.
+    pub fn set_start(&mut self, start: u64) {
+        self.start = start;
     }
 
     /// Whether a hello may join, given who is connected.
@@ -298,7 +403,8 @@ impl Rules {
 
     fn check_answer(&self, tag: Tag, agent: &str, draft: &Draft) -> Result<(), String> {
         let cause = draft.cause.ok_or("missing field `cause`")?;
-        if !self.notifies.contains(cause) {
+        let repairs_old = draft.repairs.is_some() && cause < self.start;
+        if !repairs_old && !self.notifies.contains(cause) {
             return Err(format!(
                 "cause {cause} is not a notify in the log (head is {})",
                 self.head
@@ -347,6 +453,7 @@ impl Rules {
             Some(Tag::Join) => {
                 let record = self.agents.entry(event.agent.clone()).or_default();
                 record.role = body.role;
+                record.joined = Some(event.time.clone());
                 if let (Some(Role::Master), Some(host), Some(dir)) =
                     (body.role, &body.host, &body.dir)
                 {

@@ -60,6 +60,21 @@ impl OpenErrors {
         );
     }
 
+    /// An open error as a checkpoint recorded it, stale or not.
+    pub fn restore(
+        &mut self,
+        agent: &str,
+        seq: u64,
+        cause: u64,
+        change: Option<Change>,
+        stale: bool,
+    ) {
+        self.error(agent, seq, cause, change);
+        if let Some(open) = self.by_agent.get_mut(agent).and_then(|e| e.get_mut(&seq)) {
+            open.stale = stale;
+        }
+    }
+
     /// `agent` consumed a change: closes the error it `repairs`, and every error of its own
     /// that the change covers.
     pub fn consume(&mut self, agent: &str, repairs: Option<u64>, change: Option<&Change>) {
