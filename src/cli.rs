@@ -121,12 +121,45 @@ pub struct MasterArgs {
     /// it held files (by default the master waits for it to come back: a missing mount).
     #[arg(long)]
     pub allow_empty: bool,
-    /// Drop a peer of the bus that waits for nothing and sends nothing this long.
-    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
-    pub idle_timeout: std::time::Duration,
+    #[command(flatten)]
+    pub keeping: BusKeeping,
     /// For test suites only: let peers hold agents at checkpoints (refused beyond loopback).
     #[arg(long, hide = true)]
     pub test_checkpoints: bool,
+}
+
+/// How a bus keeps its peers, its log and its content (for `master` and `bus`).
+#[derive(Debug, Args)]
+pub struct BusKeeping {
+    /// Drop a peer of the bus that waits for nothing and sends nothing this long.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub idle_timeout: std::time::Duration,
+    /// Keep this much of the log's history (every version of every file within it); older
+    /// segments go once a checkpoint covers them and no recent slave needs them (0: keep
+    /// only what slaves need).
+    #[arg(long, value_name = "DURATION", default_value = "7days", value_parser = humantime::parse_duration)]
+    pub keep_history: std::time::Duration,
+    /// Keep the log in segments of this many bytes; a checkpoint is written at the end of
+    /// each.
+    #[arg(long, value_name = "BYTES", default_value_t = crate::bus::log::DEFAULT_SEGMENT_BYTES)]
+    pub segment_size: u64,
+}
+
+impl BusKeeping {
+    fn options(&self, state_dir: PathBuf, token: Option<String>, checkpoints: bool) -> BusOptions {
+        BusOptions {
+            state_dir,
+            token,
+            checkpoints,
+            idle_timeout: Some(self.idle_timeout),
+            log: crate::bus::log::LogOptions {
+                segment_bytes: self.segment_size.max(4096),
+            },
+            retention: crate::bus::retention::Retention {
+                keep_history: self.keep_history,
+            },
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -163,9 +196,8 @@ pub struct BusArgs {
     pub state: Option<PathBuf>,
     #[arg(long, env = "FILESYNC_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    /// Drop a peer that waits for nothing and sends nothing this long.
-    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
-    pub idle_timeout: std::time::Duration,
+    #[command(flatten)]
+    pub keeping: BusKeeping,
     /// For test suites only: let peers hold agents at checkpoints (refused beyond loopback).
     #[arg(long, hide = true)]
     pub test_checkpoints: bool,
@@ -252,12 +284,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Bus(args) => {
             let state = args.state.unwrap_or_else(|| default_state_dir("bus"));
-            let options = BusOptions {
-                state_dir: crate::state::would_be_canonical(&state)?,
-                token: args.token,
-                checkpoints: args.test_checkpoints,
-                idle_timeout: Some(args.idle_timeout),
-            };
+            let state_dir = crate::state::would_be_canonical(&state)?;
+            let options = args
+                .keeping
+                .options(state_dir, args.token, args.test_checkpoints);
             let (bus, listener) = open_bus(&args.listen, &options).await?;
             bus.serve(listener, shutdown_signal()).await.map(|()| 0)
         }
@@ -309,12 +339,9 @@ async fn run_master(args: MasterArgs) -> anyhow::Result<()> {
     let state = args.state.unwrap_or_else(|| default_state_dir(&args.name));
     let state = crate::state::would_be_canonical(&state)?;
     crate::state::refuse_state_inside(&state, &dir, "watched directory")?;
-    let bus_options = BusOptions {
-        state_dir: state,
-        token: args.token,
-        checkpoints: args.test_checkpoints,
-        idle_timeout: Some(args.idle_timeout),
-    };
+    let bus_options = args
+        .keeping
+        .options(state, args.token, args.test_checkpoints);
     let listener = crate::bus::server::bind(&args.listen, &bus_options).await?;
     let bus = Bus::open(&bus_options)?;
     let place = crate::rules::Place {

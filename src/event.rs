@@ -28,8 +28,10 @@
 //! | `repairs` | consume | the `seq` of this slave's `error` that this consume makes good: the change failed, was retried, and now applied |
 //! | `drift` | consume, error | `missing`, `modified` or `unexpected`: the slave found its directory edited behind its back at this path and restored it (consume) or kept it (error, `--keep-local`); `cause` is the last notify it had applied |
 //!
+//! | `resync` | consume, ready | a slave that was behind the log's start (away longer than the history window, or new to a truncated log) caught up from the checkpoint at this `seq`: each consume restores one path to the checkpoint's state (`cause` is the checkpoint's `seq`), and a `ready` with `resync` says it is done and follows the log from the next `seq` |
+//!
 //! A consume with `repairs` answers its notify a second time, on purpose; one with `drift`
-//! answers nothing. `filesync check` counts neither as a duplicate answer.
+//! or `resync` answers nothing. `filesync check` counts none of them as a duplicate answer.
 //! **Names that are not UTF-8.** `path`, `from`, `to` and `target` are always readable
 //! strings; when the underlying bytes are not valid UTF-8, the string has U+FFFD in place of
 //! the bad bytes and a sibling field `path_b64` (`from_b64`, `to_b64`, `target_b64`) holds
@@ -205,6 +207,8 @@ pub struct Draft {
     pub repairs: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drift: Option<Drift>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resync: Option<u64>,
 }
 
 /// What a slave found at a path of its directory that it did not put there (see `drift`).
@@ -278,6 +282,7 @@ struct InlineEvent {
     reused: Option<u64>,
     repairs: Option<u64>,
     drift: Option<Drift>,
+    resync: Option<u64>,
 }
 
 impl From<InlineEvent> for Event {
@@ -313,6 +318,7 @@ impl From<InlineEvent> for Event {
                 reused: inline.reused,
                 repairs: inline.repairs,
                 drift: inline.drift,
+                resync: inline.resync,
             },
         }
     }
@@ -618,6 +624,7 @@ mod tests {
                 reused: Some(3),
                 repairs: Some(4),
                 drift: Some(Drift::Modified),
+                resync: Some(5),
             },
         };
         let line = full.to_line();

@@ -3,7 +3,8 @@
 //!
 //! - [`frame`]: the wire framing (length-prefixed JSON header + binary body).
 //! - [`protocol`]: the messages, version 2.
-//! - [`log`]: `events.jsonl`: append, recover, read by `seq`.
+//! - [`log`]: the event log in segments: append, recover, read by `seq`, rotate, truncate.
+//! - [`retention`]: checkpoints at segment ends, and what of the log and checkpoints is kept.
 //! - [`blobs`]: content addressed by SHA-256; [`pack`]: the small ones, appended to one file.
 //! - [`follow`]: new large files' chunks announced as they are stored, for idle slaves.
 //! - [`gates`]: checkpoint gates that hold agents, on test buses only.
@@ -18,6 +19,7 @@ pub mod gates;
 pub mod log;
 pub mod pack;
 pub mod protocol;
+pub mod retention;
 pub mod server;
 
 pub use client::{BusClient, ClientError, Hello, PendingReply, Subscription, Welcome};

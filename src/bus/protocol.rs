@@ -20,6 +20,10 @@
 //! | `file_end {id, upload, sha256, size}` / `file_abort {id, upload}` | | `ok {id}`: that file was all announced / stops short |
 //! | `follow_next {id, after}` | | `following {id, file}`: the first announced file after number `after`; waits for one |
 //! | `follow_get {id, file, index}` | | `followed {id, sha256, len, last}`: its chunk `index`, or (`last`) its end, once known |
+//! | `checkpoint_get {id, seq, offset, len}` | | `blob_data {id, eof}`: a piece of the checkpoint at `seq` |
+//!
+//! A `poll` from before the log's start (it was truncated) is answered `truncated {id,
+//! start}`: the reader resyncs from the checkpoint at `start - 1`.
 //! | `arm`, `release`, `reached`, `disarm` | | checkpoint gates, on buses started with `--test-checkpoints` only |
 //!
 //! Content larger than one frame (a manifest of a file of some gigabytes) is sent in
@@ -164,6 +168,13 @@ pub enum Request {
         file: u64,
         index: u64,
     },
+    /// Part of the checkpoint at `seq` (`blob_data` in reply), for a slave that resyncs.
+    CheckpointGet {
+        id: u64,
+        seq: u64,
+        offset: u64,
+        len: u64,
+    },
 }
 
 /// Messages from the bus to an agent.
@@ -207,6 +218,12 @@ pub enum Reply {
         id: u64,
         eof: bool,
     },
+    /// The answer to a `poll` from before the log's start: it was truncated; the state
+    /// before `start` is the checkpoint at `start - 1`.
+    Truncated {
+        id: u64,
+        start: u64,
+    },
     /// The answer to `follow_next`.
     Following {
         id: u64,
@@ -230,6 +247,7 @@ impl Reply {
             | Reply::Err { id, .. }
             | Reply::Events { id }
             | Reply::BlobData { id, .. }
+            | Reply::Truncated { id, .. }
             | Reply::Following { id, .. }
             | Reply::Followed { id, .. } => Some(*id),
             Reply::Welcome { .. } | Reply::Reject { .. } => None,

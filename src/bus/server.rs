@@ -39,8 +39,10 @@ use tokio::task::JoinSet;
 use super::blobs::{BlobStore, Upload};
 use super::follow::{Announced, Announcements, Followed};
 use super::frame::{read_frame, write_queued, Frame};
-use super::log::{read_lines, EventLog, Head};
+use super::log::{self, read_lines, EventLog, Head, LogOptions};
 use super::protocol::{Reply, Request, PROTOCOL_VERSION};
+use super::retention::{self, Retention};
+use crate::checkpoint::{self, Snapshot};
 use crate::event::{Draft, Event, Role, Tag};
 use crate::rules::{Connected, Place, Refusal, Rules};
 use crate::state::StateDir;
@@ -83,6 +85,10 @@ pub struct BusOptions {
     /// Drop a welcomed peer that waits for nothing and sends nothing this long (`None`:
     /// never).
     pub idle_timeout: Option<Duration>,
+    /// How the log is kept in segments.
+    pub log: LogOptions,
+    /// What of the log is kept (`retention.rs`).
+    pub retention: Retention,
 }
 
 /// The log and the rules that decide what enters it, under one lock: one writer.
@@ -92,13 +98,18 @@ struct Ledger {
 }
 
 impl Ledger {
-    fn append(&mut self, agent: &str, draft: Draft) -> std::io::Result<Event> {
+    /// Appends and observes an event; also returns the last `seq` of a segment this closed.
+    fn append(&mut self, agent: &str, draft: Draft) -> std::io::Result<(Event, Option<u64>)> {
         let event = self.log.append(agent, draft)?;
         let log = &self.log;
         self.rules.observe(&event, |cause| {
             log.read_event(cause).and_then(|e| e.body.change().ok())
         });
-        Ok(event)
+        let closed = self.log.rotate_if_full().unwrap_or_else(|err| {
+            tracing::error!("cannot begin a new segment of the log: {err}");
+            None
+        });
+        Ok((event, closed))
     }
 }
 
@@ -122,6 +133,11 @@ struct Shared {
     idle_timeout: Option<Duration>,
     /// Present only on a bus started with checkpoints enabled.
     gates: Option<super::gates::Gates>,
+    /// Where checkpoints are written.
+    checkpoints: PathBuf,
+    retention: Retention,
+    /// One checkpoint and truncation at a time.
+    retaining: tokio::sync::Mutex<()>,
     /// Held while the bus runs: its lock keeps a second process off this state.
     _state: StateDir,
 }
@@ -175,13 +191,26 @@ impl Bus {
 
     fn open_locked(options: &BusOptions, state: StateDir) -> anyhow::Result<Bus> {
         let log_path = options.state_dir.join("events.jsonl");
-        let mut rules = Rules::new();
-        let log = EventLog::open(&log_path, |event, lookup| {
+        let checkpoints = options.state_dir.join("checkpoints");
+        // A truncated log starts with the checkpoint of what came before it.
+        let start = log::peek_start(&log_path)
+            .with_context(|| format!("cannot open event log {}", log_path.display()))?;
+        let mut rules = match start.checkpoint {
+            Some(seq) => {
+                let path = crate::checkpoint::path_in(&checkpoints, seq);
+                Snapshot::read(&path)
+                    .with_context(|| format!("cannot read checkpoint {}", path.display()))?
+                    .rules
+            }
+            None => Rules::new(),
+        };
+        let log = EventLog::open(&log_path, options.log, |event, lookup| {
             rules.observe(event, |cause| {
                 lookup(cause).and_then(|e| e.body.change().ok())
             })
         })
         .with_context(|| format!("cannot open event log {}", log_path.display()))?;
+        rules.set_start(log.start());
         let blobs = BlobStore::open(&options.state_dir.join("blobs")).with_context(|| {
             format!("cannot open blob store in {}", options.state_dir.display())
         })?;
@@ -197,6 +226,9 @@ impl Bus {
                 token: options.token.clone(),
                 idle_timeout: options.idle_timeout,
                 gates: options.checkpoints.then(super::gates::Gates::default),
+                checkpoints,
+                retention: options.retention,
+                retaining: tokio::sync::Mutex::new(()),
                 _state: state,
             }),
         })
@@ -467,8 +499,11 @@ fn admit(
         ..Draft::tagged(Tag::Join)
     };
     match ledger.append(&name, join) {
-        Ok(_) => {
+        Ok((_, closed)) => {
             shared.head.send_replace(ledger.log.head());
+            if let Some(last) = closed {
+                tokio::spawn(retain(shared.clone(), last));
+            }
         }
         Err(err) => tracing::error!("cannot append to the event log: {err}"),
     }
@@ -691,6 +726,18 @@ impl Handler {
             }
             Request::FollowNext { id, .. } | Request::FollowGet { id, .. } => {
                 return Ok(self.follow(id, request))
+            }
+            Request::CheckpointGet {
+                id,
+                seq,
+                offset,
+                len,
+            } => {
+                let path = crate::checkpoint::path_in(&self.shared.checkpoints, seq);
+                match read_piece(&path, offset, len.min(CHUNK_SIZE as u64)) {
+                    Ok((data, eof)) => reply_with_body(&Reply::BlobData { id, eof }, data),
+                    Err(err) => err_reply(id, format!("no checkpoint at {seq}: {err}")),
+                }
             }
             Request::BlobHas { id, sha256 } => match self.shared.blobs.contains(&sha256) {
                 Ok(present) => ok(id, None, Some(present)),
@@ -951,17 +998,105 @@ impl Drop for Announcing {
 }
 
 /// Validates a peer's event against the rules and appends it.
-fn publish(shared: &Shared, peer: &Peer, draft: Draft) -> Result<Event, String> {
+fn publish(shared: &Arc<Shared>, peer: &Peer, draft: Draft) -> Result<Event, String> {
     let mut ledger = lock(&shared.ledger);
     ledger
         .rules
         .check(peer.role, &peer.name, &draft, &shared.blobs)?;
-    let event = ledger.append(&peer.name, draft).map_err(|err| {
+    let (event, closed) = ledger.append(&peer.name, draft).map_err(|err| {
         tracing::error!("cannot append to the event log: {err}");
         format!("bus cannot append to its log: {err}")
     })?;
     shared.head.send_replace(ledger.log.head());
+    if let Some(last) = closed {
+        tokio::spawn(retain(shared.clone(), last));
+    }
     Ok(event)
+}
+
+/// A segment ending at `last` was closed: writes the checkpoint at `last`, then removes the
+/// segments and checkpoints retention no longer needs (`retention.rs`).
+async fn retain(shared: Arc<Shared>, last: u64) {
+    let _one_at_a_time = shared.retaining.lock().await;
+    let dir = shared.checkpoints.clone();
+    let planned = {
+        let ledger = lock(&shared.ledger);
+        let start = ledger.log.start();
+        match retention::newest_checkpoint(&dir, last) {
+            Ok(Some((seq, path))) if seq + 1 >= start => {
+                Ok((Some(path), ledger.log.ranges(seq + 1, last)))
+            }
+            Ok(_) if start == 1 => Ok((None, ledger.log.ranges(1, last))),
+            Ok(_) => Err(format!("no checkpoint covers the log's start {start}")),
+            Err(err) => Err(err.to_string()),
+        }
+    };
+    let built = match planned {
+        Ok((base, ranges)) => tokio::task::spawn_blocking(move || {
+            retention::build_checkpoint(base, ranges, last)
+                .and_then(|snapshot| snapshot.write(&dir))
+        })
+        .await
+        .map_err(|err| err.to_string())
+        .and_then(|written| written.map_err(|err| err.to_string())),
+        Err(err) => Err(err),
+    };
+    if let Err(err) = built {
+        tracing::error!("cannot write the checkpoint at {last}: {err}");
+        return;
+    }
+    let connected: Vec<String> = lock(&shared.sessions)
+        .agents
+        .values()
+        .filter(|c| c.role == Role::Slave)
+        .map(|c| c.name.clone())
+        .collect();
+    let start = {
+        let mut ledger = lock(&shared.ledger);
+        let segments = ledger.log.segments();
+        let point = retention::retention_point(
+            &segments,
+            last,
+            &ledger.rules,
+            &connected,
+            shared.retention,
+            std::time::SystemTime::now(),
+        );
+        // Only whole segments, and only up to one whose end has a checkpoint.
+        let covered = checkpoint::list(&shared.checkpoints)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(seq, _)| seq)
+            .filter(|seq| *seq < point)
+            .filter(|seq| segments.iter().any(|s| s.last == *seq))
+            .max();
+        let Some(cut) = covered else { return };
+        match ledger.log.remove_before(cut + 1) {
+            Ok(start) => {
+                ledger.rules.set_start(start);
+                start
+            }
+            Err(err) => {
+                tracing::error!("cannot remove old segments of the log: {err}");
+                return;
+            }
+        }
+    };
+    if let Err(err) = retention::remove_old_checkpoints(&shared.checkpoints, start) {
+        tracing::warn!("cannot remove old checkpoints: {err}");
+    }
+}
+
+/// Reads up to `len` bytes of a file at `offset`; the flag says that reaches its end.
+fn read_piece(path: &Path, offset: u64, len: u64) -> std::io::Result<(Vec<u8>, bool)> {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::File::open(path)?;
+    let size = file.metadata()?.len();
+    let start = offset.min(size);
+    let mut buf = vec![0u8; len.min(size - start) as usize];
+    file.read_exact_at(&mut buf, start)?;
+    let eof = start + buf.len() as u64 >= size;
+    Ok((buf, eof))
 }
 
 fn blob_reply(id: u64, outcome: Result<(), String>) -> Frame {
@@ -991,10 +1126,30 @@ async fn poll(
             return;
         }
     };
-    let start = lock(&shared.ledger).log.offset_of(from);
-    let path = shared.log_path.clone();
+    let located = {
+        let ledger = lock(&shared.ledger);
+        let start = ledger.log.start();
+        match ledger.log.locate(from) {
+            Some(located) => Ok(located),
+            None if from < start => Err(reply_frame(&Reply::Truncated { id, start })),
+            None => Err(err_reply(
+                id,
+                format!("seq {from} is not in the log (head {})", head.seq),
+            )),
+        }
+    };
+    let located = match located {
+        Ok(located) => located,
+        Err(frame) => {
+            let _ = outbox.send(frame).await;
+            return;
+        }
+    };
     let max = max_bytes.clamp(1, CHUNK_SIZE as u64);
-    let lines = tokio::task::spawn_blocking(move || read_lines(&path, start, head.end, max)).await;
+    let lines = tokio::task::spawn_blocking(move || {
+        read_lines(&located.file, located.start, located.end, max)
+    })
+    .await;
     let frame = match lines {
         Ok(Ok(mut lines)) => {
             if let Some(gates) = &shared.gates {

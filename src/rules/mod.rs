@@ -115,6 +115,9 @@ pub struct AgentRecord {
     /// When it last joined (the log's `time`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub joined: Option<String>,
+    /// When it last appended anything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seen: Option<String>,
 }
 
 /// The rules' state, to be written in a checkpoint and read back (`crate::checkpoint`):
@@ -374,6 +377,14 @@ impl Rules {
             return Err("`role`, `host` and `dir` are the bus's to set (in joins)".into());
         }
         draft.check_paths().map_err(|err| err.to_string())?;
+        if let (Tag::Ready, Some(checkpoint)) = (tag, draft.resync) {
+            if role != Role::Slave || checkpoint + 1 != self.start() {
+                return Err(format!(
+                    "no resync from #{checkpoint}: the log starts at {}",
+                    self.start()
+                ));
+            }
+        }
         match tag {
             Tag::Notify => self.check_notify(draft, content),
             Tag::Consume | Tag::Error => self.check_answer(tag, agent, draft),
@@ -403,6 +414,9 @@ impl Rules {
 
     fn check_answer(&self, tag: Tag, agent: &str, draft: &Draft) -> Result<(), String> {
         let cause = draft.cause.ok_or("missing field `cause`")?;
+        if let Some(checkpoint) = draft.resync {
+            return self.check_resync(tag, draft, cause, checkpoint);
+        }
         let repairs_old = draft.repairs.is_some() && cause < self.start;
         if !repairs_old && !self.notifies.contains(cause) {
             return Err(format!(
@@ -444,11 +458,38 @@ impl Rules {
         Ok(())
     }
 
+    /// A resync consume restores a path to the state of the checkpoint covering the log's
+    /// start; its `cause` is that checkpoint's `seq`.
+    fn check_resync(
+        &self,
+        tag: Tag,
+        draft: &Draft,
+        cause: u64,
+        checkpoint: u64,
+    ) -> Result<(), String> {
+        if tag != Tag::Consume || cause != checkpoint {
+            return Err("a resync is a consume whose cause is its checkpoint".into());
+        }
+        if checkpoint + 1 != self.start() {
+            return Err(format!(
+                "no resync from #{checkpoint}: the log starts at {}",
+                self.start()
+            ));
+        }
+        draft.change().map(|_| ()).map_err(|err| err.to_string())
+    }
+
     /// Feeds an appended event. For an `error` whose own fields do not describe its change
     /// (logs written before errors echoed it), `cause_change` reads the notify's.
     pub fn observe(&mut self, event: &Event, cause_change: impl FnOnce(u64) -> Option<Change>) {
         self.head = self.head.max(event.seq);
         let body = &event.body;
+        if let Some(record) = self.agents.get_mut(&event.agent) {
+            record.seen = Some(event.time.clone());
+        } else if body.tag == Some(Tag::Join) {
+            let record = self.agents.entry(event.agent.clone()).or_default();
+            record.seen = Some(event.time.clone());
+        }
         match body.tag {
             Some(Tag::Join) => {
                 let record = self.agents.entry(event.agent.clone()).or_default();
@@ -474,6 +515,10 @@ impl Rules {
                     }
                     self.errors.notify(&change);
                 }
+            }
+            Some(Tag::Ready) if body.resync.is_some() => {
+                let record = self.agents.entry(event.agent.clone()).or_default();
+                record.answered = record.answered.max(body.resync.unwrap_or(0));
             }
             Some(tag @ (Tag::Consume | Tag::Error)) => {
                 let Some(cause) = body.cause else { return };

@@ -18,6 +18,8 @@ impl TestBus {
             token: None,
             checkpoints,
             idle_timeout: None,
+            log: crate::bus::log::LogOptions::default(),
+            retention: crate::bus::retention::Retention::default(),
         })
         .expect("bus");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

@@ -1,0 +1,222 @@
+//! Retention: what of the log and of its checkpoints the bus keeps.
+//!
+//! When the newest segment of the log is closed (`log.rs`), the bus writes a checkpoint at
+//! its last `seq` ([`build_checkpoint`]: the previous checkpoint, or the log's start, and
+//! the events after it, replayed off the appending thread). Then whole segments before the
+//! retention point go ([`retention_point`]), and the checkpoints no reader needs any more.
+//!
+//! The retention point is the lowest of: the newest checkpoint (everything before it is
+//! covered), the position of every slave connected or seen within the history window (what
+//! it has not answered, it still reads from the log), and the history window itself
+//! (`--keep-history`: segments whose last event is younger are kept whole; `0` keeps only
+//! what slaves need). A slave not seen within the window is not waited for: once the log
+//! starts after its position, it resyncs from the checkpoint instead (`agent/resync.rs`).
+
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use super::log::{Located, SegmentInfo};
+use crate::checkpoint::{self, Snapshot};
+use crate::event::{Event, Role};
+use crate::rules::Rules;
+
+/// What the bus keeps.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    /// Segments whose last event is younger than this are kept whole.
+    pub keep_history: Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Retention {
+        Retention {
+            keep_history: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+/// The first `seq` the bus must keep: see the module docs. `newest_checkpoint` is the
+/// highest `seq` a checkpoint holds; `connected` names the slaves connected now (waited
+/// for whatever the window).
+pub fn retention_point(
+    segments: &[SegmentInfo],
+    newest_checkpoint: u64,
+    rules: &Rules,
+    connected: &[String],
+    retention: Retention,
+    now: SystemTime,
+) -> u64 {
+    let mut point = newest_checkpoint + 1;
+    let window_start = now.checked_sub(retention.keep_history);
+    let within = |time: &str| {
+        humantime::parse_rfc3339(time)
+            .ok()
+            .zip(window_start)
+            .is_some_and(|(time, start)| time >= start)
+    };
+    for (name, agent) in rules.agents() {
+        let recent = connected.contains(name) || agent.seen.as_deref().is_some_and(within);
+        if agent.role == Some(Role::Slave) && recent {
+            point = point.min(agent.answered + 1);
+        }
+    }
+    if !retention.keep_history.is_zero() {
+        if let Some(young) = segments
+            .iter()
+            .find(|s| window_start.is_none_or(|start| s.last_time >= start))
+        {
+            point = point.min(young.first);
+        }
+    }
+    point
+}
+
+/// The state at `upto`: the checkpoint at `base` (or nothing, for a log that starts at
+/// `seq` 1) and the events after it, read from `ranges`.
+pub fn build_checkpoint(
+    base: Option<PathBuf>,
+    ranges: Vec<Located>,
+    upto: u64,
+) -> io::Result<Snapshot> {
+    let mut snapshot = match base {
+        Some(path) => Snapshot::read(&path)?,
+        None => Snapshot::new(),
+    };
+    for range in ranges {
+        let mut file = (*range.file).try_clone()?;
+        file.seek(SeekFrom::Start(range.start))?;
+        let reader = BufReader::new(file.take(range.end - range.start));
+        for line in reader.lines() {
+            let line = line?;
+            let Ok(event) = Event::parse(&line) else {
+                continue;
+            };
+            if event.seq <= snapshot.seq {
+                continue;
+            }
+            if event.seq > upto {
+                return Ok(snapshot);
+            }
+            snapshot.observe(&event);
+        }
+    }
+    Ok(snapshot)
+}
+
+/// Removes the checkpoints no reader needs: all but the one covering the log's `start`
+/// (at `start - 1`) and the newest.
+pub fn remove_old_checkpoints(dir: &Path, start: u64) -> io::Result<usize> {
+    let all = checkpoint::list(dir)?;
+    let newest = all.last().map(|(seq, _)| *seq);
+    let mut removed = 0;
+    for (seq, path) in &all {
+        if *seq + 1 < start && Some(*seq) != newest {
+            std::fs::remove_file(path)?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// The newest checkpoint in `dir`, at or before `seq`.
+pub fn newest_checkpoint(dir: &Path, seq: u64) -> io::Result<Option<(u64, PathBuf)>> {
+    Ok(checkpoint::list(dir)?
+        .into_iter()
+        .rfind(|(s, _)| *s <= seq))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Draft, Tag};
+
+    fn event(
+        seq: u64,
+        agent: &str,
+        tag: Tag,
+        time: &str,
+        role: Option<Role>,
+        cause: Option<u64>,
+    ) -> Event {
+        let mut body = Draft::tagged(tag);
+        body.role = role;
+        body.cause = cause;
+        Event {
+            seq,
+            time: time.into(),
+            agent: agent.into(),
+            body,
+        }
+    }
+
+    #[test]
+    fn the_retention_point_waits_for_recent_slaves_and_the_window_not_for_absent_ones() {
+        let mut rules = Rules::new();
+        let old = "2026-11-01T00:00:00.000000Z";
+        let recent = "2026-11-30T00:00:00.000000Z";
+        rules.observe(
+            &event(1, "away", Tag::Join, old, Some(Role::Slave), None),
+            |_| None,
+        );
+        rules.observe(
+            &event(2, "here", Tag::Join, recent, Some(Role::Slave), None),
+            |_| None,
+        );
+        let now = humantime::parse_rfc3339("2026-11-30T01:00:00Z").expect("time");
+        let segments = [
+            SegmentInfo {
+                first: 1,
+                last: 100,
+                last_time: now - Duration::from_secs(3 * 86400),
+            },
+            SegmentInfo {
+                first: 101,
+                last: 200,
+                last_time: now - Duration::from_secs(3600),
+            },
+            SegmentInfo {
+                first: 201,
+                last: 250,
+                last_time: now,
+            },
+        ];
+        let week = Retention {
+            keep_history: Duration::from_secs(7 * 86400),
+        };
+        let none = Retention {
+            keep_history: Duration::ZERO,
+        };
+        let here = ["here".to_owned()];
+        // A week of history keeps everything; without history only what a connected slave
+        // needs is kept ("here" answered nothing: it needs everything after position 0).
+        assert_eq!(retention_point(&segments, 200, &rules, &[], week, now), 1);
+        assert_eq!(retention_point(&segments, 200, &rules, &here, none, now), 1);
+        assert_eq!(
+            retention_point(&segments, 200, &rules, &[], none, now),
+            201,
+            "nobody connected, no history: only the checkpoint"
+        );
+        rules.observe(
+            &event(3, "here", Tag::Consume, recent, None, Some(150)),
+            |_| None,
+        );
+        assert_eq!(
+            retention_point(&segments, 200, &rules, &here, none, now),
+            151
+        );
+        let day_window = Retention {
+            keep_history: Duration::from_secs(86400),
+        };
+        assert_eq!(
+            retention_point(&segments, 200, &rules, &[], day_window, now),
+            101,
+            "the segment of three days ago is outside a day's window, and so is \"away\""
+        );
+        assert_eq!(
+            retention_point(&segments, 120, &rules, &here, none, now),
+            121,
+            "never past the newest checkpoint"
+        );
+    }
+}
