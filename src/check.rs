@@ -30,6 +30,7 @@ use std::path::Path;
 use filesync_master::hash::hash_file;
 use filesync_master::{Entry, Kind, Model, RelPath};
 
+use crate::checkpoint::Snapshot;
 use crate::event::{Draft, Event, Role, Tag};
 use crate::rules::OpenErrors;
 
@@ -121,209 +122,358 @@ struct SlaveTrack {
     errored: Vec<RelPath>,
 }
 
+/// A bus's event log as `check` reads it: every segment, and the checkpoint a truncated
+/// log goes on from.
+pub struct LogFile {
+    pub base: Option<Snapshot>,
+    pub events: Vec<Event>,
+}
+
+impl LogFile {
+    /// Reads the log whose newest segment is `path` (a bus's `events.jsonl`, or a log saved
+    /// anywhere); a truncated one's checkpoint is read from `checkpoints/` beside it.
+    pub fn read(path: &Path) -> io::Result<LogFile> {
+        let read = crate::bus::log::read_log_segments(path)?;
+        let base = match (&read.checkpoint, read.start) {
+            (Some(checkpoint), _) => Some(Snapshot::read(checkpoint)?),
+            (None, 1) => None,
+            (None, start) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "{} starts at #{start} and names no checkpoint for what came before",
+                        path.display()
+                    ),
+                ))
+            }
+        };
+        Ok(LogFile {
+            base,
+            events: read.events,
+        })
+    }
+
+    pub fn check(&self, options: CheckOptions) -> Report {
+        check_log_from(self.base.as_ref(), &self.events, options)
+    }
+}
+
 /// Checks every invariant over a whole log.
 pub fn check_log(events: &[Event], options: CheckOptions) -> Report {
-    let mut report = Report {
-        n_events: events.len(),
-        ..Report::default()
-    };
-    let mut violations = Vec::new();
-    let mut by_seq: HashMap<u64, &Event> = HashMap::new();
-    let mut notifies: Vec<&Event> = Vec::new();
-    let mut slaves: BTreeMap<String, SlaveTrack> = BTreeMap::new();
-    let mut open_errors = OpenErrors::default();
-    let mut last_time = None;
-    let mut last_seq = 0;
+    check_log_from(None, events, options)
+}
 
+/// Checks every invariant over a log that retention truncated: `base` is the checkpoint
+/// covering what was removed (the log must go on from the `seq` after it). The master's
+/// state starts as the checkpoint's; so does each slave's that the checkpoint knows, with
+/// what it answered and its open errors; a slave behind the cut resyncs (`resync`).
+pub fn check_log_from(base: Option<&Snapshot>, events: &[Event], options: CheckOptions) -> Report {
+    let mut checker = Checker::new(base, options);
     for (idx, event) in events.iter().enumerate() {
-        // 1: seq and time. A gap is reported once, where it happens.
-        if event.seq != last_seq + 1 {
-            violations.push(Violation {
-                invariant: 1,
-                seqs: vec![event.seq],
-                message: format!(
-                    "line {} has seq {} after seq {last_seq} (expected {})",
-                    idx + 1,
-                    event.seq,
-                    last_seq + 1
-                ),
-            });
-        }
-        last_seq = event.seq;
-        match humantime::parse_rfc3339(&event.time) {
-            Ok(time) => {
-                if last_time.is_some_and(|last| time < last) {
-                    violations.push(Violation {
-                        invariant: 1,
-                        seqs: vec![event.seq],
-                        message: format!("#{} time {} goes backwards", event.seq, event.time),
-                    });
+        checker.event(idx, event);
+    }
+    checker.finish(events.len())
+}
+
+/// The state of a check, event by event.
+struct Checker<'a> {
+    options: CheckOptions,
+    report: Report,
+    violations: Vec<Violation>,
+    by_seq: HashMap<u64, &'a Event>,
+    notifies: Vec<&'a Event>,
+    slaves: BTreeMap<String, SlaveTrack>,
+    open_errors: OpenErrors,
+    last_time: Option<std::time::SystemTime>,
+    last_seq: u64,
+    /// The `seq` of the checkpoint the log goes on from (0: none, the log is whole) ...
+    base: u64,
+    /// ... and its state.
+    base_model: Model,
+}
+
+impl<'a> Checker<'a> {
+    fn new(base: Option<&Snapshot>, options: CheckOptions) -> Checker<'a> {
+        let mut checker = Checker {
+            options,
+            report: Report::default(),
+            violations: Vec::new(),
+            by_seq: HashMap::new(),
+            notifies: Vec::new(),
+            slaves: BTreeMap::new(),
+            open_errors: OpenErrors::default(),
+            last_time: None,
+            last_seq: 0,
+            base: 0,
+            base_model: Model::new(),
+        };
+        if let Some(base) = base {
+            checker.base = base.seq;
+            checker.base_model = base.model.clone();
+            checker.last_seq = base.seq;
+            checker.report.master_state = base.model.clone();
+            checker.open_errors = base.rules.open_errors().clone();
+            for (name, agent) in base.rules.agents() {
+                if agent.role != Some(Role::Slave) {
+                    continue;
                 }
-                last_time = Some(time);
+                let errored = checker
+                    .open_errors
+                    .of(name)
+                    .filter_map(|e| e.change.as_ref())
+                    .flat_map(|change| change.paths().into_iter().cloned())
+                    .collect();
+                let track = SlaveTrack {
+                    joined_at: base.seq,
+                    last_cause: agent.answered,
+                    state: base.model.clone(),
+                    errored,
+                    ..SlaveTrack::default()
+                };
+                checker.slaves.insert(name.clone(), track);
             }
-            Err(err) => violations.push(Violation {
-                invariant: 1,
-                seqs: vec![event.seq],
-                message: format!(
-                    "#{} time {:?} is not RFC 3339: {err}",
-                    event.seq, event.time
-                ),
-            }),
         }
-        by_seq.insert(event.seq, event);
+        checker
+    }
+
+    fn violation(&mut self, invariant: u8, seqs: Vec<u64>, message: String) {
+        self.violations.push(Violation {
+            invariant,
+            seqs,
+            message,
+        });
+    }
+
+    fn event(&mut self, idx: usize, event: &'a Event) {
+        self.seq_and_time(idx, event);
+        self.by_seq.insert(event.seq, event);
         // 5: paths.
         if let Err(err) = event.body.check_paths() {
-            let message = err.to_string();
-            violations.push(Violation {
-                invariant: 5,
-                seqs: vec![event.seq],
-                message: format!("#{} {message}", event.seq),
-            });
+            self.violation(5, vec![event.seq], format!("#{} {err}", event.seq));
         }
         match event.tag() {
             Some(Tag::Join) if event.body.role == Some(Role::Slave) => {
-                slaves
+                self.slaves
                     .entry(event.agent.clone())
                     .or_insert_with(|| SlaveTrack {
                         joined_at: event.seq,
                         ..SlaveTrack::default()
                     });
             }
-            Some(Tag::Notify) => {
-                notifies.push(event);
-                match event.body.change() {
-                    Ok(change) => {
-                        open_errors.notify(&change);
-                        if let Err(err) = report.master_state.apply(&change) {
-                            violations.push(Violation {
-                                invariant: 4,
-                                seqs: vec![event.seq],
-                                message: format!("#{} notify {change} does not apply to the master's state: {err}", event.seq),
-                            });
-                        }
-                    }
-                    Err(err) => violations.push(Violation {
-                        invariant: 4,
-                        seqs: vec![event.seq],
-                        message: format!("#{} notify is not a valid change: {err}", event.seq),
-                    }),
-                }
-            }
-            Some(tag @ (Tag::Consume | Tag::Error)) => {
-                let Some(track) = slaves.get_mut(&event.agent) else {
-                    violations.push(Violation {
-                        invariant: 2,
-                        seqs: vec![event.seq],
-                        message: format!(
-                            "#{} {tag} from {}, which never joined as a slave",
-                            event.seq, event.agent
-                        ),
-                    });
-                    continue;
-                };
-                let Some(cause) = event.body.cause else {
-                    violations.push(Violation {
-                        invariant: 2,
-                        seqs: vec![event.seq],
-                        message: format!("#{} {tag} has no cause", event.seq),
-                    });
-                    continue;
-                };
-                let notify = by_seq.get(&cause).filter(|n| n.tag() == Some(Tag::Notify));
-                let Some(notify) = notify else {
-                    violations.push(Violation {
-                        invariant: 2,
-                        seqs: vec![event.seq, cause],
-                        message: format!(
-                            "#{} {tag} names cause #{cause}, which is not an earlier notify",
-                            event.seq
-                        ),
-                    });
-                    continue;
-                };
-                if let Some(violation) = repair_violation(event, &open_errors) {
-                    violations.push(violation);
-                }
-                let answers = event.body.repairs.is_none() && event.body.drift.is_none();
-                if !answers {
-                    // A repair (of an error, or of drift): it did apply, so it is replayed;
-                    // a drift repair may undo what the replay never saw (a file made
-                    // behind the slave's back), so it is replayed leniently.
-                    if tag == Tag::Consume && event.body.drift.is_some() {
-                        if let Ok(change) = event.body.change() {
-                            let _ = track.state.apply(&change);
-                        }
-                    } else if tag == Tag::Consume {
-                        replay_consume(event, track, &mut violations);
-                    }
-                    if tag == Tag::Consume {
-                        open_errors.consume(
-                            &event.agent,
-                            event.body.repairs,
-                            event.body.change().ok().as_ref(),
-                        );
-                    }
-                    continue;
-                }
-                if cause <= track.last_cause && !track.answers.contains_key(&cause) {
-                    violations.push(Violation {
-                        invariant: 2,
-                        seqs: vec![event.seq, cause],
-                        message: format!(
-                            "#{} {} answered #{cause} after already answering #{}: out of order",
-                            event.seq, event.agent, track.last_cause
-                        ),
-                    });
-                }
-                track.last_cause = track.last_cause.max(cause);
-                track.answers.entry(cause).or_default().push(event.seq);
-                if tag == Tag::Error {
-                    let change = notify.body.change().ok();
-                    if let Some(change) = &change {
-                        track.errored.extend(change.paths().into_iter().cloned());
-                    }
-                    open_errors.error(&event.agent, event.seq, cause, change);
-                    continue;
-                }
-                // 3: consume agrees with notify.
-                if let Some(message) = disagreement(&notify.body, &event.body) {
-                    violations.push(Violation {
-                        invariant: 3,
-                        seqs: vec![cause, event.seq],
-                        message: format!(
-                            "#{} consume by {} of #{cause}: {message}",
-                            event.seq, event.agent
-                        ),
-                    });
-                    // Still replayed: the slave's state is what it did.
-                }
-                replay_consume(event, track, &mut violations);
-                open_errors.consume(&event.agent, None, event.body.change().ok().as_ref());
-            }
+            Some(Tag::Notify) => self.notify(event),
+            Some(Tag::Ready) if event.body.resync.is_some() => self.resynced(event),
+            Some(tag @ (Tag::Consume | Tag::Error)) => self.answer(tag, event),
             _ => {}
         }
     }
-    report.n_notifies = notifies.len();
 
-    // 2: exactly one answer to every notify after the join, and never two to any.
-    for (name, track) in &slaves {
+    /// 1: seq and time. A gap is reported once, where it happens.
+    fn seq_and_time(&mut self, idx: usize, event: &Event) {
+        if event.seq != self.last_seq + 1 {
+            let message = format!(
+                "line {} has seq {} after seq {} (expected {})",
+                idx + 1,
+                event.seq,
+                self.last_seq,
+                self.last_seq + 1
+            );
+            self.violation(1, vec![event.seq], message);
+        }
+        self.last_seq = event.seq;
+        match humantime::parse_rfc3339(&event.time) {
+            Ok(time) => {
+                if self.last_time.is_some_and(|last| time < last) {
+                    let message = format!("#{} time {} goes backwards", event.seq, event.time);
+                    self.violation(1, vec![event.seq], message);
+                }
+                self.last_time = Some(time);
+            }
+            Err(err) => {
+                let message = format!(
+                    "#{} time {:?} is not RFC 3339: {err}",
+                    event.seq, event.time
+                );
+                self.violation(1, vec![event.seq], message);
+            }
+        }
+    }
+
+    fn notify(&mut self, event: &'a Event) {
+        self.notifies.push(event);
+        match event.body.change() {
+            Ok(change) => {
+                self.open_errors.notify(&change);
+                if let Err(err) = self.report.master_state.apply(&change) {
+                    let message = format!(
+                        "#{} notify {change} does not apply to the master's state: {err}",
+                        event.seq
+                    );
+                    self.violation(4, vec![event.seq], message);
+                }
+            }
+            Err(err) => {
+                let message = format!("#{} notify is not a valid change: {err}", event.seq);
+                self.violation(4, vec![event.seq], message);
+            }
+        }
+    }
+
+    /// A slave's resync, which ends with a `ready` naming the checkpoint: it now holds the
+    /// checkpoint's state and goes on from the notify after it.
+    fn resynced(&mut self, event: &Event) {
+        if let Some(violation) = resync_violation(event, self.base) {
+            self.violations.push(violation);
+        }
+        let Some(track) = self.slaves.get_mut(&event.agent) else {
+            return;
+        };
+        let checkpoint = event.body.resync.unwrap_or(0);
+        track.last_cause = track.last_cause.max(checkpoint);
+        resync_state(track, &self.base_model);
+    }
+
+    fn answer(&mut self, tag: Tag, event: &'a Event) {
+        let Some(track) = self.slaves.get_mut(&event.agent) else {
+            let message = format!(
+                "#{} {tag} from {}, which never joined as a slave",
+                event.seq, event.agent
+            );
+            return self.violation(2, vec![event.seq], message);
+        };
+        let Some(cause) = event.body.cause else {
+            let message = format!("#{} {tag} has no cause", event.seq);
+            return self.violation(2, vec![event.seq], message);
+        };
+        if event.body.resync.is_some() {
+            if let Some(violation) = resync_violation(event, self.base) {
+                self.violations.push(violation);
+            }
+            resync_state(track, &self.base_model);
+            if tag == Tag::Error {
+                let change = event.body.change().ok();
+                if let Some(change) = &change {
+                    track.errored.extend(change.paths().into_iter().cloned());
+                }
+                self.open_errors
+                    .error(&event.agent, event.seq, cause, change);
+            }
+            return;
+        }
+        // An answer to a notify retention removed: its effect is in the checkpoint's state.
+        let before_base = cause <= self.base;
+        let notify = self
+            .by_seq
+            .get(&cause)
+            .filter(|n| n.tag() == Some(Tag::Notify));
+        let notify = match notify {
+            Some(notify) => Some(*notify),
+            None if before_base => None,
+            None => {
+                let message = format!(
+                    "#{} {tag} names cause #{cause}, which is not an earlier notify",
+                    event.seq
+                );
+                return self.violation(2, vec![event.seq, cause], message);
+            }
+        };
+        if let Some(violation) = repair_violation(event, &self.open_errors) {
+            self.violations.push(violation);
+        }
+        let answers = event.body.repairs.is_none() && event.body.drift.is_none();
+        if !answers {
+            // A repair (of an error, or of drift): it did apply, so it is replayed; a drift
+            // repair may undo what the replay never saw (a file made behind the slave's
+            // back), so it is replayed leniently.
+            if tag == Tag::Consume && event.body.drift.is_some() {
+                if let Ok(change) = event.body.change() {
+                    let _ = track.state.apply(&change);
+                }
+            } else if tag == Tag::Consume {
+                replay_consume(event, track, &mut self.violations);
+            }
+            if tag == Tag::Consume {
+                let change = event.body.change().ok();
+                self.open_errors
+                    .consume(&event.agent, event.body.repairs, change.as_ref());
+            }
+            return;
+        }
+        if cause <= track.last_cause && !track.answers.contains_key(&cause) {
+            let message = format!(
+                "#{} {} answered #{cause} after already answering #{}: out of order",
+                event.seq, event.agent, track.last_cause
+            );
+            self.violations.push(Violation {
+                invariant: 2,
+                seqs: vec![event.seq, cause],
+                message,
+            });
+        }
+        track.last_cause = track.last_cause.max(cause);
+        track.answers.entry(cause).or_default().push(event.seq);
+        if tag == Tag::Error {
+            let change = match notify {
+                Some(notify) => notify.body.change().ok(),
+                None => event.body.change().ok(),
+            };
+            if let Some(change) = &change {
+                track.errored.extend(change.paths().into_iter().cloned());
+            }
+            self.open_errors
+                .error(&event.agent, event.seq, cause, change);
+            return;
+        }
+        // 3: consume agrees with notify.
+        if let Some(message) = notify.and_then(|n| disagreement(&n.body, &event.body)) {
+            self.violations.push(Violation {
+                invariant: 3,
+                seqs: vec![cause, event.seq],
+                message: format!(
+                    "#{} consume by {} of #{cause}: {message}",
+                    event.seq, event.agent
+                ),
+            });
+            // Still replayed: the slave's state is what it did.
+        }
+        if notify.is_some() {
+            replay_consume(event, track, &mut self.violations);
+        }
+        self.open_errors
+            .consume(&event.agent, None, event.body.change().ok().as_ref());
+    }
+
+    fn finish(mut self, n_events: usize) -> Report {
+        self.report.n_events = n_events;
+        self.report.n_notifies = self.notifies.len();
+        let slaves = std::mem::take(&mut self.slaves);
+        for (name, track) in &slaves {
+            self.answered_once(name, track);
+            self.converged(name, track);
+        }
+        self.report.slaves = slaves.keys().cloned().collect();
+        self.report.violations = self.violations;
+        self.report
+    }
+
+    /// 2: exactly one answer to every notify after the join, and never two to any.
+    fn answered_once(&mut self, name: &str, track: &SlaveTrack) {
         let mut pending = Vec::new();
-        for notify in &notifies {
+        for notify in &self.notifies {
             let expected = notify.seq > track.joined_at;
-            match track.answers.get(&notify.seq).map(Vec::len).unwrap_or(0) {
+            let answers = track.answers.get(&notify.seq);
+            match answers.map(Vec::len).unwrap_or(0) {
                 0 if expected => pending.push(notify.seq),
                 0 | 1 => {}
-                _ => violations.push(Violation {
+                n => self.violations.push(Violation {
                     invariant: 2,
                     seqs: std::iter::once(notify.seq)
-                        .chain(track.answers[&notify.seq].iter().copied())
+                        .chain(answers.into_iter().flatten().copied())
                         .collect(),
                     message: format!(
-                        "notify #{} ({}) answered {} times by {name}: {}",
+                        "notify #{} ({}) answered {n} times by {name}: {}",
                         notify.seq,
                         describe(&notify.body),
-                        track.answers[&notify.seq].len(),
-                        list(&track.answers[&notify.seq])
+                        list(answers.map(Vec::as_slice).unwrap_or_default())
                     ),
                 }),
             }
@@ -333,71 +483,85 @@ pub fn check_log(events: &[Event], options: CheckOptions) -> Report {
         let (skipped, waiting): (Vec<u64>, Vec<u64>) =
             pending.into_iter().partition(|seq| *seq < track.last_cause);
         for seq in skipped {
-            violations.push(Violation {
-                invariant: 2,
-                seqs: vec![seq],
-                message: format!(
-                    "notify #{seq} ({}) was never answered by {name}",
-                    by_seq
-                        .get(&seq)
-                        .map(|e| describe(&e.body))
-                        .unwrap_or_default()
-                ),
-            });
+            let what = self.by_seq.get(&seq).map(|e| describe(&e.body));
+            let message = format!(
+                "notify #{seq} ({}) was never answered by {name}",
+                what.unwrap_or_default()
+            );
+            self.violation(2, vec![seq], message);
         }
-        if !waiting.is_empty() && !options.allow_pending {
-            violations.push(Violation {
-                invariant: 2,
-                seqs: waiting.clone(),
-                message: format!(
-                    "{name} has not answered {} notify(s) at the end of the log: {}",
-                    waiting.len(),
-                    list(&waiting)
-                ),
-            });
+        if !waiting.is_empty() && !self.options.allow_pending {
+            let message = format!(
+                "{name} has not answered {} notify(s) at the end of the log: {}",
+                waiting.len(),
+                list(&waiting)
+            );
+            self.violation(2, waiting, message);
         }
-        // 4: a slave with errors still open has not converged; one that answered every
-        // notify and made good every error holds the master's state.
-        let open: Vec<_> = open_errors.of(name).collect();
+    }
+
+    /// 4: a slave with errors still open has not converged; one that answered every notify
+    /// and made good every error holds the master's state.
+    fn converged(&mut self, name: &str, track: &SlaveTrack) {
+        let open: Vec<u64> = self.open_errors.of(name).map(|e| e.seq).collect();
         if !open.is_empty() {
             let listed: Vec<String> = open
                 .iter()
                 .take(10)
-                .map(|e| {
-                    let error = by_seq.get(&e.seq).map(|event| &event.body);
+                .map(|seq| {
+                    let error = self.by_seq.get(seq).map(|event| &event.body);
                     format!(
-                        "#{} ({}: {})",
-                        e.seq,
+                        "#{seq} ({}: {})",
                         error.map(describe).unwrap_or_default(),
                         error.and_then(|b| b.error.as_deref()).unwrap_or("?")
                     )
                 })
                 .collect();
-            violations.push(Violation {
-                invariant: 4,
-                seqs: open.iter().map(|e| e.seq).collect(),
-                message: format!(
-                    "{name} has not converged: {} error(s) not repaired: {}",
-                    open.len(),
-                    listed.join(", ")
-                ),
-            });
+            let message = format!(
+                "{name} has not converged: {} error(s) not repaired: {}",
+                open.len(),
+                listed.join(", ")
+            );
+            self.violation(4, open, message);
+            return;
         }
-        let answered_all = notifies.iter().all(|n| track.answers.contains_key(&n.seq));
-        if answered_all && open.is_empty() && track.state != report.master_state {
-            violations.push(Violation {
-                invariant: 4,
-                seqs: Vec::new(),
-                message: format!(
-                    "{name}'s replayed state differs from the master's: {}",
-                    model_diff(&report.master_state, &track.state)
-                ),
-            });
+        let answered_all = self
+            .notifies
+            .iter()
+            .all(|n| track.answers.contains_key(&n.seq));
+        if answered_all && track.state != self.report.master_state {
+            let message = format!(
+                "{name}'s replayed state differs from the master's: {}",
+                model_diff(&self.report.master_state, &track.state)
+            );
+            self.violation(4, Vec::new(), message);
         }
     }
-    report.slaves = slaves.keys().cloned().collect();
-    report.violations = violations;
-    report
+}
+
+/// A resync brings a slave to the state of a checkpoint the log was cut at: at most the
+/// one this log goes on from (an older one when the log was cut again since). The
+/// checker knows only that one's state: a slave that resyncs holds it once it has answered
+/// up to it (answers to the removed notifies have their effect in it), so that is its
+/// state from the resync on.
+fn resync_state(track: &mut SlaveTrack, base_model: &Model) {
+    track.state = base_model.clone();
+}
+
+/// A resync names a checkpoint the log was cut at (its `cause` too, for an answer).
+fn resync_violation(event: &Event, base: u64) -> Option<Violation> {
+    let checkpoint = event.body.resync?;
+    let fits = checkpoint <= base
+        && checkpoint > 0
+        && (event.tag() == Some(Tag::Ready) || event.body.cause == Some(checkpoint));
+    (!fits).then(|| Violation {
+        invariant: 2,
+        seqs: vec![event.seq],
+        message: format!(
+            "#{} resyncs from #{checkpoint}, but the log was not cut there (it goes on from the checkpoint at #{base})",
+            event.seq
+        ),
+    })
 }
 
 /// Replays a consume into its slave's state. After an error the slave's state at that path

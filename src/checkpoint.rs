@@ -140,13 +140,19 @@ impl Snapshot {
 
     /// Reads a checkpoint back.
     pub fn read(path: &Path) -> io::Result<Snapshot> {
-        let bad = |what: String| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("{}: {what}", path.display()),
-            )
-        };
-        let mut lines = BufReader::new(File::open(path)?).lines();
+        let label = path.display().to_string();
+        Snapshot::read_from(BufReader::new(File::open(path)?), &label)
+    }
+
+    /// Parses a checkpoint received whole (from the bus, for a resync).
+    pub fn parse(bytes: &[u8]) -> io::Result<Snapshot> {
+        Snapshot::read_from(bytes, "checkpoint")
+    }
+
+    fn read_from(reader: impl BufRead, label: &str) -> io::Result<Snapshot> {
+        let bad =
+            |what: String| io::Error::new(io::ErrorKind::InvalidData, format!("{label}: {what}"));
+        let mut lines = reader.lines();
         let header: Header = match lines.next() {
             Some(line) => {
                 serde_json::from_str(&line?).map_err(|err| bad(format!("header: {err}")))?

@@ -143,6 +143,13 @@ pub struct BusKeeping {
     /// each.
     #[arg(long, value_name = "BYTES", default_value_t = crate::bus::log::DEFAULT_SEGMENT_BYTES)]
     pub segment_size: u64,
+    /// Remove content only once nothing has referred to it for this long (an upload racing
+    /// the collector is never lost).
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub gc_grace: std::time::Duration,
+    /// Look for history to drop and content to collect this often.
+    #[arg(long, value_name = "DURATION", default_value = "10min", value_parser = humantime::parse_duration)]
+    pub gc_interval: std::time::Duration,
 }
 
 impl BusKeeping {
@@ -157,6 +164,8 @@ impl BusKeeping {
             },
             retention: crate::bus::retention::Retention {
                 keep_history: self.keep_history,
+                gc_grace: self.gc_grace,
+                gc_interval: self.gc_interval.max(std::time::Duration::from_millis(100)),
             },
         }
     }
@@ -430,14 +439,11 @@ async fn run_scenario(command: ScenarioCommand) -> anyhow::Result<i32> {
 }
 
 fn run_check(args: CheckArgs) -> anyhow::Result<i32> {
-    let events = crate::bus::log::read_log(&args.log)
+    let log = crate::check::LogFile::read(&args.log)
         .with_context(|| format!("cannot read {}", args.log.display()))?;
-    let mut report = crate::check::check_log(
-        &events,
-        crate::check::CheckOptions {
-            allow_pending: args.allow_pending,
-        },
-    );
+    let mut report = log.check(crate::check::CheckOptions {
+        allow_pending: args.allow_pending,
+    });
     if let Some(dir) = &args.dir {
         if let Some(violation) = crate::check::check_dir(&report, dir)
             .with_context(|| format!("cannot read {}", dir.display()))?
@@ -446,7 +452,7 @@ fn run_check(args: CheckArgs) -> anyhow::Result<i32> {
         }
     }
     if let Some(out) = &args.html {
-        let html = crate::html::render(&events, Some(&report), &[]);
+        let html = crate::html::render(&log.events, Some(&report), &[]);
         std::fs::write(out, html).with_context(|| format!("cannot write {}", out.display()))?;
     }
     print!("{report}");

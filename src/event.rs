@@ -28,7 +28,7 @@
 //! | `repairs` | consume | the `seq` of this slave's `error` that this consume makes good: the change failed, was retried, and now applied |
 //! | `drift` | consume, error | `missing`, `modified` or `unexpected`: the slave found its directory edited behind its back at this path and restored it (consume) or kept it (error, `--keep-local`); `cause` is the last notify it had applied |
 //!
-//! | `resync` | consume, ready | a slave that was behind the log's start (away longer than the history window, or new to a truncated log) caught up from the checkpoint at this `seq`: each consume restores one path to the checkpoint's state (`cause` is the checkpoint's `seq`), and a `ready` with `resync` says it is done and follows the log from the next `seq` |
+//! | `resync` | consume, error, ready | a slave that was behind the log's start (away longer than the history window, or new to a truncated log) caught up from the checkpoint at this `seq`: each consume restores one path to the checkpoint's state (an error: could not, and is retried; `cause` is the checkpoint's `seq`), and a `ready` with `resync` says it is done and follows the log from the next `seq` |
 //!
 //! A consume with `repairs` answers its notify a second time, on purpose; one with `drift`
 //! or `resync` answers nothing. `filesync check` counts none of them as a duplicate answer.

@@ -5,7 +5,7 @@ use std::io::Write;
 use anyhow::Context;
 use globset::Glob;
 
-use crate::bus::{BusClient, Hello, Subscription};
+use crate::bus::{BusClient, ClientError, Hello, Subscription};
 use crate::cli::{shutdown_signal, ListenArgs};
 use crate::event::{Event, Role};
 
@@ -58,7 +58,19 @@ pub async fn run(args: ListenArgs) -> anyhow::Result<i32> {
     loop {
         let event = tokio::select! {
             _ = &mut shutdown => return Ok(0),
-            event = subscription.next() => event?,
+            event = subscription.next() => event,
+        };
+        let event = match event {
+            Err(ClientError::Truncated { start }) if start > subscription.position() => {
+                eprintln!(
+                    "filesync listen: events #{} to #{} were removed by retention; going on from #{start}",
+                    subscription.position(),
+                    start - 1
+                );
+                subscription.skip_to(start);
+                continue;
+            }
+            event => event?,
         };
         let keep = tag.is_none_or(|t| event.body.tag == Some(t))
             && op.is_none_or(|o| event.body.op == Some(o))

@@ -23,6 +23,7 @@ mod multiple_slaves;
 mod put;
 mod races;
 mod restarts;
+mod retention;
 mod scenarios;
 mod sigkill;
 mod symlinks_modes;

@@ -183,6 +183,9 @@ struct Sent {
     what: String,
     content: Option<PendingReply>,
     notify: PendingReply,
+    /// For a put: the path, handed back to the worker if the bus refuses it (its content
+    /// may have been collected between our question and the notify: `bus/gc.rs`).
+    relook: Option<(RelPath, std_mpsc::Sender<RelPath>)>,
 }
 
 /// Notifies in flight, oldest first.
@@ -222,6 +225,11 @@ impl InFlight {
             Err(err) if err.is_connection() => Err(err),
             Err(err) => {
                 tracing::error!("notify {} refused: {err}", sent.what);
+                if let Some((path, retry)) = sent.relook {
+                    if err.to_string().ends_with(crate::rules::MISSING_CONTENT) {
+                        let _ = retry.send(path);
+                    }
+                }
                 Ok(())
             }
         }
@@ -280,10 +288,15 @@ async fn publish_change(
         }
     }
     let notify = client.publish_pipelined(draft).await?;
+    let relook = match &change {
+        Change::Put { path, .. } => Some((path.clone(), retry.clone())),
+        _ => None,
+    };
     in_flight.push(Sent {
         what: change.to_string(),
         content: content_reply,
         notify,
+        relook,
     });
     Ok(())
 }

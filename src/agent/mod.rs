@@ -27,6 +27,7 @@ use filesync_master::hash::ContentHash;
 use filesync_master::{Change, Model};
 
 use crate::bus::{BusClient, ClientError, Hello, Subscription, Welcome};
+use crate::checkpoint::Snapshot;
 use crate::event::{Role, Tag};
 
 /// How long an agent keeps trying to reach a bus that has never answered.
@@ -157,13 +158,35 @@ pub struct Replayed {
     pub manifests: HashMap<ContentHash, String>,
 }
 
-/// Every notify from seq 1 up to `upto`, replayed (the master reconciles its directory
-/// with it; a slave verifies its own against it).
+impl From<Snapshot> for Replayed {
+    fn from(snapshot: Snapshot) -> Replayed {
+        Replayed {
+            model: snapshot.model,
+            manifests: snapshot.manifests,
+        }
+    }
+}
+
+/// Every notify up to `upto`, replayed (the master reconciles its directory with it; a
+/// slave verifies its own against it): from seq 1, or, when retention removed the start of
+/// the log, from the checkpoint covering what was removed. `Truncated` when the state at
+/// `upto` is no longer known (the log starts after it).
 pub async fn replay_notifies(client: &BusClient, upto: u64) -> Result<Replayed, ClientError> {
     let mut replayed = Replayed::default();
     let mut subscription = Subscription::new(client.clone(), 1);
     while subscription.position() <= upto {
-        let event = subscription.next().await?;
+        let event = match subscription.next().await {
+            Ok(event) => event,
+            // (`start` past our position: a bus saying otherwise would have us loop.)
+            Err(ClientError::Truncated { start })
+                if start > subscription.position() && start - 1 <= upto =>
+            {
+                replayed = client.fetch_checkpoint(start - 1).await?.into();
+                subscription = Subscription::new(client.clone(), start);
+                continue;
+            }
+            Err(err) => return Err(err),
+        };
         if event.tag() != Some(Tag::Notify) {
             continue;
         }

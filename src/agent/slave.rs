@@ -338,6 +338,45 @@ async fn session(
         );
         position = 0;
     }
+    macro_rules! lost {
+        ($result:expr) => {
+            match $result {
+                Ok(value) => value,
+                Err(err) if err.is_connection() => return Ok(SessionEnd::BusLost(err)),
+                // Retention moved the log's start past us meanwhile: the next session
+                // resyncs from the new checkpoint.
+                Err(err @ ClientError::Truncated { .. }) => return Ok(SessionEnd::BusLost(err)),
+                Err(err) => return Err(err).context("cannot follow the event log"),
+            }
+        };
+    }
+    let mut resync_failed = Vec::new();
+    if position + 1 < welcome.start {
+        let checkpoint = welcome.start - 1;
+        tracing::warn!(
+            "the bus's log starts at #{} and we had applied up to #{position}: catching up from its checkpoint at #{checkpoint}",
+            welcome.start
+        );
+        let resynced = lost!(verifier.resync(checkpoint, &client, &applier).await);
+        let mut done = Draft::tagged(Tag::Ready);
+        done.resync = Some(checkpoint);
+        match client.publish(done).await {
+            Ok(_) => {}
+            // The log moved on during the resync: again, from its new start.
+            Err(err @ ClientError::Refused(_)) => return Ok(SessionEnd::BusLost(err)),
+            Err(err) => lost!(Err(err)),
+        }
+        tracing::info!(
+            "resynced from the checkpoint at #{checkpoint}: {} path(s) restored, {} failed",
+            resynced.repaired.len(),
+            resynced.failed.len()
+        );
+        resync_failed = resynced.failed;
+        position = checkpoint;
+        write_position(position_file, position)?;
+        // The resync compared the whole directory.
+        schedule.verify_now = false;
+    }
     let mut ready = false;
     let mut subscription = Subscription::new(client.clone(), position + 1);
     // Pipelining: content for the next events is requested while one is applied, and
@@ -356,18 +395,12 @@ async fn session(
             return Ok(SessionEnd::BusLost(err));
         }
     }
-    macro_rules! lost {
-        ($result:expr) => {
-            match $result {
-                Ok(value) => value,
-                Err(err) if err.is_connection() => return Ok(SessionEnd::BusLost(err)),
-                Err(err) => return Err(err).context("cannot follow the event log"),
-            }
-        };
-    }
     // What failed before is retried first, so that a verification does not take its
     // repairs for drift.
     let mut retries = lost!(load_retries(&client, &welcome).await);
+    for (error, cause, failed) in resync_failed {
+        retries.add(error, cause, failed);
+    }
     lost!(run_retries(&mut retries, &applier, &client).await);
     // The last notify taken in hand: what a verification compares with. At start, as far
     // as the log says we answered (our position file may lag behind it).

@@ -26,8 +26,9 @@ use filesync_master::{Change, Model, RelPath};
 use filesync_slave::verify::{differences, scan, Difference, Found};
 use filesync_slave::Applier;
 
-use super::replay_notifies;
+use super::retry::Failed;
 use super::slave::{apply, ApplyFailure};
+use super::{replay_notifies, Replayed};
 use crate::bus::{BusClient, ClientError, Subscription};
 use crate::event::{Draft, Drift, Tag};
 
@@ -40,6 +41,8 @@ pub struct Verified {
     pub kept: usize,
     /// Temporary files removed.
     pub leftovers: usize,
+    /// Restores of a resync that failed: `(error seq, cause, change)`, to retry.
+    pub failed: Vec<(u64, u64, Failed)>,
 }
 
 /// Where a slave verifies, and how.
@@ -48,6 +51,35 @@ pub struct Verifier<'a> {
     /// `SDIR/verified`.
     pub stamps: PathBuf,
     pub keep_local: bool,
+}
+
+/// What a restore compares the directory with, and how the log is told about it.
+#[derive(Debug, Clone, Copy)]
+enum Basis {
+    /// The state as of the slave's position: each difference is drift (`drift`, `cause` =
+    /// the position).
+    Drift { position: u64 },
+    /// The checkpoint covering the log's start, for a slave behind it: each difference is
+    /// what it missed (`resync` = `cause` = the checkpoint's `seq`).
+    Resync { checkpoint: u64 },
+}
+
+impl Basis {
+    fn cause(self) -> u64 {
+        match self {
+            Basis::Drift { position } => position,
+            Basis::Resync { checkpoint } => checkpoint,
+        }
+    }
+
+    /// Marks an answer as a restore of this kind.
+    fn mark(self, mut draft: Draft, drift: Drift) -> Draft {
+        match self {
+            Basis::Drift { .. } => draft.drift = Some(drift),
+            Basis::Resync { checkpoint } => draft.resync = Some(checkpoint),
+        }
+        draft
+    }
 }
 
 impl Verifier<'_> {
@@ -63,52 +95,98 @@ impl Verifier<'_> {
         applier: &Applier,
     ) -> Result<Verified, ClientError> {
         let replayed = replay_notifies(client, position).await?;
-        let expected = replayed.model;
         let later = later_paths(client, position, head).await?;
-        let found = self.scan().await;
-        let Some(found) = found else {
+        let basis = Basis::Drift { position };
+        self.restore(&replayed, &later, basis, client, applier)
+            .await
+    }
+
+    /// Brings the directory to the state of the checkpoint at `checkpoint` (the log starts
+    /// after it, and the slave was behind that): every difference is applied, whatever
+    /// `keep_local` says, since most are changes the slave missed, and said in the log as a
+    /// `consume` (or `error`) with `resync`. The caller then publishes the `ready` that ends
+    /// the resync and follows the log from the next `seq`.
+    pub async fn resync(
+        &self,
+        checkpoint: u64,
+        client: &BusClient,
+        applier: &Applier,
+    ) -> Result<Verified, ClientError> {
+        let expected: Replayed = client.fetch_checkpoint(checkpoint).await?.into();
+        let basis = Basis::Resync { checkpoint };
+        self.restore(&expected, &[], basis, client, applier).await
+    }
+
+    /// Scans the directory, restores (or reports) each difference with `expected` outside
+    /// the `later` paths, and records what it saw for the next verification.
+    async fn restore(
+        &self,
+        expected: &Replayed,
+        later: &[RelPath],
+        basis: Basis,
+        client: &BusClient,
+        applier: &Applier,
+    ) -> Result<Verified, ClientError> {
+        let Some(found) = self.scan().await else {
             return Ok(Verified::default());
         };
         let mut verified = Verified {
             leftovers: found.leftovers,
             ..Verified::default()
         };
-        let mut diffs = differences(&expected, &found.model);
+        let mut diffs = differences(&expected.model, &found.model);
         diffs.retain(|diff| {
             !later
                 .iter()
                 .any(|p| p.starts_with(diff.path()) || diff.path().starts_with(p))
         });
+        let cause = basis.cause();
         for diff in &diffs {
             let (drift, change) = repair_of(diff);
-            if self.keep_local {
+            if self.keep_local && matches!(basis, Basis::Drift { .. }) {
                 tracing::warn!(
                     "{}: {} locally; kept (--keep-local)",
                     diff.path(),
                     drift.as_str()
                 );
                 let message = format!("{} on the slave; kept (--keep-local)", drift.as_str());
-                publish_drift(client, error_draft(&change, position, message), drift).await?;
+                publish(
+                    client,
+                    basis.mark(error_draft(&change, cause, message), drift),
+                )
+                .await?;
                 verified.kept += 1;
                 continue;
             }
             let manifest = match &change {
                 Change::Put { entry, .. } => entry
                     .sha256
-                    .and_then(|sha256| replayed.manifests.get(&sha256))
+                    .and_then(|sha256| expected.manifests.get(&sha256))
                     .map(String::as_str),
                 _ => None,
             };
             match apply(applier, client, None, Ok(change.clone()), None, manifest).await {
                 Ok(done) => {
-                    tracing::info!("{}: {} locally; restored", diff.path(), drift.as_str());
-                    publish_drift(client, done.consume(position, manifest), drift).await?;
+                    match basis {
+                        Basis::Drift { .. } => {
+                            tracing::info!("{}: {} locally; restored", diff.path(), drift.as_str())
+                        }
+                        Basis::Resync { .. } => tracing::debug!("{}: resynced", diff.path()),
+                    }
+                    publish(client, basis.mark(done.consume(cause, manifest), drift)).await?;
                     verified.repaired.push(done.change);
                 }
                 Err(ApplyFailure::Bus(err)) => return Err(err),
                 Err(ApplyFailure::Change(message)) => {
                     tracing::warn!("{}: cannot restore it: {message}", diff.path());
-                    publish_drift(client, error_draft(&change, position, message), drift).await?;
+                    let error = basis.mark(error_draft(&change, cause, message), drift);
+                    let published = publish(client, error).await?;
+                    if let (Some(seq), Basis::Resync { .. }) = (published, basis) {
+                        let manifest = manifest.map(str::to_owned);
+                        verified
+                            .failed
+                            .push((seq, cause, Failed { change, manifest }));
+                    }
                     verified.kept += 1;
                 }
             }
@@ -196,18 +274,14 @@ fn error_draft(change: &Change, position: u64, message: String) -> Draft {
     Draft::error(&Draft::notify(change), position, message)
 }
 
-async fn publish_drift(
-    client: &BusClient,
-    mut draft: Draft,
-    drift: Drift,
-) -> Result<(), ClientError> {
-    draft.drift = Some(drift);
+/// Publishes a restore's answer; its `seq`, or `None` when the bus refused it.
+async fn publish(client: &BusClient, draft: Draft) -> Result<Option<u64>, ClientError> {
     match client.publish(draft).await {
-        Ok(_) => Ok(()),
+        Ok(seq) => Ok(Some(seq)),
         Err(err) if err.is_connection() => Err(err),
         Err(err) => {
-            tracing::error!("the bus refused a drift report: {err}");
-            Ok(())
+            tracing::error!("the bus refused a restore's answer: {err}");
+            Ok(None)
         }
     }
 }

@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::frame::{read_frame, write_frame, write_queued, Frame, FrameError};
 use super::protocol::{Reply, Request, PROTOCOL_VERSION};
+use crate::checkpoint::Snapshot;
 use crate::event::{Draft, Event, Role};
 
 /// How much of the log one poll asks for.
@@ -46,6 +47,10 @@ pub enum ClientError {
     Protocol(String),
     #[error("lost the connection to the bus")]
     Lost,
+    /// The events asked for were removed by retention: the log now starts at `start`, and
+    /// the checkpoint at `start - 1` holds the state before it (`fetch_checkpoint`).
+    #[error("the bus's log now starts at seq {start}: older events were removed by retention")]
+    Truncated { start: u64 },
 }
 
 impl ClientError {
@@ -60,6 +65,9 @@ impl ClientError {
 pub struct Welcome {
     /// The last `seq` in the log before our join.
     pub head: u64,
+    /// The first `seq` the log still holds: a reader behind it resyncs from the checkpoint
+    /// at `start - 1`.
+    pub start: u64,
     /// The highest notify our name answered.
     pub answered: u64,
     /// `(error seq, notify seq)` of our errors to retry, oldest first.
@@ -138,12 +146,14 @@ impl BusClient {
             Ok(Reply::Welcome {
                 protocol,
                 head,
+                start,
                 answered,
                 retry,
                 keepalive_ms,
             }) if protocol == PROTOCOL_VERSION => (
                 Welcome {
                     head,
+                    start,
                     answered,
                     retry: retry.into_iter().map(|[e, n]| (e, n)).collect(),
                 },
@@ -273,6 +283,9 @@ impl BusClient {
                 &[],
             )
             .await?;
+        if let Reply::Truncated { start, .. } = reply {
+            return Err(ClientError::Truncated { start });
+        }
         if !matches!(reply, Reply::Events { .. }) {
             return Err(ClientError::Protocol(format!(
                 "expected events, got {reply:?}"
@@ -417,6 +430,40 @@ impl BusClient {
                 "expected blob data, got {other:?}"
             ))),
         }
+    }
+
+    /// The checkpoint the bus holds at `seq` (the state the log implies there), fetched
+    /// piece by piece; refused when the bus has none at that `seq`.
+    pub async fn fetch_checkpoint(&self, seq: u64) -> Result<Snapshot, ClientError> {
+        let mut bytes = Vec::new();
+        loop {
+            let offset = bytes.len() as u64;
+            let (reply, body) = self
+                .request(
+                    |id| Request::CheckpointGet {
+                        id,
+                        seq,
+                        offset,
+                        len: CHUNK_SIZE as u64,
+                    },
+                    &[],
+                )
+                .await?;
+            let Reply::BlobData { eof, .. } = reply else {
+                return Err(ClientError::Protocol(format!(
+                    "expected checkpoint data, got {reply:?}"
+                )));
+            };
+            bytes.extend_from_slice(&body);
+            if eof {
+                break;
+            }
+            if body.is_empty() {
+                return Err(ClientError::Protocol("empty checkpoint piece".into()));
+            }
+        }
+        Snapshot::parse(&bytes)
+            .map_err(|err| ClientError::Protocol(format!("bad checkpoint at {seq}: {err}")))
     }
 
     /// Uploads a file's content under `sha256`, piece by piece, unless the bus has it. The
@@ -748,6 +795,14 @@ impl Subscription {
     /// The `seq` the next event will have.
     pub fn position(&self) -> u64 {
         self.next
+    }
+
+    /// Goes on from `start` after `next` said the events before it were removed by
+    /// retention (`ClientError::Truncated`): for a reader that only shows the log, not one
+    /// that must see every event (that one resyncs from the checkpoint).
+    pub fn skip_to(&mut self, start: u64) {
+        self.next = self.next.max(start);
+        self.buffered.clear();
     }
 
     /// True when every event received so far has been handed out (the next `next()` asks

@@ -536,6 +536,17 @@ pub struct ReadLog {
 /// Reads every segment of the log whose newest segment is `path`, with line numbers in
 /// errors. A file that is not a bus's `events.jsonl` (a log saved elsewhere) is read alone.
 pub fn read_log_segments(path: &Path) -> io::Result<ReadLog> {
+    // A running bus may remove a segment between the listing and the read: list again.
+    let mut attempts = 0;
+    loop {
+        match read_segments_once(path) {
+            Err(err) if err.kind() == io::ErrorKind::NotFound && attempts < 5 => attempts += 1,
+            read => return read,
+        }
+    }
+}
+
+fn read_segments_once(path: &Path) -> io::Result<ReadLog> {
     let mut read = ReadLog {
         start: 1,
         ..ReadLog::default()

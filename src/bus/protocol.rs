@@ -48,7 +48,7 @@ use super::gates::Gate;
 use crate::event::{Draft, Role};
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Messages from an agent to the bus.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -177,6 +177,14 @@ pub enum Request {
     },
 }
 
+fn first_seq() -> u64 {
+    1
+}
+
+fn is_first_seq(seq: &u64) -> bool {
+    *seq == 1
+}
+
 /// Messages from the bus to an agent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -185,6 +193,9 @@ pub enum Reply {
         protocol: u32,
         /// The last `seq` in the log when this agent joined (its own `join` excluded).
         head: u64,
+        /// The first `seq` the log still holds (retention removed those before it).
+        #[serde(default = "first_seq", skip_serializing_if = "is_first_seq")]
+        start: u64,
         /// The highest notify `seq` this agent's name has answered, per the log.
         answered: u64,
         /// `[error seq, notify seq]` of this agent's errors to retry (see `rules::repairs`).

@@ -7,7 +7,8 @@
 //!
 //! The retention point is the lowest of: the newest checkpoint (everything before it is
 //! covered), the position of every slave connected or seen within the history window (what
-//! it has not answered, it still reads from the log), and the history window itself
+//! it has not answered, it still reads from the log), where every connected reader is
+//! reading (a listener, a master replaying), and the history window itself
 //! (`--keep-history`: segments whose last event is younger are kept whole; `0` keeps only
 //! what slaves need). A slave not seen within the window is not waited for: once the log
 //! starts after its position, it resyncs from the checkpoint instead (`agent/resync.rs`).
@@ -21,33 +22,41 @@ use crate::checkpoint::{self, Snapshot};
 use crate::event::{Event, Role};
 use crate::rules::Rules;
 
-/// What the bus keeps.
+/// What the bus keeps, and how often it looks.
 #[derive(Debug, Clone, Copy)]
 pub struct Retention {
     /// Segments whose last event is younger than this are kept whole.
     pub keep_history: Duration,
+    /// Content is removed only once it has been unreferenced this long (`gc.rs`).
+    pub gc_grace: Duration,
+    /// How often the bus truncates what the window let go and collects content.
+    pub gc_interval: Duration,
 }
 
 impl Default for Retention {
     fn default() -> Retention {
         Retention {
             keep_history: Duration::from_secs(7 * 24 * 3600),
+            gc_grace: Duration::from_secs(3600),
+            gc_interval: Duration::from_secs(600),
         }
     }
 }
 
 /// The first `seq` the bus must keep: see the module docs. `newest_checkpoint` is the
 /// highest `seq` a checkpoint holds; `connected` names the slaves connected now (waited
-/// for whatever the window).
+/// for whatever the window); `oldest_read` is the lowest `seq` a connected reader (any
+/// peer) last asked for.
 pub fn retention_point(
     segments: &[SegmentInfo],
     newest_checkpoint: u64,
     rules: &Rules,
     connected: &[String],
+    oldest_read: Option<u64>,
     retention: Retention,
     now: SystemTime,
 ) -> u64 {
-    let mut point = newest_checkpoint + 1;
+    let mut point = (newest_checkpoint + 1).min(oldest_read.unwrap_or(u64::MAX));
     let window_start = now.checked_sub(retention.keep_history);
     let within = |time: &str| {
         humantime::parse_rfc3339(time)
@@ -121,9 +130,7 @@ pub fn remove_old_checkpoints(dir: &Path, start: u64) -> io::Result<usize> {
 
 /// The newest checkpoint in `dir`, at or before `seq`.
 pub fn newest_checkpoint(dir: &Path, seq: u64) -> io::Result<Option<(u64, PathBuf)>> {
-    Ok(checkpoint::list(dir)?
-        .into_iter()
-        .rfind(|(s, _)| *s <= seq))
+    Ok(checkpoint::list(dir)?.into_iter().rfind(|(s, _)| *s <= seq))
 }
 
 #[cfg(test)]
@@ -183,38 +190,52 @@ mod tests {
         ];
         let week = Retention {
             keep_history: Duration::from_secs(7 * 86400),
+            ..Retention::default()
         };
         let none = Retention {
             keep_history: Duration::ZERO,
+            ..Retention::default()
         };
         let here = ["here".to_owned()];
         // A week of history keeps everything; without history only what a connected slave
         // needs is kept ("here" answered nothing: it needs everything after position 0).
-        assert_eq!(retention_point(&segments, 200, &rules, &[], week, now), 1);
-        assert_eq!(retention_point(&segments, 200, &rules, &here, none, now), 1);
         assert_eq!(
-            retention_point(&segments, 200, &rules, &[], none, now),
+            retention_point(&segments, 200, &rules, &[], None, week, now),
+            1
+        );
+        assert_eq!(
+            retention_point(&segments, 200, &rules, &here, None, none, now),
+            1
+        );
+        assert_eq!(
+            retention_point(&segments, 200, &rules, &[], None, none, now),
             201,
             "nobody connected, no history: only the checkpoint"
+        );
+        assert_eq!(
+            retention_point(&segments, 200, &rules, &[], Some(42), none, now),
+            42,
+            "a connected reader is not cut off mid-read"
         );
         rules.observe(
             &event(3, "here", Tag::Consume, recent, None, Some(150)),
             |_| None,
         );
         assert_eq!(
-            retention_point(&segments, 200, &rules, &here, none, now),
+            retention_point(&segments, 200, &rules, &here, None, none, now),
             151
         );
         let day_window = Retention {
             keep_history: Duration::from_secs(86400),
+            ..Retention::default()
         };
         assert_eq!(
-            retention_point(&segments, 200, &rules, &[], day_window, now),
+            retention_point(&segments, 200, &rules, &[], None, day_window, now),
             101,
             "the segment of three days ago is outside a day's window, and so is \"away\""
         );
         assert_eq!(
-            retention_point(&segments, 120, &rules, &here, none, now),
+            retention_point(&segments, 120, &rules, &here, None, none, now),
             121,
             "never past the newest checkpoint"
         );

@@ -119,7 +119,23 @@ struct Sessions {
     next_id: u64,
     handshaking: usize,
     agents: HashMap<u64, Connected>,
+    /// Session id -> where it reads the log: retention keeps the log from the lowest, so a
+    /// reader is not cut off mid-read.
+    reading: HashMap<u64, Reading>,
 }
+
+/// Where a session reads the log: the `seq` its latest poll asked for, or, once answered,
+/// the one it will ask for next.
+#[derive(Debug, Clone, Copy)]
+struct Reading {
+    next: u64,
+    at: Instant,
+}
+
+/// A reader that has not polled for this long since its last answer (a master done
+/// replaying, a listener paused) is no longer waited for: when it reads on, it learns the
+/// log was truncated.
+const READER_GRACE: Duration = Duration::from_secs(2);
 
 struct Shared {
     ledger: Mutex<Ledger>,
@@ -266,6 +282,7 @@ impl Bus {
             self.shared.gates.is_some(),
         )?;
         let mut connections = JoinSet::new();
+        let keeper = tokio::spawn(keep(self.shared.clone()));
         tokio::pin!(shutdown);
         loop {
             let accepted = tokio::select! {
@@ -293,8 +310,22 @@ impl Bus {
             }
             while connections.try_join_next().is_some() {}
         }
+        keeper.abort();
         connections.shutdown().await;
         Ok(())
+    }
+}
+
+/// The bus's housekeeping on a timer: what the history window let go since the last
+/// segment closed (`truncate`).
+async fn keep(shared: Arc<Shared>) {
+    let mut timer = tokio::time::interval(shared.retention.gc_interval);
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    timer.tick().await;
+    loop {
+        timer.tick().await;
+        let _one_at_a_time = shared.retaining.lock().await;
+        truncate(&shared);
     }
 }
 
@@ -338,7 +369,9 @@ struct SessionSlot {
 
 impl Drop for SessionSlot {
     fn drop(&mut self) {
-        lock(&self.shared.sessions).agents.remove(&self.id);
+        let mut sessions = lock(&self.shared.sessions);
+        sessions.agents.remove(&self.id);
+        sessions.reading.remove(&self.id);
     }
 }
 
@@ -395,6 +428,7 @@ async fn handle_connection(
     }
     tracing::info!("{} {} joined from {}", peer.role, peer.name, peer.addr);
     let handler = Handler {
+        session: session.id,
         idle: Idle::watch(shared.idle_timeout),
         shared,
         outbox,
@@ -510,12 +544,15 @@ fn admit(
     let welcome = Reply::Welcome {
         protocol: PROTOCOL_VERSION,
         head,
+        start: ledger.log.start(),
         answered: ledger.rules.answered(&name),
+        // A notify retention removed cannot be read back: a resync covers its path.
         retry: match role {
             Role::Slave => ledger
                 .rules
                 .retryable(&name)
                 .into_iter()
+                .filter(|(_, n)| *n >= ledger.log.start())
                 .map(|(e, n)| [e, n])
                 .collect(),
             _ => Vec::new(),
@@ -628,6 +665,8 @@ impl Drop for Busy {
 /// own.
 struct Handler {
     shared: Arc<Shared>,
+    /// The session's id among `Sessions`.
+    session: u64,
     peer: Peer,
     outbox: mpsc::Sender<Frame>,
     uploads: HashMap<u64, Upload>,
@@ -736,6 +775,11 @@ impl Handler {
                 let path = crate::checkpoint::path_in(&self.shared.checkpoints, seq);
                 match read_piece(&path, offset, len.min(CHUNK_SIZE as u64)) {
                     Ok((data, eof)) => reply_with_body(&Reply::BlobData { id, eof }, data),
+                    // Retention moved on meanwhile: the reader starts again from the new one.
+                    Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                        let start = lock(&self.shared.ledger).log.start();
+                        reply_frame(&Reply::Truncated { id, start })
+                    }
                     Err(err) => err_reply(id, format!("no checkpoint at {seq}: {err}")),
                 }
             }
@@ -809,11 +853,18 @@ impl Handler {
                 format!("more than {MAX_POLLS} polls in flight"),
             ));
         }
+        let reading = Reading {
+            next: from.max(1),
+            at: Instant::now(),
+        };
+        lock(&self.shared.sessions)
+            .reading
+            .insert(self.session, reading);
         let busy = self.idle.busy();
         let task = poll(
             self.shared.clone(),
             self.outbox.clone(),
-            self.peer.name.clone(),
+            (self.peer.name.clone(), self.session),
             id,
             from.max(1),
             max_bytes,
@@ -1018,55 +1069,76 @@ fn publish(shared: &Arc<Shared>, peer: &Peer, draft: Draft) -> Result<Event, Str
 /// segments and checkpoints retention no longer needs (`retention.rs`).
 async fn retain(shared: Arc<Shared>, last: u64) {
     let _one_at_a_time = shared.retaining.lock().await;
+    if let Err(err) = write_checkpoint(&shared, last).await {
+        tracing::error!("cannot write the checkpoint at {last}: {err}");
+        return;
+    }
+    truncate(&shared);
+}
+
+/// Writes the checkpoint at `last` from the newest one before it and the events between.
+async fn write_checkpoint(shared: &Arc<Shared>, last: u64) -> Result<(), String> {
     let dir = shared.checkpoints.clone();
-    let planned = {
+    let (base, ranges) = {
         let ledger = lock(&shared.ledger);
         let start = ledger.log.start();
         match retention::newest_checkpoint(&dir, last) {
             Ok(Some((seq, path))) if seq + 1 >= start => {
-                Ok((Some(path), ledger.log.ranges(seq + 1, last)))
+                (Some(path), ledger.log.ranges(seq + 1, last))
             }
-            Ok(_) if start == 1 => Ok((None, ledger.log.ranges(1, last))),
-            Ok(_) => Err(format!("no checkpoint covers the log's start {start}")),
-            Err(err) => Err(err.to_string()),
+            Ok(_) if start == 1 => (None, ledger.log.ranges(1, last)),
+            Ok(_) => return Err(format!("no checkpoint covers the log's start {start}")),
+            Err(err) => return Err(err.to_string()),
         }
     };
-    let built = match planned {
-        Ok((base, ranges)) => tokio::task::spawn_blocking(move || {
-            retention::build_checkpoint(base, ranges, last)
-                .and_then(|snapshot| snapshot.write(&dir))
-        })
-        .await
-        .map_err(|err| err.to_string())
-        .and_then(|written| written.map_err(|err| err.to_string())),
-        Err(err) => Err(err),
+    tokio::task::spawn_blocking(move || {
+        retention::build_checkpoint(base, ranges, last).and_then(|snapshot| snapshot.write(&dir))
+    })
+    .await
+    .map_err(|err| err.to_string())?
+    .map(|_| ())
+    .map_err(|err| err.to_string())
+}
+
+/// Removes the whole segments below the retention point that a checkpoint covers, then the
+/// checkpoints no reader needs. Runs after each checkpoint and on the keeper's timer (a
+/// reader that held the log back may have gone; the window moves with the clock).
+fn truncate(shared: &Arc<Shared>) {
+    let (connected, oldest_read) = {
+        let sessions = lock(&shared.sessions);
+        let slaves: Vec<String> = sessions
+            .agents
+            .values()
+            .filter(|c| c.role == Role::Slave)
+            .map(|c| c.name.clone())
+            .collect();
+        let reading = sessions.reading.values();
+        let oldest = reading
+            .filter(|r| r.at.elapsed() < READER_GRACE)
+            .map(|r| r.next)
+            .min();
+        (slaves, oldest)
     };
-    if let Err(err) = built {
-        tracing::error!("cannot write the checkpoint at {last}: {err}");
+    let checkpoints = checkpoint::list(&shared.checkpoints).unwrap_or_default();
+    let Some(&(newest, _)) = checkpoints.last() else {
         return;
-    }
-    let connected: Vec<String> = lock(&shared.sessions)
-        .agents
-        .values()
-        .filter(|c| c.role == Role::Slave)
-        .map(|c| c.name.clone())
-        .collect();
+    };
     let start = {
         let mut ledger = lock(&shared.ledger);
         let segments = ledger.log.segments();
         let point = retention::retention_point(
             &segments,
-            last,
+            newest,
             &ledger.rules,
             &connected,
+            oldest_read,
             shared.retention,
             std::time::SystemTime::now(),
         );
         // Only whole segments, and only up to one whose end has a checkpoint.
-        let covered = checkpoint::list(&shared.checkpoints)
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(seq, _)| seq)
+        let covered = checkpoints
+            .iter()
+            .map(|(seq, _)| *seq)
             .filter(|seq| *seq < point)
             .filter(|seq| segments.iter().any(|s| s.last == *seq))
             .max();
@@ -1111,7 +1183,7 @@ fn blob_reply(id: u64, outcome: Result<(), String>) -> Frame {
 async fn poll(
     shared: Arc<Shared>,
     outbox: mpsc::Sender<Frame>,
-    agent: String,
+    (agent, session): (String, u64),
     id: u64,
     from: u64,
     max_bytes: u64,
@@ -1166,6 +1238,11 @@ async fn poll(
                     .nth(allowed.saturating_sub(1))
                     .map_or(0, |(idx, _)| idx + 1);
                 lines.truncate(if allowed == 0 { 0 } else { cut });
+            }
+            let sent = lines.iter().filter(|&&b| b == b'\n').count() as u64;
+            if let Some(reading) = lock(&shared.sessions).reading.get_mut(&session) {
+                reading.next = from + sent;
+                reading.at = Instant::now();
             }
             reply_with_body(&Reply::Events { id }, lines)
         }

@@ -378,7 +378,7 @@ impl Rules {
         }
         draft.check_paths().map_err(|err| err.to_string())?;
         if let (Tag::Ready, Some(checkpoint)) = (tag, draft.resync) {
-            if role != Role::Slave || checkpoint + 1 != self.start() {
+            if role != Role::Slave || checkpoint == 0 || checkpoint + 1 != self.start() {
                 return Err(format!(
                     "no resync from #{checkpoint}: the log starts at {}",
                     self.start()
@@ -400,7 +400,7 @@ impl Rules {
                     Some(manifest) => check_chunks(path, entry.size, manifest, content)?,
                     None if !content.has(sha256) => {
                         return Err(format!(
-                            "put of {path}: the bus has no content {sha256}; upload it first"
+                            "put of {path}: the bus has no content {sha256}; {MISSING_CONTENT}"
                         ))
                     }
                     None => {}
@@ -459,7 +459,8 @@ impl Rules {
     }
 
     /// A resync consume restores a path to the state of the checkpoint covering the log's
-    /// start; its `cause` is that checkpoint's `seq`.
+    /// start (a resync error says it could not, and is retried like any error); its
+    /// `cause` is that checkpoint's `seq`.
     fn check_resync(
         &self,
         tag: Tag,
@@ -467,10 +468,13 @@ impl Rules {
         cause: u64,
         checkpoint: u64,
     ) -> Result<(), String> {
-        if tag != Tag::Consume || cause != checkpoint {
-            return Err("a resync is a consume whose cause is its checkpoint".into());
+        if cause != checkpoint {
+            return Err("a resync's cause is its checkpoint".into());
         }
-        if checkpoint + 1 != self.start() {
+        if tag == Tag::Error && draft.error.is_none() {
+            return Err("missing field `error`".into());
+        }
+        if checkpoint == 0 || checkpoint + 1 != self.start() {
             return Err(format!(
                 "no resync from #{checkpoint}: the log starts at {}",
                 self.start()
@@ -522,7 +526,8 @@ impl Rules {
             }
             Some(tag @ (Tag::Consume | Tag::Error)) => {
                 let Some(cause) = body.cause else { return };
-                if body.repairs.is_none() && body.drift.is_none() {
+                // Only a `ready` ends a resync: its answers answer no notify.
+                if body.repairs.is_none() && body.drift.is_none() && body.resync.is_none() {
                     let record = self.agents.entry(event.agent.clone()).or_default();
                     record.answered = record.answered.max(cause);
                 }
@@ -554,7 +559,7 @@ fn check_chunks(
     let manifest = match content.manifest(&address) {
         None => {
             return Err(format!(
-                "put of {path}: the bus has no manifest {address}; upload it first"
+                "put of {path}: the bus has no manifest {address}; {MISSING_CONTENT}"
             ))
         }
         Some(Err(err)) => return Err(format!("put of {path}: manifest {address}: {err}")),
@@ -568,12 +573,16 @@ fn check_chunks(
     }
     match manifest.chunks().iter().find(|c| !content.has(&c.sha256)) {
         Some(missing) => Err(format!(
-            "put of {path}: the bus has no chunk {}; upload it first",
+            "put of {path}: the bus has no chunk {}; {MISSING_CONTENT}",
             missing.sha256
         )),
         None => Ok(()),
     }
 }
+
+/// How a refusal for content the bus lacks ends, so that a master can tell it from the
+/// others: it uploads again (the content may have been collected meanwhile, `bus/gc.rs`).
+pub const MISSING_CONTENT: &str = "upload it first";
 
 /// An agent name is 1-64 of `A-Z a-z 0-9 . _ -`.
 pub fn check_name(name: &str) -> Result<(), String> {

@@ -31,7 +31,7 @@ pub struct OpenError {
 }
 
 /// Every slave's open errors, and an index of their paths for the overlap queries.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct OpenErrors {
     by_agent: HashMap<String, BTreeMap<u64, OpenError>>,
     /// Path bytes -> (agent, error seq) of the open errors whose change touches that path.

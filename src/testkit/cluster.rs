@@ -13,8 +13,8 @@ use std::time::Duration;
 use super::listen::EventStream;
 use super::pattern::Pattern;
 use super::plan::{Plan, ProcId};
-use crate::bus::log::read_log;
-use crate::check::{check_dir, check_log, CheckOptions, Report, Violation};
+use crate::check::{check_dir, check_log, CheckOptions, LogFile, Report, Violation};
+use crate::event::Tag;
 
 /// How long a process may take to print its address.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -351,13 +351,23 @@ impl Cluster {
                 .await
                 .map_err(|e| e.to_string())?;
             let seen = self.events.seen();
+            // A slave that resynced from a checkpoint holds every notify up to it.
+            let resynced = |name: &str| {
+                seen.iter()
+                    .filter(|e| e.agent == name && e.tag() == Some(Tag::Ready))
+                    .filter_map(|e| e.body.resync)
+                    .max()
+                    .unwrap_or(0)
+            };
             let all_answered = seen
                 .iter()
                 .filter(|e| Pattern::notify().matches(e))
                 .all(|notify| {
                     running.iter().all(|name| {
-                        seen.iter()
-                            .any(|e| e.agent == *name && e.body.cause == Some(notify.seq))
+                        notify.seq <= resynced(name)
+                            || seen
+                                .iter()
+                                .any(|e| e.agent == *name && e.body.cause == Some(notify.seq))
                     })
                 });
             if all_answered && (self.master.is_none() || self.master_dir_published()) {
@@ -420,8 +430,8 @@ impl Cluster {
 
     /// Checks the whole log, and every directory against the state it implies.
     pub fn check(&self, options: CheckOptions) -> Report {
-        let events = match read_log(&self.log_path()) {
-            Ok(events) => events,
+        let log = match LogFile::read(&self.log_path()) {
+            Ok(log) => log,
             Err(err) => {
                 let mut report = Report::default();
                 report.violations.push(Violation {
@@ -432,7 +442,7 @@ impl Cluster {
                 return report;
             }
         };
-        let mut report = check_log(&events, options);
+        let mut report = log.check(options);
         let dirs =
             std::iter::once(self.master_dir()).chain(self.slaves.iter().map(|s| s.dir.clone()));
         for dir in dirs {
@@ -466,13 +476,14 @@ impl Drop for Cluster {
             return;
         }
         // The test failed: draw what happened next to the logs it keeps.
-        let events = read_log(&self.log_path()).unwrap_or_else(|_| self.events.seen().to_vec());
-        let report = check_log(
-            &events,
-            CheckOptions {
-                allow_pending: true,
-            },
-        );
+        let log = LogFile::read(&self.log_path()).unwrap_or_else(|_| LogFile {
+            base: None,
+            events: self.events.seen().to_vec(),
+        });
+        let report = log.check(CheckOptions {
+            allow_pending: true,
+        });
+        let events = log.events;
         let html = crate::html::render(&events, Some(&report), &self.events.last_unmet());
         let out = self.dir().join("timeline.html");
         if std::fs::write(&out, html).is_ok() {

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use super::pattern::Pattern;
 use super::timeline::timeline;
-use crate::bus::{BusClient, Hello, Subscription};
+use crate::bus::{BusClient, ClientError, Hello, Subscription};
 use crate::event::{Event, Role, Tag};
 
 /// Why an expectation failed. Its `Display` is the report a person reads.
@@ -74,7 +74,15 @@ impl EventStream {
         let task = tokio::spawn(async move {
             let mut subscription = Subscription::new(client, from);
             loop {
-                let next = subscription.next().await.map_err(|err| err.to_string());
+                let next = match subscription.next().await {
+                    // What retention removed is gone for a listener too: the events from
+                    // the log's start on are what a test can expect.
+                    Err(ClientError::Truncated { start }) if start > subscription.position() => {
+                        subscription.skip_to(start);
+                        continue;
+                    }
+                    next => next.map_err(|err| err.to_string()),
+                };
                 let failed = next.is_err();
                 if tx.send(next).is_err() || failed {
                     return;
