@@ -44,6 +44,7 @@ struct HeaderFields {
 }
 
 /// The state the log implies after event `seq`.
+#[derive(Clone)]
 pub struct Snapshot {
     pub seq: u64,
     /// The time of event `seq`.

@@ -60,6 +60,22 @@ pub enum Command {
         after_help = "Examples:\n  filesync check events.jsonl\n  filesync check events.jsonl --dir /backup/src --html timeline.html"
     )]
     Check(CheckArgs),
+    /// Remove content nothing retained refers to any more, on a stopped bus's state; print
+    /// what was freed. A running bus does this by itself every --gc-interval.
+    #[command(
+        after_help = "Examples:\n  filesync gc --dry-run\n  filesync gc --state /var/lib/filesync --gc-grace 0s"
+    )]
+    Gc(GcArgs),
+    /// The versions of a path the bus still holds (within its history window).
+    #[command(
+        after_help = "Examples:\n  filesync history notes/todo.txt\n  filesync history big.iso --state /var/lib/filesync"
+    )]
+    History(HistoryArgs),
+    /// Write one version of a path out to a new file, verified against its SHA-256.
+    #[command(
+        after_help = "Examples:\n  filesync restore notes/todo.txt --at 1234 --to /tmp/todo.txt"
+    )]
+    Restore(RestoreArgs),
     /// Run master, slave and listener in temporary directories and walk through a session.
     Demo,
     /// Run or validate scenario files (JSON workloads; see docs/SCENARIOS.md).
@@ -253,6 +269,44 @@ pub struct CheckArgs {
     pub html: Option<PathBuf>,
 }
 
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// The bus's state directory (the master's when it hosts the bus).
+    #[arg(long, value_name = "SDIR")]
+    pub state: Option<PathBuf>,
+    /// Only say what would be removed.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Remove only what has been unreferenced this long (counted from the first pass that
+    /// found it so).
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub gc_grace: std::time::Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// The path, relative to the synced directory.
+    pub path: String,
+    /// The bus's state directory (the master's when it hosts the bus).
+    #[arg(long, value_name = "SDIR")]
+    pub state: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The path, relative to the synced directory.
+    pub path: String,
+    /// The version as of this event (`filesync history` lists them).
+    #[arg(long, value_name = "SEQ")]
+    pub at: u64,
+    /// The new file to write it to.
+    #[arg(long, value_name = "FILE")]
+    pub to: PathBuf,
+    /// The bus's state directory (the master's when it hosts the bus).
+    #[arg(long, value_name = "SDIR")]
+    pub state: Option<PathBuf>,
+}
+
 /// Resolves when Ctrl-C or SIGTERM arrives.
 pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
@@ -302,6 +356,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Listen(args) => crate::listen::run(args).await,
         Command::Check(args) => run_check(args),
+        Command::Gc(args) => run_gc(args),
+        Command::History(args) => run_history(args),
+        Command::Restore(args) => run_restore(args),
         Command::Demo => crate::demo::run().await,
         Command::Scenario(command) => run_scenario(command).await,
     }
@@ -436,6 +493,54 @@ async fn run_scenario(command: ScenarioCommand) -> anyhow::Result<i32> {
             Ok(if result.passed { 0 } else { 1 })
         }
     }
+}
+
+/// The state directory `gc`, `history` and `restore` read: given, or the master's default.
+fn bus_state(state: Option<PathBuf>) -> PathBuf {
+    state.unwrap_or_else(|| default_state_dir("master"))
+}
+
+fn run_gc(args: GcArgs) -> anyhow::Result<i32> {
+    let state = bus_state(args.state);
+    if !state.join("events.jsonl").is_file() {
+        anyhow::bail!("{} holds no bus state (no events.jsonl)", state.display());
+    }
+    // Held while collecting: a running bus holds it, and collects by itself.
+    let _lock = crate::state::StateDir::open(&state).context(
+        "gc works on a stopped bus's state (a running bus collects every --gc-interval)",
+    )?;
+    let collected = crate::bus::gc::collect_offline(&state, args.gc_grace, args.dry_run)?;
+    if args.dry_run {
+        println!("dry run: nothing removed");
+    }
+    println!("{collected}");
+    Ok(0)
+}
+
+fn run_history(args: HistoryArgs) -> anyhow::Result<i32> {
+    let path = filesync_master::RelPath::new(&args.path)
+        .with_context(|| format!("{:?} is not a path inside the synced directory", args.path))?;
+    let history = crate::history::History::open(&bus_state(args.state))?;
+    let versions = history.versions(&path)?;
+    print!("{}", crate::history::render(&path, &versions, &history));
+    Ok(0)
+}
+
+fn run_restore(args: RestoreArgs) -> anyhow::Result<i32> {
+    let path = filesync_master::RelPath::new(&args.path)
+        .with_context(|| format!("{:?} is not a path inside the synced directory", args.path))?;
+    let history = crate::history::History::open(&bus_state(args.state))?;
+    let version = history.at(&path, args.at)?;
+    if version.entry.is_none() {
+        anyhow::bail!("{path} did not exist at #{}", args.at);
+    }
+    let written = history.restore(&version, &args.to)?;
+    println!(
+        "restored {path} as of #{} ({written} bytes, sha256 verified) to {}",
+        args.at,
+        args.to.display()
+    );
+    Ok(0)
 }
 
 fn run_check(args: CheckArgs) -> anyhow::Result<i32> {

@@ -23,6 +23,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod demo;
 pub mod event;
+pub mod history;
 pub mod html;
 pub mod listen;
 pub mod rules;

@@ -4,13 +4,16 @@
 //! of its own, so hashing overlaps writing), and renamed to
 //! `blobs/<first two hex digits>/<the rest>` only once the SHA-256 matches the address the
 //! uploader commits it under. A blob in place is therefore always whole and correct.
-//! Identical files are stored once. Nothing is ever deleted (no garbage collection yet).
+//! Identical files are stored once. Content no longer referred to is removed by the
+//! collector (`gc.rs`): it first *dooms* it (the store then says it lacks it, so nothing
+//! new can refer to it, and an upload of it spares it), then removes what is still doomed.
 //!
 //! Blobs that arrive whole and are at most [`PACK_MAX`] bytes (small files, and every chunk
 //! of a large one) skip the file and are appended to the store's [`Pack`] after the same
 //! verification (see `pack.rs` for why). A manifest is content like any other; reading one
 //! back for the rules is [`crate::rules::Content::manifest`].
 
+use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -21,7 +24,7 @@ use filesync_master::chunk::Manifest;
 use filesync_master::hash::{ContentHash, PieceHasher, CHUNK_SIZE};
 use sha2::{Digest, Sha256};
 
-use super::pack::{Pack, PACK_MAX};
+use super::pack::{compact_path, Compactor, Pack, PACK_MAX};
 use crate::event::is_sha256;
 
 static UPLOAD_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -46,7 +49,33 @@ pub enum BlobError {
 pub struct BlobStore {
     dir: PathBuf,
     pack: Mutex<Pack>,
+    /// Blobs the collector is about to remove: reported absent meanwhile.
+    doomed: Mutex<HashSet<[u8; 32]>>,
 }
+
+/// One stored blob, as the collector lists it.
+#[derive(Debug, Clone, Copy)]
+pub struct Stored {
+    pub address: ContentHash,
+    pub size: u64,
+    /// In the pack (removed by compacting it) rather than a file of its own.
+    pub packed: bool,
+}
+
+/// What `remove_doomed` removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Removed {
+    pub blobs: usize,
+    /// Bytes the store's files shrank by.
+    pub bytes: u64,
+}
+
+/// The pack is compacted once the doomed records are at least this share of it (a
+/// compaction copies the rest), or at least `COMPACT_BYTES`.
+const COMPACT_SHARE: f64 = 0.2;
+const COMPACT_BYTES: u64 = 256 << 20;
+/// A compaction copies at most this many bytes a second while uploads go on.
+const COMPACT_PACE: u64 = 128 << 20;
 
 /// A blob being received; its address is known only at `commit`.
 pub struct Upload {
@@ -70,10 +99,162 @@ impl BlobStore {
         for entry in fs::read_dir(dir.join("tmp"))?.flatten() {
             let _ = fs::remove_file(entry.path());
         }
+        let pack_path = dir.join("small.pack");
+        // A compaction cut off by a crash: the pack it was copying is whole.
+        let _ = fs::remove_file(compact_path(&pack_path));
         Ok(BlobStore {
             dir: dir.to_path_buf(),
-            pack: Mutex::new(Pack::open(&dir.join("small.pack"))?),
+            pack: Mutex::new(Pack::open(&pack_path)?),
+            doomed: Mutex::new(HashSet::new()),
         })
+    }
+
+    /// Opens a store to read it, beside the bus that may be writing it (`filesync restore`).
+    pub fn open_read_only(dir: &Path) -> io::Result<BlobStore> {
+        Ok(BlobStore {
+            dir: dir.to_path_buf(),
+            pack: Mutex::new(Pack::open_read_only(&dir.join("small.pack"))?),
+            doomed: Mutex::new(HashSet::new()),
+        })
+    }
+
+    fn doomed(&self) -> MutexGuard<'_, HashSet<[u8; 32]>> {
+        self.doomed
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Every blob stored: the pack's records, then the files.
+    pub fn list(&self) -> io::Result<Vec<Stored>> {
+        let mut stored: Vec<Stored> = self
+            .pack()
+            .records()?
+            .into_iter()
+            .map(|(address, size)| Stored {
+                address: address.into(),
+                size,
+                packed: true,
+            })
+            .collect();
+        for dir in fs::read_dir(&self.dir)? {
+            let dir = dir?;
+            let name = dir.file_name();
+            let Some(first) = name.to_str().filter(|n| n.len() == 2) else {
+                continue;
+            };
+            for file in fs::read_dir(dir.path())? {
+                let file = file?;
+                let name = file.file_name();
+                let hex = format!("{first}{}", name.to_string_lossy());
+                if let Some(address) = ContentHash::parse_hex(&hex) {
+                    let size = file.metadata()?.len();
+                    stored.push(Stored {
+                        address,
+                        size,
+                        packed: false,
+                    });
+                }
+            }
+        }
+        Ok(stored)
+    }
+
+    /// Marks blobs for removal: from now on the store says it lacks them, until an upload
+    /// of one spares it.
+    pub fn doom(&self, addresses: impl IntoIterator<Item = ContentHash>) {
+        self.doomed()
+            .extend(addresses.into_iter().map(|a| *a.as_bytes()));
+    }
+
+    /// Takes blobs out of the doomed set (referred to again).
+    pub fn spare(&self, addresses: impl IntoIterator<Item = ContentHash>) {
+        let mut doomed = self.doomed();
+        for address in addresses {
+            doomed.remove(address.as_bytes());
+        }
+    }
+
+    /// How many blobs are doomed now.
+    pub fn doomed_count(&self) -> usize {
+        self.doomed().len()
+    }
+
+    /// Removes every blob still doomed: files at once; the pack's records by compacting it,
+    /// when enough of it is doomed (otherwise they are spared, and wait for a later pass).
+    /// The doomed set is empty afterwards.
+    pub fn remove_doomed(&self) -> io::Result<Removed> {
+        let mut removed = Removed::default();
+        let files: Vec<[u8; 32]> = self.doomed().iter().copied().collect();
+        for address in files {
+            let path = self
+                .dir
+                .join(hex::encode(&address[..1]))
+                .join(hex::encode(&address[1..]));
+            // Checked and removed under the lock an upload spares it under.
+            let doomed = self.doomed();
+            if !doomed.contains(&address) {
+                continue;
+            }
+            match fs::metadata(&path) {
+                Ok(meta) => {
+                    fs::remove_file(&path)?;
+                    removed.blobs += 1;
+                    removed.bytes += meta.len();
+                }
+                Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+                Err(err) => return Err(err),
+            }
+        }
+        let compacted = self.compact();
+        self.doomed().clear();
+        let (blobs, bytes) = compacted?;
+        removed.blobs += blobs;
+        removed.bytes += bytes;
+        Ok(removed)
+    }
+
+    /// Compacts the pack without its doomed records, if they are worth it.
+    fn compact(&self) -> io::Result<(usize, u64)> {
+        let (doomed_bytes, size) = {
+            let pack = self.pack();
+            let doomed = self.doomed();
+            let records = pack.records()?;
+            let bytes: u64 = records
+                .iter()
+                .filter(|(a, _)| doomed.contains(a))
+                .map(|(_, len)| len + 36)
+                .sum();
+            (bytes, pack.size())
+        };
+        let worth =
+            doomed_bytes as f64 >= size as f64 * COMPACT_SHARE || doomed_bytes >= COMPACT_BYTES;
+        if doomed_bytes == 0 || !worth {
+            return Ok((0, 0));
+        }
+        let path = self.dir.join("small.pack");
+        let (file, end) = self.pack().snapshot()?;
+        let mut compactor = Compactor::new(&path, COMPACT_PACE)?;
+        let start = 16;
+        compactor.copy(&file, start, end, &mut |a| !self.doomed().contains(a), true)?;
+        let mut pack = self.pack();
+        let (_, now_end) = pack.snapshot()?;
+        compactor.copy(&file, end, now_end, &mut |_| true, false)?;
+        // Spared while the copy went on: copied after all.
+        let spared: Vec<(u64, u64)> = {
+            let doomed = self.doomed();
+            compactor
+                .dropped
+                .iter()
+                .filter(|(a, _, _)| !doomed.contains(a))
+                .map(|(_, offset, len)| (*offset, *len))
+                .collect()
+        };
+        for (offset, len) in &spared {
+            compactor.restore(&file, *offset, *len)?;
+        }
+        let dropped = compactor.dropped.len() - spared.len();
+        let freed = compactor.finish(&mut pack, &path)?;
+        Ok((dropped, freed))
     }
 
     fn pack(&self) -> MutexGuard<'_, Pack> {
@@ -101,6 +282,9 @@ impl BlobStore {
 
     pub fn contains(&self, sha256: &str) -> Result<bool, BlobError> {
         let address = Self::address_of(sha256)?;
+        if self.doomed().contains(&address) {
+            return Ok(false);
+        }
         Ok(self.pack().contains(&address)? || self.path_of(sha256)?.is_file())
     }
 
@@ -111,6 +295,7 @@ impl BlobStore {
     /// lookup of a new blob (the usual case) cost a `stat` of the file it might have been.
     pub fn put_whole(&self, sha256: &str, content: &[u8]) -> Result<(), BlobError> {
         let address = Self::address_of(sha256)?;
+        self.doomed().remove(&address);
         if content.len() > PACK_MAX && self.contains(sha256)? {
             return Ok(());
         }
@@ -191,6 +376,7 @@ impl BlobStore {
                 actual: hashed.to_hex(),
             });
         }
+        self.doomed().remove(&address);
         if self.contains(sha256)? {
             return Ok(());
         }
@@ -356,5 +542,53 @@ mod tests {
         assert!(
             store.contains(&small).expect("address") && store.contains(&big_sha).expect("address")
         );
+    }
+
+    #[test]
+    fn doomed_blobs_look_absent_an_upload_spares_them_and_the_rest_are_removed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = BlobStore::open(dir.path()).expect("open");
+        let small: Vec<Vec<u8>> = (0..5u8).map(|n| vec![n; 1000]).collect();
+        let big = vec![7u8; PACK_MAX + 10];
+        for blob in small.iter().chain([&big]) {
+            store.put_whole(&sha256_hex(blob), blob).expect("put");
+        }
+        let address = |b: &[u8]| ContentHash::of(b);
+        store.doom([
+            address(&small[0]),
+            address(&small[1]),
+            address(&small[2]),
+            address(&big),
+        ]);
+        assert!(
+            !store.contains(&sha256_hex(&small[0])).expect("contains"),
+            "doomed: absent"
+        );
+        assert!(store.contains(&sha256_hex(&small[3])).expect("contains"));
+        // Uploaded again meanwhile: spared.
+        store
+            .put_whole(&sha256_hex(&small[1]), &small[1])
+            .expect("put");
+        let removed = store.remove_doomed().expect("remove");
+        assert_eq!(removed.blobs, 3, "{removed:?}");
+        assert_eq!(store.doomed_count(), 0);
+        for (n, blob) in small.iter().enumerate() {
+            let kept = n != 0 && n != 2;
+            assert_eq!(
+                store.contains(&sha256_hex(blob)).expect("contains"),
+                kept,
+                "blob {n}"
+            );
+        }
+        assert!(!store.contains(&sha256_hex(&big)).expect("contains"));
+        assert_eq!(
+            store
+                .read(&sha256_hex(&small[1]), 0, 10_000)
+                .expect("read")
+                .0,
+            small[1]
+        );
+        let listed = store.list().expect("list");
+        assert_eq!(listed.len(), 3);
     }
 }

@@ -108,8 +108,10 @@ struct Segment {
     /// Byte offset of each line: `offsets[seq - first]`.
     offsets: Vec<u64>,
     end: u64,
-    /// When its last event was appended.
+    /// When its last event was appended ...
     last_time: SystemTime,
+    /// ... and its first.
+    first_time: Option<SystemTime>,
 }
 
 impl Segment {
@@ -144,6 +146,52 @@ pub struct Located {
     pub file: Arc<File>,
     pub start: u64,
     pub end: u64,
+}
+
+/// A byte range of a file read with `pread`: it shares no file position with the writer
+/// appending to the same open file, as a `try_clone` of its handle would (an append moves
+/// the shared position, and a reader that had sought would read from the end).
+pub struct ReadAt<'a> {
+    file: &'a File,
+    pos: u64,
+    end: u64,
+}
+
+impl<'a> ReadAt<'a> {
+    pub fn new(file: &'a File, start: u64, end: u64) -> ReadAt<'a> {
+        ReadAt {
+            file,
+            pos: start,
+            end,
+        }
+    }
+}
+
+impl io::Read for ReadAt<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let want = (buf.len() as u64).min(self.end.saturating_sub(self.pos)) as usize;
+        let got = self.file.read_at(&mut buf[..want], self.pos)?;
+        self.pos += got as u64;
+        Ok(got)
+    }
+}
+
+/// Reads the events of `ranges` in order, handing each to `each` until it says stop
+/// (false); lines that do not parse are skipped (`check` is the place to report them).
+pub fn for_each_event(ranges: Vec<Located>, mut each: impl FnMut(Event) -> bool) -> io::Result<()> {
+    for range in ranges {
+        let reader = BufReader::new(ReadAt::new(&range.file, range.start, range.end));
+        for line in reader.lines() {
+            let Ok(event) = Event::parse(&line?) else {
+                continue;
+            };
+            if !each(event) {
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The open event log.
@@ -259,6 +307,7 @@ impl EventLog {
             offsets: Vec::new(),
             end: 0,
             last_time: SystemTime::UNIX_EPOCH,
+            first_time: None,
         };
         let mut reader = BufReader::new(&mut file);
         reader.seek(SeekFrom::Start(0))?;
@@ -300,6 +349,7 @@ impl EventLog {
             visit(&event, &lookup);
             if let Ok(time) = humantime::parse_rfc3339(&event.time) {
                 segment.last_time = time;
+                segment.first_time.get_or_insert(time);
                 self.last_time = self.last_time.max(time);
             }
             segment.offsets.push(segment.end);
@@ -426,14 +476,24 @@ impl EventLog {
         newest.offsets.push(newest.end);
         newest.end += line.len() as u64;
         newest.last_time = now;
+        newest.first_time.get_or_insert(now);
         Ok(event)
     }
 
     /// Closes the newest segment when it is full, and begins a new one; returns the last
     /// `seq` of the segment closed.
     pub fn rotate_if_full(&mut self) -> io::Result<Option<u64>> {
+        if self.newest().end < self.options.segment_bytes {
+            return Ok(None);
+        }
+        self.rotate()
+    }
+
+    /// Closes the newest segment (renamed under `log/`) and begins a new one; `None` when
+    /// it holds no event.
+    fn rotate(&mut self) -> io::Result<Option<u64>> {
         let newest = self.newest();
-        if newest.end < self.options.segment_bytes || newest.offsets.is_empty() {
+        if newest.offsets.is_empty() {
             return Ok(None);
         }
         let (first, last) = (newest.first(), newest.last());
@@ -461,28 +521,49 @@ impl EventLog {
             offsets: Vec::new(),
             end: HEADER_LEN as u64,
             last_time: self.last_time,
+            first_time: None,
         });
         Ok(Some(last))
+    }
+
+    /// Closes the newest segment, whatever its size, when its first event is at least
+    /// `age` old (so that a short history window is kept to within the keeper's interval,
+    /// not to a segment's worth of events). Returns its last `seq`, as `rotate_if_full`.
+    pub fn rotate_if_older(&mut self, age: std::time::Duration) -> io::Result<Option<u64>> {
+        let old = self
+            .newest()
+            .first_time
+            .and_then(|first| SystemTime::now().duration_since(first).ok())
+            .is_some_and(|elapsed| elapsed >= age);
+        if !old {
+            return Ok(None);
+        }
+        self.rotate()
     }
 
     /// Removes every closed segment that ends before `seq` (the newest is always kept);
     /// the oldest kept then says which checkpoint covers what came before it. Returns the
     /// log's new start.
     pub fn remove_before(&mut self, seq: u64) -> io::Result<u64> {
-        let mut removed = 0;
-        while self.segments.len() > 1 && self.segments[0].last() < seq {
-            fs::remove_file(&self.segments[0].path)?;
-            self.segments.remove(0);
-            removed += 1;
+        let count = self
+            .segments
+            .iter()
+            .take(self.segments.len() - 1)
+            .take_while(|s| s.last() < seq)
+            .count();
+        if count == 0 {
+            return Ok(self.start());
         }
-        if removed > 0 {
-            let oldest = &mut self.segments[0];
-            let header = SegmentHeader {
-                first: oldest.first(),
-                checkpoint: Some(oldest.first() - 1),
-            };
-            write_header(&oldest.path, &header)?;
-            oldest.header = Some(header);
+        // The header first: killed halfway, the log still starts where a checkpoint says.
+        let oldest = &mut self.segments[count];
+        let header = SegmentHeader {
+            first: oldest.first(),
+            checkpoint: Some(oldest.first() - 1),
+        };
+        write_header(&oldest.path, &header)?;
+        oldest.header = Some(header);
+        for segment in self.segments.drain(..count) {
+            fs::remove_file(&segment.path)?;
         }
         Ok(self.start())
     }
@@ -515,8 +596,7 @@ pub fn read_lines(file: &File, start: u64, end: u64, max_bytes: u64) -> io::Resu
         }
         None => {
             // One line longer than max_bytes: read on to its end.
-            let mut rest = file.try_clone()?;
-            rest.seek(SeekFrom::Start(start + want))?;
+            let rest = ReadAt::new(file, start + want, u64::MAX);
             BufReader::new(rest).read_until(b'\n', &mut buf)?;
             Ok(buf)
         }
@@ -540,7 +620,14 @@ pub fn read_log_segments(path: &Path) -> io::Result<ReadLog> {
     let mut attempts = 0;
     loop {
         match read_segments_once(path) {
-            Err(err) if err.kind() == io::ErrorKind::NotFound && attempts < 5 => attempts += 1,
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::Interrupted
+                ) && attempts < 5 =>
+            {
+                attempts += 1
+            }
             read => return read,
         }
     }
@@ -551,6 +638,9 @@ fn read_segments_once(path: &Path) -> io::Result<ReadLog> {
         start: 1,
         ..ReadLog::default()
     };
+    // A segment that does not go on from the one before was rotated or removed between
+    // the listing and the read.
+    let moved = |what: String| io::Error::new(io::ErrorKind::Interrupted, what);
     for (idx, segment) in segment_paths(path)?.iter().enumerate() {
         let reader = BufReader::new(File::open(segment)?);
         for (line_idx, line) in reader.lines().enumerate() {
@@ -560,6 +650,16 @@ fn read_segments_once(path: &Path) -> io::Result<ReadLog> {
             }
             if line_idx == 0 {
                 if let Some(header) = SegmentHeader::parse(&line) {
+                    let expected = read.events.last().map(|e| e.seq + 1);
+                    if expected.is_some_and(|seq| seq != header.first)
+                        || (idx == 0 && header.first > 1 && header.checkpoint.is_none())
+                    {
+                        return Err(moved(format!(
+                            "{}: the log changed while it was read (it starts at #{})",
+                            segment.display(),
+                            header.first
+                        )));
+                    }
                     if idx == 0 {
                         read.start = header.first;
                         read.checkpoint = header.checkpoint.map(|seq| {

@@ -16,6 +16,7 @@ pub mod client;
 pub mod follow;
 pub mod frame;
 pub mod gates;
+pub mod gc;
 pub mod log;
 pub mod pack;
 pub mod protocol;

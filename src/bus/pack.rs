@@ -20,9 +20,12 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::log::ReadAt;
 
 /// Content up to this size goes into the pack: small files, and every chunk of a large one.
 pub const PACK_MAX: usize = filesync_master::chunk::CHUNK_MAX;
@@ -70,13 +73,23 @@ fn prefix(address: &[u8; 32]) -> u64 {
 impl Pack {
     /// Opens (or creates) the pack at `path`, indexes it, and cuts off a torn last record.
     pub fn open(path: &Path) -> io::Result<Pack> {
+        Pack::open_with(path, true)
+    }
+
+    /// Opens the pack to read it beside the bus that writes it (`filesync restore`):
+    /// nothing is created or cut off, and a record being appended is simply not seen.
+    pub fn open_read_only(path: &Path) -> io::Result<Pack> {
+        Pack::open_with(path, false)
+    }
+
+    fn open_with(path: &Path, writable: bool) -> io::Result<Pack> {
         let mut file = OpenOptions::new()
             .read(true)
-            .append(true)
-            .create(true)
+            .append(writable)
+            .create(writable)
             .open(path)?;
         let size = file.metadata()?.len();
-        if size == 0 {
+        if size == 0 && writable {
             file.write_all(MAGIC)?;
         } else {
             let mut magic = [0u8; 16];
@@ -109,7 +122,7 @@ impl Pack {
                 .or_insert(Slot::new(pack.end, len as usize));
             pack.end = record_end;
         }
-        if pack.end < size {
+        if pack.end < size && writable {
             tracing::warn!(
                 "{}: cutting off {} bytes of a record cut short",
                 path.display(),
@@ -202,6 +215,29 @@ impl Pack {
         Ok(Some((buf, start + want >= size)))
     }
 
+    /// Every record's address and content length (the collector's listing).
+    pub fn records(&self) -> io::Result<Vec<([u8; 32], u64)>> {
+        let mut records = Vec::with_capacity(self.index.len());
+        let mut address = [0u8; 32];
+        for slot in self.index.values() {
+            self.file.read_exact_at(&mut address, slot.offset())?;
+            records.push((address, slot.len() as u64));
+        }
+        Ok(records)
+    }
+
+    /// The pack's size in bytes.
+    pub fn size(&self) -> u64 {
+        self.end
+    }
+
+    /// A handle on the file and how far its records go now: what a compaction copies
+    /// without holding the pack (records are never changed once appended; it is read with
+    /// `pread`, so sharing the appender's file position does no harm).
+    pub fn snapshot(&self) -> io::Result<(File, u64)> {
+        Ok((self.file.try_clone()?, self.end))
+    }
+
     /// How many blobs the pack holds.
     pub fn len(&self) -> usize {
         self.index.len()
@@ -209,6 +245,127 @@ impl Pack {
 
     pub fn is_empty(&self) -> bool {
         self.index.is_empty()
+    }
+}
+
+/// A compacted copy of a pack, written beside it (`small.pack.compact`) and swapped in
+/// whole: the records kept are copied while appends go on (`copy`, from a `snapshot`),
+/// then, holding the pack, whatever was appended meanwhile, then the rename (`finish`).
+/// A crash before the rename leaves the old pack as it was and a temporary file that the
+/// store removes when it opens.
+pub struct Compactor {
+    temp: PathBuf,
+    out: BufWriter<File>,
+    end: u64,
+    index: HashMap<u64, Slot>,
+    /// Records left out: address, header offset in the old pack, content length (a blob
+    /// wanted again before the swap is copied after all).
+    pub dropped: Vec<([u8; 32], u64, u64)>,
+    /// Copying without the pack is paced at this many bytes a second.
+    pace: u64,
+}
+
+/// The temporary name of a pack's compacted copy.
+pub fn compact_path(pack: &Path) -> PathBuf {
+    pack.with_extension("pack.compact")
+}
+
+impl Compactor {
+    pub fn new(pack: &Path, pace: u64) -> io::Result<Compactor> {
+        let temp = compact_path(pack);
+        let mut out = BufWriter::new(File::create(&temp)?);
+        out.write_all(MAGIC)?;
+        Ok(Compactor {
+            temp,
+            out,
+            end: MAGIC.len() as u64,
+            index: HashMap::new(),
+            dropped: Vec::new(),
+            pace,
+        })
+    }
+
+    /// Copies the records of `from` between offsets `start` and `end` that `keep` wants;
+    /// the writing is paced unless `paced` is false (the pack is held).
+    pub fn copy(
+        &mut self,
+        from: &File,
+        start: u64,
+        end: u64,
+        keep: &mut dyn FnMut(&[u8; 32]) -> bool,
+        paced: bool,
+    ) -> io::Result<()> {
+        let mut reader = BufReader::with_capacity(1 << 20, ReadAt::new(from, start, end));
+        let began = Instant::now();
+        let mut offset = start;
+        let mut copied = 0u64;
+        let mut header = [0u8; RECORD_HEADER as usize];
+        let mut content = Vec::new();
+        while offset < end {
+            reader.read_exact(&mut header)?;
+            let len = u64::from(u32::from_le_bytes([
+                header[32], header[33], header[34], header[35],
+            ]));
+            content.resize(len as usize, 0);
+            reader.read_exact(&mut content)?;
+            let mut address = [0u8; 32];
+            address.copy_from_slice(&header[..32]);
+            if keep(&address) {
+                self.push(&address, &content)?;
+                copied += RECORD_HEADER + len;
+            } else {
+                self.dropped.push((address, offset, len));
+            }
+            offset += RECORD_HEADER + len;
+            // Paced by what is written: skipping a dead record costs a read of the cache.
+            if paced && self.pace > 0 {
+                let due = Duration::from_secs_f64(copied as f64 / self.pace as f64);
+                if let Some(ahead) = due.checked_sub(began.elapsed()) {
+                    std::thread::sleep(ahead);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies one record left out before, after all (its blob was wanted again).
+    pub fn restore(&mut self, from: &File, offset: u64, len: u64) -> io::Result<()> {
+        let mut record = vec![0u8; (RECORD_HEADER + len) as usize];
+        from.read_exact_at(&mut record, offset)?;
+        let mut address = [0u8; 32];
+        address.copy_from_slice(&record[..32]);
+        self.push(&address, &record[RECORD_HEADER as usize..])
+    }
+
+    fn push(&mut self, address: &[u8; 32], content: &[u8]) -> io::Result<()> {
+        let key = prefix(address);
+        if self.index.contains_key(&key) {
+            return Ok(());
+        }
+        self.out.write_all(address)?;
+        self.out.write_all(&(content.len() as u32).to_le_bytes())?;
+        self.out.write_all(content)?;
+        self.index.insert(key, Slot::new(self.end, content.len()));
+        self.end += RECORD_HEADER + content.len() as u64;
+        Ok(())
+    }
+
+    /// Makes the copy durable and swaps it in for `pack` (at `path`); returns the bytes
+    /// freed.
+    pub fn finish(self, pack: &mut Pack, path: &Path) -> io::Result<u64> {
+        let file = self.out.into_inner().map_err(|err| err.into_error())?;
+        file.sync_all()?;
+        std::fs::rename(&self.temp, path)?;
+        if let Some(dir) = path.parent() {
+            File::open(dir)?.sync_all()?;
+        }
+        let freed = pack.end.saturating_sub(self.end);
+        pack.file = OpenOptions::new().read(true).append(true).open(path)?;
+        pack.end = self.end;
+        pack.index = self.index;
+        pack.recent.clear();
+        pack.recent_order.clear();
+        Ok(freed)
     }
 }
 
@@ -301,6 +458,61 @@ mod tests {
         assert!(!pack
             .contains(&impostor)
             .expect("older: a collision is refused"));
+    }
+
+    #[test]
+    fn a_compaction_keeps_what_is_wanted_and_what_arrived_meanwhile() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("small.pack");
+        let mut pack = Pack::open(&path).expect("open");
+        let blobs: Vec<Vec<u8>> = (0..10u8).map(|n| vec![n; 100 + n as usize]).collect();
+        for blob in &blobs {
+            assert!(pack.append(&address(blob), blob).expect("append"));
+        }
+        let (file, end) = pack.snapshot().expect("snapshot");
+        let mut compactor = Compactor::new(&path, 0).expect("compactor");
+        // Drop the even ones; odd ones are kept.
+        let mut keep = |a: &[u8; 32]| {
+            blobs
+                .iter()
+                .position(|b| address(b) == *a)
+                .is_some_and(|n| n % 2 == 1)
+        };
+        compactor
+            .copy(&file, MAGIC.len() as u64, end, &mut keep, true)
+            .expect("copy");
+        assert_eq!(compactor.dropped.len(), 5);
+        // Meanwhile one more blob arrives, and blob 4 is wanted again.
+        let late = b"arrived during the copy".to_vec();
+        assert!(pack.append(&address(&late), &late).expect("append"));
+        let (_, now_end) = pack.snapshot().expect("snapshot");
+        compactor
+            .copy(&file, end, now_end, &mut |_| true, false)
+            .expect("tail");
+        let (_, offset, len) = compactor
+            .dropped
+            .iter()
+            .copied()
+            .find(|(a, _, _)| *a == address(&blobs[4]))
+            .expect("dropped");
+        compactor.restore(&file, offset, len).expect("restore");
+        let freed = compactor.finish(&mut pack, &path).expect("finish");
+        assert_eq!(
+            freed,
+            [0u64, 2, 6, 8]
+                .iter()
+                .map(|n| RECORD_HEADER + 100 + n)
+                .sum::<u64>()
+        );
+        for (n, blob) in blobs.iter().enumerate() {
+            let wanted = n % 2 == 1 || n == 4;
+            let read = pack.read(&address(blob), 0, 1000).expect("read");
+            assert_eq!(read.is_some(), wanted, "blob {n}");
+        }
+        assert!(pack.contains(&address(&late)).expect("late"));
+        let reopened = Pack::open(&path).expect("reopen");
+        assert_eq!(reopened.len(), 7);
+        assert!(!compact_path(&path).exists());
     }
 
     #[test]

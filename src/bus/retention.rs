@@ -13,13 +13,13 @@
 //! what slaves need). A slave not seen within the window is not waited for: once the log
 //! starts after its position, it resyncs from the checkpoint instead (`agent/resync.rs`).
 
-use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use super::log::{Located, SegmentInfo};
+use super::log::{for_each_event, Located, SegmentInfo};
 use crate::checkpoint::{self, Snapshot};
-use crate::event::{Event, Role};
+use crate::event::Role;
 use crate::rules::Rules;
 
 /// What the bus keeps, and how often it looks.
@@ -92,24 +92,15 @@ pub fn build_checkpoint(
         Some(path) => Snapshot::read(&path)?,
         None => Snapshot::new(),
     };
-    for range in ranges {
-        let mut file = (*range.file).try_clone()?;
-        file.seek(SeekFrom::Start(range.start))?;
-        let reader = BufReader::new(file.take(range.end - range.start));
-        for line in reader.lines() {
-            let line = line?;
-            let Ok(event) = Event::parse(&line) else {
-                continue;
-            };
-            if event.seq <= snapshot.seq {
-                continue;
-            }
-            if event.seq > upto {
-                return Ok(snapshot);
-            }
+    for_each_event(ranges, |event| {
+        if event.seq > upto {
+            return false;
+        }
+        if event.seq > snapshot.seq {
             snapshot.observe(&event);
         }
-    }
+        true
+    })?;
     Ok(snapshot)
 }
 
@@ -136,7 +127,7 @@ pub fn newest_checkpoint(dir: &Path, seq: u64) -> io::Result<Option<(u64, PathBu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Draft, Tag};
+    use crate::event::{Draft, Event, Tag};
 
     fn event(
         seq: u64,

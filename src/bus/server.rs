@@ -25,7 +25,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context};
 use filesync_master::chunk::{ChunkRef, CHUNK_MAX};
@@ -39,6 +39,7 @@ use tokio::task::JoinSet;
 use super::blobs::{BlobStore, Upload};
 use super::follow::{Announced, Announcements, Followed};
 use super::frame::{read_frame, write_queued, Frame};
+use super::gc;
 use super::log::{self, read_lines, EventLog, Head, LogOptions};
 use super::protocol::{Reply, Request, PROTOCOL_VERSION};
 use super::retention::{self, Retention};
@@ -151,6 +152,8 @@ struct Shared {
     gates: Option<super::gates::Gates>,
     /// Where checkpoints are written.
     checkpoints: PathBuf,
+    /// The bus's state directory.
+    state_dir: PathBuf,
     retention: Retention,
     /// One checkpoint and truncation at a time.
     retaining: tokio::sync::Mutex<()>,
@@ -243,6 +246,7 @@ impl Bus {
                 idle_timeout: options.idle_timeout,
                 gates: options.checkpoints.then(super::gates::Gates::default),
                 checkpoints,
+                state_dir: options.state_dir.clone(),
                 retention: options.retention,
                 retaining: tokio::sync::Mutex::new(()),
                 _state: state,
@@ -316,17 +320,113 @@ impl Bus {
     }
 }
 
-/// The bus's housekeeping on a timer: what the history window let go since the last
-/// segment closed (`truncate`).
+/// The bus's housekeeping on a timer: closes a segment the history window has outgrown
+/// (and checkpoints it), drops what the window let go (`truncate`), then collects content
+/// nothing refers to any more (`gc.rs`), when the log's start moved or content waits for
+/// its grace period to end.
 async fn keep(shared: Arc<Shared>) {
     let mut timer = tokio::time::interval(shared.retention.gc_interval);
     timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     timer.tick().await;
+    let mut collected_at = None;
     loop {
         timer.tick().await;
         let _one_at_a_time = shared.retaining.lock().await;
+        let closed = lock(&shared.ledger)
+            .log
+            .rotate_if_older(shared.retention.keep_history);
+        match closed {
+            Ok(Some(last)) => {
+                if let Err(err) = write_checkpoint(&shared, last).await {
+                    tracing::error!("cannot write the checkpoint at {last}: {err}");
+                }
+            }
+            Ok(None) => {}
+            Err(err) => tracing::error!("cannot close the log's segment: {err}"),
+        }
         truncate(&shared);
+        let start = lock(&shared.ledger).log.start();
+        let pending = gc::pending_path(&shared.state_dir);
+        let waiting = std::fs::metadata(&pending).is_ok_and(|m| m.len() > 0);
+        if collected_at == Some(start) && !waiting {
+            continue;
+        }
+        collected_at = Some(start);
+        let started = Instant::now();
+        let pass = shared.clone();
+        match tokio::task::spawn_blocking(move || collect(&pass)).await {
+            Ok(Ok(collected)) if collected.removed.blobs > 0 => tracing::info!(
+                "collected {} unreferenced blobs ({} bytes) in {:?}",
+                collected.removed.blobs,
+                collected.removed.bytes,
+                started.elapsed()
+            ),
+            Ok(Ok(collected)) => tracing::debug!(
+                "content collection: {} blobs, {} referenced, {} due but kept, {} waiting",
+                collected.stored,
+                collected.referenced,
+                collected.due_kept,
+                collected.waiting
+            ),
+            Ok(Err(err)) => tracing::warn!("content collection failed: {err}"),
+            Err(err) => tracing::warn!("content collection stopped: {err}"),
+        }
     }
+}
+
+/// One collection pass on the running bus (`gc.rs`): references as of the head now, then,
+/// once the due blobs are doomed, those of the events appended meanwhile.
+fn collect(shared: &Arc<Shared>) -> std::io::Result<gc::Collected> {
+    let (base, ranges, head) = {
+        let ledger = lock(&shared.ledger);
+        let start = ledger.log.start();
+        let head = ledger.log.head().seq;
+        let base = (start > 1).then(|| checkpoint::path_in(&shared.checkpoints, start - 1));
+        (base, ledger.log.ranges(start, head), head)
+    };
+    let mut references = gc::References::default();
+    if let Some(path) = base {
+        references.add_snapshot(&Snapshot::read(&path)?, &shared.blobs);
+    }
+    log::for_each_event(ranges, |event| {
+        references.add_event(&event.body, &shared.blobs);
+        true
+    })?;
+    let pending = gc::pending_path(&shared.state_dir);
+    let grace = shared.retention.gc_grace;
+    let plan = gc::plan(
+        &shared.blobs,
+        &references,
+        &pending,
+        grace,
+        SystemTime::now(),
+    )?;
+    let referenced = references.len();
+    let mut collected = gc::execute(&shared.blobs, plan, &pending, |store| {
+        let later = {
+            let ledger = lock(&shared.ledger);
+            ledger.log.ranges(head + 1, ledger.log.head().seq)
+        };
+        let mut named = gc::References::default();
+        let read = log::for_each_event(later, |event| {
+            named.add_event(&event.body, store);
+            true
+        });
+        if let Err(err) = read {
+            // Nothing is known to be safe to remove: keep it all.
+            tracing::warn!("cannot read the log's newest events: {err}; collecting nothing");
+            store.spare(
+                store
+                    .list()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|s| s.address),
+            );
+        }
+        store.spare(named.into_addresses());
+    })?;
+    collected.referenced = referenced;
+    Ok(collected)
 }
 
 /// Lets the process hold as many connections as the bus admits (the soft limit is often
@@ -1239,11 +1339,17 @@ async fn poll(
                     .map_or(0, |(idx, _)| idx + 1);
                 lines.truncate(if allowed == 0 { 0 } else { cut });
             }
+            // A reader given everything up to the head is not behind (it polls from the
+            // head next, which retention never reaches); one given less reads on from here.
             let sent = lines.iter().filter(|&&b| b == b'\n').count() as u64;
-            if let Some(reading) = lock(&shared.sessions).reading.get_mut(&session) {
+            let mut sessions = lock(&shared.sessions);
+            if from + sent > head.seq {
+                sessions.reading.remove(&session);
+            } else if let Some(reading) = sessions.reading.get_mut(&session) {
                 reading.next = from + sent;
                 reading.at = Instant::now();
             }
+            drop(sessions);
             reply_with_body(&Reply::Events { id }, lines)
         }
         Ok(Err(err)) => err_reply(id, format!("cannot read the log: {err}")),

@@ -64,6 +64,7 @@ impl Slot {
 }
 
 /// The shape of a synced tree: see the module docs.
+#[derive(Clone)]
 pub struct PathIndex {
     /// Directory nodes; 0 is the root. Freed nodes are reused.
     dirs: Vec<Children>,

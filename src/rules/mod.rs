@@ -145,7 +145,7 @@ pub struct OpenErrorRecord {
 }
 
 /// A set of `seq`s, one bit each (which events are notifies).
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct SeqSet(Vec<u64>);
 
 impl SeqSet {
@@ -164,7 +164,7 @@ impl SeqSet {
 }
 
 /// The state behind the verdicts: see the module docs.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct Rules {
     head: u64,
     /// The first `seq` the log still holds (1 until it is truncated): answers name only

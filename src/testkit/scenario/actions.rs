@@ -218,9 +218,24 @@ pub async fn large_file(ctx: &ActionCtx, p: &Params<'_>) -> Result<(), String> {
     }
     let mut file = fs::File::create(&path).map_err(|e| io("create", &path, e))?;
     let mut block = vec![0u8; 1 << 20];
+    let random = p
+        .map
+        .get("random")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    // xorshift64*, seeded by the run: new bytes each run, the same for a given run.
+    let mut state = (0x9E37_79B9_7F4A_7C15u64 ^ p.n.wrapping_mul(0x2545_F491_4F6C_DD1D)) | 1;
     for i in 0..p.number("size_mb", 1) {
         if ctx.cancel.is_cancelled() {
             break;
+        }
+        if random {
+            for word in block.chunks_exact_mut(8) {
+                state ^= state >> 12;
+                state ^= state << 25;
+                state ^= state >> 27;
+                word.copy_from_slice(&state.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+            }
         }
         block[..8].copy_from_slice(&i.to_le_bytes());
         file.write_all(&block).map_err(|e| io("write", &path, e))?;

@@ -18,7 +18,7 @@ pub const ACTIONS: &[(&str, &[&str], &[&str])] = &[
     ("move_dir", &["from", "to"], &[]),
     ("make_tree", &["root"], &["depth", "fanout", "files"]),
     ("burst", &["dir", "count"], &["size"]),
-    ("large_file", &["path", "size_mb"], &[]),
+    ("large_file", &["path", "size_mb"], &["random"]),
     ("editor_save", &["path"], &["content"]),
     ("restart_agent", &["agent"], &[]),
     ("crash_agent", &["agent"], &[]),
@@ -32,7 +32,9 @@ const TOP_FIELDS: &[&str] = &[
     "slaves",
     "actions",
     "expect",
+    "bus",
 ];
+const BUS_FIELDS: &[&str] = &["keep_history", "segment_size", "gc_interval", "gc_grace"];
 const ACTION_FIELDS: &[&str] = &[
     "action",
     "params",
@@ -41,7 +43,8 @@ const ACTION_FIELDS: &[&str] = &[
     "at_teardown",
     "description",
 ];
-const EXPECT_FIELDS: &[&str] = &["converged", "no_errors", "latency_ms", "counts"];
+const EXPECT_FIELDS: &[&str] = &["converged", "no_errors", "latency_ms", "counts", "state"];
+const STATE_FIELDS: &[&str] = &["max_ratio", "plus_mib"];
 const LATENCY_FIELDS: &[&str] = &["p50", "p90", "p99", "max"];
 const COUNT_FIELDS: &[&str] = &["min", "max"];
 const TAGS: &[&str] = &["join", "ready", "notify", "consume", "error", "leave"];
@@ -89,6 +92,14 @@ pub struct CountBounds {
     pub max: Option<u64>,
 }
 
+/// A bound on the bus's state directory: at most `max_ratio` times the master tree's size
+/// plus `plus_mib`, over the second half of the run and at its end.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct StateBound {
+    pub max_ratio: f64,
+    pub plus_mib: f64,
+}
+
 /// What the log must show at the end.
 #[derive(Debug, Clone, Serialize)]
 pub struct Expect {
@@ -99,6 +110,7 @@ pub struct Expect {
     pub latency_ms: LatencyBounds,
     /// Keys: a tag (`notify`) or a tag and an op (`notify.put`).
     pub counts: BTreeMap<String, CountBounds>,
+    pub state: Option<StateBound>,
 }
 
 /// A validated scenario.
@@ -110,6 +122,9 @@ pub struct Scenario {
     pub slaves: usize,
     pub actions: Vec<ActionSpec>,
     pub expect: Expect,
+    /// How the bus keeps its log and content: `filesync master` options, as given
+    /// (`--keep-history 0s`...).
+    pub bus_args: Vec<String>,
 }
 
 /// Why a scenario file is not valid: where, and what to do about it.
@@ -320,8 +335,13 @@ pub fn parse(file: &str, text: &str) -> Result<Scenario, ScenarioError> {
             no_errors: true,
             latency_ms: LatencyBounds::default(),
             counts: BTreeMap::new(),
+            state: None,
         },
         Some(value) => parse_expect(&c, value)?,
+    };
+    let bus_args = match top.get("bus") {
+        None => Vec::new(),
+        Some(value) => parse_bus(&c, value)?,
     };
     Ok(Scenario {
         name,
@@ -330,7 +350,36 @@ pub fn parse(file: &str, text: &str) -> Result<Scenario, ScenarioError> {
         slaves: slaves as usize,
         actions,
         expect,
+        bus_args,
     })
+}
+
+/// `bus`: the retention options, as `filesync master` arguments.
+fn parse_bus(c: &Checker<'_>, value: &Value) -> Result<Vec<String>, ScenarioError> {
+    let object = c.object(value, "bus")?;
+    c.known_fields(object, "bus", BUS_FIELDS)?;
+    let mut args = Vec::new();
+    for key in ["keep_history", "gc_interval", "gc_grace"] {
+        let Some(value) = object.get(key) else {
+            continue;
+        };
+        let text = value
+            .as_str()
+            .filter(|t| humantime::parse_duration(t).is_ok())
+            .ok_or_else(|| {
+                c.err(
+                    format!("bus.{key}"),
+                    "must be a duration such as \"1h\" or \"500ms\"",
+                )
+            })?;
+        args.push(format!("--{}", key.replace('_', "-")));
+        args.push(text.to_owned());
+    }
+    if let Some(size) = c.number(object, "segment_size", "bus.")? {
+        args.push("--segment-size".into());
+        args.push((size as u64).to_string());
+    }
+    Ok(args)
 }
 
 fn parse_expect(c: &Checker<'_>, value: &Value) -> Result<Expect, ScenarioError> {
@@ -375,7 +424,21 @@ fn parse_expect(c: &Checker<'_>, value: &Value) -> Result<Expect, ScenarioError>
             );
         }
     }
+    let state = match object.get("state") {
+        None => None,
+        Some(value) => {
+            let bound = c.object(value, "expect.state")?;
+            c.known_fields(bound, "expect.state", STATE_FIELDS)?;
+            Some(StateBound {
+                max_ratio: c
+                    .number(bound, "max_ratio", "expect.state.")?
+                    .ok_or_else(|| c.err("expect.state.max_ratio", "required"))?,
+                plus_mib: c.number(bound, "plus_mib", "expect.state.")?.unwrap_or(0.0),
+            })
+        }
+    };
     Ok(Expect {
+        state,
         converged: c.boolean(object, "converged", "expect.", true)?,
         no_errors: c.boolean(object, "no_errors", "expect.", true)?,
         latency_ms,

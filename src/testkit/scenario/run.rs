@@ -14,7 +14,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::actions::{self, ActionCtx};
 use super::format::{ActionSpec, Scenario};
-use crate::bus::log::read_log;
 use crate::check::CheckOptions;
 use crate::event::{Event, Tag};
 use crate::testkit::Cluster;
@@ -76,6 +75,110 @@ pub struct ScenarioReport {
     pub violations: Vec<String>,
     /// Kept when the run failed: the directories, logs and timeline.html.
     pub kept_at: Option<PathBuf>,
+    /// The bus's state directory against the master tree, sampled through the run.
+    pub state: Option<StateStats>,
+}
+
+/// The bus's state directory's size against the master tree's, sampled every
+/// `SIZE_EVERY` (the bytes of their files).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StateStats {
+    pub samples: usize,
+    /// The largest sample of the second half of the run (and the end), and the tree then.
+    pub max_state_bytes: u64,
+    pub tree_bytes_at_max: u64,
+    /// At the end, once the cluster settled.
+    pub final_state_bytes: u64,
+    pub final_tree_bytes: u64,
+}
+
+const SIZE_EVERY: Duration = Duration::from_millis(250);
+
+/// Samples the state and tree sizes on a thread of their own until `finish`.
+struct SizeWatch {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<Vec<(f64, u64, u64)>>,
+}
+
+impl SizeWatch {
+    fn start(state: PathBuf, tree: PathBuf) -> SizeWatch {
+        let stop = CancellationToken::new();
+        let token = stop.clone();
+        let task = tokio::spawn(async move {
+            let started = Instant::now();
+            let mut samples = Vec::new();
+            loop {
+                let (state, tree) = (state.clone(), tree.clone());
+                let sizes =
+                    tokio::task::spawn_blocking(move || (dir_bytes(&state), dir_bytes(&tree)))
+                        .await;
+                if let Ok((s, t)) = sizes {
+                    samples.push((started.elapsed().as_secs_f64(), s, t));
+                }
+                tokio::select! {
+                    _ = token.cancelled() => return samples,
+                    _ = tokio::time::sleep(SIZE_EVERY) => {}
+                }
+            }
+        });
+        SizeWatch { stop, task }
+    }
+
+    /// The samples taken from `from_s` seconds on (the last one, at the end, always).
+    async fn finish(self, from_s: f64) -> Vec<(f64, u64, u64)> {
+        self.stop.cancel();
+        let mut samples = self.task.await.unwrap_or_default();
+        let last = samples.pop();
+        samples.retain(|(t, _, _)| *t >= from_s);
+        samples.extend(last);
+        samples
+    }
+}
+
+/// The bytes of the files under `dir`.
+pub fn dir_bytes(dir: &Path) -> u64 {
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter_map(|e| e.metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// `expect.state`: every sample of the second half within the bound.
+fn judge_state(scenario: &Scenario, samples: Vec<(f64, u64, u64)>, report: &mut ScenarioReport) {
+    let Some(&(_, final_state, final_tree)) = samples.last() else {
+        return;
+    };
+    let mut stats = StateStats {
+        samples: samples.len(),
+        final_state_bytes: final_state,
+        final_tree_bytes: final_tree,
+        ..StateStats::default()
+    };
+    for &(_, state, tree) in &samples {
+        if state >= stats.max_state_bytes {
+            stats.max_state_bytes = state;
+            stats.tree_bytes_at_max = tree;
+        }
+    }
+    if let Some(bound) = scenario.expect.state {
+        let over = samples.iter().find(|(_, state, tree)| {
+            *state as f64 > bound.max_ratio * *tree as f64 + bound.plus_mib * (1 << 20) as f64
+        });
+        if let Some((t, state, tree)) = over {
+            report.failures.push(format!(
+                "the bus's state was {:.1} MiB at {t:.1} s, over {}x the tree ({:.1} MiB) + {} MiB",
+                *state as f64 / (1 << 20) as f64,
+                bound.max_ratio,
+                *tree as f64 / (1 << 20) as f64,
+                bound.plus_mib
+            ));
+            report.passed = false;
+        }
+    }
+    report.state = Some(stats);
 }
 
 type Stats = Arc<std::sync::Mutex<Vec<ActionReport>>>;
@@ -103,10 +206,13 @@ pub async fn run(
     duration: Option<f64>,
 ) -> Result<ScenarioReport, String> {
     let duration_s = duration.unwrap_or(scenario.duration_s);
+    let bus_args: Vec<&str> = scenario.bus_args.iter().map(String::as_str).collect();
     let mut cluster = Cluster::builder(bin, &format!("scenario-{}", scenario.name))
         .slaves(scenario.slaves)
+        .master_args(&bus_args)
         .start()
         .await?;
+    let sizes = SizeWatch::start(cluster.master_state(), cluster.master_dir());
     // Errors are judged by `expect.no_errors`, not by the stream.
     cluster.events.allow_errors();
     let ctx = ActionCtx {
@@ -175,7 +281,9 @@ pub async fn run(
         .map_err(|_| "an action still holds the cluster".to_owned())?
         .into_inner();
     let settled = cluster.settle().await;
-    let events = read_log(&cluster.log_path()).map_err(|e| format!("cannot read the log: {e}"))?;
+    let sizes = sizes.finish(started.elapsed().as_secs_f64() / 2.0).await;
+    // What the stream saw: the whole run, even where retention truncated the log.
+    let events = cluster.events.seen().to_vec();
     let check = cluster.check(CheckOptions::default());
     let actions = stats.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let mut report = judge(
@@ -186,6 +294,7 @@ pub async fn run(
         settled.err(),
     );
     report.duration_s = elapsed;
+    judge_state(scenario, sizes, &mut report);
     if !report.passed {
         report.kept_at = Some(cluster.keep());
         let html = crate::html::render(&events, Some(&check), &report.failures);
@@ -302,6 +411,7 @@ pub fn judge(
         counts,
         violations,
         kept_at: None,
+        state: None,
     }
 }
 
@@ -349,6 +459,17 @@ impl ScenarioReport {
             .map(|(k, v)| format!("{k} {v}"))
             .collect();
         let _ = writeln!(out, "  events: {}", counts.join(", "));
+        if let Some(state) = &self.state {
+            let mib = |b: u64| b as f64 / (1 << 20) as f64;
+            let _ = writeln!(
+                out,
+                "  bus state: at most {:.1} MiB (tree {:.1} MiB then) over the second half; {:.1} MiB for a {:.1} MiB tree at the end",
+                mib(state.max_state_bytes),
+                mib(state.tree_bytes_at_max),
+                mib(state.final_state_bytes),
+                mib(state.final_tree_bytes)
+            );
+        }
         for failure in &self.failures {
             let _ = writeln!(out, "  FAILED: {failure}");
         }
