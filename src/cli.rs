@@ -164,12 +164,21 @@ pub struct BusKeeping {
     #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = humantime::parse_duration)]
     pub gc_grace: std::time::Duration,
     /// Look for history to drop and content to collect this often.
-    #[arg(long, value_name = "DURATION", default_value = "10min", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "1min", value_parser = humantime::parse_duration)]
     pub gc_interval: std::time::Duration,
+    /// For test suites only: abort the process at this step of the bus's housekeeping
+    /// (`bus/crash.rs`).
+    #[arg(long, hide = true, value_name = "STEP")]
+    pub test_crash_at: Option<String>,
 }
 
 impl BusKeeping {
     fn options(&self, state_dir: PathBuf, token: Option<String>, checkpoints: bool) -> BusOptions {
+        if let Some(step) = &self.test_crash_at {
+            if let Err(err) = crate::bus::crash::arm(step) {
+                tracing::error!("{err}");
+            }
+        }
         BusOptions {
             state_dir,
             token,

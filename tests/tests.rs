@@ -15,6 +15,7 @@ mod directories;
 mod disk_errors;
 mod drift;
 mod editors;
+mod gc;
 mod hostile_paths;
 mod identity;
 mod ignore;

@@ -253,6 +253,7 @@ impl BlobStore {
             compactor.restore(&file, *offset, *len)?;
         }
         let dropped = compactor.dropped.len() - spared.len();
+        super::crash::point("pack-copied");
         let freed = compactor.finish(&mut pack, &path)?;
         Ok((dropped, freed))
     }

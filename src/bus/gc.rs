@@ -246,7 +246,9 @@ pub fn execute(
     };
     store.doom(plan.due.iter().map(|(s, _)| s.address));
     spare(store);
+    super::crash::point("blobs-doomed");
     let removed = store.remove_doomed()?;
+    super::crash::point("blobs-removed");
     collected.removed = removed;
     let mut left = plan.waiting;
     // What is still stored of the due (a pack not compacted yet) stays pending, due.

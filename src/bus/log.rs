@@ -562,6 +562,7 @@ impl EventLog {
         };
         write_header(&oldest.path, &header)?;
         oldest.header = Some(header);
+        super::crash::point("header-written");
         for segment in self.segments.drain(..count) {
             fs::remove_file(&segment.path)?;
         }

@@ -13,6 +13,7 @@
 
 pub mod blobs;
 pub mod client;
+pub mod crash;
 pub mod follow;
 pub mod frame;
 pub mod gates;

@@ -38,7 +38,7 @@ impl Default for Retention {
         Retention {
             keep_history: Duration::from_secs(7 * 24 * 3600),
             gc_grace: Duration::from_secs(3600),
-            gc_interval: Duration::from_secs(600),
+            gc_interval: Duration::from_secs(60),
         }
     }
 }
@@ -67,7 +67,10 @@ pub fn retention_point(
     for (name, agent) in rules.agents() {
         let recent = connected.contains(name) || agent.seen.as_deref().is_some_and(within);
         if agent.role == Some(Role::Slave) && recent {
-            point = point.min(agent.answered + 1);
+            // What it needs next is the first notify it has not answered (the consumes
+            // and the like after its last answer are nothing to it).
+            let needs = rules.next_notify_after(agent.answered);
+            point = point.min(needs.unwrap_or(u64::MAX));
         }
     }
     if !retention.keep_history.is_zero() {
@@ -153,14 +156,17 @@ mod tests {
         let mut rules = Rules::new();
         let old = "2026-11-01T00:00:00.000000Z";
         let recent = "2026-11-30T00:00:00.000000Z";
-        rules.observe(
-            &event(1, "away", Tag::Join, old, Some(Role::Slave), None),
-            |_| None,
-        );
-        rules.observe(
-            &event(2, "here", Tag::Join, recent, Some(Role::Slave), None),
-            |_| None,
-        );
+        let mut observe = |event: Event| rules.observe(&event, |_| None);
+        observe(event(1, "away", Tag::Join, old, Some(Role::Slave), None));
+        observe(event(2, "here", Tag::Join, recent, Some(Role::Slave), None));
+        for seq in [3, 150, 160] {
+            let mut notify = event(seq, "master", Tag::Notify, recent, None, None);
+            notify.body = Draft::notify(&filesync_master::Change::Delete {
+                path: filesync_master::RelPath::new(&format!("f{seq}")).expect("path"),
+                kind: filesync_master::Kind::File,
+            });
+            observe(notify);
+        }
         let now = humantime::parse_rfc3339("2026-11-30T01:00:00Z").expect("time");
         let segments = [
             SegmentInfo {
@@ -179,56 +185,59 @@ mod tests {
                 last_time: now,
             },
         ];
-        let week = Retention {
-            keep_history: Duration::from_secs(7 * 86400),
-            ..Retention::default()
-        };
-        let none = Retention {
-            keep_history: Duration::ZERO,
+        let keeping = |days: u64| Retention {
+            keep_history: Duration::from_secs(days * 86400),
             ..Retention::default()
         };
         let here = ["here".to_owned()];
+        let point = |rules: &Rules, checkpoint, connected: &[String], read, window| {
+            retention_point(&segments, checkpoint, rules, connected, read, window, now)
+        };
         // A week of history keeps everything; without history only what a connected slave
-        // needs is kept ("here" answered nothing: it needs everything after position 0).
+        // needs is kept ("here" answered nothing: it needs the first notify, #3).
+        assert_eq!(point(&rules, 200, &[], None, keeping(7)), 1);
+        assert_eq!(point(&rules, 200, &here, None, keeping(0)), 3);
         assert_eq!(
-            retention_point(&segments, 200, &rules, &[], None, week, now),
-            1
-        );
-        assert_eq!(
-            retention_point(&segments, 200, &rules, &here, None, none, now),
-            1
-        );
-        assert_eq!(
-            retention_point(&segments, 200, &rules, &[], None, none, now),
+            point(&rules, 200, &[], None, keeping(0)),
             201,
             "nobody connected, no history: only the checkpoint"
         );
         assert_eq!(
-            retention_point(&segments, 200, &rules, &[], Some(42), none, now),
+            point(&rules, 200, &[], Some(42), keeping(0)),
             42,
             "a connected reader is not cut off mid-read"
         );
         rules.observe(
-            &event(3, "here", Tag::Consume, recent, None, Some(150)),
+            &event(170, "here", Tag::Consume, recent, None, Some(150)),
             |_| None,
         );
         assert_eq!(
-            retention_point(&segments, 200, &rules, &here, None, none, now),
-            151
+            point(&rules, 200, &here, None, keeping(0)),
+            160,
+            "it needs the notify after the one it answered"
         );
         let day_window = Retention {
             keep_history: Duration::from_secs(86400),
             ..Retention::default()
         };
         assert_eq!(
-            retention_point(&segments, 200, &rules, &[], None, day_window, now),
+            point(&rules, 200, &[], None, day_window),
             101,
             "the segment of three days ago is outside a day's window, and so is \"away\""
         );
         assert_eq!(
-            retention_point(&segments, 120, &rules, &here, None, none, now),
+            point(&rules, 120, &here, None, keeping(0)),
             121,
             "never past the newest checkpoint"
+        );
+        rules.observe(
+            &event(180, "here", Tag::Consume, recent, None, Some(160)),
+            |_| None,
+        );
+        assert_eq!(
+            point(&rules, 200, &here, None, keeping(0)),
+            201,
+            "nothing left to answer: only the checkpoint bounds it"
         );
     }
 }

@@ -1196,7 +1196,7 @@ async fn write_checkpoint(shared: &Arc<Shared>, last: u64) -> Result<(), String>
     })
     .await
     .map_err(|err| err.to_string())?
-    .map(|_| ())
+    .map(|_| super::crash::point("checkpoint-written"))
     .map_err(|err| err.to_string())
 }
 
@@ -1254,6 +1254,7 @@ fn truncate(shared: &Arc<Shared>) {
             }
         }
     };
+    super::crash::point("segments-removed");
     if let Err(err) = retention::remove_old_checkpoints(&shared.checkpoints, start) {
         tracing::warn!("cannot remove old checkpoints: {err}");
     }

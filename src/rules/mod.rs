@@ -144,22 +144,66 @@ pub struct OpenErrorRecord {
     pub stale: bool,
 }
 
-/// A set of `seq`s, one bit each (which events are notifies).
+/// A set of `seq`s, one bit each (which events are notifies), from the log's start on:
+/// the words before it are dropped when the log is truncated, so it stays the size of the
+/// retained log.
 #[derive(Debug, Default, Clone)]
-struct SeqSet(Vec<u64>);
+struct SeqSet {
+    /// Word `i` holds `seq`s `(first_word + i) * 64 ..`.
+    words: std::collections::VecDeque<u64>,
+    first_word: u64,
+}
 
 impl SeqSet {
     fn insert(&mut self, seq: u64) {
-        let (word, bit) = ((seq / 64) as usize, seq % 64);
-        if self.0.len() <= word {
-            self.0.resize(word + 1, 0);
+        let (word, bit) = (seq / 64, seq % 64);
+        if word < self.first_word {
+            return;
         }
-        self.0[word] |= 1 << bit;
+        let idx = (word - self.first_word) as usize;
+        if self.words.len() <= idx {
+            self.words.resize(idx + 1, 0);
+        }
+        self.words[idx] |= 1 << bit;
     }
 
     fn contains(&self, seq: u64) -> bool {
-        let (word, bit) = ((seq / 64) as usize, seq % 64);
-        self.0.get(word).is_some_and(|w| w & (1 << bit) != 0)
+        let (word, bit) = (seq / 64, seq % 64);
+        word.checked_sub(self.first_word)
+            .and_then(|idx| self.words.get(idx as usize))
+            .is_some_and(|w| w & (1 << bit) != 0)
+    }
+
+    /// The smallest `seq` in the set after `seq`.
+    fn next_after(&self, seq: u64) -> Option<u64> {
+        let from = seq + 1;
+        let mut word = (from / 64).max(self.first_word);
+        let mut mask = if word == from / 64 {
+            u64::MAX << (from % 64)
+        } else {
+            u64::MAX
+        };
+        while let Some(bits) = self.words.get((word - self.first_word) as usize) {
+            let found = bits & mask;
+            if found != 0 {
+                return Some(word * 64 + u64::from(found.trailing_zeros()));
+            }
+            word += 1;
+            mask = u64::MAX;
+        }
+        None
+    }
+
+    /// Drops the words wholly before `seq`.
+    fn forget_before(&mut self, seq: u64) {
+        let keep_from = seq / 64;
+        while self.first_word < keep_from {
+            if self.words.pop_front().is_none() {
+                self.first_word = keep_from;
+                break;
+            }
+            self.first_word += 1;
+        }
     }
 }
 
@@ -294,6 +338,13 @@ impl Rules {
     /// are observed as usual.
     pub fn set_start(&mut self, start: u64) {
         self.start = start;
+        self.notifies.forget_before(start);
+    }
+
+    /// The first notify after `seq`, if the log holds one: what a slave that answered up to
+    /// `seq` needs next.
+    pub fn next_notify_after(&self, seq: u64) -> Option<u64> {
+        self.notifies.next_after(seq)
     }
 
     /// Whether a hello may join, given who is connected.

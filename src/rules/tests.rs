@@ -387,3 +387,29 @@ fn a_put_in_chunks_needs_its_manifest_and_every_chunk_stored() {
     assert!(absent.contains("no manifest"), "{absent}");
     assert!(check(&put(3000, "not hex"), 3).is_err());
 }
+
+#[test]
+fn the_notify_set_finds_the_next_one_and_forgets_what_retention_removed() {
+    let mut set = SeqSet::default();
+    for seq in [3, 63, 64, 200, 1000] {
+        set.insert(seq);
+    }
+    assert_eq!(set.next_after(0), Some(3));
+    assert_eq!(set.next_after(3), Some(63));
+    assert_eq!(set.next_after(63), Some(64));
+    assert_eq!(set.next_after(64), Some(200));
+    assert_eq!(set.next_after(1000), None);
+    set.forget_before(500);
+    assert!(!set.contains(200), "forgotten with its word");
+    assert!(set.contains(1000));
+    assert_eq!(set.next_after(0), Some(1000));
+    assert_eq!(
+        (set.first_word, set.words.len()),
+        (7, 9),
+        "the words from the start on"
+    );
+    set.forget_before(5000);
+    set.insert(5001);
+    assert_eq!(set.next_after(0), Some(5001));
+    assert_eq!(set.words.len(), 1);
+}
