@@ -10,9 +10,7 @@ use crate::RelPath;
 /// The ignore file's name, at the root of the master directory.
 pub const IGNORE_FILE: &str = ".filesyncignore";
 
-/// Prefix of the temporary files a slave writes beside their targets. Never synced, so a
-/// slave directory can itself be watched by another master (chaining) without echoes.
-pub const TEMP_PREFIX: &[u8] = b".filesync-tmp-";
+pub use crate::relpath::TEMP_PREFIX;
 
 /// The ignore rules of one root.
 #[derive(Debug, Clone)]

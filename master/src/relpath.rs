@@ -13,6 +13,10 @@ use std::fmt;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
+/// Prefix of the temporary files a slave writes beside their targets. Never synced, so a
+/// slave directory can itself be watched by another master (chaining) without echoes.
+pub const TEMP_PREFIX: &[u8] = b".filesync-tmp-";
+
 /// Why a byte string is not a valid relative path.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RelPathError {

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 use filesync_master::hash::PieceHasher;
-use filesync_master::ignore::TEMP_PREFIX;
+use filesync_master::TEMP_PREFIX;
 use filesync_master::{Change, Entry, Kind, RelPath};
 use sha2::{Digest, Sha256};
 

@@ -7,8 +7,8 @@
 //! compares that with the state the slave applied. Neither writes anything else: repairing
 //! is the caller's (it fetches content).
 //!
-//! Paths the root's own `.filesyncignore` rules out are left alone, as the master leaves
-//! them and as `filesync check --dir` does.
+//! Paths the caller's `ignored` rules out (the root's own `.filesyncignore`, as the master
+//! and `filesync check --dir` read it) are left alone.
 
 use std::fs::{self, Metadata};
 use std::io;
@@ -17,8 +17,8 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use filesync_master::hash::{hash_file, mtime_ns, ContentHash};
-use filesync_master::ignore::{IgnoreRules, TEMP_PREFIX};
 use filesync_master::model::Stamp;
+use filesync_master::TEMP_PREFIX;
 use filesync_master::{Entry, Kind, Model, RelPath};
 
 /// What a scan found.
@@ -33,15 +33,16 @@ pub struct Found {
 }
 
 /// Walks `root` (see the module docs). `known` gives a file's hash when an earlier scan saw
-/// it with this stamp and size.
+/// it with this stamp and size; `ignored` says whether a path (a directory, with `true`) is
+/// left out.
 pub fn scan(
     root: &Path,
     known: &dyn Fn(&RelPath, Stamp, u64) -> Option<ContentHash>,
+    ignored: &dyn Fn(&RelPath, bool) -> bool,
 ) -> io::Result<Found> {
-    let ignore = IgnoreRules::load(root);
     let mut found = Found::default();
     walk(root, None, &mut |rel, full, meta| {
-        if ignore.is_ignored(rel, meta.is_dir()) {
+        if ignored(rel, meta.is_dir()) {
             return Ok(false);
         }
         let entry = if meta.file_type().is_symlink() {
@@ -208,7 +209,9 @@ mod tests {
         fs::write(root.path().join("d/e/.filesync-tmp-4242-7"), "cut").expect("write");
         fs::write(root.path().join(".filesync-tmp-1-1"), "cut").expect("write");
         fs::write(root.path().join("g"), "g").expect("write");
-        let found = scan(root.path(), &|_, _, _| None).expect("scan");
+        fs::write(root.path().join("skipped"), "left alone").expect("write");
+        let skip = |path: &RelPath, _: bool| path == &p("skipped");
+        let found = scan(root.path(), &|_, _, _| None, &skip).expect("scan");
         assert_eq!(found.leftovers, 2);
         assert_eq!(found.hashed, 2);
         let paths: Vec<String> = found.model.iter().map(|(p, _)| p.lossy()).collect();
@@ -218,9 +221,11 @@ mod tests {
             Some(ContentHash::of(b"g"))
         );
         let pretend = ContentHash::of(b"known");
-        let again = scan(root.path(), &|path, _, _| {
-            (path == &p("g")).then_some(pretend)
-        })
+        let again = scan(
+            root.path(),
+            &|path, _, _| (path == &p("g")).then_some(pretend),
+            &skip,
+        )
         .expect("scan");
         assert_eq!(again.hashed, 1, "g was known");
         assert_eq!(

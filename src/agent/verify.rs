@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use filesync_master::hash::ContentHash;
+use filesync_master::ignore::IgnoreRules;
 use filesync_master::model::Stamp;
 use filesync_master::{Change, Model, RelPath};
 use filesync_slave::verify::{differences, scan, Difference, Found};
@@ -204,12 +205,18 @@ impl Verifier<'_> {
         let dir = self.dir.to_path_buf();
         let known = load_stamps(&self.stamps);
         let scanned = tokio::task::spawn_blocking(move || {
-            scan(&dir, &|path, stamp, size| {
-                known
-                    .get(path.as_bytes())
-                    .filter(|(s, len, _)| *s == stamp && *len == size)
-                    .map(|(_, _, sha256)| *sha256)
-            })
+            // The root's own `.filesyncignore`, as the master reads it.
+            let ignore = IgnoreRules::load(&dir);
+            scan(
+                &dir,
+                &|path, stamp, size| {
+                    known
+                        .get(path.as_bytes())
+                        .filter(|(s, len, _)| *s == stamp && *len == size)
+                        .map(|(_, _, sha256)| *sha256)
+                },
+                &|path, is_dir| ignore.is_ignored(path, is_dir),
+            )
         })
         .await;
         match scanned {
