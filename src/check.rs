@@ -882,4 +882,44 @@ mod tests {
         );
         assert!(lenient.is_ok(), "{lenient}");
     }
+
+    #[test]
+    fn a_truncated_log_is_checked_from_its_checkpoint() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/logs/valid.jsonl");
+        let events = read_log(&path).expect("read");
+        let whole = check_log(&events, CheckOptions::default());
+        assert!(whole.is_ok(), "{whole}");
+        // Cut after every event in turn: the checkpoint there and the rest check out, and
+        // give the same master state as the whole log.
+        for cut in 1..events.len() {
+            let mut base = Snapshot::new();
+            for event in &events[..cut] {
+                base.observe(event);
+            }
+            let tail = check_log_from(Some(&base), &events[cut..], CheckOptions::default());
+            assert!(tail.is_ok(), "cut after #{}:\n{tail}", events[cut - 1].seq);
+            assert_eq!(tail.master_state, whole.master_state);
+        }
+        // A resync must name a checkpoint the log was cut at.
+        let cut = events.len() / 2;
+        let mut base = Snapshot::new();
+        for event in &events[..cut] {
+            base.observe(event);
+        }
+        let mut tail = events[cut..].to_vec();
+        let mut ready = tail[tail.len() - 1].clone();
+        ready.seq += 1;
+        ready.agent = "slave".into();
+        ready.body = Draft::tagged(Tag::Ready);
+        ready.body.resync = Some(base.seq + 1);
+        tail.push(ready);
+        let report = check_log_from(Some(&base), &tail, CheckOptions::default());
+        assert!(
+            report
+                .violations
+                .iter()
+                .any(|v| v.message.contains("resyncs from")),
+            "{report}"
+        );
+    }
 }

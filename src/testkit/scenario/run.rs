@@ -90,7 +90,13 @@ pub struct StateStats {
     /// At the end, once the cluster settled.
     pub final_state_bytes: u64,
     pub final_tree_bytes: u64,
+    /// Every sample of the run: seconds since the start, state bytes, tree bytes (at most
+    /// `SERIES` of them, evenly spread), to see how the state grew and whether it levelled.
+    pub series: Vec<(f64, u64, u64)>,
 }
+
+/// How many samples `StateStats::series` keeps.
+const SERIES: usize = 60;
 
 const SIZE_EVERY: Duration = Duration::from_millis(250);
 
@@ -124,14 +130,10 @@ impl SizeWatch {
         SizeWatch { stop, task }
     }
 
-    /// The samples taken from `from_s` seconds on (the last one, at the end, always).
-    async fn finish(self, from_s: f64) -> Vec<(f64, u64, u64)> {
+    /// Every sample taken.
+    async fn finish(self) -> Vec<(f64, u64, u64)> {
         self.stop.cancel();
-        let mut samples = self.task.await.unwrap_or_default();
-        let last = samples.pop();
-        samples.retain(|(t, _, _)| *t >= from_s);
-        samples.extend(last);
-        samples
+        self.task.await.unwrap_or_default()
     }
 }
 
@@ -146,17 +148,31 @@ pub fn dir_bytes(dir: &Path) -> u64 {
         .sum()
 }
 
-/// `expect.state`: every sample of the second half within the bound.
-fn judge_state(scenario: &Scenario, samples: Vec<(f64, u64, u64)>, report: &mut ScenarioReport) {
-    let Some(&(_, final_state, final_tree)) = samples.last() else {
+/// `expect.state`: every sample from `second_half` seconds on (and the last, taken once
+/// the cluster settled) within the bound.
+fn judge_state(
+    scenario: &Scenario,
+    all: Vec<(f64, u64, u64)>,
+    second_half: f64,
+    report: &mut ScenarioReport,
+) {
+    let Some(&(_, final_state, final_tree)) = all.last() else {
         return;
     };
+    let step = all.len().div_ceil(SERIES).max(1);
     let mut stats = StateStats {
-        samples: samples.len(),
+        samples: all.len(),
         final_state_bytes: final_state,
         final_tree_bytes: final_tree,
+        series: all.iter().step_by(step).copied().collect(),
         ..StateStats::default()
     };
+    let mut samples: Vec<(f64, u64, u64)> = all
+        .iter()
+        .copied()
+        .filter(|(t, _, _)| *t >= second_half)
+        .collect();
+    samples.extend(all.last().copied());
     for &(_, state, tree) in &samples {
         if state >= stats.max_state_bytes {
             stats.max_state_bytes = state;
@@ -281,7 +297,7 @@ pub async fn run(
         .map_err(|_| "an action still holds the cluster".to_owned())?
         .into_inner();
     let settled = cluster.settle().await;
-    let sizes = sizes.finish(started.elapsed().as_secs_f64() / 2.0).await;
+    let sizes = sizes.finish().await;
     // What the stream saw: the whole run, even where retention truncated the log.
     let events = cluster.events.seen().to_vec();
     let check = cluster.check(CheckOptions::default());
@@ -294,7 +310,7 @@ pub async fn run(
         settled.err(),
     );
     report.duration_s = elapsed;
-    judge_state(scenario, sizes, &mut report);
+    judge_state(scenario, sizes, elapsed / 2.0, &mut report);
     if !report.passed {
         report.kept_at = Some(cluster.keep());
         let html = crate::html::render(&events, Some(&check), &report.failures);
