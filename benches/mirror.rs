@@ -14,6 +14,13 @@
 //! | W7 | 1 MiB overwritten at the middle of a mirrored 1 GiB file | `rsync --no-whole-file` onto the old version |
 //! | W8 | 1 MB inserted at the middle of a mirrored 1 GiB file | `rsync --no-whole-file` onto the old version |
 //! | W9 | 100 B appended to a mirrored 100 MiB file, 100 times | |
+//! | R1 | the churn scenario with `--keep-history 0`, `--minutes=N` (30): the bus's state over time | 1.3x the tree + 64 MiB |
+//! | R2 | the same with a window (`--window=1h`): growth, then none once older than the window | |
+//! | R3 | 100,000 unreferenced blobs collected while 4 KiB files are mirrored | |
+//!
+//! R1 to R3 run only when named (`cargo bench --bench mirror r1 -- --minutes=30`).
+//! With `--tls`, W1 and W2 run again over mutual TLS after the plain run, in the same
+//! process (`cargo bench --bench mirror w1 w2 -- --rounds=3 --tls`).
 //!
 //! W7 to W9 also say what moved, from the log: bytes the master uploaded and the slave
 //! fetched (the notify's `uploaded`, the consume's `fetched`), and what the bus's state
@@ -238,16 +245,20 @@ fn os(path: &Path) -> &std::ffi::OsStr {
 async fn cluster_with(label: &str, prepare: impl FnOnce(&Path)) -> Cluster {
     // Agents log as a user's do: the kit's default, a debug line per event for a failed
     // test's logs, is work the tools compared with do not do.
-    let mut c = Cluster::builder(&bin(), label)
+    let mut builder = Cluster::builder(&bin(), label)
         .agent_log(AgentLog::Default)
-        .prepare(prepare)
-        .start()
-        .await
-        .expect("cluster");
+        .prepare(prepare);
+    if OVER_TLS.load(std::sync::atomic::Ordering::Relaxed) {
+        builder = builder.tls();
+    }
+    let mut c = builder.start().await.expect("cluster");
     c.events.deadline = Duration::from_secs(1800);
     c.events.quiet = Duration::from_secs(120);
     c
 }
+
+/// Whether clusters are started over mutual TLS (`--tls`: W1 and W2 again, over TLS).
+static OVER_TLS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Directories of finished workloads, removed after the table is printed (see the module
 /// comment for why not before).
@@ -698,6 +709,174 @@ async fn w9(rows: &mut Vec<Row>) {
     leave(c);
 }
 
+/// R1 and R2: the churn scenario (`fixtures/scenarios/churn.json`) for `minutes`, keeping
+/// `window` of history, the large file rewritten every 400 ms (5 MiB/s of new bytes), and
+/// the collector's grace and interval short enough for the bound to mean something (with
+/// the default grace of an hour, an hour of churn waits to be collected).
+async fn r1_r2(rows: &mut Vec<Row>, id: &str, window: &str, minutes: f64) {
+    use filesync::testkit::scenario;
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/scenarios/churn.json");
+    let mut churn = scenario::load(&file).expect("churn scenario");
+    churn.bus_args = [
+        "--keep-history",
+        window,
+        "--gc-interval",
+        "1s",
+        "--gc-grace",
+        "2s",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    churn.expect.state = (id == "R1").then_some(scenario::format::StateBound {
+        max_ratio: 1.3,
+        plus_mib: 64.0,
+    });
+    for action in &mut churn.actions {
+        if action.action == "large_file" {
+            action.every_ms = Some(400);
+        }
+    }
+    let report = scenario::run(&churn, &bin(), Some(minutes * 60.0))
+        .await
+        .expect("churn run");
+    let state = report.state.clone().unwrap_or_default();
+    let series: Vec<String> = state
+        .series
+        .iter()
+        .step_by((state.series.len() / 10).max(1))
+        .map(|(t, s, _)| format!("{:.0}s {:.0}", t, *s as f64 / (1 << 20) as f64))
+        .collect();
+    let rewrites = report
+        .actions
+        .iter()
+        .find(|a| a.label.starts_with("large_file"))
+        .map_or(0, |a| a.runs);
+    rows.push(Row {
+        id: id.into(),
+        workload: format!(
+            "{minutes} min of churn, --keep-history {window}: {rewrites} rewrites of 2 MiB"
+        ),
+        filesync: format!(
+            "max {} (tree {}) over the 2nd half, {} at the end",
+            mib(state.max_state_bytes),
+            mib(state.tree_bytes_at_max),
+            mib(state.final_state_bytes)
+        ),
+        ratio: if report.passed {
+            "passed".into()
+        } else {
+            format!("FAILED: {}", report.failures.join("; "))
+        },
+        slave_wrote: format!("state MiB over time: {}", series.join(", ")),
+        ..Row::default()
+    });
+}
+
+/// R3: a store of 100,000 blobs (a mirrored tree of 100,000 files of 1 KiB, then deleted)
+/// collected at once (`--gc-grace 0s`), while a 4 KiB file is written every 20 ms: how
+/// long the pass took (the bus's log says), the bus's resident memory while it ran, and the
+/// latency of those writes against the same writes before.
+async fn r3(rows: &mut Vec<Row>) {
+    let mut c = Cluster::builder(&bin(), "bench-r3")
+        .agent_log(AgentLog::Default)
+        .master_args(&[
+            "--keep-history",
+            "0",
+            "--gc-interval",
+            "3s",
+            "--gc-grace",
+            "0s",
+        ])
+        .prepare(|m| make_tree(&m.join("many"), 1000, 100, 1024))
+        .start()
+        .await
+        .expect("cluster");
+    c.events.deadline = Duration::from_secs(1800);
+    c.events.quiet = Duration::from_secs(120);
+    c.events
+        .expect_count(
+            Pattern::consume().by("slave").put().kind(EntryKind::File),
+            100_000,
+            Duration::ZERO,
+        )
+        .await
+        .expect("100,000 mirrored");
+    let slave_dir = c.slaves[0].dir.clone();
+    let arrivals = Arrivals::watch(&slave_dir);
+    let latency = |c: &Cluster, tag: &str, n: usize| {
+        let mut samples = Vec::new();
+        for i in 0..n {
+            let name = format!("{tag}-{i}");
+            let started = Instant::now();
+            write_closed(&c.master_dir().join(&name), &[b'r'; 4096]);
+            let took = arrivals.wait_for(&slave_dir.join(&name), Duration::from_secs(30)) - started;
+            samples.push((started, took));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        samples
+    };
+    let before: Vec<Duration> = latency(&c, "before", 50).into_iter().map(|s| s.1).collect();
+    let pid = c.master_pid().unwrap_or(0);
+    let rss = |pid: u32| -> f64 {
+        let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<f64>().ok())
+            .map_or(f64::NAN, |kb| kb / 1024.0)
+    };
+    let idle_rss = rss(pid);
+    fs::remove_dir_all(c.master_dir().join("many")).expect("rm");
+    c.events
+        .expect(Pattern::consume().by("slave").delete().path("many"))
+        .await
+        .expect("delete mirrored");
+    // Sample the bus's memory while the writes go on; the pass comes within 2 intervals.
+    let sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let peak = std::sync::Arc::new(Mutex::new(0f64));
+    let sampler = {
+        let (sampling, peak) = (sampling.clone(), peak.clone());
+        std::thread::spawn(move || {
+            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                let now = rss(pid);
+                let mut peak = peak.lock().expect("peak");
+                *peak = peak.max(now);
+                drop(peak);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    let during = latency(&c, "during", 400);
+    let said = c
+        .master_says("collected", Duration::from_secs(60))
+        .expect("a collection");
+    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+    let _ = sampler.join();
+    let peak_rss = *peak.lock().expect("peak");
+    let mut before = before;
+    before.sort();
+    let mut during: Vec<Duration> = during.into_iter().map(|s| s.1).collect();
+    during.sort();
+    let took = said.rsplit(" in ").next().unwrap_or("?").trim().to_owned();
+    rows.push(Row {
+        id: "R3".into(),
+        workload: "collect 100,000 unreferenced blobs (1 KiB files, deleted)".into(),
+        filesync: format!("pass {took}: {}", said.trim()),
+        ratio: format!(
+            "W1 p50 / p99 before {} / {}, during {} / {}",
+            ms(percentile(&before, 0.5)),
+            ms(percentile(&before, 0.99)),
+            ms(percentile(&during, 0.5)),
+            ms(percentile(&during, 0.99))
+        ),
+        rss: format!("bus RSS {idle_rss:.1} MiB idle, {peak_rss:.1} MiB peak during"),
+        ..Row::default()
+    });
+    leave(c);
+}
+
 fn median(mut values: Vec<Duration>) -> Option<Duration> {
     values.sort();
     values.get(values.len() / 2).copied()
@@ -758,6 +937,13 @@ fn main() {
         .map(|a| a.to_lowercase())
         .collect();
     let want = |id: &str| wanted.is_empty() || wanted.iter().any(|w| w == id);
+    // The retention workloads run for minutes: only when named (`cargo bench --bench
+    // mirror r1 -- --minutes=30`).
+    let named = |id: &str| wanted.iter().any(|w| w == id);
+    let minutes: f64 = std::env::args()
+        .find_map(|a| a.strip_prefix("--minutes=").map(str::to_owned))
+        .map(|n| n.parse().expect("--minutes=N takes a number"))
+        .unwrap_or(30.0);
     // The disk's speed varies a lot from one minute to the next (see docs/BENCHMARKS.md), so
     // the workloads compared with cp and rsync can be repeated; each round times all three
     // tools back to back, and a median row follows the rounds.
@@ -798,6 +984,32 @@ fn main() {
         }
         if want("w9") {
             w9(&mut rows).await;
+        }
+        // W1 and W2 again over mutual TLS, in the same run as the plain ones above.
+        if std::env::args().any(|a| a == "--tls") {
+            OVER_TLS.store(true, std::sync::atomic::Ordering::Relaxed);
+            let before = rows.len();
+            w1(&mut rows).await;
+            for _ in 0..rounds {
+                w2(&mut rows).await;
+            }
+            push_median(&mut rows, rounds, "cp -a");
+            for row in &mut rows[before..] {
+                row.id = format!("{} TLS", row.id);
+            }
+            OVER_TLS.store(false, std::sync::atomic::Ordering::Relaxed);
+        }
+        if named("r1") {
+            r1_r2(&mut rows, "R1", "0", minutes).await;
+        }
+        if named("r2") {
+            let window = std::env::args()
+                .find_map(|a| a.strip_prefix("--window=").map(str::to_owned))
+                .unwrap_or_else(|| "1h".into());
+            r1_r2(&mut rows, "R2", &window, minutes).await;
+        }
+        if named("r3") {
+            r3(&mut rows).await;
         }
     });
     // Shown in id order, whatever order they ran in.

@@ -3,13 +3,14 @@
 //! stderr, never a backtrace).
 
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 
 use crate::agent::{self, default_state_dir};
 use crate::bus::{Bus, BusOptions};
+use crate::identity::PeerId;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -76,6 +77,12 @@ pub enum Command {
         after_help = "Examples:\n  filesync restore notes/todo.txt --at 1234 --to /tmp/todo.txt"
     )]
     Restore(RestoreArgs),
+    /// Print this agent's ID (creating its identity the first time): what the other side
+    /// pins, with --peer on a bus or --bus-id on an agent.
+    #[command(
+        after_help = "Examples:\n  filesync id\n  filesync id --state ~/.local/state/filesync/slave"
+    )]
+    Id(IdArgs),
     /// Run master, slave and listener in temporary directories and walk through a session.
     Demo,
     /// Run or validate scenario files (JSON workloads; see docs/SCENARIOS.md).
@@ -139,9 +146,89 @@ pub struct MasterArgs {
     pub allow_empty: bool,
     #[command(flatten)]
     pub keeping: BusKeeping,
+    #[command(flatten)]
+    pub tls: BusTlsArgs,
+    #[command(flatten)]
+    pub bus_id: BusIdArgs,
     /// For test suites only: let peers hold agents at checkpoints (refused beyond loopback).
     #[arg(long, hide = true)]
     pub test_checkpoints: bool,
+}
+
+/// Who may connect to a bus over mutual TLS (for `master` and `bus`).
+#[derive(Debug, Args)]
+pub struct BusTlsArgs {
+    /// Speak mutual TLS even on loopback (beyond it, TLS is always required).
+    #[arg(long)]
+    pub tls: bool,
+    /// An agent that may connect: its ID, as its `filesync id` prints it (repeatable;
+    /// turns TLS on).
+    #[arg(long = "peer", value_name = "ID", value_parser = parse_id)]
+    pub peers: Vec<PeerId>,
+    /// A file of IDs that may connect, one per line (`#` comments), read again at every
+    /// connection (turns TLS on).
+    #[arg(long = "peers", value_name = "FILE")]
+    pub peers_file: Option<PathBuf>,
+}
+
+impl BusTlsArgs {
+    /// The peers, when TLS is on.
+    fn peer_list(&self) -> Option<crate::bus::tls::PeerList> {
+        (self.tls || !self.peers.is_empty() || self.peers_file.is_some()).then(|| {
+            crate::bus::tls::PeerList {
+                ids: self.peers.iter().copied().collect(),
+                file: self.peers_file.clone(),
+            }
+        })
+    }
+}
+
+fn parse_id(text: &str) -> Result<PeerId, String> {
+    PeerId::parse(text)
+}
+
+/// The bus's ID, for an agent that reaches it over mutual TLS.
+#[derive(Debug, Args)]
+pub struct BusIdArgs {
+    /// Reach the bus over mutual TLS; it must have this ID (its `filesync id`). Required
+    /// for a bus beyond loopback.
+    #[arg(long, value_name = "ID", value_parser = parse_id)]
+    pub bus_id: Option<PeerId>,
+}
+
+impl BusIdArgs {
+    /// Refuses a bus beyond loopback without `--bus-id`: its traffic would go in clear.
+    fn check(&self, bus: &str) -> anyhow::Result<()> {
+        if self.bus_id.is_none() && !is_loopback(bus) {
+            bail!("the bus at {bus} is beyond loopback: pass --bus-id ID (the bus's `filesync id`), so that we talk over mutual TLS");
+        }
+        Ok(())
+    }
+
+    /// The TLS settings, with our identity from `state_dir` (created there the first time).
+    fn client_tls(&self, state_dir: &Path) -> anyhow::Result<Option<crate::bus::tls::ClientTls>> {
+        let Some(bus_id) = self.bus_id else {
+            return Ok(None);
+        };
+        let identity = crate::identity::Identity::load_or_create(state_dir)?;
+        Ok(Some(crate::bus::tls::ClientTls {
+            identity: std::sync::Arc::new(identity),
+            bus_id,
+        }))
+    }
+}
+
+/// Whether `addr` (HOST:PORT) names this machine's loopback.
+fn is_loopback(addr: &str) -> bool {
+    let host = addr
+        .rsplit_once(':')
+        .map_or(addr, |(host, _)| host)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// How a bus keeps its peers, its log and its content (for `master` and `bus`).
@@ -173,7 +260,13 @@ pub struct BusKeeping {
 }
 
 impl BusKeeping {
-    fn options(&self, state_dir: PathBuf, token: Option<String>, checkpoints: bool) -> BusOptions {
+    fn options(
+        &self,
+        state_dir: PathBuf,
+        token: Option<String>,
+        checkpoints: bool,
+        tls: &BusTlsArgs,
+    ) -> BusOptions {
         if let Some(step) = &self.test_crash_at {
             if let Err(err) = crate::bus::crash::arm(step) {
                 tracing::error!("{err}");
@@ -192,6 +285,7 @@ impl BusKeeping {
                 gc_grace: self.gc_grace,
                 gc_interval: self.gc_interval.max(std::time::Duration::from_millis(100)),
             },
+            tls: tls.peer_list(),
         }
     }
 }
@@ -219,6 +313,8 @@ pub struct SlaveArgs {
     /// Report what verification finds changed locally (error events) instead of restoring it.
     #[arg(long)]
     pub keep_local: bool,
+    #[command(flatten)]
+    pub bus_id: BusIdArgs,
 }
 
 #[derive(Debug, Args)]
@@ -232,6 +328,8 @@ pub struct BusArgs {
     pub token: Option<String>,
     #[command(flatten)]
     pub keeping: BusKeeping,
+    #[command(flatten)]
+    pub tls: BusTlsArgs,
     /// For test suites only: let peers hold agents at checkpoints (refused beyond loopback).
     #[arg(long, hide = true)]
     pub test_checkpoints: bool,
@@ -261,6 +359,35 @@ pub struct ListenArgs {
     pub json: bool,
     #[arg(long, env = "FILESYNC_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    #[command(flatten)]
+    pub bus_id: BusIdArgs,
+    /// Where the listener's identity lives, for TLS (default: the `listener` state).
+    #[arg(long, value_name = "SDIR")]
+    pub state: Option<PathBuf>,
+}
+
+impl ListenArgs {
+    /// Checks the bus's address, and loads our identity when the bus is reached over TLS.
+    pub fn client_tls(&self) -> anyhow::Result<Option<crate::bus::tls::ClientTls>> {
+        self.bus_id.check(&self.bus)?;
+        if self.bus_id.bus_id.is_none() {
+            return Ok(None);
+        }
+        let state = self
+            .state
+            .clone()
+            .unwrap_or_else(|| default_state_dir("listener"));
+        std::fs::create_dir_all(&state)
+            .with_context(|| format!("cannot create {}", state.display()))?;
+        self.bus_id.client_tls(&state)
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct IdArgs {
+    /// The agent's state directory (default: the master's).
+    #[arg(long, value_name = "SDIR")]
+    pub state: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -349,7 +476,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 state_dir,
                 verify_every: args.verify,
                 keep_local: args.keep_local,
+                bus_id: args.bus_id.bus_id,
             };
+            args.bus_id.check(&options.bus)?;
             on_workers(agent::slave::run(options, shutdown_signal()))
                 .await
                 .map(|()| 0)
@@ -357,15 +486,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Bus(args) => {
             let state = args.state.unwrap_or_else(|| default_state_dir("bus"));
             let state_dir = crate::state::would_be_canonical(&state)?;
-            let options = args
-                .keeping
-                .options(state_dir, args.token, args.test_checkpoints);
+            let options =
+                args.keeping
+                    .options(state_dir, args.token, args.test_checkpoints, &args.tls);
             let (bus, listener) = open_bus(&args.listen, &options).await?;
             bus.serve(listener, shutdown_signal()).await.map(|()| 0)
         }
         Command::Listen(args) => crate::listen::run(args).await,
         Command::Check(args) => run_check(args),
         Command::Gc(args) => run_gc(args),
+        Command::Id(args) => run_id(args),
         Command::History(args) => run_history(args),
         Command::Restore(args) => run_restore(args),
         Command::Demo => crate::demo::run().await,
@@ -406,17 +536,24 @@ async fn run_master(args: MasterArgs) -> anyhow::Result<()> {
         token: args.token.clone(),
         takeover: args.takeover,
         allow_empty: args.allow_empty,
+        tls: None,
     };
-    if let Some(bus) = args.bus {
-        options.bus = bus;
-        return on_workers(agent::master::run(options, shutdown_signal())).await;
-    }
     let state = args.state.unwrap_or_else(|| default_state_dir(&args.name));
     let state = crate::state::would_be_canonical(&state)?;
     crate::state::refuse_state_inside(&state, &dir, "watched directory")?;
-    let bus_options = args
-        .keeping
-        .options(state, args.token, args.test_checkpoints);
+    if let Some(bus) = args.bus {
+        args.bus_id.check(&bus)?;
+        if args.bus_id.bus_id.is_some() {
+            std::fs::create_dir_all(&state)
+                .with_context(|| format!("cannot create {}", state.display()))?;
+        }
+        options.tls = args.bus_id.client_tls(&state)?;
+        options.bus = bus;
+        return on_workers(agent::master::run(options, shutdown_signal())).await;
+    }
+    let bus_options =
+        args.keeping
+            .options(state.clone(), args.token, args.test_checkpoints, &args.tls);
     let listener = crate::bus::server::bind(&args.listen, &bus_options).await?;
     let bus = Bus::open(&bus_options)?;
     let place = crate::rules::Place {
@@ -427,6 +564,15 @@ async fn run_master(args: MasterArgs) -> anyhow::Result<()> {
         .map_err(anyhow::Error::msg)?;
     announce(&listener)?;
     options.bus = listener.local_addr()?.to_string();
+    // Over TLS, the master reaches the bus it hosts as any peer does, with the bus's own
+    // identity (the same state, so the same key).
+    if bus_options.tls.is_some() {
+        let identity = crate::identity::Identity::load_or_create(&state)?;
+        options.tls = Some(crate::bus::tls::ClientTls {
+            bus_id: identity.id,
+            identity: std::sync::Arc::new(identity),
+        });
+    }
     let (stop_bus, bus_stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(bus.serve(listener, async move {
         let _ = bus_stopped.await;
@@ -507,6 +653,16 @@ async fn run_scenario(command: ScenarioCommand) -> anyhow::Result<i32> {
 /// The state directory `gc`, `history` and `restore` read: given, or the master's default.
 fn bus_state(state: Option<PathBuf>) -> PathBuf {
     state.unwrap_or_else(|| default_state_dir("master"))
+}
+
+fn run_id(args: IdArgs) -> anyhow::Result<i32> {
+    let state = bus_state(args.state);
+    let state = crate::state::would_be_canonical(&state)?;
+    std::fs::create_dir_all(&state)
+        .with_context(|| format!("cannot create state directory {}", state.display()))?;
+    let identity = crate::identity::Identity::load_or_create(&state)?;
+    println!("{}", identity.id);
+    Ok(0)
 }
 
 fn run_gc(args: GcArgs) -> anyhow::Result<i32> {

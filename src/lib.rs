@@ -25,6 +25,7 @@ pub mod demo;
 pub mod event;
 pub mod history;
 pub mod html;
+pub mod identity;
 pub mod listen;
 pub mod rules;
 pub mod state;

@@ -49,8 +49,9 @@ pub async fn run(args: ListenArgs) -> anyhow::Result<i32> {
         .map(|g| Glob::new(g).map(|g| g.compile_matcher()))
         .transpose()
         .context("bad --path glob")?;
+    let tls = args.client_tls()?;
     let hello = Hello::new(Role::Listener, "listener", args.token);
-    let (client, welcome) = BusClient::connect(&args.bus, hello).await?;
+    let (client, welcome) = BusClient::connect_with(&args.bus, hello, tls.as_ref()).await?;
     let mut subscription = Subscription::new(client, args.from.unwrap_or(welcome.head + 1));
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);

@@ -96,7 +96,25 @@ fn bad_invocations_end_with_one_clear_line() {
         .env_remove("FILESYNC_TOKEN")
         .output()
         .expect("run");
-    one_clear_line(&out, "token");
+    one_clear_line(&out, "needs mutual TLS");
+    // A token alone is not enough beyond loopback any more: the traffic would be clear.
+    let out = Command::new(bin())
+        .args([
+            "bus",
+            "--listen",
+            "0.0.0.0:0",
+            "--token",
+            "s3cret",
+            "--state",
+        ])
+        .arg(tmp.path().join("bus"))
+        .output()
+        .expect("run");
+    one_clear_line(&out, "--peer ID");
+    assert!(
+        !tmp.path().join("bus").exists(),
+        "nothing created before the refusal"
+    );
 }
 
 #[test]

@@ -28,4 +28,5 @@ mod retention;
 mod scenarios;
 mod sigkill;
 mod symlinks_modes;
+mod tls;
 mod vanished;

@@ -40,6 +40,8 @@ pub struct MasterOptions {
     pub takeover: bool,
     /// Publish the deletion of everything when the directory is empty at start.
     pub allow_empty: bool,
+    /// Reach the bus over mutual TLS.
+    pub tls: Option<crate::bus::tls::ClientTls>,
 }
 
 /// With the watch limit reached, the whole tree is compared this often instead.
@@ -72,7 +74,8 @@ pub async fn run(options: MasterOptions, shutdown: impl Future<Output = ()>) -> 
         options.token.clone(),
         &dir,
     )
-    .takeover(options.takeover);
+    .takeover(options.takeover)
+    .tls(options.tls.clone());
     let mut shutdown = Box::pin(shutdown);
     while let Some((client, welcome)) = connector.connect(&mut shutdown).await? {
         match session(

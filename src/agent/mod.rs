@@ -26,6 +26,7 @@ use std::collections::HashMap;
 use filesync_master::hash::ContentHash;
 use filesync_master::{Change, Model};
 
+use crate::bus::tls::ClientTls;
 use crate::bus::{BusClient, ClientError, Hello, Subscription, Welcome};
 use crate::checkpoint::Snapshot;
 use crate::event::{Role, Tag};
@@ -63,13 +64,14 @@ struct Patience {
 async fn connect_with_retry(
     addr: &str,
     hello: &Hello,
+    tls: Option<&ClientTls>,
     patience: Patience,
     shutdown: &mut (impl Future<Output = ()> + Unpin),
 ) -> Result<Option<(BusClient, Welcome)>, ClientError> {
     let started = tokio::time::Instant::now();
     let mut attempt = 0;
     loop {
-        let limit = match BusClient::connect(addr, hello.clone()).await {
+        let limit = match BusClient::connect_with(addr, hello.clone(), tls).await {
             Ok(connected) => return Ok(Some(connected)),
             Err(err) if err.is_connection() => (err, patience.unreachable),
             Err(err @ ClientError::Busy(_)) => (err, patience.busy),
@@ -95,6 +97,7 @@ async fn connect_with_retry(
 pub struct Connector {
     addr: String,
     hello: Hello,
+    tls: Option<ClientTls>,
     patience: Patience,
 }
 
@@ -108,11 +111,18 @@ impl Connector {
         Connector {
             addr: addr.to_owned(),
             hello,
+            tls: None,
             patience: Patience {
                 unreachable: Some(FIRST_CONNECT_PATIENCE),
                 busy: Some(FIRST_BUSY_PATIENCE),
             },
         }
+    }
+
+    /// Over mutual TLS: our identity, and the ID the bus must have (`bus/tls.rs`).
+    pub fn tls(mut self, tls: Option<ClientTls>) -> Connector {
+        self.tls = tls;
+        self
     }
 
     /// A master that takes the log over from the master it belongs to (`--takeover`).
@@ -127,7 +137,8 @@ impl Connector {
         &mut self,
         shutdown: &mut (impl Future<Output = ()> + Unpin),
     ) -> anyhow::Result<Option<(BusClient, Welcome)>> {
-        let connected = connect_with_retry(&self.addr, &self.hello, self.patience, shutdown)
+        let tls = self.tls.as_ref();
+        let connected = connect_with_retry(&self.addr, &self.hello, tls, self.patience, shutdown)
             .await
             .map_err(|err| match err {
                 ClientError::Rejected(_) | ClientError::Busy(_) => anyhow::Error::new(err),

@@ -39,6 +39,8 @@ pub struct SlaveOptions {
     pub verify_every: Option<Duration>,
     /// Report differences found by a verification instead of restoring them.
     pub keep_local: bool,
+    /// Reach the bus over mutual TLS: the ID it must have (our identity is in the state).
+    pub bus_id: Option<crate::identity::PeerId>,
 }
 
 /// Why a notify could not be applied.
@@ -73,13 +75,30 @@ pub async fn run(options: SlaveOptions, shutdown: impl Future<Output = ()>) -> a
             });
         }
     }
+    let tls = match options.bus_id {
+        Some(bus_id) => match crate::identity::Identity::load_or_create(&state_path) {
+            Ok(identity) => {
+                tracing::info!("our ID is {} (the bus must list it: --peer)", identity.id);
+                Some(crate::bus::tls::ClientTls {
+                    identity: std::sync::Arc::new(identity),
+                    bus_id,
+                })
+            }
+            Err(err) => {
+                state.abandon();
+                return Err(err);
+            }
+        },
+        None => None,
+    };
     let mut connector = Connector::new(
         &options.bus,
         Role::Slave,
         &options.name,
         options.token.clone(),
         &dir,
-    );
+    )
+    .tls(tls);
     let mut shutdown = Box::pin(shutdown);
     let mut next = match connector.connect(&mut shutdown).await {
         Ok(connected) => connected,

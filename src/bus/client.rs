@@ -14,12 +14,12 @@ use std::time::Duration;
 use filesync_master::chunk::ChunkRef;
 use filesync_master::hash::{ContentHash, CHUNK_SIZE};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
 use super::frame::{read_frame, write_frame, write_queued, Frame, FrameError};
 use super::protocol::{Reply, Request, PROTOCOL_VERSION};
+use super::tls::ClientTls;
 use crate::checkpoint::Snapshot;
 use crate::event::{Draft, Event, Role};
 
@@ -114,8 +114,17 @@ pub struct BusClient {
 }
 
 impl BusClient {
-    /// Connects and says hello.
+    /// Connects over plain TCP and says hello.
     pub async fn connect(addr: &str, hello: Hello) -> Result<(BusClient, Welcome), ClientError> {
+        BusClient::connect_with(addr, hello, None).await
+    }
+
+    /// Connects (over mutual TLS when `tls` is given: `tls.rs`) and says hello.
+    pub async fn connect_with(
+        addr: &str,
+        hello: Hello,
+        tls: Option<&ClientTls>,
+    ) -> Result<(BusClient, Welcome), ClientError> {
         let stream = TcpStream::connect(addr)
             .await
             .map_err(|source| ClientError::Connect {
@@ -123,7 +132,24 @@ impl BusClient {
                 source,
             })?;
         let _ = stream.set_nodelay(true);
-        let (read_half, write_half) = stream.into_split();
+        let mut verifier = None;
+        let (read_half, write_half) = match tls {
+            None => super::tls::split_plain(stream),
+            Some(tls) => {
+                let (connector, checked) = tls
+                    .connector()
+                    .map_err(|err| ClientError::Rejected(format!("TLS: {err:#}")))?;
+                let name = rustls::pki_types::ServerName::try_from("filesync")
+                    .map_err(|err| ClientError::Protocol(err.to_string()))?;
+                match connector.connect(name, stream).await {
+                    Ok(stream) => {
+                        verifier = Some(checked);
+                        super::tls::split(stream)
+                    }
+                    Err(err) => return Err(ClientError::Rejected(tls.explain(&err, &checked))),
+                }
+            }
+        };
         let mut reader = BufReader::new(read_half);
         let mut writer = BufWriter::new(write_half);
         let request = Request::Hello {
@@ -138,8 +164,23 @@ impl BusClient {
         send(&mut writer, &request, &[]).await?;
         let frame = match read_frame(&mut reader).await {
             Ok(Some(frame)) => frame,
+            // In TLS 1.3 the bus judges our certificate after we think the handshake done:
+            // its refusal arrives as the first read's error.
+            Err(FrameError::Io(err)) if super::tls::tls_error(&err).is_some() => {
+                let explained = match (tls, &verifier) {
+                    (Some(tls), Some(verifier)) => tls.explain(&err, verifier),
+                    _ => err.to_string(),
+                };
+                return Err(ClientError::Rejected(explained));
+            }
             // Reset, refused mid-handshake or closed: the bus is (re)starting; try again.
             Ok(None) | Err(FrameError::Io(_) | FrameError::Torn) => return Err(ClientError::Lost),
+            // A TLS record (an alert: content type 21, version 3.x) where a frame was due.
+            Err(FrameError::TooLarge(len)) if tls.is_none() && len >> 16 == 0x1503 => {
+                return Err(ClientError::Rejected(
+                    "the bus speaks TLS: pass --bus-id ID (the bus's `filesync id`)".into(),
+                ))
+            }
             Err(err) => return Err(ClientError::Protocol(err.to_string())),
         };
         let (welcome, keepalive) = match serde_json::from_slice::<Reply>(&frame.header) {
@@ -699,7 +740,7 @@ pub enum UploadError {
 }
 
 async fn send(
-    writer: &mut BufWriter<OwnedWriteHalf>,
+    writer: &mut BufWriter<super::tls::WriteHalf>,
     request: &Request,
     body: &[u8],
 ) -> Result<(), ClientError> {
@@ -740,7 +781,11 @@ async fn keep_alive(outbox: mpsc::WeakSender<Frame>, every: Duration) {
     }
 }
 
-async fn write_loop(write_half: OwnedWriteHalf, queued: mpsc::Receiver<Frame>, pending: Pending) {
+async fn write_loop(
+    write_half: super::tls::WriteHalf,
+    queued: mpsc::Receiver<Frame>,
+    pending: Pending,
+) {
     if let Err(err) = write_queued(write_half, queued).await {
         tracing::debug!("connection lost while writing: {err}");
         // Nothing more can be sent, so nothing pending will be answered.
@@ -748,7 +793,7 @@ async fn write_loop(write_half: OwnedWriteHalf, queued: mpsc::Receiver<Frame>, p
     }
 }
 
-async fn read_loop(mut reader: BufReader<tokio::net::tcp::OwnedReadHalf>, pending: Pending) {
+async fn read_loop(mut reader: BufReader<super::tls::ReadHalf>, pending: Pending) {
     loop {
         let frame = match read_frame(&mut reader).await {
             Ok(Some(frame)) => frame,

@@ -23,6 +23,7 @@ pub mod pack;
 pub mod protocol;
 pub mod retention;
 pub mod server;
+pub mod tls;
 
 pub use client::{BusClient, ClientError, Hello, PendingReply, Subscription, Welcome};
 pub use server::{Bus, BusOptions};

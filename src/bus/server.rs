@@ -31,20 +31,20 @@ use anyhow::{bail, Context};
 use filesync_master::chunk::{ChunkRef, CHUNK_MAX};
 use filesync_master::hash::{ContentHash, CHUNK_SIZE};
 use tokio::io::BufReader;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinSet;
 
 use super::blobs::{BlobStore, Upload};
 use super::follow::{Announced, Announcements, Followed};
-use super::frame::{read_frame, write_queued, Frame};
+use super::frame::{read_frame, write_queued, Frame, FrameError};
 use super::gc;
 use super::log::{self, read_lines, EventLog, Head, LogOptions};
 use super::protocol::{Reply, Request, PROTOCOL_VERSION};
 use super::retention::{self, Retention};
 use crate::checkpoint::{self, Snapshot};
 use crate::event::{Draft, Event, Role, Tag};
+use crate::identity::Identity;
 use crate::rules::{Connected, Place, Refusal, Rules};
 use crate::state::StateDir;
 
@@ -90,6 +90,9 @@ pub struct BusOptions {
     pub log: LogOptions,
     /// What of the log is kept (`retention.rs`).
     pub retention: Retention,
+    /// Mutual TLS with these peers (`tls.rs`); required beyond loopback. The bus's identity
+    /// is read from (or created in) `state_dir`.
+    pub tls: Option<super::tls::PeerList>,
 }
 
 /// The log and the rules that decide what enters it, under one lock: one writer.
@@ -154,6 +157,8 @@ struct Shared {
     checkpoints: PathBuf,
     /// The bus's state directory.
     state_dir: PathBuf,
+    /// Present when peers must speak TLS.
+    tls: Option<tokio_rustls::TlsAcceptor>,
     retention: Retention,
     /// One checkpoint and truncation at a time.
     retaining: tokio::sync::Mutex<()>,
@@ -177,19 +182,19 @@ pub async fn bind(listen: &str, options: &BusOptions) -> anyhow::Result<TcpListe
         .with_context(|| format!("cannot listen on {listen}"))?;
     check_policy(
         &listener.local_addr()?,
-        options.token.is_some(),
+        options.tls.is_some(),
         options.checkpoints,
     )?;
     Ok(listener)
 }
 
-fn check_policy(addr: &SocketAddr, token: bool, checkpoints: bool) -> anyhow::Result<()> {
+fn check_policy(addr: &SocketAddr, tls: bool, checkpoints: bool) -> anyhow::Result<()> {
     let loopback = addr.ip().is_loopback();
     if checkpoints && !loopback {
         bail!("--test-checkpoints lets any peer pause agents: it is refused beyond loopback");
     }
-    if !loopback && !token {
-        bail!("listening on {addr} (beyond loopback) needs a shared token: pass --token or set FILESYNC_TOKEN");
+    if !loopback && !tls {
+        bail!("listening on {addr} (beyond loopback) needs mutual TLS: name the agents that may connect with --peer ID (each one's `filesync id`) or --peers FILE; a --token alone is not enough");
     }
     Ok(())
 }
@@ -234,6 +239,18 @@ impl Bus {
             format!("cannot open blob store in {}", options.state_dir.display())
         })?;
         let (head, _) = watch::channel(log.head());
+        let tls = match &options.tls {
+            Some(peers) => {
+                let identity = Identity::load_or_create(&options.state_dir)?;
+                peers.check_file()?;
+                let mut peers = peers.clone();
+                // The master hosting this bus connects with the same identity.
+                peers.ids.insert(identity.id);
+                tracing::info!("bus ID {} (TLS)", identity.id);
+                Some(super::tls::acceptor(&identity, Arc::new(peers))?)
+            }
+            None => None,
+        };
         Ok(Bus {
             shared: Arc::new(Shared {
                 ledger: Mutex::new(Ledger { log, rules }),
@@ -247,6 +264,7 @@ impl Bus {
                 gates: options.checkpoints.then(super::gates::Gates::default),
                 checkpoints,
                 state_dir: options.state_dir.clone(),
+                tls,
                 retention: options.retention,
                 retaining: tokio::sync::Mutex::new(()),
                 _state: state,
@@ -282,7 +300,7 @@ impl Bus {
         // Checked again here, so that no embedding of `Bus` can serve beyond its policy.
         check_policy(
             &listener.local_addr()?,
-            self.shared.token.is_some(),
+            self.shared.tls.is_some(),
             self.shared.gates.is_some(),
         )?;
         let mut connections = JoinSet::new();
@@ -493,7 +511,26 @@ async fn handle_connection(
         .with_time(KEEPALIVE_IDLE)
         .with_interval(KEEPALIVE_INTERVAL);
     let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
-    let (read_half, write_half) = stream.into_split();
+    let (read_half, write_half) = match &shared.tls {
+        None => super::tls::split_plain(stream),
+        Some(acceptor) => {
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => super::tls::split(tls),
+                Ok(Err(err)) => {
+                    if let Some(line) = super::tls::explain_refusal(&addr, &err) {
+                        tracing::warn!("{line}");
+                    }
+                    return;
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        "peer {addr}: no TLS handshake within {HANDSHAKE_TIMEOUT:?}; dropping it"
+                    );
+                    return;
+                }
+            }
+        }
+    };
     let mut reader = BufReader::new(read_half);
     let (outbox, outbox_rx) = mpsc::channel::<Frame>(OUTBOX);
     let writer = tokio::spawn(write_loop(write_half, outbox_rx));
@@ -501,6 +538,11 @@ async fn handle_connection(
     let hello = match tokio::time::timeout(HANDSHAKE_TIMEOUT, read_frame(&mut reader)).await {
         Ok(Ok(Some(frame))) => frame,
         Ok(Ok(None)) => return,
+        // A TLS record (a handshake: content type 22, version 3.x) where a hello was due.
+        Ok(Err(FrameError::TooLarge(len))) if len >> 16 == 0x1603 => {
+            tracing::warn!("peer {addr}: it speaks TLS to this plain bus (start the bus with --tls or --peer, or drop --bus-id on the peer); dropping it");
+            return;
+        }
         Ok(Err(err)) => {
             tracing::warn!("peer {addr}: bad handshake frame: {err}; dropping it");
             return reject(
@@ -779,7 +821,7 @@ struct Handler {
 
 impl Handler {
     /// Serves requests until the peer leaves, misbehaves or idles; returns who it was.
-    async fn run(mut self, reader: &mut BufReader<OwnedReadHalf>) -> Peer {
+    async fn run(mut self, reader: &mut BufReader<super::tls::ReadHalf>) -> Peer {
         loop {
             let frame = tokio::select! {
                 biased;
@@ -1376,7 +1418,7 @@ fn reply_with_body(reply: &Reply, body: Vec<u8>) -> Frame {
     Frame::new(serde_json::to_vec(reply).unwrap_or_default(), body)
 }
 
-async fn write_loop(write_half: OwnedWriteHalf, outbox: mpsc::Receiver<Frame>) {
+async fn write_loop(write_half: super::tls::WriteHalf, outbox: mpsc::Receiver<Frame>) {
     if let Err(err) = write_queued(write_half, outbox).await {
         tracing::debug!("connection lost while writing: {err}");
     }

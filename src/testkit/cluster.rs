@@ -6,6 +6,7 @@
 //! name with the tail of its log. A test that panics keeps its directory and gets
 //! `timeline.html` there: the log drawn as lanes, with the checker's verdict.
 
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -13,8 +14,11 @@ use std::time::Duration;
 use super::listen::EventStream;
 use super::pattern::Pattern;
 use super::plan::{Plan, ProcId};
+use crate::bus::tls::ClientTls;
 use crate::check::{check_dir, check_log, CheckOptions, LogFile, Report, Violation};
 use crate::event::Tag;
+use crate::identity::Identity;
+use std::sync::Arc;
 
 /// How long a process may take to print its address.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -41,6 +45,54 @@ pub struct Cluster {
     /// More arguments for `filesync master`, at every start.
     master_args: Vec<String>,
     agent_log: AgentLog,
+    /// Present when every connection is mutual TLS (`ClusterBuilder::tls`).
+    tls: Option<ClusterTls>,
+}
+
+/// A cluster over mutual TLS: the bus's ID (the master's), the test kit's own identity
+/// (its listener), and the file of IDs the bus lets in (each slave's, added as it is).
+struct ClusterTls {
+    client: ClientTls,
+    peers_file: PathBuf,
+}
+
+impl ClusterTls {
+    /// Creates the master's and the test kit's identities under `root/state`, and the
+    /// peers file naming the test kit.
+    fn create(root: &Path) -> Result<ClusterTls, String> {
+        let state = root.join("state");
+        let load = |name: &str| {
+            let dir = state.join(name);
+            std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+            Identity::load_or_create(&dir).map_err(|e| format!("{e:#}"))
+        };
+        let bus = load("master")?;
+        let kit = load("testkit")?;
+        let peers_file = root.join("peers");
+        std::fs::write(&peers_file, format!("{}  # the test kit\n", kit.id))
+            .map_err(|e| e.to_string())?;
+        Ok(ClusterTls {
+            client: ClientTls {
+                identity: Arc::new(kit),
+                bus_id: bus.id,
+            },
+            peers_file,
+        })
+    }
+
+    /// Creates a slave's identity in its state, and lets it in.
+    fn admit(&self, state: &Path, name: &str) -> Result<(), String> {
+        std::fs::create_dir_all(state).map_err(|e| e.to_string())?;
+        let id = Identity::load_or_create(state)
+            .map_err(|e| format!("{e:#}"))?
+            .id;
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.peers_file)
+            .map_err(|e| e.to_string())?;
+        std::io::Write::write_all(&mut file, format!("{id}  # {name}\n").as_bytes())
+            .map_err(|e| e.to_string())
+    }
 }
 
 /// How much the agents log into their per-process logs.
@@ -73,6 +125,7 @@ pub struct ClusterBuilder<'a> {
     master_args: Vec<String>,
     agent_log: AgentLog,
     prepare: Option<Prepare<'a>>,
+    tls: bool,
 }
 
 impl<'a> ClusterBuilder<'a> {
@@ -91,6 +144,14 @@ impl<'a> ClusterBuilder<'a> {
     /// More arguments for `filesync master` (`--idle-timeout 2s`...), at every start.
     pub fn master_args(mut self, args: &[&str]) -> Self {
         self.master_args.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+
+    /// Every connection over mutual TLS: the master's bus lets in only the IDs of the test
+    /// kit and of the slaves it adds (`--tls --peers FILE`), and each slave pins the bus's
+    /// ID (`--bus-id`).
+    pub fn tls(mut self) -> Self {
+        self.tls = true;
         self
     }
 
@@ -113,17 +174,29 @@ impl<'a> ClusterBuilder<'a> {
         if let Some(prepare) = self.prepare {
             prepare(&master_dir);
         }
+        let mut master_args = self.master_args;
+        let tls = match self.tls {
+            true => {
+                let tls = ClusterTls::create(plan.dir())?;
+                master_args.push("--tls".into());
+                master_args.push("--peers".into());
+                master_args.push(tls.peers_file.to_string_lossy().into_owned());
+                Some(tls)
+            }
+            false => None,
+        };
         let master = spawn_master(
             &mut plan,
             &self.bin,
             "127.0.0.1:0",
-            &self.master_args,
+            &master_args,
             self.agent_log,
         )?;
         let addr = plan
             .proc(master)
             .wait_for_stderr("listening on ", START_TIMEOUT)?;
-        let events = EventStream::connect(&addr, 1, None)
+        let client = tls.as_ref().map(|t| &t.client);
+        let events = EventStream::connect_with(&addr, 1, None, client)
             .await
             .map_err(|e| e.to_string())?;
         let mut cluster = Cluster {
@@ -133,8 +206,9 @@ impl<'a> ClusterBuilder<'a> {
             master: Some(master),
             slaves: Vec::new(),
             events,
-            master_args: self.master_args,
+            master_args,
             agent_log: self.agent_log,
+            tls,
         };
         cluster.expect_ready("master").await?;
         for _ in 0..self.n_slaves {
@@ -154,6 +228,7 @@ impl Cluster {
             master_args: Vec::new(),
             agent_log: AgentLog::Debug,
             prepare: None,
+            tls: false,
         }
     }
 
@@ -225,12 +300,20 @@ impl Cluster {
     pub fn add_slave(&mut self) -> usize {
         let idx = self.slaves.len();
         let name = slave_name(idx);
+        let state = self.dir().join("state").join(&name);
+        let mut args = Vec::new();
+        if let Some(tls) = &self.tls {
+            if let Err(err) = tls.admit(&state, &name) {
+                panic!("cannot make {name}'s identity: {err}");
+            }
+            args = vec!["--bus-id".into(), tls.client.bus_id.to_string()];
+        }
         self.slaves.push(SlaveAgent {
             dir: self.dir().join(&name),
-            state: self.dir().join("state").join(&name),
+            state,
             name,
             proc: None,
-            args: Vec::new(),
+            args,
         });
         idx
     }
@@ -285,7 +368,8 @@ impl Cluster {
             .wait_for_stderr("listening on ", START_TIMEOUT)?;
         // The old subscription died with the old bus: follow the new one from where we were.
         let from = self.events.seen().last().map(|e| e.seq + 1).unwrap_or(1);
-        let mut events = EventStream::connect(&self.addr, from, None)
+        let client = self.tls.as_ref().map(|t| &t.client);
+        let mut events = EventStream::connect_with(&self.addr, from, None, client)
             .await
             .map_err(|e| e.to_string())?;
         events.absorb(&mut self.events);
@@ -368,23 +452,26 @@ impl Cluster {
                 .await
                 .map_err(|e| e.to_string())?;
             let seen = self.events.seen();
-            // A slave that resynced from a checkpoint holds every notify up to it.
-            let resynced = |name: &str| {
-                seen.iter()
-                    .filter(|e| e.agent == name && e.tag() == Some(Tag::Ready))
-                    .filter_map(|e| e.body.resync)
-                    .max()
-                    .unwrap_or(0)
-            };
+            // Indexed once a round: a long run's log has hundreds of thousands of events.
+            let mut answered: HashSet<(&str, u64)> = HashSet::new();
+            let mut resynced: HashMap<&str, u64> = HashMap::new();
+            for e in seen {
+                if let Some(cause) = e.body.cause {
+                    answered.insert((e.agent.as_str(), cause));
+                }
+                // A slave that resynced from a checkpoint holds every notify up to it.
+                if let (Some(Tag::Ready), Some(checkpoint)) = (e.tag(), e.body.resync) {
+                    let at = resynced.entry(e.agent.as_str()).or_default();
+                    *at = (*at).max(checkpoint);
+                }
+            }
             let all_answered = seen
                 .iter()
                 .filter(|e| Pattern::notify().matches(e))
                 .all(|notify| {
                     running.iter().all(|name| {
-                        notify.seq <= resynced(name)
-                            || seen
-                                .iter()
-                                .any(|e| e.agent == *name && e.body.cause == Some(notify.seq))
+                        notify.seq <= resynced.get(name.as_str()).copied().unwrap_or(0)
+                            || answered.contains(&(name.as_str(), notify.seq))
                     })
                 });
             if all_answered && (self.master.is_none() || self.master_dir_published()) {

@@ -62,14 +62,24 @@ impl Drop for EventStream {
 }
 
 impl EventStream {
-    /// Subscribes from `from` (1 for the whole log) as listener `name`.
+    /// Subscribes from `from` (1 for the whole log) as listener `testkit`.
     pub async fn connect(
         addr: &str,
         from: u64,
         token: Option<String>,
     ) -> Result<EventStream, crate::bus::ClientError> {
+        EventStream::connect_with(addr, from, token, None).await
+    }
+
+    /// `connect`, over mutual TLS when `tls` is given.
+    pub async fn connect_with(
+        addr: &str,
+        from: u64,
+        token: Option<String>,
+        tls: Option<&crate::bus::tls::ClientTls>,
+    ) -> Result<EventStream, crate::bus::ClientError> {
         let hello = Hello::new(Role::Listener, "testkit", token);
-        let (client, _) = BusClient::connect(addr, hello).await?;
+        let (client, _) = BusClient::connect_with(addr, hello, tls).await?;
         let (tx, rx) = mpsc::unbounded_channel();
         let task = tokio::spawn(async move {
             let mut subscription = Subscription::new(client, from);

@@ -20,6 +20,7 @@ impl TestBus {
             idle_timeout: None,
             log: crate::bus::log::LogOptions::default(),
             retention: crate::bus::retention::Retention::default(),
+            tls: None,
         })
         .expect("bus");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
