@@ -18,9 +18,9 @@
 //! | R2 | the same with a window (`--window=1h`): growth, then none once older than the window | |
 //! | R3 | 100,000 unreferenced blobs collected while 4 KiB files are mirrored | |
 //!
-//! R1 to R3 run only when named (`cargo bench --bench mirror r1 -- --minutes=30`).
+//! R1 to R3 run only when named (`cargo bench --bench mirror -- r1 --minutes=30`).
 //! With `--tls`, W1 and W2 run again over mutual TLS after the plain run, in the same
-//! process (`cargo bench --bench mirror w1 w2 -- --rounds=3 --tls`).
+//! process (`cargo bench --bench mirror -- w1 w2 --rounds=3 --tls`).
 //!
 //! W7 to W9 also say what moved, from the log: bytes the master uploaded and the slave
 //! fetched (the notify's `uploaded`, the consume's `fetched`), and what the bus's state
@@ -780,7 +780,9 @@ async fn r1_r2(rows: &mut Vec<Row>, id: &str, window: &str, minutes: f64) {
 async fn r3(rows: &mut Vec<Row>) {
     let mut c = Cluster::builder(&bin(), "bench-r3")
         .agent_log(AgentLog::Default)
+        // -v: the bus says what each collection pass removed and how long it took.
         .master_args(&[
+            "-v",
             "--keep-history",
             "0",
             "--gc-interval",
@@ -788,12 +790,16 @@ async fn r3(rows: &mut Vec<Row>) {
             "--gc-grace",
             "0s",
         ])
-        .prepare(|m| make_tree(&m.join("many"), 1000, 100, 1024))
         .start()
         .await
         .expect("cluster");
     c.events.deadline = Duration::from_secs(1800);
     c.events.quiet = Duration::from_secs(120);
+    // Moved in once the slave is ready: a slave that has to catch up on 100,000 files
+    // before it is ready would outlast the kit's start timeout.
+    let stage = c.dir().join("stage");
+    make_tree(&stage.join("many"), 1000, 100, 1024);
+    fs::rename(stage.join("many"), c.master_dir().join("many")).expect("move in");
     c.events
         .expect_count(
             Pattern::consume().by("slave").put().kind(EntryKind::File),
@@ -938,7 +944,7 @@ fn main() {
         .collect();
     let want = |id: &str| wanted.is_empty() || wanted.iter().any(|w| w == id);
     // The retention workloads run for minutes: only when named (`cargo bench --bench
-    // mirror r1 -- --minutes=30`).
+    // mirror -- r1 --minutes=30`).
     let named = |id: &str| wanted.iter().any(|w| w == id);
     let minutes: f64 = std::env::args()
         .find_map(|a| a.strip_prefix("--minutes=").map(str::to_owned))

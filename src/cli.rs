@@ -18,7 +18,15 @@ Examples:
   filesync master --dir ~/src                     # terminal 1: watch ~/src, bus on 127.0.0.1:7878
   filesync slave --dir /backup/src                # terminal 2: mirror it
   filesync listen --op put --path 'docs/**'       # watch the event log live
-  filesync check ~/.local/state/filesync/master/events.jsonl --dir /backup/src";
+  filesync check ~/.local/state/filesync/master/events.jsonl --dir /backup/src
+
+Exit status:
+  0  success (an agent stopped by Ctrl-C or SIGTERM after leaving the log cleanly)
+  1  a check, scenario or demo that ran and failed: the report says what
+  2  a bad invocation, a refused start, or a runtime error: one line on stderr
+
+Logging: one line per lifecycle step (connected, caught up, ready, reconnected, left) and
+every warning on stderr; no colour unless stderr is a terminal and NO_COLOR is unset.";
 
 /// A live directory mirror whose correctness is proven from its event log.
 #[derive(Debug, Parser)]
@@ -30,15 +38,26 @@ pub struct Cli {
     /// Only errors on stderr.
     #[arg(short, long, global = true)]
     pub quiet: bool,
+    /// How stderr's lines are written: text for people, json (one object per line) for
+    /// log collectors.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// The format of stderr's log lines (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Watch DIR and publish its changes (hosting the bus unless --bus is given).
     #[command(
-        after_help = "Examples:\n  filesync master --dir ~/src\n  filesync master --dir ~/src --listen 127.0.0.1:0\n  filesync master --dir ~/src --bus 10.0.0.5:7878 --token s3cret"
+        after_help = "Examples:\n  filesync master --dir ~/src\n  filesync master --dir ~/src --listen 127.0.0.1:0\n  filesync master --dir ~/src --bus 10.0.0.5:7878 --bus-id BUS-ID"
     )]
     Master(MasterArgs),
     /// Mirror the master into DIR (created if missing).
@@ -48,12 +67,12 @@ pub enum Command {
     Slave(SlaveArgs),
     /// A standalone bus, for setups where agents come and go.
     #[command(
-        after_help = "Examples:\n  filesync bus\n  filesync bus --listen 0.0.0.0:7878 --token s3cret --state /var/lib/filesync"
+        after_help = "Examples:\n  filesync bus\n  filesync bus --listen 0.0.0.0:7878 --peers /etc/filesync/peers --state /var/lib/filesync"
     )]
     Bus(BusArgs),
     /// Print events as they happen, filtered.
     #[command(
-        after_help = "Examples:\n  filesync listen\n  filesync listen --from 1 --json > copy.jsonl\n  filesync listen --tag consume --agent slave --path '*.txt'"
+        after_help = "Examples:\n  filesync listen\n  filesync listen --from 1 --until-quiet 1 --json > copy.jsonl\n  filesync listen --tag consume --tag error --agent slave --path '*.txt'"
     )]
     Listen(ListenArgs),
     /// Validate an event log offline; exit 0 when it holds, 1 with a report when not.
@@ -133,7 +152,7 @@ pub struct MasterArgs {
     /// This agent's name in the log.
     #[arg(long, default_value = "master")]
     pub name: String,
-    /// Shared secret every peer must present (required to listen beyond loopback).
+    /// Shared secret every peer must present: an optional second factor beside mutual TLS.
     #[arg(long, env = "FILESYNC_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// Take over a log that belongs to another master directory: this directory becomes
@@ -215,6 +234,15 @@ impl BusIdArgs {
             identity: std::sync::Arc::new(identity),
             bus_id,
         }))
+    }
+}
+
+/// A duration given as seconds (`2`, `0.5`) or with a unit (`2s`, `500ms`).
+fn parse_secs(text: &str) -> Result<std::time::Duration, String> {
+    match text.parse::<f64>() {
+        Ok(secs) if secs.is_finite() && secs >= 0.0 => Ok(std::time::Duration::from_secs_f64(secs)),
+        Ok(_) => Err(format!("{text:?} is not a duration")),
+        Err(_) => humantime::parse_duration(text).map_err(|err| err.to_string()),
     }
 }
 
@@ -304,6 +332,7 @@ pub struct SlaveArgs {
     /// This agent's name in the log.
     #[arg(long, default_value = "slave")]
     pub name: String,
+    /// Shared secret to present to the bus, if it asks for one (a second factor beside TLS).
     #[arg(long, env = "FILESYNC_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// Also verify the directory against the state applied this often (it is verified at
@@ -319,11 +348,14 @@ pub struct SlaveArgs {
 
 #[derive(Debug, Args)]
 pub struct BusArgs {
+    /// Where to listen (HOST:PORT; port 0 picks a free one). Beyond loopback, --peer or
+    /// --peers is required.
     #[arg(long, default_value = "127.0.0.1:7878")]
     pub listen: String,
     /// Holds events.jsonl and the blob store.
     #[arg(long)]
     pub state: Option<PathBuf>,
+    /// Shared secret every peer must present: an optional second factor beside mutual TLS.
     #[arg(long, env = "FILESYNC_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     #[command(flatten)]
@@ -337,26 +369,38 @@ pub struct BusArgs {
 
 #[derive(Debug, Args)]
 pub struct ListenArgs {
+    /// The bus to listen to (HOST:PORT).
     #[arg(long, default_value = "127.0.0.1:7878")]
     pub bus: String,
     /// First seq to print (default: from now on; 1 for the whole log).
     #[arg(long)]
     pub from: Option<u64>,
-    /// Only this tag (join, ready, notify, consume, error, leave).
+    /// Stop after the event with this seq (exit 0).
+    #[arg(long, value_name = "SEQ")]
+    pub to: Option<u64>,
+    /// Stop once no event has come for this long (exit 0): `2`, `2s`, `500ms`.
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    pub until_quiet: Option<std::time::Duration>,
+    /// Only this tag (join, ready, notify, consume, error, leave); repeat for several.
     #[arg(long)]
-    pub tag: Option<String>,
-    /// Only this op (put, delete, move).
+    pub tag: Vec<String>,
+    /// Only this op (put, delete, move); repeat for several.
     #[arg(long)]
-    pub op: Option<String>,
-    /// Only events by this agent.
+    pub op: Vec<String>,
+    /// Only events by this agent; repeat for several.
     #[arg(long)]
-    pub agent: Option<String>,
-    /// Only events whose path (or move source or destination) matches this glob.
+    pub agent: Vec<String>,
+    /// Only events whose path, or either end of a move, matches this pattern (gitignore's
+    /// rules: `*.txt` at any depth, `docs/**` under docs/ at the top); repeat for several.
+    #[arg(long, value_name = "GLOB")]
+    pub path: Vec<String>,
+    /// Log a `join` for this listener (by default it reads without a trace in the log).
     #[arg(long)]
-    pub path: Option<String>,
+    pub announce: bool,
     /// Print the log lines unchanged instead of a readable line.
     #[arg(long)]
     pub json: bool,
+    /// Shared secret to present to the bus, if it asks for one (a second factor beside TLS).
     #[arg(long, env = "FILESYNC_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     #[command(flatten)]
@@ -503,7 +547,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     }
 }
 
-/// Binds the bus's address (refused beyond loopback without a token), then opens and locks
+/// Binds the bus's address (refused beyond loopback without mutual TLS), then opens and locks
 /// its state; prints `listening on ADDR` on stderr. A bad address creates nothing.
 async fn open_bus(
     listen: &str,

@@ -2,12 +2,15 @@
 
 use std::io::Write;
 
+use std::time::Duration;
+
 use anyhow::Context;
-use globset::Glob;
+use filesync_master::ignore::IgnoreRules;
+use filesync_master::RelPath;
 
 use crate::bus::{BusClient, ClientError, Hello, Subscription};
 use crate::cli::{shutdown_signal, ListenArgs};
-use crate::event::{Event, Role};
+use crate::event::{EntryKind, Event, Op, Role, Tag};
 
 /// One readable line: time of day, seq, tag, agent, op, path, and cause or error.
 pub fn format_line(event: &Event) -> String {
@@ -32,33 +35,69 @@ pub fn format_line(event: &Event) -> String {
     line.trim_end().to_owned()
 }
 
+/// Which events `listen` prints: each flag given is a set (repeated flags), and an event
+/// must be in every set given.
+struct Filter {
+    tags: Vec<Tag>,
+    ops: Vec<Op>,
+    agents: Vec<String>,
+    paths: Option<IgnoreRules>,
+}
+
+impl Filter {
+    fn new(args: &ListenArgs) -> anyhow::Result<Filter> {
+        let paths = match args.path.is_empty() {
+            true => None,
+            false => Some(
+                IgnoreRules::from_patterns(&args.path)
+                    .map_err(|err| anyhow::anyhow!("bad --path: {err}"))?,
+            ),
+        };
+        Ok(Filter {
+            tags: parse_all(&args.tag, "tag")?,
+            ops: parse_all(&args.op, "op")?,
+            agents: args.agent.clone(),
+            paths,
+        })
+    }
+
+    fn keeps(&self, event: &Event) -> bool {
+        let body = &event.body;
+        in_set(&self.tags, body.tag.as_ref())
+            && in_set(&self.ops, body.op.as_ref())
+            && in_set(&self.agents, Some(&event.agent))
+            && self.paths.as_ref().is_none_or(|rules| {
+                let is_dir = body.kind == Some(EntryKind::Dir);
+                [&body.path, &body.from, &body.to]
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|p| RelPath::new(p).ok())
+                    .any(|p| rules.matches(&p, is_dir))
+            })
+    }
+}
+
+/// How long to wait between attempts to reach a bus that went away.
+const RECONNECT_EVERY: Duration = Duration::from_millis(500);
+
 pub async fn run(args: ListenArgs) -> anyhow::Result<i32> {
-    let tag = args
-        .tag
-        .as_deref()
-        .map(parse_enum::<crate::event::Tag>)
-        .transpose()?;
-    let op = args
-        .op
-        .as_deref()
-        .map(parse_enum::<crate::event::Op>)
-        .transpose()?;
-    let glob = args
-        .path
-        .as_deref()
-        .map(|g| Glob::new(g).map(|g| g.compile_matcher()))
-        .transpose()
-        .context("bad --path glob")?;
+    let filter = Filter::new(&args)?;
     let tls = args.client_tls()?;
-    let hello = Hello::new(Role::Listener, "listener", args.token);
-    let (client, welcome) = BusClient::connect_with(&args.bus, hello, tls.as_ref()).await?;
+    let mut hello = Hello::new(Role::Listener, "listener", args.token.clone());
+    hello.quiet = !args.announce;
+    let (client, welcome) = BusClient::connect_with(&args.bus, hello.clone(), tls.as_ref()).await?;
     let mut subscription = Subscription::new(client, args.from.unwrap_or(welcome.head + 1));
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     let stdout = std::io::stdout();
+    let quiet_for = args.until_quiet.unwrap_or(Duration::MAX);
     loop {
+        if args.to.is_some_and(|to| subscription.position() > to) {
+            return Ok(0);
+        }
         let event = tokio::select! {
             _ = &mut shutdown => return Ok(0),
+            _ = tokio::time::sleep(quiet_for), if args.until_quiet.is_some() => return Ok(0),
             event = subscription.next() => event,
         };
         let event = match event {
@@ -71,18 +110,37 @@ pub async fn run(args: ListenArgs) -> anyhow::Result<i32> {
                 subscription.skip_to(start);
                 continue;
             }
+            Err(err) if err.is_connection() => {
+                let from = subscription.position();
+                eprintln!(
+                    "filesync listen: lost the bus at {} ({err}); reconnecting",
+                    args.bus
+                );
+                let reconnect = async {
+                    loop {
+                        tokio::time::sleep(RECONNECT_EVERY).await;
+                        match BusClient::connect_with(&args.bus, hello.clone(), tls.as_ref()).await
+                        {
+                            Ok((client, _)) => break Ok(client),
+                            Err(err) if err.is_connection() => continue,
+                            Err(err) => break Err(err),
+                        }
+                    }
+                };
+                let client = tokio::select! {
+                    _ = &mut shutdown => return Ok(0),
+                    client = reconnect => client?,
+                };
+                eprintln!("filesync listen: reconnected; going on from #{from}");
+                subscription = Subscription::new(client, from);
+                continue;
+            }
             event => event?,
         };
-        let keep = tag.is_none_or(|t| event.body.tag == Some(t))
-            && op.is_none_or(|o| event.body.op == Some(o))
-            && args.agent.as_ref().is_none_or(|a| &event.agent == a)
-            && glob.as_ref().is_none_or(|g| {
-                [&event.body.path, &event.body.from, &event.body.to]
-                    .into_iter()
-                    .flatten()
-                    .any(|p| g.is_match(p))
-            });
-        if !keep {
+        if args.to.is_some_and(|to| event.seq > to) {
+            return Ok(0);
+        }
+        if !filter.keeps(&event) {
             continue;
         }
         let line = if args.json {
@@ -96,6 +154,22 @@ pub async fn run(args: ListenArgs) -> anyhow::Result<i32> {
             return Ok(0);
         }
     }
+}
+
+/// Each of `values` (a repeated `--what`) as a `T`.
+fn parse_all<T: serde::de::DeserializeOwned>(
+    values: &[String],
+    what: &str,
+) -> anyhow::Result<Vec<T>> {
+    values
+        .iter()
+        .map(|v| parse_enum(v).with_context(|| format!("bad --{what}")))
+        .collect()
+}
+
+/// An empty set lets everything through; otherwise `value` must be in it.
+fn in_set<T: PartialEq>(set: &[T], value: Option<&T>) -> bool {
+    set.is_empty() || value.is_some_and(|v| set.contains(v))
 }
 
 fn parse_enum<T: serde::de::DeserializeOwned>(text: &str) -> anyhow::Result<T> {

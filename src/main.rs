@@ -1,22 +1,30 @@
 //! The `filesync` binary: parse, set up logging, call the library, map errors to one line.
 
+use std::io::IsTerminal;
+
 use clap::Parser;
+use filesync::cli::LogFormat;
 use tracing_subscriber::EnvFilter;
 
 fn main() {
     let cli = filesync::cli::Cli::parse();
     let default_level = match (cli.quiet, cli.verbose) {
-        (true, _) => "error",
-        (false, 0) => "warn",
-        (false, 1) => "info",
-        (false, _) => "debug",
+        (true, _) => "error".to_owned(),
+        // Warnings, and the lifecycle lines a user watches for.
+        (false, 0) => format!("warn,{}=info", filesync::agent::LIFECYCLE),
+        (false, 1) => "info".to_owned(),
+        (false, _) => "debug".to_owned(),
     };
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
-    tracing_subscriber::fmt()
+    let subscriber = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .init();
+        .with_target(cli.verbose > 0);
+    match cli.log_format {
+        LogFormat::Json => subscriber.json().init(),
+        LogFormat::Text => subscriber.with_ansi(colour()).init(),
+    }
     let runtime = match build_runtime(&cli.command) {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -47,4 +55,10 @@ fn build_runtime(command: &filesync::cli::Command) -> std::io::Result<tokio::run
             .build(),
         _ => tokio::runtime::Runtime::new(),
     }
+}
+
+/// Colour only for a person at a terminal who has not asked for none (no-color.org: a
+/// non-empty `NO_COLOR`): journald, pipes and files get plain text.
+fn colour() -> bool {
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }

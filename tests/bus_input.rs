@@ -56,6 +56,7 @@ pub async fn raw_hello(
         dir: dir.map(|d| d.to_string_lossy().into_owned()),
         host: dir.map(|_| filesync::agent::host_name()),
         takeover: false,
+        quiet: false,
     };
     send(&mut stream, &request, &[]).await;
     let answer = reply(&mut stream).await;

@@ -5,8 +5,9 @@ use std::fs;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use filesync::check::CheckOptions;
 use filesync::event::Event;
-use filesync::testkit::{Pattern, Proc};
+use filesync::testkit::{AgentLog, Cluster, Pattern, Proc};
 
 use crate::util::{bin, cluster, must};
 
@@ -140,4 +141,134 @@ async fn a_bus_with_a_token_refuses_peers_without_it() {
     let events = filesync::testkit::EventStream::connect(&addr, 1, Some("s3cret".into())).await;
     assert!(events.is_ok(), "the right token is accepted");
     bus.terminate(Duration::from_secs(5));
+}
+
+/// `filesync listen` with these arguments against `addr`, ended by the kit if it has not
+/// ended by itself within 20 s: its exit code (`None` when it had to be killed), stdout and
+/// stderr.
+async fn listen_until_done(addr: &str, args: &[&str]) -> (Option<i32>, String, String) {
+    let child = tokio::process::Command::new(bin())
+        .args(["listen", "--bus", addr])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn listen");
+    match tokio::time::timeout(Duration::from_secs(20), child.wait_with_output()).await {
+        Ok(Ok(out)) => (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ),
+        Ok(Err(err)) => panic!("listen: {err}"),
+        Err(_) => (None, String::new(), "did not end within 20 s".into()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_ends_when_told_and_leaves_no_trace_unless_asked() {
+    let mut c = cluster("listen-ends", 1).await;
+    let m = c.master_dir();
+    fs::create_dir_all(m.join("sub")).expect("mkdir");
+    fs::write(m.join("a.txt"), "a").expect("write");
+    fs::write(m.join("sub/b.txt"), "b").expect("write");
+    fs::write(m.join("c.md"), "c").expect("write");
+    must(
+        c.events
+            .expect_all(vec![
+                Pattern::consume().by("slave").put().path("a.txt"),
+                Pattern::consume().by("slave").put().path("sub/b.txt"),
+                Pattern::consume().by("slave").put().path("c.md"),
+            ])
+            .await,
+    );
+    must(c.settle().await);
+    let head = c.events.seen().last().map_or(0, |e| e.seq);
+
+    // --to ends it; --tag repeats; `*.txt` matches at any depth, as in gitignore.
+    let to = head.to_string();
+    let args = [
+        "--from", "1", "--to", &to, "--json", "--tag", "notify", "--tag", "consume", "--path",
+        "*.txt",
+    ];
+    let (code, out, err) = listen_until_done(&c.addr, &args).await;
+    assert_eq!(code, Some(0), "{err}");
+    let events: Vec<Event> = out
+        .lines()
+        .map(|l| Event::parse(l).expect("a log line"))
+        .collect();
+    let mut seen: Vec<(String, String)> = events
+        .iter()
+        .map(|e| {
+            let tag = e.body.tag.map(|t| t.to_string()).unwrap_or_default();
+            (tag, e.body.path.clone().unwrap_or_default())
+        })
+        .collect();
+    seen.sort();
+    let expected: Vec<(String, String)> = [
+        ("consume", "a.txt"),
+        ("consume", "sub/b.txt"),
+        ("notify", "a.txt"),
+        ("notify", "sub/b.txt"),
+    ]
+    .iter()
+    .map(|(t, p)| (t.to_string(), p.to_string()))
+    .collect();
+    assert_eq!(seen, expected, "{out}");
+
+    // --until-quiet ends it once the log has been read and nothing more comes.
+    let (code, out, err) = listen_until_done(&c.addr, &["--from", "1", "--until-quiet", "1"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.lines().count() as u64 >= head, "{out}");
+
+    // Neither listener left a join in the log; one that asks to be announced does.
+    let listener_joins = || {
+        let log = fs::read_to_string(c.log_path()).expect("log");
+        log.lines()
+            .filter_map(|l| Event::parse(l).ok())
+            .filter(|e| e.agent == "listener")
+            .count()
+    };
+    assert_eq!(listener_joins(), 0);
+    let (code, _, err) = listen_until_done(&c.addr, &["--until-quiet", "0.3", "--announce"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(listener_joins(), 1);
+    c.assert_checks(CheckOptions::default());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_say_each_step_of_their_life_in_one_plain_line() {
+    let mut c = must(
+        Cluster::builder(&bin(), "lifecycle")
+            .agent_log(AgentLog::Default)
+            .start()
+            .await,
+    );
+    let t = Duration::from_secs(20);
+    fs::write(c.master_dir().join("a.txt"), "a").expect("write");
+    must(
+        c.events
+            .expect(Pattern::consume().by("slave").put().path("a.txt"))
+            .await,
+    );
+    must(c.master_says("master ready: watching ", t));
+    let connected = must(c.slave_says(0, "connected to the bus at ", t));
+    assert!(connected.contains(" as slave slave "), "{connected}");
+    must(c.slave_says(0, "caught up: 0 change(s) applied after #0", t));
+    // The master and its bus restart: the slave says it lost the bus, then that it is back.
+    must(c.stop_master());
+    must(c.start_master().await);
+    must(c.slave_says(0, "; reconnecting", t));
+    must(c.slave_says(0, "reconnected to the bus at ", t));
+    must(c.stop_slave(0));
+    let stderr = fs::read_to_string(c.logs_dir().join("slave")).expect("the slave's stderr");
+    assert!(stderr.contains("left the bus (#"), "{stderr}");
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "no colour into a file:\n{stderr}"
+    );
+    // Nothing per event at the default level.
+    assert!(!stderr.contains("a.txt"), "{stderr}");
+    assert!(stderr.lines().count() <= 8, "{stderr}");
 }

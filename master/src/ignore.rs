@@ -40,11 +40,32 @@ impl IgnoreRules {
         }
     }
 
+    /// Rules from patterns given one per string (`--path`, `--exclude`), rooted nowhere in
+    /// particular: they match relative paths by gitignore's rules. A bad pattern is an error
+    /// naming it.
+    pub fn from_patterns<S: AsRef<str>>(patterns: &[S]) -> Result<IgnoreRules, String> {
+        let root = Path::new("/");
+        let mut builder = GitignoreBuilder::new(root);
+        for pattern in patterns {
+            let pattern = pattern.as_ref();
+            builder
+                .add_line(None, pattern)
+                .map_err(|err| format!("bad pattern {pattern:?}: {err}"))?;
+        }
+        let gitignore = builder.build().map_err(|err| err.to_string())?;
+        Ok(IgnoreRules {
+            root: root.to_path_buf(),
+            gitignore,
+        })
+    }
+
     /// True when `path` (or a directory above it) is ignored.
     pub fn is_ignored(&self, path: &RelPath, is_dir: bool) -> bool {
-        if path.file_name().starts_with(TEMP_PREFIX) {
-            return true;
-        }
+        path.file_name().starts_with(TEMP_PREFIX) || self.matches(path, is_dir)
+    }
+
+    /// True when the patterns match `path` or a directory above it (temporary files aside).
+    pub fn matches(&self, path: &RelPath, is_dir: bool) -> bool {
         self.gitignore
             .matched_path_or_any_parents(path.to_path(&self.root), is_dir)
             .is_ignore()
@@ -68,5 +89,21 @@ mod tests {
         assert!(ignored("build/out.o", false));
         assert!(!ignored("src/main.rs", false));
         assert!(ignored("sub/.filesync-tmp-123", false));
+    }
+
+    #[test]
+    fn patterns_follow_gitignore_rules_for_slashes() {
+        let rules = IgnoreRules::from_patterns(&["*.txt", "D/**", "/top.md"]).expect("valid");
+        let matches = |p: &str| rules.matches(&RelPath::new(p).expect("valid"), false);
+        // No slash: the name at any depth; `*` never crosses a `/`.
+        assert!(matches("a.txt"));
+        assert!(matches("x/y/a.txt"));
+        assert!(!matches("a.txt.bak"));
+        // A slash anchors the pattern at the root.
+        assert!(matches("D/e/f"));
+        assert!(!matches("x/D/e"));
+        assert!(matches("top.md"));
+        assert!(!matches("x/top.md"));
+        assert!(IgnoreRules::from_patterns(&["a{b"]).is_err());
     }
 }

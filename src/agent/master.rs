@@ -128,9 +128,7 @@ async fn session(
             biased;
             _ = &mut *shutdown => {
                 let _ = in_flight.settle_all().await;
-                if let Err(err) = client.publish(Draft::tagged(Tag::Leave)).await {
-                    tracing::warn!("could not publish leave: {err}");
-                }
+                super::leave(&client).await;
                 break Ok(SessionEnd::Stopped);
             }
             msg = rx.recv(), if !in_flight.is_full() => msg,
@@ -155,7 +153,7 @@ async fn session(
             },
             Some(WorkerMsg::Ready) => match in_flight.settle_all().await {
                 Ok(()) => {
-                    tracing::info!("master ready: watching {}", dir.display());
+                    tracing::info!(target: super::LIFECYCLE, "master ready: watching {}", dir.display());
                     client.publish(Draft::tagged(Tag::Ready)).await.map(|_| ())
                 }
                 Err(err) => Err(err),

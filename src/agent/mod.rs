@@ -23,13 +23,17 @@ use std::time::Duration;
 
 use std::collections::HashMap;
 
+/// The tracing target of the lines a user sees at the default level: connected, caught up,
+/// ready, reconnected, left (`main.rs` lets it through at `info`; the rest stays at `warn`).
+pub const LIFECYCLE: &str = "filesync::lifecycle";
+
 use filesync_master::hash::ContentHash;
 use filesync_master::{Change, Model};
 
 use crate::bus::tls::ClientTls;
 use crate::bus::{BusClient, ClientError, Hello, Subscription, Welcome};
 use crate::checkpoint::Snapshot;
-use crate::event::{Role, Tag};
+use crate::event::{Draft, Role, Tag};
 
 /// How long an agent keeps trying to reach a bus that has never answered.
 pub const FIRST_CONNECT_PATIENCE: Duration = Duration::from_secs(10);
@@ -99,6 +103,8 @@ pub struct Connector {
     hello: Hello,
     tls: Option<ClientTls>,
     patience: Patience,
+    /// Connections made so far: the first is "connected", the next ones "reconnected".
+    sessions: u32,
 }
 
 impl Connector {
@@ -112,6 +118,7 @@ impl Connector {
             addr: addr.to_owned(),
             hello,
             tls: None,
+            sessions: 0,
             patience: Patience {
                 unreachable: Some(FIRST_CONNECT_PATIENCE),
                 busy: Some(FIRST_BUSY_PATIENCE),
@@ -148,7 +155,27 @@ impl Connector {
             unreachable: None,
             busy: None,
         };
+        if let Some((_, welcome)) = &connected {
+            let again = if self.sessions == 0 { "" } else { "re" };
+            tracing::info!(
+                target: LIFECYCLE,
+                "{again}connected to the bus at {} as {} {} (log at #{})",
+                self.addr,
+                self.hello.role,
+                self.hello.name,
+                welcome.head
+            );
+            self.sessions += 1;
+        }
         Ok(connected)
+    }
+}
+
+/// Says goodbye in the log (a `leave` event) and on stderr, at a clean stop.
+pub async fn leave(client: &BusClient) {
+    match client.publish(Draft::tagged(Tag::Leave)).await {
+        Ok(seq) => tracing::info!(target: LIFECYCLE, "left the bus (#{seq})"),
+        Err(err) => tracing::warn!("could not publish leave: {err}"),
     }
 }
 

@@ -409,8 +409,12 @@ async fn session(
     // slave re-applies from the last record, which is idempotent.
     let mut unsaved: Option<u64> = None;
     let mut since_saved = 0u32;
+    let mut caught_up = CatchUp {
+        from: position,
+        applied: 0,
+    };
     if position >= welcome.head {
-        if let Err(err) = announce_ready(&client, dir, &mut ready).await {
+        if let Err(err) = announce_ready(&client, dir, &mut ready, &caught_up).await {
             return Ok(SessionEnd::BusLost(err));
         }
     }
@@ -439,9 +443,7 @@ async fn session(
         if stop {
             lost!(settle_all(&mut in_flight, &mut retries).await);
             save(position_file, &mut unsaved)?;
-            if let Err(err) = client.publish(Draft::tagged(Tag::Leave)).await {
-                tracing::warn!("could not publish leave: {err}");
-            }
+            super::leave(&client).await;
             return Ok(SessionEnd::Stopped);
         }
         while ahead.has_room() && !subscription.is_drained() {
@@ -469,9 +471,7 @@ async fn session(
                     let verify_due = schedule.verify_every.map(|every| verified_at + every);
                     tokio::select! {
                         _ = &mut *shutdown => {
-                            if let Err(err) = client.publish(Draft::tagged(Tag::Leave)).await {
-                                tracing::warn!("could not publish leave: {err}");
-                            }
+                            super::leave(&client).await;
                             return Ok(SessionEnd::Stopped);
                         }
                         event = &mut next => break lost!(event),
@@ -515,6 +515,7 @@ async fn session(
             at = event.seq;
             unsaved = Some(event.seq);
             since_saved += 1;
+            caught_up.applied += 1;
         }
         while in_flight.len() > IN_FLIGHT {
             if let Some(sent) = in_flight.pop_front() {
@@ -527,20 +528,35 @@ async fn session(
             since_saved = 0;
         }
         if event.seq >= welcome.head && !ready {
-            if let Err(err) = announce_ready(&client, dir, &mut ready).await {
+            if let Err(err) = announce_ready(&client, dir, &mut ready, &caught_up).await {
                 return Ok(SessionEnd::BusLost(err));
             }
         }
     }
 }
 
+/// How far a session's catch-up went, for the line that says the slave is ready.
+struct CatchUp {
+    /// The last `seq` applied before this session.
+    from: u64,
+    /// Notifies applied since.
+    applied: u64,
+}
+
 async fn announce_ready(
     client: &BusClient,
     dir: &Path,
     ready: &mut bool,
+    caught_up: &CatchUp,
 ) -> Result<(), ClientError> {
-    client.publish(Draft::tagged(Tag::Ready)).await?;
-    tracing::info!("slave ready: mirroring into {}", dir.display());
+    let seq = client.publish(Draft::tagged(Tag::Ready)).await?;
+    tracing::info!(
+        target: super::LIFECYCLE,
+        "caught up: {} change(s) applied after #{} (ready #{seq}); mirroring into {}",
+        caught_up.applied,
+        caught_up.from,
+        dir.display()
+    );
     *ready = true;
     Ok(())
 }

@@ -86,6 +86,9 @@ pub struct Hello {
     pub host: Option<String>,
     /// A master taking the log over from the one it belongs to.
     pub takeover: bool,
+    /// A listener that reads without a `join` in the log (`filesync listen` without
+    /// `--announce`).
+    pub quiet: bool,
 }
 
 impl Hello {
@@ -98,6 +101,7 @@ impl Hello {
             dir: None,
             host: None,
             takeover: false,
+            quiet: false,
         }
     }
 }
@@ -160,6 +164,7 @@ impl BusClient {
             dir: hello.dir,
             host: hello.host,
             takeover: hello.takeover,
+            quiet: hello.quiet,
         };
         send(&mut writer, &request, &[]).await?;
         let frame = match read_frame(&mut reader).await {

@@ -36,7 +36,10 @@
 //! files larger than 1 MiB in content-defined chunks (`filesync_master::chunk`: FastCDC
 //! 2020, 16 / 64 / 256 KiB), each chunk and each manifest a blob of its own, and a notify's
 //! `manifest` names the manifest; the messages are unchanged, but content cut with other
-//! sizes would not meet the store's. The handshake refuses a peer speaking another version.
+//! sizes would not meet the store's. Version 5 added the log's `start` to the welcome, the
+//! `truncated` reply and `checkpoint_get` (retention). Version 6 lets a listener's hello ask
+//! not to be logged (`quiet`: no `join`). The handshake refuses a peer speaking another
+//! version.
 //!
 //! Subscription is pull-based: a subscriber asks for events from the `seq` it wants next,
 //! so each one goes at its own pace and the bus keeps no per-subscriber queue.
@@ -48,7 +51,7 @@ use super::gates::Gate;
 use crate::event::{Draft, Role};
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// Messages from an agent to the bus.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,6 +73,9 @@ pub enum Request {
         /// A master taking the log over from the master it belongs to.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         takeover: bool,
+        /// A listener that reads without a `join` in the log.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        quiet: bool,
     },
     Publish {
         id: u64,

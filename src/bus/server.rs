@@ -174,7 +174,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Binds the bus's address and applies the bus's policy to it: beyond loopback a token is
+/// Binds the bus's address and applies the bus's policy to it: beyond loopback mutual TLS is
 /// required and checkpoints are refused. Nothing is created on disk.
 pub async fn bind(listen: &str, options: &BusOptions) -> anyhow::Result<TcpListener> {
     let listener = TcpListener::bind(listen)
@@ -618,6 +618,7 @@ fn admit(
         dir,
         host,
         takeover,
+        quiet,
     } = request
     else {
         return Err(refused("expected a hello first".into()));
@@ -674,14 +675,17 @@ fn admit(
             .then_some(true),
         ..Draft::tagged(Tag::Join)
     };
-    match ledger.append(&name, join) {
-        Ok((_, closed)) => {
+    // A quiet listener reads without a trace in the log.
+    let logged = !(quiet && role == Role::Listener);
+    match logged.then(|| ledger.append(&name, join)) {
+        Some(Ok((_, closed))) => {
             shared.head.send_replace(ledger.log.head());
             if let Some(last) = closed {
                 tokio::spawn(retain(shared.clone(), last));
             }
         }
-        Err(err) => tracing::error!("cannot append to the event log: {err}"),
+        Some(Err(err)) => tracing::error!("cannot append to the event log: {err}"),
+        None => {}
     }
     let welcome = Reply::Welcome {
         protocol: PROTOCOL_VERSION,

@@ -389,6 +389,17 @@ impl Cluster {
         self.plan.proc(id).wait_for_stderr(needle, timeout)
     }
 
+    /// Waits until running slave `idx` has written a stderr line containing `needle`.
+    pub fn slave_says(
+        &mut self,
+        idx: usize,
+        needle: &str,
+        timeout: Duration,
+    ) -> Result<String, String> {
+        let id = self.slaves[idx].proc.ok_or("the slave is not running")?;
+        self.plan.proc(id).wait_for_stderr(needle, timeout)
+    }
+
     /// SIGTERM to the master; it must exit 0.
     pub fn stop_master(&mut self) -> Result<(), String> {
         let Some(id) = self.master.take() else {
