@@ -103,10 +103,25 @@ pub enum Command {
     )]
     Id(IdArgs),
     /// Run master, slave and listener in temporary directories and walk through a session.
-    Demo,
+    #[command(
+        after_help = "Examples:\n  filesync demo\n  filesync demo --keep   # then: filesync check DIR/state/events.jsonl --html t.html"
+    )]
+    Demo {
+        /// Keep the demo's directories (and its log) instead of removing them at the end.
+        #[arg(long)]
+        keep: bool,
+    },
     /// Run or validate scenario files (JSON workloads; see docs/SCENARIOS.md).
     #[command(subcommand)]
     Scenario(ScenarioCommand),
+    /// Print a shell completion script: bash, zsh, fish, elvish or powershell.
+    #[command(
+        after_help = "Examples:\n  filesync completions bash > ~/.local/share/bash-completion/completions/filesync\n  filesync completions zsh > ~/.zfunc/_filesync"
+    )]
+    Completions { shell: clap_complete::Shell },
+    /// Print the manual page (roff), generated from the same definitions as --help.
+    #[command(after_help = "Examples:\n  filesync man > ~/.local/share/man/man1/filesync.1")]
+    Man,
 }
 
 #[derive(Debug, Subcommand)]
@@ -152,9 +167,8 @@ pub struct MasterArgs {
     /// This agent's name in the log.
     #[arg(long, default_value = "master")]
     pub name: String,
-    /// Shared secret every peer must present: an optional second factor beside mutual TLS.
-    #[arg(long, env = "FILESYNC_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
+    #[command(flatten)]
+    pub token: TokenArgs,
     /// Take over a log that belongs to another master directory: this directory becomes
     /// the one mirrored, and whatever it lacks is deleted on the slaves.
     #[arg(long)]
@@ -234,6 +248,53 @@ impl BusIdArgs {
             identity: std::sync::Arc::new(identity),
             bus_id,
         }))
+    }
+}
+
+/// The shared secret, an optional second factor beside mutual TLS: given on the command
+/// line, in the environment, or in a file (so that it need not show in `ps`).
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// Shared secret: the bus refuses peers without it; an agent presents it.
+    #[arg(
+        long,
+        env = "FILESYNC_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "token_file"
+    )]
+    token: Option<String>,
+    /// Read the shared secret from the first line of FILE.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+}
+
+impl TokenArgs {
+    /// The secret, if one was given.
+    pub fn secret(&self) -> anyhow::Result<Option<String>> {
+        match &self.token_file {
+            None => Ok(self.token.clone()),
+            Some(file) => {
+                let text = std::fs::read_to_string(file)
+                    .with_context(|| format!("cannot read --token-file {}", file.display()))?;
+                match text.lines().next().map(str::trim) {
+                    Some(secret) if !secret.is_empty() => Ok(Some(secret.to_owned())),
+                    _ => bail!("--token-file {} is empty", file.display()),
+                }
+            }
+        }
+    }
+}
+
+/// How long to wait for something (`None`: forever).
+#[derive(Debug, Clone, Copy)]
+pub struct Patience(pub Option<std::time::Duration>);
+
+fn parse_patience(text: &str) -> Result<Patience, String> {
+    match text {
+        "forever" => Ok(Patience(None)),
+        _ => humantime::parse_duration(text)
+            .map(|d| Patience(Some(d)))
+            .map_err(|err| format!("{err} (a duration such as 30s or 5min, or `forever`)")),
     }
 }
 
@@ -332,9 +393,8 @@ pub struct SlaveArgs {
     /// This agent's name in the log.
     #[arg(long, default_value = "slave")]
     pub name: String,
-    /// Shared secret to present to the bus, if it asks for one (a second factor beside TLS).
-    #[arg(long, env = "FILESYNC_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
+    #[command(flatten)]
+    pub token: TokenArgs,
     /// Also verify the directory against the state applied this often (it is verified at
     /// every start), restoring what was changed behind the slave's back.
     #[arg(long, value_name = "INTERVAL", value_parser = humantime::parse_duration)]
@@ -342,6 +402,11 @@ pub struct SlaveArgs {
     /// Report what verification finds changed locally (error events) instead of restoring it.
     #[arg(long)]
     pub keep_local: bool,
+    /// How long to keep trying to reach a bus that has not answered yet (retrying with
+    /// backoff, at most every 2 s): a duration, or `forever` for a service started before
+    /// its bus. Once it has answered, a lost bus is waited for as long as the slave runs.
+    #[arg(long, value_name = "D", default_value = "10s", value_parser = parse_patience)]
+    pub wait_for_bus: Patience,
     #[command(flatten)]
     pub bus_id: BusIdArgs,
 }
@@ -355,9 +420,8 @@ pub struct BusArgs {
     /// Holds events.jsonl and the blob store.
     #[arg(long)]
     pub state: Option<PathBuf>,
-    /// Shared secret every peer must present: an optional second factor beside mutual TLS.
-    #[arg(long, env = "FILESYNC_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
+    #[command(flatten)]
+    pub token: TokenArgs,
     #[command(flatten)]
     pub keeping: BusKeeping,
     #[command(flatten)]
@@ -400,9 +464,8 @@ pub struct ListenArgs {
     /// Print the log lines unchanged instead of a readable line.
     #[arg(long)]
     pub json: bool,
-    /// Shared secret to present to the bus, if it asks for one (a second factor beside TLS).
-    #[arg(long, env = "FILESYNC_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
+    #[command(flatten)]
+    pub token: TokenArgs,
     #[command(flatten)]
     pub bus_id: BusIdArgs,
     /// Where the listener's identity lives, for TLS (default: the `listener` state).
@@ -516,11 +579,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 dir: args.dir,
                 bus: args.bus,
                 name: args.name,
-                token: args.token,
+                token: args.token.secret()?,
                 state_dir,
                 verify_every: args.verify,
                 keep_local: args.keep_local,
                 bus_id: args.bus_id.bus_id,
+                wait_for_bus: args.wait_for_bus.0,
             };
             args.bus_id.check(&options.bus)?;
             on_workers(agent::slave::run(options, shutdown_signal()))
@@ -530,9 +594,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Bus(args) => {
             let state = args.state.unwrap_or_else(|| default_state_dir("bus"));
             let state_dir = crate::state::would_be_canonical(&state)?;
-            let options =
-                args.keeping
-                    .options(state_dir, args.token, args.test_checkpoints, &args.tls);
+            let options = args.keeping.options(
+                state_dir,
+                args.token.secret()?,
+                args.test_checkpoints,
+                &args.tls,
+            );
             let (bus, listener) = open_bus(&args.listen, &options).await?;
             bus.serve(listener, shutdown_signal()).await.map(|()| 0)
         }
@@ -542,7 +609,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Id(args) => run_id(args),
         Command::History(args) => run_history(args),
         Command::Restore(args) => run_restore(args),
-        Command::Demo => crate::demo::run().await,
+        Command::Demo { keep } => crate::demo::run(keep).await,
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "filesync", &mut std::io::stdout());
+            Ok(0)
+        }
+        Command::Man => {
+            let command = <Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(command)
+                .render(&mut std::io::stdout())
+                .context("cannot write the manual page")?;
+            Ok(0)
+        }
         Command::Scenario(command) => run_scenario(command).await,
     }
 }
@@ -577,7 +656,7 @@ async fn run_master(args: MasterArgs) -> anyhow::Result<()> {
         dir: dir.clone(),
         bus: String::new(),
         name: args.name.clone(),
-        token: args.token.clone(),
+        token: args.token.secret()?,
         takeover: args.takeover,
         allow_empty: args.allow_empty,
         tls: None,
@@ -595,9 +674,12 @@ async fn run_master(args: MasterArgs) -> anyhow::Result<()> {
         options.bus = bus;
         return on_workers(agent::master::run(options, shutdown_signal())).await;
     }
-    let bus_options =
-        args.keeping
-            .options(state.clone(), args.token, args.test_checkpoints, &args.tls);
+    let bus_options = args.keeping.options(
+        state.clone(),
+        options.token.clone(),
+        args.test_checkpoints,
+        &args.tls,
+    );
     let listener = crate::bus::server::bind(&args.listen, &bus_options).await?;
     let bus = Bus::open(&bus_options)?;
     let place = crate::rules::Place {

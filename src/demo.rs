@@ -20,7 +20,8 @@ fn say(text: &str) {
     let _ = out.flush();
 }
 
-pub async fn run() -> anyhow::Result<i32> {
+/// Runs the demo; with `keep`, its directories and log stay for `check --html` and a look.
+pub async fn run(keep: bool) -> anyhow::Result<i32> {
     let bin = std::env::current_exe().context("cannot find the filesync binary")?;
     say("starting a master and a slave in temporary directories");
     let mut cluster = Cluster::start(&bin, "demo", 1)
@@ -67,6 +68,12 @@ pub async fn run() -> anyhow::Result<i32> {
     print!("{report}");
     if report.is_ok() {
         println!("\nThe slave mirrors the master, and the log proves it.");
+        if keep {
+            let log = cluster.log_path();
+            let kept = cluster.keep();
+            println!("Kept in {}. Draw the log as a timeline:", kept.display());
+            println!("  filesync check {} --html timeline.html", log.display());
+        }
         println!("Next: `cargo test` runs the suite; README.md walks through two terminals.");
         Ok(0)
     } else {

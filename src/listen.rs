@@ -83,7 +83,7 @@ const RECONNECT_EVERY: Duration = Duration::from_millis(500);
 pub async fn run(args: ListenArgs) -> anyhow::Result<i32> {
     let filter = Filter::new(&args)?;
     let tls = args.client_tls()?;
-    let mut hello = Hello::new(Role::Listener, "listener", args.token.clone());
+    let mut hello = Hello::new(Role::Listener, "listener", args.token.secret()?);
     hello.quiet = !args.announce;
     let (client, welcome) = BusClient::connect_with(&args.bus, hello.clone(), tls.as_ref()).await?;
     let mut subscription = Subscription::new(client, args.from.unwrap_or(welcome.head + 1));

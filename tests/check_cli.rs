@@ -132,7 +132,10 @@ fn an_address_in_use_is_a_clear_error() {
 
 #[test]
 fn the_demo_runs_and_its_log_checks_out() {
-    let out = Command::new(bin()).arg("demo").output().expect("run demo");
+    let out = Command::new(bin())
+        .args(["demo", "--keep"])
+        .output()
+        .expect("run demo");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
         out.status.code(),
@@ -150,4 +153,48 @@ fn the_demo_runs_and_its_log_checks_out() {
             "demo output lacks {needle:?}:\n{stdout}"
         );
     }
+    // --keep leaves the log for `check --html`, at the path it prints.
+    let line = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("filesync check "))
+        .unwrap_or_else(|| panic!("no check line:\n{stdout}"));
+    let log = line.split_whitespace().nth(2).expect("a path");
+    let html = std::env::temp_dir().join(format!("demo-{}.html", std::process::id()));
+    let checked = Command::new(bin())
+        .args(["check", log, "--html"])
+        .arg(&html)
+        .output()
+        .expect("run check");
+    assert_eq!(checked.status.code(), Some(0), "{checked:?}");
+    assert!(std::fs::metadata(&html).is_ok_and(|m| m.len() > 0));
+    let _ = std::fs::remove_file(&html);
+    let kept = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("Kept in "))
+        .and_then(|rest| rest.strip_suffix(". Draw the log as a timeline:"));
+    assert!(kept.is_some_and(|dir| log.starts_with(dir)), "{stdout}");
+    if let Some(dir) = kept {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+#[test]
+fn completions_and_the_manual_come_from_the_same_definitions_as_help() {
+    let run = |args: &[&str]| Command::new(bin()).args(args).output().expect("run");
+    let bash = run(&["completions", "bash"]);
+    let script = String::from_utf8_lossy(&bash.stdout);
+    assert_eq!(bash.status.code(), Some(0));
+    assert!(
+        script.contains("_filesync") && script.contains("--wait-for-bus"),
+        "{script}"
+    );
+    let man = run(&["man"]);
+    let page = String::from_utf8_lossy(&man.stdout);
+    assert_eq!(man.status.code(), Some(0));
+    assert!(
+        page.contains(".TH filesync") && page.contains("Exit status"),
+        "{page}"
+    );
+    let bad = run(&["completions", "cmd.exe"]);
+    assert_eq!(bad.status.code(), Some(2));
 }

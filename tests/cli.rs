@@ -272,3 +272,97 @@ async fn agents_say_each_step_of_their_life_in_one_plain_line() {
     assert!(!stderr.contains("a.txt"), "{stderr}");
     assert!(stderr.lines().count() <= 8, "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_that_is_not_a_bus_is_one_clear_line_not_a_hang() {
+    // Something that accepts connections and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let silent_addr = silent.local_addr().expect("addr").to_string();
+    let held = std::thread::spawn(move || {
+        let mut open = Vec::new();
+        for stream in silent.incoming().take(2).flatten() {
+            open.push(stream);
+        }
+        std::thread::sleep(Duration::from_secs(15));
+    });
+    let started = std::time::Instant::now();
+    let (code, _, stderr) = listen_until_done(&silent_addr, &[]).await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("is it a filesync bus?"), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(15));
+    drop(held);
+
+    // A closed port: the cause once, not twice.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let closed_addr = closed.local_addr().expect("addr").to_string();
+    drop(closed);
+    let (code, _, stderr) = listen_until_done(&closed_addr, &[]).await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert_eq!(stderr.matches("refused").count(), 1, "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slave_waits_for_its_bus_as_long_as_told_and_a_token_can_come_from_a_file() {
+    let tmp = must(filesync::testkit::TestDir::new("wait-for-bus").map_err(|e| e.to_string()));
+    let logs = tmp.path().join("logs");
+    let free = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = free.local_addr().expect("addr").to_string();
+    drop(free);
+    let token_file = tmp.path().join("token");
+    fs::write(&token_file, "s3cret\n").expect("write");
+    let slave = |name: &str, wait: &str| {
+        let mut command = Command::new(bin());
+        command
+            .args([
+                "slave",
+                "--bus",
+                &addr,
+                "--name",
+                name,
+                "--wait-for-bus",
+                wait,
+            ])
+            .arg("--token-file")
+            .arg(&token_file)
+            .arg("--dir")
+            .arg(tmp.path().join(name))
+            .arg("--state")
+            .arg(tmp.path().join(format!("state-{name}")))
+            .env_remove("FILESYNC_TOKEN");
+        must(Proc::spawn(name, command, &logs).map_err(|e| e.to_string()))
+    };
+    // A short wait ends in one line and exit 2; a service's wait does not end.
+    let mut brief = slave("brief", "1s");
+    let mut patient = slave("patient", "forever");
+    let status = brief.wait_timeout(Duration::from_secs(10));
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(2),
+        "{}",
+        brief.stderr_tail(5)
+    );
+    assert!(brief.stderr_tail(5).contains("cannot connect to the bus"));
+    assert!(patient.try_status().is_none(), "{}", patient.stderr_tail(5));
+    // The bus comes up late, with the token from a file; the patient slave joins it.
+    let mut bus = Command::new(bin());
+    bus.args(["bus", "--listen", &addr, "--token-file"])
+        .arg(&token_file)
+        .arg("--state")
+        .arg(tmp.path().join("bus"))
+        .env_remove("FILESYNC_TOKEN");
+    let mut bus = must(Proc::spawn("bus", bus, &logs).map_err(|e| e.to_string()));
+    must(bus.wait_for_stderr("listening on ", Duration::from_secs(10)));
+    must(patient.wait_for_stderr("caught up: ", Duration::from_secs(20)));
+    patient.terminate(Duration::from_secs(5));
+    bus.terminate(Duration::from_secs(5));
+    // A token file that cannot be read is one clear line.
+    let out = Command::new(bin())
+        .args(["listen", "--bus", &addr, "--token-file"])
+        .arg(tmp.path().join("missing"))
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("cannot read --token-file"), "{stderr}");
+}

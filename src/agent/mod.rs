@@ -132,6 +132,13 @@ impl Connector {
         self
     }
 
+    /// How long the first connection keeps trying a bus that does not answer (default
+    /// `FIRST_CONNECT_PATIENCE`; `None`: forever).
+    pub fn wait_for_bus(mut self, patience: Option<Duration>) -> Connector {
+        self.patience.unreachable = patience;
+        self
+    }
+
     /// A master that takes the log over from the master it belongs to (`--takeover`).
     pub fn takeover(mut self, takeover: bool) -> Connector {
         self.hello.takeover = takeover;
@@ -148,7 +155,9 @@ impl Connector {
         let connected = connect_with_retry(&self.addr, &self.hello, tls, self.patience, shutdown)
             .await
             .map_err(|err| match err {
-                ClientError::Rejected(_) | ClientError::Busy(_) => anyhow::Error::new(err),
+                ClientError::Rejected(_) | ClientError::Busy(_) | ClientError::Connect { .. } => {
+                    anyhow::Error::new(err)
+                }
                 err => anyhow::Error::new(err).context(format!("bus unreachable at {}", self.addr)),
             })?;
         self.patience = Patience {

@@ -41,6 +41,8 @@ pub struct SlaveOptions {
     pub keep_local: bool,
     /// Reach the bus over mutual TLS: the ID it must have (our identity is in the state).
     pub bus_id: Option<crate::identity::PeerId>,
+    /// How long to keep trying a bus that has never answered (`None`: forever).
+    pub wait_for_bus: Option<Duration>,
 }
 
 /// Why a notify could not be applied.
@@ -98,7 +100,8 @@ pub async fn run(options: SlaveOptions, shutdown: impl Future<Output = ()>) -> a
         options.token.clone(),
         &dir,
     )
-    .tls(tls);
+    .tls(tls)
+    .wait_for_bus(options.wait_for_bus);
     let mut shutdown = Box::pin(shutdown);
     let mut next = match connector.connect(&mut shutdown).await {
         Ok(connected) => connected,

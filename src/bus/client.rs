@@ -29,12 +29,9 @@ const POLL_BYTES: u64 = 256 * 1024;
 /// Why a bus request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot connect to the bus at {addr}: {source}")]
-    Connect {
-        addr: String,
-        #[source]
-        source: std::io::Error,
-    },
+    /// The cause is part of the message (not a `source`), so that it is printed once.
+    #[error("cannot connect to the bus at {addr}: {cause}")]
+    Connect { addr: String, cause: std::io::Error },
     #[error("the bus refused us: {0}")]
     Rejected(String),
     /// Refused for something another connection holds (our name, the master's place):
@@ -124,113 +121,138 @@ impl BusClient {
     }
 
     /// Connects (over mutual TLS when `tls` is given: `tls.rs`) and says hello.
+    ///
+    /// A peer that accepts the connection but does not complete the handshake within
+    /// [`HANDSHAKE_TIMEOUT`] (something that is not a bus on that port) is an error, not a
+    /// wait.
     pub async fn connect_with(
         addr: &str,
         hello: Hello,
         tls: Option<&ClientTls>,
     ) -> Result<(BusClient, Welcome), ClientError> {
-        let stream = TcpStream::connect(addr)
-            .await
-            .map_err(|source| ClientError::Connect {
-                addr: addr.to_owned(),
-                source,
-            })?;
+        let connect_error = |cause| ClientError::Connect {
+            addr: addr.to_owned(),
+            cause,
+        };
+        let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(addr)).await {
+            Ok(connected) => connected.map_err(connect_error)?,
+            Err(_) => return Err(connect_error(std::io::ErrorKind::TimedOut.into())),
+        };
         let _ = stream.set_nodelay(true);
-        let mut verifier = None;
-        let (read_half, write_half) = match tls {
-            None => super::tls::split_plain(stream),
-            Some(tls) => {
-                let (connector, checked) = tls
-                    .connector()
-                    .map_err(|err| ClientError::Rejected(format!("TLS: {err:#}")))?;
-                let name = rustls::pki_types::ServerName::try_from("filesync")
-                    .map_err(|err| ClientError::Protocol(err.to_string()))?;
-                match connector.connect(name, stream).await {
-                    Ok(stream) => {
-                        verifier = Some(checked);
-                        super::tls::split(stream)
-                    }
-                    Err(err) => return Err(ClientError::Rejected(tls.explain(&err, &checked))),
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(stream, hello, tls)).await {
+            Ok(done) => done,
+            Err(_) => Err(ClientError::Protocol(format!(
+                "{addr} accepted the connection but sent no welcome within {HANDSHAKE_TIMEOUT:?}: is it a filesync bus?"
+            ))),
+        }
+    }
+}
+
+/// How long a peer may take from accepting our connection to welcoming us.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// TLS (when asked), hello, welcome; then the connection's reader and writer tasks.
+async fn handshake(
+    stream: TcpStream,
+    hello: Hello,
+    tls: Option<&ClientTls>,
+) -> Result<(BusClient, Welcome), ClientError> {
+    let mut verifier = None;
+    let (read_half, write_half) = match tls {
+        None => super::tls::split_plain(stream),
+        Some(tls) => {
+            let (connector, checked) = tls
+                .connector()
+                .map_err(|err| ClientError::Rejected(format!("TLS: {err:#}")))?;
+            let name = rustls::pki_types::ServerName::try_from("filesync")
+                .map_err(|err| ClientError::Protocol(err.to_string()))?;
+            match connector.connect(name, stream).await {
+                Ok(stream) => {
+                    verifier = Some(checked);
+                    super::tls::split(stream)
                 }
+                Err(err) => return Err(ClientError::Rejected(tls.explain(&err, &checked))),
             }
-        };
-        let mut reader = BufReader::new(read_half);
-        let mut writer = BufWriter::new(write_half);
-        let request = Request::Hello {
-            protocol: PROTOCOL_VERSION,
-            role: hello.role,
-            name: hello.name,
-            token: hello.token,
-            dir: hello.dir,
-            host: hello.host,
-            takeover: hello.takeover,
-            quiet: hello.quiet,
-        };
-        send(&mut writer, &request, &[]).await?;
-        let frame = match read_frame(&mut reader).await {
-            Ok(Some(frame)) => frame,
-            // In TLS 1.3 the bus judges our certificate after we think the handshake done:
-            // its refusal arrives as the first read's error.
-            Err(FrameError::Io(err)) if super::tls::tls_error(&err).is_some() => {
-                let explained = match (tls, &verifier) {
-                    (Some(tls), Some(verifier)) => tls.explain(&err, verifier),
-                    _ => err.to_string(),
-                };
-                return Err(ClientError::Rejected(explained));
-            }
-            // Reset, refused mid-handshake or closed: the bus is (re)starting; try again.
-            Ok(None) | Err(FrameError::Io(_) | FrameError::Torn) => return Err(ClientError::Lost),
-            // A TLS record (an alert: content type 21, version 3.x) where a frame was due.
-            Err(FrameError::TooLarge(len)) if tls.is_none() && len >> 16 == 0x1503 => {
-                return Err(ClientError::Rejected(
-                    "the bus speaks TLS: pass --bus-id ID (the bus's `filesync id`)".into(),
-                ))
-            }
-            Err(err) => return Err(ClientError::Protocol(err.to_string())),
-        };
-        let (welcome, keepalive) = match serde_json::from_slice::<Reply>(&frame.header) {
-            Ok(Reply::Welcome {
-                protocol,
+        }
+    };
+    let mut reader = BufReader::new(read_half);
+    let mut writer = BufWriter::new(write_half);
+    let request = Request::Hello {
+        protocol: PROTOCOL_VERSION,
+        role: hello.role,
+        name: hello.name,
+        token: hello.token,
+        dir: hello.dir,
+        host: hello.host,
+        takeover: hello.takeover,
+        quiet: hello.quiet,
+    };
+    send(&mut writer, &request, &[]).await?;
+    let frame = match read_frame(&mut reader).await {
+        Ok(Some(frame)) => frame,
+        // In TLS 1.3 the bus judges our certificate after we think the handshake done:
+        // its refusal arrives as the first read's error.
+        Err(FrameError::Io(err)) if super::tls::tls_error(&err).is_some() => {
+            let explained = match (tls, &verifier) {
+                (Some(tls), Some(verifier)) => tls.explain(&err, verifier),
+                _ => err.to_string(),
+            };
+            return Err(ClientError::Rejected(explained));
+        }
+        // Reset, refused mid-handshake or closed: the bus is (re)starting; try again.
+        Ok(None) | Err(FrameError::Io(_) | FrameError::Torn) => return Err(ClientError::Lost),
+        // A TLS record (an alert: content type 21, version 3.x) where a frame was due.
+        Err(FrameError::TooLarge(len)) if tls.is_none() && len >> 16 == 0x1503 => {
+            return Err(ClientError::Rejected(
+                "the bus speaks TLS: pass --bus-id ID (the bus's `filesync id`)".into(),
+            ))
+        }
+        Err(err) => return Err(ClientError::Protocol(err.to_string())),
+    };
+    let (welcome, keepalive) = match serde_json::from_slice::<Reply>(&frame.header) {
+        Ok(Reply::Welcome {
+            protocol,
+            head,
+            start,
+            answered,
+            retry,
+            keepalive_ms,
+        }) if protocol == PROTOCOL_VERSION => (
+            Welcome {
                 head,
                 start,
                 answered,
-                retry,
-                keepalive_ms,
-            }) if protocol == PROTOCOL_VERSION => (
-                Welcome {
-                    head,
-                    start,
-                    answered,
-                    retry: retry.into_iter().map(|[e, n]| (e, n)).collect(),
-                },
-                keepalive_ms.map(Duration::from_millis),
-            ),
-            Ok(Reply::Reject { error, busy: true }) => return Err(ClientError::Busy(error)),
-            Ok(Reply::Reject { error, .. }) => return Err(ClientError::Rejected(error)),
-            Ok(other) => {
-                return Err(ClientError::Protocol(format!(
-                    "expected welcome, got {other:?}"
-                )))
-            }
-            Err(err) => return Err(ClientError::Protocol(err.to_string())),
-        };
-        let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
-        tokio::spawn(read_loop(reader, pending.clone()));
-        let (outbox, queued) = mpsc::channel(OUTBOX);
-        tokio::spawn(write_loop(writer.into_inner(), queued, pending.clone()));
-        if let Some(every) = keepalive {
-            tokio::spawn(keep_alive(outbox.downgrade(), every));
-        }
-        Ok((
-            BusClient {
-                outbox,
-                pending,
-                next_id: Arc::new(AtomicU64::new(1)),
+                retry: retry.into_iter().map(|[e, n]| (e, n)).collect(),
             },
-            welcome,
-        ))
+            keepalive_ms.map(Duration::from_millis),
+        ),
+        Ok(Reply::Reject { error, busy: true }) => return Err(ClientError::Busy(error)),
+        Ok(Reply::Reject { error, .. }) => return Err(ClientError::Rejected(error)),
+        Ok(other) => {
+            return Err(ClientError::Protocol(format!(
+                "expected welcome, got {other:?}"
+            )))
+        }
+        Err(err) => return Err(ClientError::Protocol(err.to_string())),
+    };
+    let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
+    tokio::spawn(read_loop(reader, pending.clone()));
+    let (outbox, queued) = mpsc::channel(OUTBOX);
+    tokio::spawn(write_loop(writer.into_inner(), queued, pending.clone()));
+    if let Some(every) = keepalive {
+        tokio::spawn(keep_alive(outbox.downgrade(), every));
     }
+    Ok((
+        BusClient {
+            outbox,
+            pending,
+            next_id: Arc::new(AtomicU64::new(1)),
+        },
+        welcome,
+    ))
+}
 
+impl BusClient {
     /// Sends a request now and returns its reply-to-come: requests go out in the order they
     /// are sent, replies are awaited whenever the caller likes (pipelining).
     async fn send_request(
