@@ -724,7 +724,12 @@ fn summary(entry: &Entry) -> String {
 /// Reads a directory into a `Model`, as the master would publish it (the agents' temp files
 /// excluded, `.filesyncignore` rules applied).
 pub fn model_of_dir(root: &Path) -> io::Result<Model> {
-    let ignore = filesync_master::ignore::IgnoreRules::load(root);
+    model_of_dir_excluding(root, &[])
+}
+
+/// `model_of_dir` for a master started with `--exclude` patterns.
+pub fn model_of_dir_excluding(root: &Path, excludes: &[String]) -> io::Result<Model> {
+    let ignore = filesync_master::ignore::IgnoreRules::load_with(root, excludes);
     let mut model = Model::new();
     let walker = walkdir::WalkDir::new(root)
         .min_depth(1)
@@ -755,7 +760,16 @@ pub fn model_of_dir(root: &Path) -> io::Result<Model> {
 
 /// Compares a directory with the state the log implies; a violation per difference group.
 pub fn check_dir(report: &Report, dir: &Path) -> io::Result<Option<Violation>> {
-    let on_disk = model_of_dir(dir)?;
+    check_dir_excluding(report, dir, &[])
+}
+
+/// `check_dir` for a directory mirrored by a master started with `--exclude` patterns.
+pub fn check_dir_excluding(
+    report: &Report,
+    dir: &Path,
+    excludes: &[String],
+) -> io::Result<Option<Violation>> {
+    let on_disk = model_of_dir_excluding(dir, excludes)?;
     if on_disk == report.master_state {
         return Ok(None);
     }

@@ -158,6 +158,10 @@ pub struct MasterArgs {
     /// Host the bus here (HOST:PORT; port 0 picks a free one).
     #[arg(long, default_value = "127.0.0.1:7878", conflicts_with = "bus")]
     pub listen: String,
+    /// Never publish paths matching this gitignore pattern (beside `.filesyncignore`,
+    /// and winning over it); repeat for several.
+    #[arg(long, value_name = "GLOB")]
+    pub exclude: Vec<String>,
     /// Use a bus running elsewhere instead of hosting one.
     #[arg(long)]
     pub bus: Option<String>,
@@ -660,7 +664,11 @@ async fn run_master(args: MasterArgs) -> anyhow::Result<()> {
         takeover: args.takeover,
         allow_empty: args.allow_empty,
         tls: None,
+        exclude: args.exclude.clone(),
     };
+    // A bad pattern is refused before anything is created.
+    filesync_master::ignore::IgnoreRules::from_patterns(&args.exclude)
+        .map_err(|err| anyhow::anyhow!("--exclude: {err}"))?;
     let state = args.state.unwrap_or_else(|| default_state_dir(&args.name));
     let state = crate::state::would_be_canonical(&state)?;
     crate::state::refuse_state_inside(&state, &dir, "watched directory")?;

@@ -36,3 +36,56 @@ async fn filesyncignore_rules_keep_paths_out_of_the_log() {
     );
     c.assert_checks(CheckOptions::default());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exclude_patterns_keep_paths_out_beside_the_file_and_win_over_it() {
+    let mut c = must(
+        filesync::testkit::Cluster::builder(&crate::util::bin(), "exclude")
+            // The file would let `keep.tmp` through; --exclude wins.
+            .prepare(|m| fs::write(m.join(".filesyncignore"), "!keep.tmp\n").expect("write"))
+            .master_args(&["--exclude", "*.tmp", "--exclude", "cache/"])
+            .start()
+            .await,
+    );
+    let m = c.master_dir();
+    fs::create_dir_all(m.join("sub/cache")).expect("mkdir");
+    fs::write(m.join("sub/cache/blob"), "cached").expect("write");
+    fs::write(m.join("sub/x.tmp"), "scratch").expect("write");
+    fs::write(m.join("keep.tmp"), "scratch").expect("write");
+    fs::write(m.join("sub/real.txt"), "signal").expect("write");
+    must(
+        c.events
+            .expect(Pattern::consume().by("slave").put().path("sub/real.txt"))
+            .await,
+    );
+    must(c.settle().await);
+    must(
+        c.events
+            .expect_none(
+                Pattern::notify().path_glob("{**/*.tmp,*.tmp,**/cache,**/cache/**}"),
+                Duration::from_millis(300),
+            )
+            .await,
+    );
+    c.assert_checks(CheckOptions::default());
+    // A pattern that cannot be parsed is one line, and nothing is created.
+    let state = c.dir().join("state/refused");
+    let out = std::process::Command::new(crate::util::bin())
+        .args([
+            "master",
+            "--listen",
+            "127.0.0.1:0",
+            "--exclude",
+            "a{b",
+            "--dir",
+        ])
+        .arg(&m)
+        .arg("--state")
+        .arg(&state)
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--exclude: bad pattern"), "{stderr}");
+    assert!(!state.exists());
+}

@@ -23,11 +23,22 @@ impl IgnoreRules {
     /// Loads `root/.filesyncignore`; a missing file means "ignore only our temp files". A
     /// malformed line is reported and skipped, as git does.
     pub fn load(root: &Path) -> IgnoreRules {
+        IgnoreRules::load_with(root, &[])
+    }
+
+    /// `load`, then `excludes` (the master's `--exclude`, gitignore patterns checked with
+    /// `from_patterns` beforehand), which come last and so win over the file's lines.
+    pub fn load_with(root: &Path, excludes: &[String]) -> IgnoreRules {
         let mut builder = GitignoreBuilder::new(root);
         let file = root.join(IGNORE_FILE);
         if file.exists() {
             if let Some(err) = builder.add(&file) {
                 tracing::warn!("{}: {err}", file.display());
+            }
+        }
+        for pattern in excludes {
+            if let Err(err) = builder.add_line(None, pattern) {
+                tracing::warn!("--exclude {pattern:?}: {err}");
             }
         }
         let gitignore = builder.build().unwrap_or_else(|err| {

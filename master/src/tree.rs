@@ -59,6 +59,8 @@ pub struct Tree {
     root: PathBuf,
     model: Model,
     ignore: IgnoreRules,
+    /// `--exclude` patterns, kept beside `.filesyncignore`'s across reloads.
+    excludes: Vec<String>,
 }
 
 impl Tree {
@@ -68,7 +70,15 @@ impl Tree {
             root: root.to_path_buf(),
             model,
             ignore: IgnoreRules::load(root),
+            excludes: Vec::new(),
         }
+    }
+
+    /// Also ignores these gitignore patterns (`--exclude`), whatever the file says.
+    pub fn excluding(mut self, excludes: &[String]) -> Tree {
+        self.excludes = excludes.to_vec();
+        self.ignore = IgnoreRules::load_with(&self.root, &self.excludes);
+        self
     }
 
     pub fn root(&self) -> &Path {
@@ -86,7 +96,7 @@ impl Tree {
     /// Re-reads `.filesyncignore`. Call `rescan_all` afterwards: newly unignored paths
     /// must be published.
     pub fn reload_ignore(&mut self) {
-        self.ignore = IgnoreRules::load(&self.root);
+        self.ignore = IgnoreRules::load_with(&self.root, &self.excludes);
     }
 
     /// Forgets the published content of the file at `path` (its upload failed), so that the

@@ -20,7 +20,7 @@ use filesync_master::guard::RootGuard;
 use filesync_master::ignore::IGNORE_FILE;
 use filesync_master::tree::{Observed, Outcome, Tree};
 use filesync_master::watch::{DirWatcher, Signal};
-use filesync_master::{Change, Kind, Model, RelPath};
+use filesync_master::{Change, Kind, RelPath};
 use tokio::sync::mpsc;
 
 use super::upload::{Budget, ChunkUpload, CutChunk};
@@ -42,6 +42,8 @@ pub struct MasterOptions {
     pub allow_empty: bool,
     /// Reach the bus over mutual TLS.
     pub tls: Option<crate::bus::tls::ClientTls>,
+    /// Gitignore patterns never published, beside `.filesyncignore` (`--exclude`).
+    pub exclude: Vec<String>,
 }
 
 /// With the watch limit reached, the whole tree is compared this often instead.
@@ -83,6 +85,7 @@ pub async fn run(options: MasterOptions, shutdown: impl Future<Output = ()>) -> 
             client,
             welcome.head,
             options.allow_empty,
+            &options.exclude,
             &mut shutdown,
         )
         .await?
@@ -99,6 +102,7 @@ async fn session(
     client: BusClient,
     head: u64,
     allow_empty: bool,
+    exclude: &[String],
     shutdown: &mut (impl Future<Output = ()> + Unpin),
 ) -> anyhow::Result<SessionEnd> {
     let model = match replay_notifies(&client, head).await {
@@ -112,11 +116,13 @@ async fn session(
     let worker = {
         let dir = dir.to_path_buf();
         let stop = stop.clone();
+        let exclude = exclude.to_vec();
         std::thread::Builder::new()
             .name("master-worker".into())
             .spawn(move || {
                 let guard = RootGuard::new(&dir, allow_empty);
-                worker(&dir, model, guard, &tx, &retry_rx, &stop)
+                let tree = Tree::new(&dir, model).excluding(&exclude);
+                worker(&dir, tree, guard, &tx, &retry_rx, &stop)
             })
             .context("cannot start the master's worker thread")?
     };
@@ -324,13 +330,13 @@ fn hold_while(stop: &AtomicBool, why: impl Fn() -> Option<String>) -> bool {
 /// empty against the log (`RootGuard`).
 fn worker(
     dir: &Path,
-    model: Model,
+    mut tree: Tree,
     mut guard: RootGuard,
     tx: &mpsc::Sender<WorkerMsg>,
     retries: &std_mpsc::Receiver<RelPath>,
     stop: &AtomicBool,
 ) {
-    let published = model.len();
+    let published = tree.model().len();
     if !hold_while(stop, || guard.empty_or_gone(published)) {
         return;
     }
@@ -345,7 +351,6 @@ fn worker(
     let Some(mut watcher) = start_watch() else {
         return;
     };
-    let mut tree = Tree::new(dir, model);
     let mut coalescer = Coalescer::new(Timing::default());
     // Paths whose hash was unstable, handed from the emit callback back to the coalescer.
     let unstable: std::cell::RefCell<Vec<RelPath>> = std::cell::RefCell::new(Vec::new());

@@ -15,7 +15,7 @@ use super::listen::EventStream;
 use super::pattern::Pattern;
 use super::plan::{Plan, ProcId};
 use crate::bus::tls::ClientTls;
-use crate::check::{check_dir, check_log, CheckOptions, LogFile, Report, Violation};
+use crate::check::{check_dir_excluding, check_log, CheckOptions, LogFile, Report, Violation};
 use crate::event::Tag;
 use crate::identity::Identity;
 use std::sync::Arc;
@@ -507,7 +507,7 @@ impl Cluster {
             Err(_) => check_log(self.events.seen(), lenient).master_state,
         };
         let root = self.master_dir();
-        let ignore = filesync_master::ignore::IgnoreRules::load(&root);
+        let ignore = filesync_master::ignore::IgnoreRules::load_with(&root, &self.excludes());
         let mut on_disk = 0usize;
         let walker = walkdir::WalkDir::new(&root)
             .min_depth(1)
@@ -545,6 +545,15 @@ impl Cluster {
         on_disk == published.len()
     }
 
+    /// What the master was told never to publish (`--exclude GLOB`, as it was started).
+    fn excludes(&self) -> Vec<String> {
+        self.master_args
+            .windows(2)
+            .filter(|pair| pair[0] == "--exclude")
+            .map(|pair| pair[1].clone())
+            .collect()
+    }
+
     /// Checks the whole log, and every directory against the state it implies.
     pub fn check(&self, options: CheckOptions) -> Report {
         let log = match LogFile::read(&self.log_path()) {
@@ -562,8 +571,9 @@ impl Cluster {
         let mut report = log.check(options);
         let dirs =
             std::iter::once(self.master_dir()).chain(self.slaves.iter().map(|s| s.dir.clone()));
+        let excludes = self.excludes();
         for dir in dirs {
-            match check_dir(&report, &dir) {
+            match check_dir_excluding(&report, &dir, &excludes) {
                 Ok(Some(violation)) => report.violations.push(violation),
                 Ok(None) => {}
                 Err(err) => report.violations.push(Violation {
