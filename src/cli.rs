@@ -96,6 +96,12 @@ pub enum Command {
         after_help = "Examples:\n  filesync restore notes/todo.txt --at 1234 --to /tmp/todo.txt"
     )]
     Restore(RestoreArgs),
+    /// What the bus knows: every agent, its position and lag, open errors, the log's and
+    /// the state's size. Exit 0 healthy, 1 lagging, 2 failing (or the bus unreachable).
+    #[command(
+        after_help = "Examples:\n  filesync status\n  filesync status --bus 10.0.0.5:7878 --bus-id BUS-ID --json\n  filesync status --max-lag 1000 || alert \"mirror unhealthy\"\n\nHealth: failing when no master is connected or a slave has errors not made good;\nlagging when a connected slave is more than --max-lag notifies behind; a slave that\nis away is listed but does not count (it resyncs when it comes back)."
+    )]
+    Status(StatusArgs),
     /// Print this agent's ID (creating its identity the first time): what the other side
     /// pins, with --peer on a bus or --bus-id on an agent.
     #[command(
@@ -240,6 +246,24 @@ impl BusIdArgs {
             bail!("the bus at {bus} is beyond loopback: pass --bus-id ID (the bus's `filesync id`), so that we talk over mutual TLS");
         }
         Ok(())
+    }
+
+    /// For a reader of the bus (`listen`, `status`): checks the bus's address, then, over
+    /// TLS, loads our identity from `state` (default: the `listener` state), creating it
+    /// the first time.
+    fn reader_tls(
+        &self,
+        bus: &str,
+        state: Option<&Path>,
+    ) -> anyhow::Result<Option<crate::bus::tls::ClientTls>> {
+        self.check(bus)?;
+        if self.bus_id.is_none() {
+            return Ok(None);
+        }
+        let state = state.map_or_else(|| default_state_dir("listener"), Path::to_path_buf);
+        std::fs::create_dir_all(&state)
+            .with_context(|| format!("cannot create {}", state.display()))?;
+        self.client_tls(&state)
     }
 
     /// The TLS settings, with our identity from `state_dir` (created there the first time).
@@ -436,6 +460,26 @@ pub struct BusArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The bus to ask (HOST:PORT).
+    #[arg(long, default_value = "127.0.0.1:7878")]
+    pub bus: String,
+    /// Print the report as one JSON object (with `health` and `reasons`).
+    #[arg(long)]
+    pub json: bool,
+    /// A connected slave more than this many notifies behind makes the status "lagging".
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub max_lag: u64,
+    #[command(flatten)]
+    pub token: TokenArgs,
+    #[command(flatten)]
+    pub bus_id: BusIdArgs,
+    /// Where our identity lives, for TLS (default: the `listener` state).
+    #[arg(long, value_name = "SDIR")]
+    pub state: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
 pub struct ListenArgs {
     /// The bus to listen to (HOST:PORT).
     #[arg(long, default_value = "127.0.0.1:7878")]
@@ -480,17 +524,7 @@ pub struct ListenArgs {
 impl ListenArgs {
     /// Checks the bus's address, and loads our identity when the bus is reached over TLS.
     pub fn client_tls(&self) -> anyhow::Result<Option<crate::bus::tls::ClientTls>> {
-        self.bus_id.check(&self.bus)?;
-        if self.bus_id.bus_id.is_none() {
-            return Ok(None);
-        }
-        let state = self
-            .state
-            .clone()
-            .unwrap_or_else(|| default_state_dir("listener"));
-        std::fs::create_dir_all(&state)
-            .with_context(|| format!("cannot create {}", state.display()))?;
-        self.bus_id.client_tls(&state)
+        self.bus_id.reader_tls(&self.bus, self.state.as_deref())
     }
 }
 
@@ -619,6 +653,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             clap_complete::generate(shell, &mut command, "filesync", &mut std::io::stdout());
             Ok(0)
         }
+        Command::Status(args) => run_status(args).await,
         Command::Man => {
             let command = <Cli as clap::CommandFactory>::command();
             clap_mangen::Man::new(command)
@@ -787,6 +822,25 @@ async fn run_scenario(command: ScenarioCommand) -> anyhow::Result<i32> {
 /// The state directory `gc`, `history` and `restore` read: given, or the master's default.
 fn bus_state(state: Option<PathBuf>) -> PathBuf {
     state.unwrap_or_else(|| default_state_dir("master"))
+}
+
+async fn run_status(args: StatusArgs) -> anyhow::Result<i32> {
+    let tls = args.bus_id.reader_tls(&args.bus, args.state.as_deref())?;
+    let mut hello =
+        crate::bus::Hello::new(crate::event::Role::Listener, "status", args.token.secret()?);
+    hello.quiet = true;
+    let (client, _) = crate::bus::BusClient::connect_with(&args.bus, hello, tls.as_ref()).await?;
+    let report = client.status().await?;
+    let (health, reasons) = report.health(args.max_lag);
+    if args.json {
+        let mut value = serde_json::to_value(&report)?;
+        value["health"] = health.to_string().into();
+        value["reasons"] = reasons.into();
+        println!("{value}");
+    } else {
+        print!("{}", report.render(args.max_lag));
+    }
+    Ok(health.exit_code())
 }
 
 fn run_id(args: IdArgs) -> anyhow::Result<i32> {

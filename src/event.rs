@@ -79,7 +79,7 @@ impl fmt::Display for Tag {
 }
 
 /// What an agent is, as announced in its handshake and recorded in its `join`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Master,

@@ -366,3 +366,63 @@ async fn a_slave_waits_for_its_bus_as_long_as_told_and_a_token_can_come_from_a_f
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("cannot read --token-file"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_reports_each_agent_its_lag_and_a_health_exit_code() {
+    let mut c = cluster("status", 1).await;
+    fs::write(c.master_dir().join("a.txt"), "a").expect("write");
+    must(
+        c.events
+            .expect(Pattern::consume().by("slave").put().path("a.txt"))
+            .await,
+    );
+    must(c.settle().await);
+    let addr = c.addr.clone();
+    let status = |args: &[&str]| {
+        let out = Command::new(bin())
+            .args(["status", "--bus", &addr])
+            .args(args)
+            .output()
+            .expect("run status");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, text, err) = status(&[]);
+    assert_eq!(code, Some(0), "{text}{err}");
+    assert!(text.contains("status: healthy"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("slave") && l.contains("connected") && l.contains("0 notifies")),
+        "{text}"
+    );
+
+    // A slave away while three files arrive: listed, three notifies behind, not counted.
+    must(c.stop_slave(0));
+    for name in ["b", "c", "d"] {
+        fs::write(c.master_dir().join(name), vec![b'x'; 1000]).expect("write");
+        must(c.events.expect(Pattern::notify().put().path(name)).await);
+    }
+    let (code, json, err) = status(&["--json"]);
+    assert_eq!(code, Some(0), "{json}{err}");
+    let report: serde_json::Value = serde_json::from_str(&json).expect("one JSON object");
+    assert_eq!(report["health"], "healthy", "{json}");
+    let slave = report["agents"]
+        .as_array()
+        .and_then(|agents| agents.iter().find(|a| a["name"] == "slave"))
+        .unwrap_or_else(|| panic!("no slave in {json}"));
+    assert_eq!(slave["connected"], false, "{json}");
+    assert_eq!(slave["behind"], 3, "{json}");
+    assert_eq!(slave["behind_bytes"], 3000, "{json}");
+    // The status reader left no trace in the log.
+    let log = fs::read_to_string(c.log_path()).expect("log");
+    assert!(!log.contains("\"agent\":\"status\""));
+
+    // No bus: one line, exit 2, as a monitoring check reads "critical".
+    must(c.stop_master());
+    let (code, _, err) = status(&[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+}

@@ -502,6 +502,18 @@ impl BusClient {
 
     /// The checkpoint the bus holds at `seq` (the state the log implies there), fetched
     /// piece by piece; refused when the bus has none at that `seq`.
+    /// What the bus knows of its agents and itself (`filesync status`).
+    pub async fn status(&self) -> Result<super::status::StatusReport, ClientError> {
+        let (reply, body) = self.request(|id| Request::Status { id }, &[]).await?;
+        match reply {
+            Reply::Status { .. } => serde_json::from_slice(&body)
+                .map_err(|err| ClientError::Protocol(format!("bad status report: {err}"))),
+            other => Err(ClientError::Protocol(format!(
+                "expected a status report, got {other:?}"
+            ))),
+        }
+    }
+
     pub async fn fetch_checkpoint(&self, seq: u64) -> Result<Snapshot, ClientError> {
         let mut bytes = Vec::new();
         loop {

@@ -2,12 +2,15 @@
 //! each other.
 //!
 //! - [`frame`]: the wire framing (length-prefixed JSON header + binary body).
-//! - [`protocol`]: the messages, version 2.
+//! - [`protocol`]: the messages, version 6.
 //! - [`log`]: the event log in segments: append, recover, read by `seq`, rotate, truncate.
 //! - [`retention`]: checkpoints at segment ends, and what of the log and checkpoints is kept.
 //! - [`blobs`]: content addressed by SHA-256; [`pack`]: the small ones, appended to one file.
 //! - [`follow`]: new large files' chunks announced as they are stored, for idle slaves.
 //! - [`gates`]: checkpoint gates that hold agents, on test buses only.
+//! - [`gc`]: content nothing retained refers to, removed after a grace period.
+//! - [`tls`]: mutual TLS with pinned peer IDs.
+//! - [`status`]: the report `filesync status` prints, and its health verdict.
 //! - [`server`]: accepts agents and serves all of the above.
 //! - [`client`]: the agents' side, and `Subscription`.
 
@@ -23,6 +26,7 @@ pub mod pack;
 pub mod protocol;
 pub mod retention;
 pub mod server;
+pub mod status;
 pub mod tls;
 
 pub use client::{BusClient, ClientError, Hello, PendingReply, Subscription, Welcome};

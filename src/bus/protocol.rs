@@ -38,7 +38,7 @@
 //! `manifest` names the manifest; the messages are unchanged, but content cut with other
 //! sizes would not meet the store's. Version 5 added the log's `start` to the welcome, the
 //! `truncated` reply and `checkpoint_get` (retention). Version 6 lets a listener's hello ask
-//! not to be logged (`quiet`: no `join`). The handshake refuses a peer speaking another
+//! not to be logged (`quiet`: no `join`), and adds `status`. The handshake refuses a peer speaking another
 //! version.
 //!
 //! Subscription is pull-based: a subscriber asks for events from the `seq` it wants next,
@@ -181,6 +181,11 @@ pub enum Request {
         offset: u64,
         len: u64,
     },
+    /// What the bus knows of its agents and itself (`status` in reply, the report as JSON
+    /// in its body: `status.rs`).
+    Status {
+        id: u64,
+    },
 }
 
 fn first_seq() -> u64 {
@@ -241,6 +246,10 @@ pub enum Reply {
         id: u64,
         start: u64,
     },
+    /// The answer to `status`; the body is a `StatusReport` as JSON.
+    Status {
+        id: u64,
+    },
     /// The answer to `follow_next`.
     Following {
         id: u64,
@@ -266,6 +275,7 @@ impl Reply {
             | Reply::BlobData { id, .. }
             | Reply::Truncated { id, .. }
             | Reply::Following { id, .. }
+            | Reply::Status { id }
             | Reply::Followed { id, .. } => Some(*id),
             Reply::Welcome { .. } | Reply::Reject { .. } => None,
         }

@@ -42,6 +42,7 @@ use super::gc;
 use super::log::{self, read_lines, EventLog, Head, LogOptions};
 use super::protocol::{Reply, Request, PROTOCOL_VERSION};
 use super::retention::{self, Retention};
+use super::status::{AgentStatus, Backlog, StatusReport};
 use crate::checkpoint::{self, Snapshot};
 use crate::event::{Draft, Event, Role, Tag};
 use crate::identity::Identity;
@@ -929,6 +930,17 @@ impl Handler {
                     Err(err) => err_reply(id, format!("no checkpoint at {seq}: {err}")),
                 }
             }
+            Request::Status { id } => {
+                let shared = self.shared.clone();
+                match tokio::task::spawn_blocking(move || status(&shared)).await {
+                    Ok(Ok(report)) => match serde_json::to_vec(&report) {
+                        Ok(json) => reply_with_body(&Reply::Status { id }, json),
+                        Err(err) => err_reply(id, err.to_string()),
+                    },
+                    Ok(Err(err)) => err_reply(id, format!("cannot read the state: {err}")),
+                    Err(err) => err_reply(id, err.to_string()),
+                }
+            }
             Request::BlobHas { id, sha256 } => match self.shared.blobs.contains(&sha256) {
                 Ok(present) => ok(id, None, Some(present)),
                 Err(err) => err_reply(id, err.to_string()),
@@ -1244,6 +1256,86 @@ async fn write_checkpoint(shared: &Arc<Shared>, last: u64) -> Result<(), String>
     .map_err(|err| err.to_string())?
     .map(|_| super::crash::point("checkpoint-written"))
     .map_err(|err| err.to_string())
+}
+
+/// The status report (`status.rs`): the connected agents, every slave the log knows, how
+/// far behind each is (the log's tail read once, from the lowest position), the log's and
+/// the state's size.
+fn status(shared: &Arc<Shared>) -> std::io::Result<StatusReport> {
+    let connected: Vec<Connected> = lock(&shared.sessions).agents.values().cloned().collect();
+    let (mut agents, start, head, ranges) = {
+        let ledger = lock(&shared.ledger);
+        let rules = &ledger.rules;
+        let start = ledger.log.start();
+        let head = ledger.log.head().seq;
+        let mut agents: Vec<AgentStatus> = Vec::new();
+        let mut add = |name: &str, role: Role, connected: bool| {
+            if agents.iter().any(|a| a.name == name && a.role == role) {
+                return;
+            }
+            let record = rules
+                .agents()
+                .find(|(n, _)| n.as_str() == name)
+                .map(|(_, r)| r);
+            agents.push(AgentStatus {
+                name: name.to_owned(),
+                role,
+                connected,
+                answered: rules.answered(name),
+                behind: 0,
+                behind_bytes: 0,
+                open_errors: rules
+                    .open_errors()
+                    .of(name)
+                    .map(|e| (e.seq, e.cause))
+                    .collect(),
+                seen: record.and_then(|r| r.seen.clone()),
+            });
+        };
+        for agent in &connected {
+            add(&agent.name, agent.role, true);
+        }
+        for (name, record) in rules.agents() {
+            if record.role == Some(Role::Slave) {
+                add(name, Role::Slave, false);
+            }
+        }
+        let lowest = agents
+            .iter()
+            .filter(|a| a.role == Role::Slave)
+            .map(|a| a.answered + 1)
+            .min()
+            .unwrap_or(head + 1)
+            .max(start);
+        (agents, start, head, ledger.log.ranges(lowest, head))
+    };
+    let mut backlog = Backlog::default();
+    super::log::for_each_event(ranges, |event| {
+        backlog.observe(&event);
+        true
+    })?;
+    for agent in agents.iter_mut().filter(|a| a.role == Role::Slave) {
+        (agent.behind, agent.behind_bytes) = backlog.behind(agent.answered);
+    }
+    agents.sort_by(|a, b| (a.role, &a.name).cmp(&(b.role, &b.name)));
+    let size_of = |dir: &Path| -> u64 {
+        walkdir::WalkDir::new(dir)
+            .into_iter()
+            .filter_map(Result::ok)
+            .filter_map(|e| e.metadata().ok())
+            .filter(|m| m.is_file())
+            .map(|m| m.len())
+            .sum()
+    };
+    let log_bytes = std::fs::metadata(&shared.log_path).map_or(0, |m| m.len())
+        + size_of(&shared.state_dir.join("log"));
+    Ok(StatusReport {
+        start,
+        head,
+        log_bytes,
+        state_bytes: size_of(&shared.state_dir),
+        agents,
+    })
 }
 
 /// Removes the whole segments below the retention point that a checkpoint covers, then the
