@@ -11,6 +11,9 @@ use crate::util::{cluster, must};
 /// already synced lost, no temporary file left, and the slave goes on once space is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_is_an_error_event_and_the_slave_keeps_going() {
+    if ran_in_a_namespace("a_full_disk_is_an_error_event_and_the_slave_keeps_going") {
+        return;
+    }
     let mut c = cluster("full-disk", 0).await;
     c.events.allow_errors();
     let idx = c.add_slave();
@@ -94,6 +97,37 @@ async fn a_full_disk_is_an_error_event_and_the_slave_keeps_going() {
     c.assert_checks(CheckOptions::default());
 }
 
+/// These tests mount file systems. As root (CI) they run here; as an ordinary user each
+/// runs again in a user and mount namespace of its own (`unshare`, where the kernel allows
+/// unprivileged ones), root over its own mounts there, and this run asserts that run's
+/// verdict. Returns whether it ran there.
+fn ran_in_a_namespace(test: &str) -> bool {
+    // The effective uid, the second field of /proc's `Uid:` line.
+    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let euid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().nth(1).map(str::to_owned));
+    if euid.as_deref() == Some("0") {
+        return false;
+    }
+    let exe = std::env::current_exe().expect("the test binary");
+    let name = format!("disk_errors::{test}");
+    let out = std::process::Command::new("unshare")
+        .args(["--user", "--map-root-user", "--mount", "--"])
+        .arg(exe)
+        .args([name.as_str(), "--exact", "--test-threads=1"])
+        .output()
+        .expect("run unshare (util-linux)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "{name} in a user namespace (not root: the test mounts a tmpfs) failed:\n{stdout}\n{stderr}"
+    );
+    true
+}
+
 /// Unmounts (lazily) when dropped.
 struct Mounted(std::path::PathBuf);
 
@@ -120,6 +154,9 @@ fn mount(args: &[&str], target: &std::path::Path) -> Mounted {
 /// consume that names the error it repairs, and the log checks out (the error is closed).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_once_freed_is_repaired_by_a_retry() {
+    if ran_in_a_namespace("a_full_disk_once_freed_is_repaired_by_a_retry") {
+        return;
+    }
     let mut c = cluster("disk-freed", 0).await;
     c.events.allow_errors();
     let idx = c.add_slave();
@@ -163,6 +200,9 @@ async fn a_full_disk_once_freed_is_repaired_by_a_retry() {
 /// slave is down, they are retried when it starts again and the repairs are in the log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_only_directory_fixed_converges_when_the_slave_restarts() {
+    if ran_in_a_namespace("a_read_only_directory_fixed_converges_when_the_slave_restarts") {
+        return;
+    }
     let mut c = cluster("read-only-dir", 1).await;
     c.events.allow_errors();
     let m = c.master_dir();
