@@ -145,14 +145,18 @@ pub enum ScenarioCommand {
         /// Write the JSON report here.
         #[arg(long, value_name = "OUT.json")]
         report: Option<PathBuf>,
+        /// Keep the run's directories, logs and timeline.html even when it passed.
+        #[arg(long)]
+        keep: bool,
     },
-    /// Validate every scenario file in DIR (default fixtures/scenarios); exit 1 if any is wrong.
+    /// Validate scenario files (each FILE, or every *.json in each DIR; default
+    /// fixtures/scenarios), reporting every problem in each; exit 1 if any is wrong.
     #[command(
-        after_help = "Examples:\n  filesync scenario check\n  filesync scenario check my-scenarios/"
+        after_help = "Examples:\n  filesync scenario check\n  filesync scenario check my-scenarios/ extra/soak-long.json"
     )]
     Check {
-        #[arg(default_value = "fixtures/scenarios")]
-        dir: PathBuf,
+        #[arg(default_value = "fixtures/scenarios", value_name = "FILE|DIR")]
+        paths: Vec<PathBuf>,
     },
 }
 
@@ -773,15 +777,23 @@ async fn on_workers(
 async fn run_scenario(command: ScenarioCommand) -> anyhow::Result<i32> {
     use crate::testkit::scenario;
     match command {
-        ScenarioCommand::Check { dir } => {
-            let files = scenario::files_in(&dir)
-                .with_context(|| format!("cannot read {}", dir.display()))?;
-            if files.is_empty() {
-                bail!("no scenario files (*.json) in {}", dir.display());
+        ScenarioCommand::Check { paths } => {
+            let mut files = Vec::new();
+            for path in &paths {
+                if path.is_dir() {
+                    let found = scenario::files_in(path)
+                        .with_context(|| format!("cannot read {}", path.display()))?;
+                    if found.is_empty() {
+                        bail!("no scenario files (*.json) in {}", path.display());
+                    }
+                    files.extend(found);
+                } else {
+                    files.push(path.clone());
+                }
             }
             let mut bad = 0;
             for file in &files {
-                match scenario::load(file) {
+                match scenario::load_all(file) {
                     Ok(s) => println!(
                         "ok    {} ({} actions, {} s, {} slave(s))",
                         file.display(),
@@ -789,9 +801,11 @@ async fn run_scenario(command: ScenarioCommand) -> anyhow::Result<i32> {
                         s.duration_s,
                         s.slaves
                     ),
-                    Err(err) => {
+                    Err(errors) => {
                         bad += 1;
-                        println!("error {err}");
+                        for err in errors {
+                            println!("error {err}");
+                        }
                     }
                 }
             }
@@ -802,12 +816,22 @@ async fn run_scenario(command: ScenarioCommand) -> anyhow::Result<i32> {
             file,
             duration,
             report,
+            keep,
         } => {
             let scenario = scenario::load(&file)?;
             let bin = std::env::current_exe().context("cannot find the filesync binary")?;
-            let result = scenario::run(&scenario, &bin, duration)
+            let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let options = scenario::RunOptions {
+                duration,
+                keep,
+                progress: terminal.then_some(show_progress as fn(f64, f64, u64)),
+            };
+            let result = scenario::run_with(&scenario, &bin, &options)
                 .await
                 .map_err(|e| anyhow::anyhow!(e))?;
+            if terminal {
+                eprintln!();
+            }
             if let Some(out) = report {
                 let json = serde_json::to_string_pretty(&result)?;
                 std::fs::write(&out, json)
@@ -817,6 +841,11 @@ async fn run_scenario(command: ScenarioCommand) -> anyhow::Result<i32> {
             Ok(if result.passed { 0 } else { 1 })
         }
     }
+}
+
+/// A scenario's progress on a terminal, one line rewritten in place.
+fn show_progress(elapsed: f64, total: f64, actions: u64) {
+    eprint!("\r  {elapsed:>6.1} s of {total:.0} s, {actions} action(s) run ");
 }
 
 /// The state directory `gc`, `history` and `restore` read: given, or the master's default.

@@ -38,6 +38,7 @@ async fn a_thousand_idle_peers_lock_out_no_agent_and_are_dropped_when_idle() {
     );
     let mut crowd = Vec::new();
     let mut refused = 0;
+    let crowd_came = Instant::now();
     for i in 0..1000 {
         let (stream, answer) = idle_peer(&c.addr, &format!("idle-{i}")).await;
         match answer {
@@ -74,7 +75,13 @@ async fn a_thousand_idle_peers_lock_out_no_agent_and_are_dropped_when_idle() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    assert!(welcomed >= Duration::from_secs(1), "{welcomed:?}");
+    // Nobody idle was dropped before the idle timeout (3 s) since the first of the crowd
+    // said hello; how long after the crowd that is depends on the machine's load.
+    let since_crowd = crowd_came.elapsed();
+    assert!(
+        since_crowd >= Duration::from_millis(2900),
+        "a newcomer was welcomed {since_crowd:?} after the crowd ({welcomed:?} after we began asking)"
+    );
     drop(crowd);
     still_works(&mut c, "after-the-crowd.txt").await;
     must(

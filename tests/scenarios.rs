@@ -48,15 +48,17 @@ fn scenario_check_accepts_the_fixtures_and_explains_a_broken_file() {
     assert!(stdout.contains("0 invalid"), "{stdout}");
 
     let dir = tempfile::tempdir().expect("tempdir");
+    // Three problems in one file: each is reported, not only the first.
     std::fs::write(
         dir.path().join("typo.json"),
-        r#"{"name":"typo","duration_s":1,"actions":[{"action":"brust","params":{"dir":"d","count":1}}]}"#,
+        r#"{"name":"typo","duration_s":-1,"actions":[{"action":"brust","params":{"dir":"d","count":1}},{"action":"create","params":{"path":"../x"}}]}"#,
     )
     .expect("write");
+    // A file named on its own is checked too.
     let bad = Command::new(bin())
         .arg("scenario")
         .arg("check")
-        .arg(dir.path())
+        .arg(dir.path().join("typo.json"))
         .output()
         .expect("run");
     let stdout = String::from_utf8_lossy(&bad.stdout);
@@ -67,6 +69,15 @@ fn scenario_check_accepts_the_fixtures_and_explains_a_broken_file() {
         ),
         "{stdout}"
     );
+    assert!(
+        stdout.contains("typo.json: duration_s: must be"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("typo.json: actions[1].params.path: `../x`"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("1 file(s), 1 invalid"), "{stdout}");
 }
 
 #[test]
@@ -76,7 +87,7 @@ fn a_scenario_run_writes_a_json_report_and_a_table() {
     let out = Command::new(bin())
         .args(["scenario", "run"])
         .arg(scenarios_dir().join("walkthrough.json"))
-        .args(["--duration", "0.5", "--report"])
+        .args(["--duration", "0.5", "--keep", "--report"])
         .arg(&report)
         .output()
         .expect("run");
@@ -103,4 +114,13 @@ fn a_scenario_run_writes_a_json_report_and_a_table() {
         json["actions"].as_array().is_some_and(|a| a.len() == 6),
         "{json}"
     );
+    // --keep: a passing run's directory stays, with its log.
+    let kept = json["kept_at"].as_str().unwrap_or_else(|| panic!("{json}"));
+    assert!(
+        std::path::Path::new(kept)
+            .join("state/master/events.jsonl")
+            .exists(),
+        "{kept}"
+    );
+    let _ = std::fs::remove_dir_all(kept);
 }

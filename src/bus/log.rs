@@ -674,9 +674,19 @@ fn read_segments_once(path: &Path) -> io::Result<ReadLog> {
                 }
             }
             let event = Event::parse(&line).map_err(|err| {
+                // serde's own position is "line 1" of the one line it was given.
+                let text = err.to_string();
+                let what = text
+                    .rsplit_once(" at line ")
+                    .map_or(text.as_str(), |(w, _)| w);
                 io::Error::new(
                     io::ErrorKind::InvalidData,
-                    format!("{} line {}: {err}", segment.display(), line_idx + 1),
+                    format!(
+                        "{} line {}, column {}: {what}",
+                        segment.display(),
+                        line_idx + 1,
+                        err.column()
+                    ),
                 )
             })?;
             read.events.push(event);

@@ -233,18 +233,80 @@ impl Checker<'_> {
 }
 
 /// Parses and validates scenario JSON; `file` names it in errors and must match `name`.
+/// The first problem found; [`parse_all`] finds every one.
 pub fn parse(file: &str, text: &str) -> Result<Scenario, ScenarioError> {
+    parse_all(file, text).map_err(|mut errors| errors.remove(0))
+}
+
+/// Parses and validates scenario JSON, reporting every problem found (at least one on
+/// `Err`): each top-level section and each action is checked on its own.
+pub fn parse_all(file: &str, text: &str) -> Result<Scenario, Vec<ScenarioError>> {
     let c = Checker { file };
     let value: Value =
-        serde_json::from_str(text).map_err(|err| c.err("", format!("not JSON: {err}")))?;
-    let top = c.object(&value, "(top level)")?;
-    c.known_fields(top, "", TOP_FIELDS)?;
+        serde_json::from_str(text).map_err(|err| vec![c.err("", format!("not JSON: {err}"))])?;
+    let top = c.object(&value, "(top level)").map_err(|e| vec![e])?;
+    let mut errors = Vec::new();
+    let e = &mut errors;
+    take(e, c.known_fields(top, "", TOP_FIELDS));
+    let header = take(e, parse_header(&c, top));
+    let mut actions = Vec::new();
+    match top.get("actions").map(Value::as_array) {
+        None => errors.push(c.err("actions", "required, a list")),
+        Some(None) => errors.push(c.err("actions", "must be a list")),
+        Some(Some(list)) => {
+            for (idx, item) in list.iter().enumerate() {
+                actions.extend(take(&mut errors, parse_action(&c, idx, item)));
+            }
+        }
+    }
+    let expect = match top.get("expect") {
+        None => Some(Expect {
+            converged: true,
+            no_errors: true,
+            latency_ms: LatencyBounds::default(),
+            counts: BTreeMap::new(),
+            state: None,
+        }),
+        Some(value) => take(&mut errors, parse_expect(&c, value)),
+    };
+    let bus_args = match top.get("bus") {
+        None => Some(Vec::new()),
+        Some(value) => take(&mut errors, parse_bus(&c, value)),
+    };
+    match (header, expect, bus_args) {
+        (Some((name, description, duration_s, slaves)), Some(expect), Some(bus_args))
+            if errors.is_empty() =>
+        {
+            Ok(Scenario {
+                name,
+                description,
+                duration_s,
+                slaves,
+                actions,
+                expect,
+                bus_args,
+            })
+        }
+        _ => Err(errors),
+    }
+}
+
+/// The value, or `None` with its error added to `errors`.
+fn take<T>(errors: &mut Vec<ScenarioError>, result: Result<T, ScenarioError>) -> Option<T> {
+    result.map_err(|err| errors.push(err)).ok()
+}
+
+/// `name` (matching the file's), `description`, `duration_s`, `slaves`.
+fn parse_header(
+    c: &Checker<'_>,
+    top: &Map<String, Value>,
+) -> Result<(String, Option<String>, f64, usize), ScenarioError> {
     let name = top
         .get("name")
         .and_then(Value::as_str)
         .ok_or_else(|| c.err("name", "required, a string"))?
         .to_owned();
-    let stem = Path::new(file)
+    let stem = Path::new(c.file)
         .file_stem()
         .and_then(|s| s.to_str())
         .unwrap_or("");
@@ -265,92 +327,65 @@ pub fn parse(file: &str, text: &str) -> Result<Scenario, ScenarioError> {
     if slaves.fract() != 0.0 || slaves > 16.0 {
         return Err(c.err("slaves", "must be a whole number from 0 to 16"));
     }
-    let actions_value = top
-        .get("actions")
-        .ok_or_else(|| c.err("actions", "required, a list"))?;
-    let actions_list = actions_value
-        .as_array()
-        .ok_or_else(|| c.err("actions", "must be a list"))?;
-    let mut actions = Vec::new();
-    for (idx, item) in actions_list.iter().enumerate() {
-        let field = format!("actions[{idx}]");
-        let object = c.object(item, &field)?;
-        c.known_fields(object, &field, ACTION_FIELDS)?;
-        let action = object
-            .get("action")
-            .and_then(Value::as_str)
-            .ok_or_else(|| c.err(format!("{field}.action"), "required, the action's name"))?;
-        let names: Vec<&str> = ACTIONS.iter().map(|(n, _, _)| *n).collect();
-        let Some((_, required, optional)) = ACTIONS.iter().find(|(n, _, _)| *n == action) else {
+    Ok((name, description, duration_s, slaves as usize))
+}
+
+/// `actions[idx]`.
+fn parse_action(c: &Checker<'_>, idx: usize, item: &Value) -> Result<ActionSpec, ScenarioError> {
+    let field = format!("actions[{idx}]");
+    let object = c.object(item, &field)?;
+    c.known_fields(object, &field, ACTION_FIELDS)?;
+    let action = object
+        .get("action")
+        .and_then(Value::as_str)
+        .ok_or_else(|| c.err(format!("{field}.action"), "required, the action's name"))?;
+    let names: Vec<&str> = ACTIONS.iter().map(|(n, _, _)| *n).collect();
+    let Some((_, required, optional)) = ACTIONS.iter().find(|(n, _, _)| *n == action) else {
+        return Err(c.err(
+            format!("{field}.action"),
+            format!("unknown action `{action}`{}", suggest(action, &names)),
+        ));
+    };
+    let params = match object.get("params") {
+        None => Map::new(),
+        Some(value) => c.object(value, &format!("{field}.params"))?.clone(),
+    };
+    let allowed: Vec<&str> = required.iter().chain(optional.iter()).copied().collect();
+    c.known_fields(&params, &format!("{field}.params"), &allowed)?;
+    for key in *required {
+        if !params.contains_key(*key) {
             return Err(c.err(
-                format!("{field}.action"),
-                format!("unknown action `{action}`{}", suggest(action, &names)),
+                format!("{field}.params.{key}"),
+                format!("required by `{action}`"),
             ));
-        };
-        let params = match object.get("params") {
-            None => Map::new(),
-            Some(value) => c.object(value, &format!("{field}.params"))?.clone(),
-        };
-        let allowed: Vec<&str> = required.iter().chain(optional.iter()).copied().collect();
-        c.known_fields(&params, &format!("{field}.params"), &allowed)?;
-        for key in *required {
-            if !params.contains_key(*key) {
+        }
+    }
+    for key in ["path", "from", "to", "dir", "root"] {
+        if let Some(path) = params.get(key) {
+            let text = path
+                .as_str()
+                .ok_or_else(|| c.err(format!("{field}.params.{key}"), "must be a string"))?;
+            let probe = text.replace("{n}", "0");
+            if filesync_master::RelPath::new(&probe).is_err() {
                 return Err(c.err(
                     format!("{field}.params.{key}"),
-                    format!("required by `{action}`"),
+                    format!("`{text}` is not a relative path inside the root"),
                 ));
             }
         }
-        for key in ["path", "from", "to", "dir", "root"] {
-            if let Some(path) = params.get(key) {
-                let text = path
-                    .as_str()
-                    .ok_or_else(|| c.err(format!("{field}.params.{key}"), "must be a string"))?;
-                let probe = text.replace("{n}", "0");
-                if filesync_master::RelPath::new(&probe).is_err() {
-                    return Err(c.err(
-                        format!("{field}.params.{key}"),
-                        format!("`{text}` is not a relative path inside the root"),
-                    ));
-                }
-            }
-        }
-        let every_ms = c
-            .number(object, "every_ms", &format!("{field}."))?
-            .map(|n| n as u64);
-        if every_ms == Some(0) {
-            return Err(c.err(format!("{field}.every_ms"), "must be at least 1"));
-        }
-        actions.push(ActionSpec {
-            action: action.to_owned(),
-            params,
-            every_ms,
-            at_startup: c.boolean(object, "at_startup", &format!("{field}."), true)?,
-            at_teardown: c.boolean(object, "at_teardown", &format!("{field}."), false)?,
-        });
     }
-    let expect = match top.get("expect") {
-        None => Expect {
-            converged: true,
-            no_errors: true,
-            latency_ms: LatencyBounds::default(),
-            counts: BTreeMap::new(),
-            state: None,
-        },
-        Some(value) => parse_expect(&c, value)?,
-    };
-    let bus_args = match top.get("bus") {
-        None => Vec::new(),
-        Some(value) => parse_bus(&c, value)?,
-    };
-    Ok(Scenario {
-        name,
-        description,
-        duration_s,
-        slaves: slaves as usize,
-        actions,
-        expect,
-        bus_args,
+    let every_ms = c
+        .number(object, "every_ms", &format!("{field}."))?
+        .map(|n| n as u64);
+    if every_ms == Some(0) {
+        return Err(c.err(format!("{field}.every_ms"), "must be at least 1"));
+    }
+    Ok(ActionSpec {
+        action: action.to_owned(),
+        params,
+        every_ms,
+        at_startup: c.boolean(object, "at_startup", &format!("{field}."), true)?,
+        at_teardown: c.boolean(object, "at_teardown", &format!("{field}."), false)?,
     })
 }
 
@@ -448,13 +483,20 @@ fn parse_expect(c: &Checker<'_>, value: &Value) -> Result<Expect, ScenarioError>
 
 /// Reads and validates one scenario file.
 pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
+    load_all(path).map_err(|mut errors| errors.remove(0))
+}
+
+/// Reads and validates one scenario file, reporting every problem found.
+pub fn load_all(path: &Path) -> Result<Scenario, Vec<ScenarioError>> {
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|err| ScenarioError {
-        file: file.clone(),
-        field: String::new(),
-        message: format!("cannot read: {err}"),
+    let text = std::fs::read_to_string(path).map_err(|err| {
+        vec![ScenarioError {
+            file: file.clone(),
+            field: String::new(),
+            message: format!("cannot read: {err}"),
+        }]
     })?;
-    parse(&file, &text)
+    parse_all(&file, &text)
 }
 
 #[cfg(test)]

@@ -12,8 +12,8 @@ pub mod actions;
 pub mod format;
 pub mod run;
 
-pub use format::{load, parse, Scenario, ScenarioError};
-pub use run::{run, ScenarioReport};
+pub use format::{load, load_all, parse, parse_all, Scenario, ScenarioError};
+pub use run::{run, run_with, RunOptions, ScenarioReport};
 
 use std::path::{Path, PathBuf};
 

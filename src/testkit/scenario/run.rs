@@ -73,7 +73,7 @@ pub struct ScenarioReport {
     pub counts: BTreeMap<String, u64>,
     /// The checker's violations (empty when the log and directories check out).
     pub violations: Vec<String>,
-    /// Kept when the run failed: the directories, logs and timeline.html.
+    /// Kept when the run failed (or with `--keep`): the directories, logs and timeline.html.
     pub kept_at: Option<PathBuf>,
     /// The bus's state directory against the master tree, sampled through the run.
     pub state: Option<StateStats>,
@@ -221,7 +221,36 @@ pub async fn run(
     bin: &Path,
     duration: Option<f64>,
 ) -> Result<ScenarioReport, String> {
-    let duration_s = duration.unwrap_or(scenario.duration_s);
+    run_with(
+        scenario,
+        bin,
+        &RunOptions {
+            duration,
+            ..RunOptions::default()
+        },
+    )
+    .await
+}
+
+/// How `run_with` runs a scenario.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Seconds to run instead of the file's `duration_s`.
+    pub duration: Option<f64>,
+    /// Keep the run's directories (and `timeline.html`) even when it passed.
+    pub keep: bool,
+    /// Called about twice a second while the actions run: seconds elapsed, seconds in all,
+    /// actions run so far.
+    pub progress: Option<fn(f64, f64, u64)>,
+}
+
+/// `run`, with the options of `filesync scenario run`.
+pub async fn run_with(
+    scenario: &Scenario,
+    bin: &Path,
+    options: &RunOptions,
+) -> Result<ScenarioReport, String> {
+    let duration_s = options.duration.unwrap_or(scenario.duration_s);
     let bus_args: Vec<&str> = scenario.bus_args.iter().map(String::as_str).collect();
     let mut cluster = Cluster::builder(bin, &format!("scenario-{}", scenario.name))
         .slaves(scenario.slaves)
@@ -278,7 +307,20 @@ pub async fn run(
             }
         });
     }
-    tokio::time::sleep(Duration::from_secs_f64(duration_s)).await;
+    let until = tokio::time::Instant::now() + Duration::from_secs_f64(duration_s);
+    while tokio::time::Instant::now() < until {
+        let step = until.saturating_duration_since(tokio::time::Instant::now());
+        tokio::time::sleep(step.min(Duration::from_millis(500))).await;
+        if let Some(progress) = options.progress {
+            let runs = stats
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .map(|a| a.runs)
+                .sum();
+            progress(started.elapsed().as_secs_f64(), duration_s, runs);
+        }
+    }
     // The kill switch: periodic loops and long actions stop at their next step.
     ctx.cancel.cancel();
     while periodic.join_next().await.is_some() {}
@@ -311,7 +353,7 @@ pub async fn run(
     );
     report.duration_s = elapsed;
     judge_state(scenario, sizes, elapsed / 2.0, &mut report);
-    if !report.passed {
+    if !report.passed || options.keep {
         report.kept_at = Some(cluster.keep());
         let html = crate::html::render(&events, Some(&check), &report.failures);
         let _ = std::fs::write(cluster.dir().join("timeline.html"), html);
@@ -404,11 +446,13 @@ pub fn judge(
     for (key, bounds) in &expect.counts {
         let n = counts.get(key).copied().unwrap_or(0);
         if bounds.min.is_some_and(|min| n < min) || bounds.max.is_some_and(|max| n > max) {
-            let range = format!(
-                "{}..={}",
-                bounds.min.map(|m| m.to_string()).unwrap_or_default(),
-                bounds.max.map(|m| m.to_string()).unwrap_or_default()
-            );
+            let range = match (bounds.min, bounds.max) {
+                (Some(min), Some(max)) if min == max => format!("exactly {min}"),
+                (Some(min), Some(max)) => format!("between {min} and {max}"),
+                (Some(min), None) => format!("at least {min}"),
+                (None, Some(max)) => format!("at most {max}"),
+                (None, None) => "any number".into(),
+            };
             failures.push(format!("{n} `{key}` event(s), expected {range}"));
         }
     }
