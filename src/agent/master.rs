@@ -23,6 +23,7 @@ use filesync_master::watch::{DirWatcher, Signal};
 use filesync_master::{Change, Kind, RelPath};
 use tokio::sync::mpsc;
 
+use super::progress::Progress;
 use super::upload::{Budget, ChunkUpload, CutChunk};
 use super::{replay_notifies, Connector, SessionEnd};
 use crate::bus::client::PendingReply;
@@ -129,6 +130,9 @@ async fn session(
     let mut in_flight = InFlight::default();
     // The chunks of the large file the worker is reading, on their way to the bus.
     let mut upload: Option<ChunkUpload> = None;
+    // The first scan's progress, until the master is ready.
+    let mut scanning = Some(Progress::scan());
+    let mut published = 0u64;
     let end = loop {
         let msg = tokio::select! {
             biased;
@@ -145,6 +149,14 @@ async fn session(
         };
         let result = match msg {
             Some(WorkerMsg::Change(observed)) => {
+                if let Some(progress) = &mut scanning {
+                    published += 1;
+                    let bytes = match &observed.change {
+                        Change::Put { entry, .. } => entry.size,
+                        _ => 0,
+                    };
+                    progress.advance(published, bytes);
+                }
                 let chunks = upload.take();
                 publish_change(&client, observed, chunks, &retry_tx, &mut in_flight).await
             }
@@ -159,7 +171,14 @@ async fn session(
             },
             Some(WorkerMsg::Ready) => match in_flight.settle_all().await {
                 Ok(()) => {
-                    tracing::info!(target: super::LIFECYCLE, "master ready: watching {}", dir.display());
+                    if let Some(progress) = scanning.take() {
+                        progress.finish();
+                    }
+                    tracing::info!(
+                        target: super::LIFECYCLE,
+                        "master ready: watching {} ({published} change(s) published at start)",
+                        dir.display()
+                    );
                     client.publish(Draft::tagged(Tag::Ready)).await.map(|_| ())
                 }
                 Err(err) => Err(err),

@@ -7,10 +7,12 @@
 //! - [`verify`]: a slave's directory compared with the state it applied, and restored.
 //! - [`chunked`]: a slave applies a file stored in chunks, reusing those it holds.
 //! - [`follow`]: an idle slave receives a new large file while it is being uploaded.
+//! - [`progress`]: bars for long work, on a terminal only.
 
 pub mod chunked;
 pub mod follow;
 pub mod master;
+pub mod progress;
 pub mod retry;
 pub mod slave;
 pub mod upload;

@@ -19,6 +19,7 @@ use filesync_slave::{Applied, Applier, FileStart, StagedFile};
 
 use super::chunked::{apply_chunked, Transfer};
 use super::follow::Follower;
+use super::progress::Progress;
 use super::retry::{Failed, Retries};
 use super::verify::Verifier;
 use super::{Connector, SessionEnd};
@@ -416,6 +417,8 @@ async fn session(
         from: position,
         applied: 0,
     };
+    let mut progress =
+        (welcome.head > position).then(|| Progress::catch_up(position, welcome.head));
     if position >= welcome.head {
         if let Err(err) = announce_ready(&client, dir, &mut ready, &caught_up).await {
             return Ok(SessionEnd::BusLost(err));
@@ -519,6 +522,9 @@ async fn session(
             unsaved = Some(event.seq);
             since_saved += 1;
             caught_up.applied += 1;
+            if let Some(progress) = &mut progress {
+                progress.advance(event.seq - caught_up.from, event.body.size.unwrap_or(0));
+            }
         }
         while in_flight.len() > IN_FLIGHT {
             if let Some(sent) = in_flight.pop_front() {
@@ -531,6 +537,9 @@ async fn session(
             since_saved = 0;
         }
         if event.seq >= welcome.head && !ready {
+            if let Some(progress) = progress.take() {
+                progress.finish();
+            }
             if let Err(err) = announce_ready(&client, dir, &mut ready, &caught_up).await {
                 return Ok(SessionEnd::BusLost(err));
             }

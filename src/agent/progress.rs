@@ -1,0 +1,46 @@
+//! Progress for long work, drawn on stderr only when it is a terminal (indicatif hides the
+//! bar otherwise, so journald and pipes get the lifecycle lines alone): a slave catching up
+//! with the log, a master's first scan of its directory.
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+/// One bar (or spinner) and the bytes it has counted.
+pub struct Progress {
+    bar: ProgressBar,
+    bytes: u64,
+}
+
+impl Progress {
+    /// A slave reading the log from `from` up to `head`, as it was when it joined.
+    pub fn catch_up(from: u64, head: u64) -> Progress {
+        let bar = ProgressBar::with_draw_target(Some(head - from), ProgressDrawTarget::stderr());
+        let style = ProgressStyle::with_template(
+            "catching up {bar:30} {pos}/{len} events, {msg} ({eta} left)",
+        );
+        bar.set_style(style.unwrap_or_else(|_| ProgressStyle::default_bar()));
+        Progress { bar, bytes: 0 }
+    }
+
+    /// A master comparing its directory with the log at start.
+    pub fn scan() -> Progress {
+        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+        let style =
+            ProgressStyle::with_template("{spinner} scanning: {pos} change(s) published, {msg}");
+        bar.set_style(style.unwrap_or_else(|_| ProgressStyle::default_spinner()));
+        bar.enable_steady_tick(std::time::Duration::from_millis(200));
+        Progress { bar, bytes: 0 }
+    }
+
+    /// The bar at `position` (events read, or changes published), `bytes` more of content.
+    pub fn advance(&mut self, position: u64, bytes: u64) {
+        self.bytes += bytes;
+        self.bar.set_position(position);
+        self.bar
+            .set_message(format!("{:.1} MiB", self.bytes as f64 / (1 << 20) as f64));
+    }
+
+    /// Removes the bar: the lifecycle line that follows says how it ended.
+    pub fn finish(self) {
+        self.bar.finish_and_clear();
+    }
+}
