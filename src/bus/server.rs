@@ -931,8 +931,8 @@ impl Handler {
                 }
             }
             Request::Status { id } => {
-                let shared = self.shared.clone();
-                match tokio::task::spawn_blocking(move || status(&shared)).await {
+                let (shared, asking) = (self.shared.clone(), self.session);
+                match tokio::task::spawn_blocking(move || status(&shared, asking)).await {
                     Ok(Ok(report)) => match serde_json::to_vec(&report) {
                         Ok(json) => reply_with_body(&Reply::Status { id }, json),
                         Err(err) => err_reply(id, err.to_string()),
@@ -1258,11 +1258,16 @@ async fn write_checkpoint(shared: &Arc<Shared>, last: u64) -> Result<(), String>
     .map_err(|err| err.to_string())
 }
 
-/// The status report (`status.rs`): the connected agents, every slave the log knows, how
-/// far behind each is (the log's tail read once, from the lowest position), the log's and
-/// the state's size.
-fn status(shared: &Arc<Shared>) -> std::io::Result<StatusReport> {
-    let connected: Vec<Connected> = lock(&shared.sessions).agents.values().cloned().collect();
+/// The status report (`status.rs`): the connected agents (but the one asking), every slave
+/// the log knows, how far behind each is (the log's tail read once, from the lowest
+/// position), the log's and the state's size.
+fn status(shared: &Arc<Shared>, asking: u64) -> std::io::Result<StatusReport> {
+    let connected: Vec<Connected> = lock(&shared.sessions)
+        .agents
+        .iter()
+        .filter(|(session, _)| **session != asking)
+        .map(|(_, agent)| agent.clone())
+        .collect();
     let (mut agents, start, head, ranges) = {
         let ledger = lock(&shared.ledger);
         let rules = &ledger.rules;

@@ -129,7 +129,8 @@ impl StatusReport {
         );
         for agent in &self.agents {
             let state = if agent.connected { "connected" } else { "away" };
-            out.push_str(&format!("{:<8} {:<16} {state:<9}", agent.role, agent.name));
+            let role = agent.role.to_string();
+            out.push_str(&format!("{role:<8} {:<16} {state:<9}", agent.name));
             if agent.role == Role::Slave {
                 out.push_str(&format!(
                     " at #{}, {} notifies ({}) behind, {} open error(s)",
