@@ -72,16 +72,21 @@ pub fn render(events: &[Event], report: Option<&Report>, unmet: &[String]) -> St
                 .collect()
         })
         .unwrap_or_default();
-    let row_of: HashMap<u64, usize> = events
+    let rows = plan_rows(events, &flagged);
+    // Where each drawn event is: its row.
+    let row_of: HashMap<u64, usize> = rows
         .iter()
         .enumerate()
-        .map(|(idx, e)| (e.seq, idx))
+        .filter_map(|(row, r)| match r {
+            Row::Event(idx) => Some((events[*idx].seq, row)),
+            Row::Gap(..) => None,
+        })
         .collect();
     let start = events
         .first()
         .and_then(|e| humantime::parse_rfc3339(&e.time).ok());
     let width = x + LABEL_ROOM;
-    let height = TOP + ROW * events.len() + 20;
+    let height = TOP + ROW * rows.len() + 20;
 
     let mut svg = String::new();
     let _ = write!(
@@ -101,7 +106,24 @@ pub fn render(events: &[Event], report: Option<&Report>, unmet: &[String]) -> St
             escape(agent)
         );
     }
-    for (row, event) in events.iter().enumerate() {
+    let drawn = || {
+        rows.iter().enumerate().filter_map(|(row, r)| match r {
+            Row::Event(idx) => Some((row, &events[*idx])),
+            Row::Gap(..) => None,
+        })
+    };
+    for (row, r) in rows.iter().enumerate() {
+        let Row::Gap(first, last) = r else { continue };
+        let y = TOP + ROW * row + ROW / 2;
+        let _ = write!(
+            svg,
+            r##"<rect x="0" y="{}" width="{width}" height="{ROW}" fill="#f6f8fa"/><text x="8" y="{}" fill="#57606a" font-style="italic">… {}</text>"##,
+            y - ROW / 2,
+            y + 4,
+            escape(&gap_summary(&events[*first..=*last]))
+        );
+    }
+    for (row, event) in drawn() {
         let y = TOP + ROW * row + ROW / 2;
         if flagged.contains(&event.seq) {
             let _ = write!(
@@ -126,7 +148,7 @@ pub fn render(events: &[Event], report: Option<&Report>, unmet: &[String]) -> St
         );
     }
     // Arrows first, so dots and labels are drawn over them.
-    for (row, event) in events.iter().enumerate() {
+    for (row, event) in drawn() {
         let (Some(cause), Some(Tag::Consume | Tag::Error)) = (event.body.cause, event.body.tag)
         else {
             continue;
@@ -134,9 +156,10 @@ pub fn render(events: &[Event], report: Option<&Report>, unmet: &[String]) -> St
         let Some(&from_row) = row_of.get(&cause) else {
             continue;
         };
-        let Some(notify) = events.get(from_row) else {
+        let Some(Row::Event(notify_idx)) = rows.get(from_row) else {
             continue;
         };
+        let notify = &events[*notify_idx];
         let x1 = lane_x(&notify.agent);
         let x2 = lane_x(&event.agent);
         let y1 = TOP + ROW * from_row + ROW / 2;
@@ -150,7 +173,7 @@ pub fn render(events: &[Event], report: Option<&Report>, unmet: &[String]) -> St
             if red { "arrow-red" } else { "arrow" }
         );
     }
-    for (row, event) in events.iter().enumerate() {
+    for (row, event) in drawn() {
         let x = lane_x(&event.agent);
         let y = TOP + ROW * row + ROW / 2;
         let tag = event.body.tag.map(|t| t.as_str()).unwrap_or("?");
@@ -166,18 +189,17 @@ pub fn render(events: &[Event], report: Option<&Report>, unmet: &[String]) -> St
         } else {
             short
         };
+        // An error, or any event a violation names (a bad consume), is drawn red.
+        let bad = event.body.tag == Some(Tag::Error) || flagged.contains(&event.seq);
         let _ = writeln!(
             svg,
-            r##"<g><title>{}</title><circle cx="{x}" cy="{y}" r="5" fill="{}"/><text x="{}" y="{}" fill="{}" stroke="white" stroke-width="3" paint-order="stroke">{}</text></g>"##,
+            r##"<g id="e{}"><title>{}</title><circle cx="{x}" cy="{y}" r="5" fill="{}"/><text x="{}" y="{}" fill="{}" stroke="white" stroke-width="3" paint-order="stroke">{}</text></g>"##,
+            event.seq,
             escape(&event.to_line()),
-            color(event),
+            if bad { "#d1242f" } else { color(event) },
             x + 9,
             y + 4,
-            if event.body.tag == Some(Tag::Error) {
-                "#d1242f"
-            } else {
-                "#24292f"
-            },
+            if bad { "#d1242f" } else { "#24292f" },
             escape(&short)
         );
     }
@@ -199,12 +221,41 @@ pub fn render(events: &[Event], report: Option<&Report>, unmet: &[String]) -> St
             escape(&report.slaves.join(", "))
         );
         if !report.violations.is_empty() {
+            // The earliest first: what went wrong first usually explains what follows.
+            let mut violations: Vec<_> = report.violations.iter().collect();
+            violations.sort_by_key(|v| v.seqs.iter().min().copied().unwrap_or(u64::MAX));
             summary.push_str("<ul class=\"violations\">");
-            for violation in &report.violations {
-                let _ = write!(summary, "<li>{}</li>", escape(&violation.to_string()));
+            let more = violations.len().saturating_sub(LISTED);
+            for violation in violations.into_iter().take(LISTED) {
+                let links: Vec<String> = violation
+                    .seqs
+                    .iter()
+                    .take(8)
+                    .map(|seq| format!("<a href=\"#e{seq}\">#{seq}</a>"))
+                    .collect();
+                let _ = write!(
+                    summary,
+                    "<li>{} {}</li>",
+                    escape(&violation.to_string()),
+                    links.join(" ")
+                );
+            }
+            if more > 0 {
+                let _ = write!(
+                    summary,
+                    "<li>… and {more} more (`filesync check` lists them all)</li>"
+                );
             }
             summary.push_str("</ul>");
         }
+    }
+    summary.push_str(&counts_table(events));
+    if rows.len() < events.len() {
+        let _ = write!(
+            summary,
+            "<p>{} events: the first and last {EDGE}, and {AROUND} on each side of every event a violation names, are drawn; the rest is summarised in grey rows.</p>",
+            events.len()
+        );
     }
     if !unmet.is_empty() {
         summary
@@ -223,6 +274,8 @@ h1 {{ font-size: 18px; margin: 0 0 8px; }}
 .ok {{ color: #1a7f37; }} .bad {{ color: #d1242f; }}
 .violations li {{ background: #fff8c5; margin: 2px 0; padding: 2px 6px; font-family: ui-monospace, monospace; font-size: 12px; }}
 .legend span {{ margin-right: 14px; font-size: 12px; }}
+.counts {{ border-collapse: collapse; font-size: 12px; margin: 6px 0; }}
+.counts td, .counts th {{ border: 1px solid #d0d7de; padding: 2px 8px; text-align: right; }}
 .legend i {{ display: inline-block; width: 10px; height: 10px; border-radius: 5px; margin-right: 4px; }}
 </style></head><body>
 <h1>filesync event log</h1>
@@ -232,6 +285,120 @@ h1 {{ font-size: 18px; margin: 0 0 8px; }}
 </body></html>
 "##
     )
+}
+
+/// The violations listed in the summary, earliest first.
+const LISTED: usize = 25;
+/// Above this many events, only some are drawn (`plan_rows`).
+const DRAW_ALL: usize = 5000;
+/// Events drawn at each end of a long log.
+const EDGE: usize = 300;
+/// Events drawn on each side of one a violation names (or an error).
+const AROUND: usize = 15;
+/// At most this many windows around flagged events are drawn.
+const WINDOWS: usize = 100;
+
+/// One row of the picture: an event, or a run of events summarised (indices, inclusive).
+enum Row {
+    Event(usize),
+    Gap(usize, usize),
+}
+
+/// Which events are drawn: all of a short log; of a long one, both ends and a window around
+/// each flagged event and error, the runs between them summarised in one row each, so the
+/// page stays a few megabytes and quick to render whatever the log's length.
+fn plan_rows(events: &[Event], flagged: &HashSet<u64>) -> Vec<Row> {
+    if events.len() <= DRAW_ALL {
+        return (0..events.len()).map(Row::Event).collect();
+    }
+    let mut keep = vec![false; events.len()];
+    let n = events.len();
+    keep[..EDGE].iter_mut().for_each(|k| *k = true);
+    keep[n - EDGE..].iter_mut().for_each(|k| *k = true);
+    let centres = events
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| flagged.contains(&e.seq) || e.body.tag == Some(Tag::Error))
+        .map(|(idx, _)| idx)
+        .take(WINDOWS);
+    for idx in centres {
+        let (from, to) = (idx.saturating_sub(AROUND), (idx + AROUND).min(n - 1));
+        keep[from..=to].iter_mut().for_each(|k| *k = true);
+    }
+    let mut rows = Vec::new();
+    let mut idx = 0;
+    while idx < n {
+        if keep[idx] {
+            rows.push(Row::Event(idx));
+            idx += 1;
+            continue;
+        }
+        let first = idx;
+        while idx < n && !keep[idx] {
+            idx += 1;
+        }
+        rows.push(Row::Gap(first, idx - 1));
+    }
+    rows
+}
+
+/// One line for a run of events not drawn: their range and what they were.
+fn gap_summary(events: &[Event]) -> String {
+    let mut by_tag: BTreeMap<&str, usize> = BTreeMap::new();
+    for event in events {
+        *by_tag
+            .entry(event.body.tag.map(|t| t.as_str()).unwrap_or("?"))
+            .or_default() += 1;
+    }
+    let counts: Vec<String> = by_tag.iter().map(|(t, n)| format!("{n} {t}")).collect();
+    match (events.first(), events.last()) {
+        (Some(first), Some(last)) => format!(
+            "{} events not drawn, #{} to #{}: {}",
+            events.len(),
+            first.seq,
+            last.seq,
+            counts.join(", ")
+        ),
+        _ => String::new(),
+    }
+}
+
+/// Per agent, how many events of each tag: the summary's table.
+fn counts_table(events: &[Event]) -> String {
+    let tags = [
+        Tag::Join,
+        Tag::Ready,
+        Tag::Notify,
+        Tag::Consume,
+        Tag::Error,
+        Tag::Leave,
+    ];
+    let mut counts: BTreeMap<&str, [usize; 6]> = BTreeMap::new();
+    for event in events {
+        let row = counts.entry(&event.agent).or_default();
+        if let Some(i) = tags.iter().position(|t| Some(*t) == event.body.tag) {
+            row[i] += 1;
+        }
+    }
+    let mut table = String::from("<table class=\"counts\"><tr><th>agent</th>");
+    for tag in tags {
+        let _ = write!(table, "<th>{}</th>", tag.as_str());
+    }
+    table.push_str("</tr>");
+    for (agent, row) in counts {
+        let _ = write!(table, "<tr><td>{}</td>", escape(agent));
+        for (i, n) in row.iter().enumerate() {
+            let class = if i == 4 && *n > 0 {
+                " class=\"bad\""
+            } else {
+                ""
+            };
+            let _ = write!(table, "<td{class}>{n}</td>");
+        }
+        table.push_str("</tr>");
+    }
+    table.push_str("</table>");
+    table
 }
 
 #[cfg(test)]
@@ -266,5 +433,61 @@ mod tests {
             !html.contains("https://") && !html.contains("<script"),
             "self-contained, no fetches"
         );
+    }
+
+    /// A log of `pairs` files put and consumed, one consume of which (the middle one)
+    /// names the wrong content.
+    fn long_log(pairs: usize) -> Vec<Event> {
+        let sha = "5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03";
+        let bad = "0000000000000000000000000000000000000000000000000000000000000000";
+        let mut lines = vec![
+            r#"{"seq":1,"time":"2026-11-22T00:41:16.005372Z","agent":"master","tag":"join","role":"master"}"#.to_owned(),
+            r#"{"seq":2,"time":"2026-11-22T00:41:16.009656Z","agent":"master","tag":"ready"}"#.to_owned(),
+            r#"{"seq":3,"time":"2026-11-22T00:41:16.508567Z","agent":"slave","tag":"join","role":"slave"}"#.to_owned(),
+            r#"{"seq":4,"time":"2026-11-22T00:41:16.509463Z","agent":"slave","tag":"ready"}"#.to_owned(),
+        ];
+        for i in 0..pairs {
+            let notify = lines.len() + 1;
+            let time = "2026-11-22T00:41:17.009042Z";
+            lines.push(format!(r#"{{"seq":{notify},"time":"{time}","agent":"master","tag":"notify","op":"put","path":"f{i}","kind":"file","size":6,"sha256":"{sha}","mode":420}}"#));
+            let got = if i == pairs / 2 { bad } else { sha };
+            lines.push(format!(r#"{{"seq":{},"time":"{time}","agent":"slave","tag":"consume","op":"put","path":"f{i}","kind":"file","size":6,"sha256":"{got}","mode":420,"cause":{notify}}}"#, notify + 1));
+        }
+        lines
+            .iter()
+            .map(|l| Event::parse(l).expect("event"))
+            .collect()
+    }
+
+    #[test]
+    fn a_long_log_stays_small_summarised_around_what_went_wrong() {
+        for pairs in [2_500, 50_000] {
+            let events = long_log(pairs);
+            let report = check_log(&events, CheckOptions::default());
+            assert!(!report.is_ok());
+            let html = render(&events, Some(&report), &[]);
+            // Bounded whatever the length: both ends, the window around the bad consume.
+            assert!(
+                html.len() < 1_500_000,
+                "{} bytes for {pairs} pairs",
+                html.len()
+            );
+            assert!(html.contains("events not drawn"), "gaps are summarised");
+            let bad_seq = 4 + 2 * (pairs / 2) + 2;
+            // The violation links to its event, which is drawn, and drawn red.
+            assert!(html.contains(&format!("<a href=\"#e{bad_seq}\">")));
+            let drawn = format!("<g id=\"e{bad_seq}\">");
+            let at = html
+                .find(&drawn)
+                .unwrap_or_else(|| panic!("#{bad_seq} not drawn"));
+            assert!(html[at..at + 600].contains("fill=\"#d1242f\""));
+            // The summary counts every event, drawn or not.
+            assert!(html.contains(&format!("<td>{pairs}</td>")));
+        }
+        // A short log is drawn whole.
+        let events = long_log(100);
+        let html = render(&events, None, &[]);
+        assert!(!html.contains("events not drawn"));
+        assert_eq!(html.matches("<g id=").count(), events.len());
     }
 }
