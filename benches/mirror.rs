@@ -143,17 +143,6 @@ fn write_noise(path: &Path, len: usize, seed: u64) {
     file.into_inner().expect("flush").sync_all().expect("sync");
 }
 
-/// Bytes under `dir`, recursively (a bus's state).
-fn du(dir: &Path) -> u64 {
-    walkdir::WalkDir::new(dir)
-        .into_iter()
-        .filter_map(Result::ok)
-        .filter_map(|e| e.metadata().ok())
-        .filter(|m| m.is_file())
-        .map(|m| m.len())
-        .sum()
-}
-
 fn write_closed(path: &Path, data: &[u8]) {
     let mut file = fs::File::create(path).expect("create");
     file.write_all(data).expect("write");
@@ -568,7 +557,7 @@ fn moved(c: &Cluster, path: &str, state_before: u64) -> String {
     };
     let uploaded = last(filesync::event::Tag::Notify).and_then(|e| e.body.uploaded);
     let fetched = last(filesync::event::Tag::Consume).and_then(|e| e.body.fetched);
-    let grew = du(&c.master_state()).saturating_sub(state_before);
+    let grew = filesync::state::dir_bytes(&c.master_state()).saturating_sub(state_before);
     format!(
         "up {} / fetched {} / stored {}",
         uploaded.map(mib).unwrap_or_default(),
@@ -623,7 +612,7 @@ async fn w7_w8(rows: &mut Vec<Row>, insert: bool) {
             os(&rsync_target),
         ],
     );
-    let state_before = du(&c.master_state());
+    let state_before = filesync::state::dir_bytes(&c.master_state());
     let started = Instant::now();
     fs::rename(&edited, &path).expect("move in");
     c.events
@@ -660,7 +649,7 @@ async fn w9(rows: &mut Vec<Row>) {
         .expect(Pattern::consume().by("slave").put().path("log.bin"))
         .await
         .expect("mirrored");
-    let state_before = du(&c.master_state());
+    let state_before = filesync::state::dir_bytes(&c.master_state());
     let started = Instant::now();
     let (mut uploaded, mut fetched) = (0u64, 0u64);
     for i in 0..100u32 {
@@ -692,7 +681,7 @@ async fn w9(rows: &mut Vec<Row>) {
             .unwrap_or(0);
     }
     let took = started.elapsed();
-    let grew = du(&c.master_state()).saturating_sub(state_before);
+    let grew = filesync::state::dir_bytes(&c.master_state()).saturating_sub(state_before);
     rows.push(Row {
         id: "W9".into(),
         workload: "100 B appended to 100 MiB, 100 times".into(),
@@ -711,8 +700,10 @@ async fn w9(rows: &mut Vec<Row>) {
 
 /// R1 and R2: the churn scenario (`fixtures/scenarios/churn.json`) for `minutes`, keeping
 /// `window` of history, the large file rewritten every 400 ms (5 MiB/s of new bytes), and
-/// the collector's grace and interval short enough for the bound to mean something (with
-/// the default grace of an hour, an hour of churn waits to be collected).
+/// the collector's grace and interval short enough for the bound to mean something: the
+/// state holds every unique byte of the last grace + interval, and this churn makes 15 to
+/// 25 MiB of them a second (measured: a 2 s grace with a 1 s interval peaked at 129 MiB
+/// for a 17 MiB tree; see docs/BENCHMARKS.md).
 async fn r1_r2(rows: &mut Vec<Row>, id: &str, window: &str, minutes: f64) {
     use filesync::testkit::scenario;
     let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/scenarios/churn.json");
@@ -721,9 +712,9 @@ async fn r1_r2(rows: &mut Vec<Row>, id: &str, window: &str, minutes: f64) {
         "--keep-history",
         window,
         "--gc-interval",
-        "1s",
+        "500ms",
         "--gc-grace",
-        "2s",
+        "1s",
     ]
     .iter()
     .map(|a| a.to_string())

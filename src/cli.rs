@@ -465,15 +465,22 @@ pub struct BusArgs {
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// The bus to ask (HOST:PORT).
-    #[arg(long, default_value = "127.0.0.1:7878")]
-    pub bus: String,
     /// Print the report as one JSON object (with `health` and `reasons`).
     #[arg(long)]
     pub json: bool,
     /// A connected slave more than this many notifies behind makes the status "lagging".
     #[arg(long, value_name = "N", default_value_t = 100)]
     pub max_lag: u64,
+    #[command(flatten)]
+    pub reader: ReaderArgs,
+}
+
+/// How a reader of the bus (`listen`, `status`) reaches it: address, secret, TLS.
+#[derive(Debug, Args)]
+pub struct ReaderArgs {
+    /// The bus (HOST:PORT).
+    #[arg(long, default_value = "127.0.0.1:7878")]
+    pub bus: String,
     #[command(flatten)]
     pub token: TokenArgs,
     #[command(flatten)]
@@ -483,11 +490,24 @@ pub struct StatusArgs {
     pub state: Option<PathBuf>,
 }
 
+impl ReaderArgs {
+    /// The hello and TLS settings to connect with, as a listener named `name` that leaves
+    /// no `join` unless `announce`.
+    pub fn hello(
+        &self,
+        name: &str,
+        announce: bool,
+    ) -> anyhow::Result<(crate::bus::Hello, Option<crate::bus::tls::ClientTls>)> {
+        let tls = self.bus_id.reader_tls(&self.bus, self.state.as_deref())?;
+        let mut hello =
+            crate::bus::Hello::new(crate::event::Role::Listener, name, self.token.secret()?);
+        hello.quiet = !announce;
+        Ok((hello, tls))
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct ListenArgs {
-    /// The bus to listen to (HOST:PORT).
-    #[arg(long, default_value = "127.0.0.1:7878")]
-    pub bus: String,
     /// First seq to print (default: from now on; 1 for the whole log).
     #[arg(long)]
     pub from: Option<u64>,
@@ -517,19 +537,7 @@ pub struct ListenArgs {
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
-    pub token: TokenArgs,
-    #[command(flatten)]
-    pub bus_id: BusIdArgs,
-    /// Where the listener's identity lives, for TLS (default: the `listener` state).
-    #[arg(long, value_name = "SDIR")]
-    pub state: Option<PathBuf>,
-}
-
-impl ListenArgs {
-    /// Checks the bus's address, and loads our identity when the bus is reached over TLS.
-    pub fn client_tls(&self) -> anyhow::Result<Option<crate::bus::tls::ClientTls>> {
-        self.bus_id.reader_tls(&self.bus, self.state.as_deref())
-    }
+    pub reader: ReaderArgs,
 }
 
 #[derive(Debug, Args)]
@@ -854,11 +862,9 @@ fn bus_state(state: Option<PathBuf>) -> PathBuf {
 }
 
 async fn run_status(args: StatusArgs) -> anyhow::Result<i32> {
-    let tls = args.bus_id.reader_tls(&args.bus, args.state.as_deref())?;
-    let mut hello =
-        crate::bus::Hello::new(crate::event::Role::Listener, "status", args.token.secret()?);
-    hello.quiet = true;
-    let (client, _) = crate::bus::BusClient::connect_with(&args.bus, hello, tls.as_ref()).await?;
+    let (hello, tls) = args.reader.hello("status", false)?;
+    let (client, _) =
+        crate::bus::BusClient::connect_with(&args.reader.bus, hello, tls.as_ref()).await?;
     let report = client.status().await?;
     let (health, reasons) = report.health(args.max_lag);
     if args.json {

@@ -8,9 +8,9 @@ use anyhow::Context;
 use filesync_master::ignore::IgnoreRules;
 use filesync_master::RelPath;
 
-use crate::bus::{BusClient, ClientError, Hello, Subscription};
+use crate::bus::{BusClient, ClientError, Subscription};
 use crate::cli::{shutdown_signal, ListenArgs};
-use crate::event::{EntryKind, Event, Op, Role, Tag};
+use crate::event::{EntryKind, Event, Op, Tag};
 
 /// One readable line: time of day, seq, tag, agent, op, path, and cause or error.
 pub fn format_line(event: &Event) -> String {
@@ -82,10 +82,9 @@ const RECONNECT_EVERY: Duration = Duration::from_millis(500);
 
 pub async fn run(args: ListenArgs) -> anyhow::Result<i32> {
     let filter = Filter::new(&args)?;
-    let tls = args.client_tls()?;
-    let mut hello = Hello::new(Role::Listener, "listener", args.token.secret()?);
-    hello.quiet = !args.announce;
-    let (client, welcome) = BusClient::connect_with(&args.bus, hello.clone(), tls.as_ref()).await?;
+    let (hello, tls) = args.reader.hello("listener", args.announce)?;
+    let bus = &args.reader.bus;
+    let (client, welcome) = BusClient::connect_with(bus, hello.clone(), tls.as_ref()).await?;
     let mut subscription = Subscription::new(client, args.from.unwrap_or(welcome.head + 1));
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
@@ -114,13 +113,12 @@ pub async fn run(args: ListenArgs) -> anyhow::Result<i32> {
                 let from = subscription.position();
                 eprintln!(
                     "filesync listen: lost the bus at {} ({err}); reconnecting",
-                    args.bus
+                    bus
                 );
                 let reconnect = async {
                     loop {
                         tokio::time::sleep(RECONNECT_EVERY).await;
-                        match BusClient::connect_with(&args.bus, hello.clone(), tls.as_ref()).await
-                        {
+                        match BusClient::connect_with(bus, hello.clone(), tls.as_ref()).await {
                             Ok((client, _)) => break Ok(client),
                             Err(err) if err.is_connection() => continue,
                             Err(err) => break Err(err),

@@ -207,6 +207,18 @@ pub fn check_creatable(path: &Path, what: &str) -> anyhow::Result<()> {
     }
 }
 
+/// The bytes of the files under `dir`, recursively (a state directory's size, for
+/// `status`, the scenarios' `expect.state` and the benches); what cannot be read counts 0.
+pub fn dir_bytes(dir: &Path) -> u64 {
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter_map(|e| e.metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

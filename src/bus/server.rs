@@ -47,7 +47,7 @@ use crate::checkpoint::{self, Snapshot};
 use crate::event::{Draft, Event, Role, Tag};
 use crate::identity::Identity;
 use crate::rules::{Connected, Place, Refusal, Rules};
-use crate::state::StateDir;
+use crate::state::{dir_bytes, StateDir};
 
 /// At most this many agents connected at once ...
 const MAX_AGENTS: usize = 1024;
@@ -1323,22 +1323,13 @@ fn status(shared: &Arc<Shared>, asking: u64) -> std::io::Result<StatusReport> {
         (agent.behind, agent.behind_bytes) = backlog.behind(agent.answered);
     }
     agents.sort_by(|a, b| (a.role, &a.name).cmp(&(b.role, &b.name)));
-    let size_of = |dir: &Path| -> u64 {
-        walkdir::WalkDir::new(dir)
-            .into_iter()
-            .filter_map(Result::ok)
-            .filter_map(|e| e.metadata().ok())
-            .filter(|m| m.is_file())
-            .map(|m| m.len())
-            .sum()
-    };
     let log_bytes = std::fs::metadata(&shared.log_path).map_or(0, |m| m.len())
-        + size_of(&shared.state_dir.join("log"));
+        + dir_bytes(&shared.state_dir.join("log"));
     Ok(StatusReport {
         start,
         head,
         log_bytes,
-        state_bytes: size_of(&shared.state_dir),
+        state_bytes: dir_bytes(&shared.state_dir),
         agents,
     })
 }

@@ -16,6 +16,7 @@ use super::actions::{self, ActionCtx};
 use super::format::{ActionSpec, Scenario};
 use crate::check::CheckOptions;
 use crate::event::{Event, Tag};
+use crate::state::dir_bytes;
 use crate::testkit::Cluster;
 
 /// Per action: what happened.
@@ -135,17 +136,6 @@ impl SizeWatch {
         self.stop.cancel();
         self.task.await.unwrap_or_default()
     }
-}
-
-/// The bytes of the files under `dir`.
-pub fn dir_bytes(dir: &Path) -> u64 {
-    walkdir::WalkDir::new(dir)
-        .into_iter()
-        .filter_map(Result::ok)
-        .filter_map(|e| e.metadata().ok())
-        .filter(|m| m.is_file())
-        .map(|m| m.len())
-        .sum()
 }
 
 /// `expect.state`: every sample from `second_half` seconds on (and the last, taken once
