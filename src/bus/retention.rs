@@ -43,6 +43,20 @@ impl Default for Retention {
     }
 }
 
+/// How many segments a history window is cut into by age. Only whole segments are
+/// removed, and one can go only once its last event is older than the window: with
+/// segments as old as the window itself, the log and the content it names grew to twice
+/// the window before dropping back (R2 in docs/BENCHMARKS.md: 7.7 GB after 8 minutes with
+/// a 3-minute window); with eight, to one and an eighth.
+pub const SEGMENTS_PER_WINDOW: u32 = 8;
+
+impl Retention {
+    /// The age at which the bus closes the log's newest segment (`EventLog::rotate_if_older`).
+    pub fn segment_age(&self) -> Duration {
+        self.keep_history / SEGMENTS_PER_WINDOW
+    }
+}
+
 /// The first `seq` the bus must keep: see the module docs. `newest_checkpoint` is the
 /// highest `seq` a checkpoint holds; `connected` names the slaves connected now (waited
 /// for whatever the window); `oldest_read` is the lowest `seq` a connected reader (any

@@ -353,7 +353,7 @@ async fn keep(shared: Arc<Shared>) {
         let _one_at_a_time = shared.retaining.lock().await;
         let closed = lock(&shared.ledger)
             .log
-            .rotate_if_older(shared.retention.keep_history);
+            .rotate_if_older(shared.retention.segment_age());
         match closed {
             Ok(Some(last)) => {
                 if let Err(err) = write_checkpoint(&shared, last).await {
