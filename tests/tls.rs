@@ -225,3 +225,23 @@ async fn tls12_only_handshake(addr: &str) -> std::io::Result<()> {
     let name = rustls::pki_types::ServerName::try_from("filesync").expect("name");
     connector.connect(name, stream).await.map(|_| ())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_peer_on_a_plain_bus_is_one_line_on_each_side() {
+    let mut c = crate::util::cluster("tls-on-plain", 1).await;
+    let id = bus_id(&c).to_string();
+    let (code, stderr) = slave(&c, "eager", &["--bus-id", &id]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        one_line(&stderr).contains("is it started with TLS (--tls or --peer)?"),
+        "{stderr}"
+    );
+    must(c.master_says("it speaks TLS to this plain bus", Duration::from_secs(10)));
+    // The plain mirror goes on.
+    fs::write(c.master_dir().join("after.txt"), "still here").expect("write");
+    must(
+        c.events
+            .expect(Pattern::consume().by("slave").put().path("after.txt"))
+            .await,
+    );
+}
