@@ -13,22 +13,9 @@ use filesync::event::Event;
 use filesync::testkit::{Cluster, Pattern};
 
 use crate::util::{cluster, must};
+use filesync::testkit::noise;
 
 const MIB: u64 = 1 << 20;
-
-/// Bytes that look random to the chunker (so that cuts fall by content, as in real files).
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        out.extend_from_slice(&state.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
 
 /// Writes `data` beside the master directory and renames it in, so the master sees the
 /// whole new version at once (a save through a temporary name inside the directory would

@@ -12,19 +12,7 @@ use filesync::check::CheckOptions;
 use filesync::testkit::{Cluster, Exit, Pattern};
 
 use crate::util::{bin, cluster, must};
-
-/// `n` bytes that differ with `seed` (xorshift), so that chunks are not shared by chance.
-fn noise(n: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
-}
+use filesync::testkit::noise;
 
 fn sha(bytes: &[u8]) -> String {
     filesync_master::hash::sha256_hex(bytes)

@@ -12,6 +12,7 @@ use filesync::check::CheckOptions;
 use filesync::event::Role;
 use filesync::testkit::{Cluster, EventStream, Pattern, Proc};
 
+use crate::bus_input::still_works;
 use crate::util::{bin, cluster, must};
 
 /// Runs `filesync ARGS` to its end (it is expected to be refused quickly).
@@ -105,12 +106,7 @@ async fn a_live_slaves_name_is_its_own() {
         !dir.exists() && !state.exists(),
         "a refused start creates nothing"
     );
-    fs::write(c.master_dir().join("after.txt"), "x").expect("write");
-    must(
-        c.events
-            .expect(Pattern::consume().by("slave").put().path("after.txt"))
-            .await,
-    );
+    still_works(&mut c, "after.txt").await;
     must(c.settle().await);
     c.assert_checks(CheckOptions::default());
 }

@@ -16,6 +16,7 @@ use filesync::event::Role;
 use filesync::identity::{Identity, PeerId};
 use filesync::testkit::{Cluster, Pattern};
 
+use crate::bus_input::still_works;
 use crate::util::{bin, must};
 
 async fn tls_cluster(label: &str) -> Cluster {
@@ -148,12 +149,7 @@ async fn every_refusal_is_one_clear_line_and_the_bus_serves_its_slave_after() {
     );
 
     // Through all that, the bus went on serving its slave.
-    fs::write(c.master_dir().join("after.txt"), "still here").expect("write");
-    must(
-        c.events
-            .expect(Pattern::consume().by("slave").put().path("after.txt"))
-            .await,
-    );
+    still_works(&mut c, "after.txt").await;
     must(c.settle().await);
     c.assert_checks(CheckOptions::default());
 }
@@ -238,10 +234,5 @@ async fn a_tls_peer_on_a_plain_bus_is_one_line_on_each_side() {
     );
     must(c.master_says("it speaks TLS to this plain bus", Duration::from_secs(10)));
     // The plain mirror goes on.
-    fs::write(c.master_dir().join("after.txt"), "still here").expect("write");
-    must(
-        c.events
-            .expect(Pattern::consume().by("slave").put().path("after.txt"))
-            .await,
-    );
+    still_works(&mut c, "after.txt").await;
 }

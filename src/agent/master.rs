@@ -131,8 +131,9 @@ async fn session(
     // The chunks of the large file the worker is reading, on their way to the bus.
     let mut upload: Option<ChunkUpload> = None;
     // The first scan's progress, until the master is ready.
-    let mut scanning = Some(Progress::scan());
-    let mut published = 0u64;
+    let mut scanning = Progress::scan();
+    // Changes published before the master is ready: what its ready line counts.
+    let mut at_start = Some(0u64);
     let end = loop {
         let msg = tokio::select! {
             biased;
@@ -149,13 +150,15 @@ async fn session(
         };
         let result = match msg {
             Some(WorkerMsg::Change(observed)) => {
-                if let Some(progress) = &mut scanning {
-                    published += 1;
-                    let bytes = match &observed.change {
-                        Change::Put { entry, .. } => entry.size,
-                        _ => 0,
-                    };
-                    progress.advance(published, bytes);
+                if let Some(published) = &mut at_start {
+                    *published += 1;
+                    if let Some(progress) = &mut scanning {
+                        let bytes = match &observed.change {
+                            Change::Put { entry, .. } => entry.size,
+                            _ => 0,
+                        };
+                        progress.advance(*published, bytes);
+                    }
                 }
                 let chunks = upload.take();
                 publish_change(&client, observed, chunks, &retry_tx, &mut in_flight).await
@@ -174,6 +177,7 @@ async fn session(
                     if let Some(progress) = scanning.take() {
                         progress.finish();
                     }
+                    let published = at_start.take().unwrap_or(0);
                     tracing::info!(
                         target: super::LIFECYCLE,
                         "master ready: watching {} ({published} change(s) published at start)",

@@ -11,24 +11,31 @@ pub struct Progress {
 }
 
 impl Progress {
-    /// A slave reading the log from `from` up to `head`, as it was when it joined.
-    pub fn catch_up(from: u64, head: u64) -> Progress {
+    /// A slave reading the log from `from` up to `head`, as it was when it joined; `None`
+    /// off a terminal, so that the hot path pays nothing there.
+    pub fn catch_up(from: u64, head: u64) -> Option<Progress> {
+        if head <= from || !on_terminal() {
+            return None;
+        }
         let bar = ProgressBar::with_draw_target(Some(head - from), ProgressDrawTarget::stderr());
         let style = ProgressStyle::with_template(
             "catching up {bar:30} {pos}/{len} events, {msg} ({eta} left)",
         );
         bar.set_style(style.unwrap_or_else(|_| ProgressStyle::default_bar()));
-        Progress { bar, bytes: 0 }
+        Some(Progress { bar, bytes: 0 })
     }
 
-    /// A master comparing its directory with the log at start.
-    pub fn scan() -> Progress {
+    /// A master comparing its directory with the log at start; `None` off a terminal.
+    pub fn scan() -> Option<Progress> {
+        if !on_terminal() {
+            return None;
+        }
         let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
         let style =
             ProgressStyle::with_template("{spinner} scanning: {pos} change(s) published, {msg}");
         bar.set_style(style.unwrap_or_else(|_| ProgressStyle::default_spinner()));
         bar.enable_steady_tick(std::time::Duration::from_millis(200));
-        Progress { bar, bytes: 0 }
+        Some(Progress { bar, bytes: 0 })
     }
 
     /// The bar at `position` (events read, or changes published), `bytes` more of content.
@@ -43,4 +50,10 @@ impl Progress {
     pub fn finish(self) {
         self.bar.finish_and_clear();
     }
+}
+
+/// Whether bars are drawn at all: stderr is a terminal (indicatif would hide them
+/// otherwise, after formatting every update).
+fn on_terminal() -> bool {
+    std::io::IsTerminal::is_terminal(&std::io::stderr())
 }

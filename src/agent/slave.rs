@@ -417,8 +417,7 @@ async fn session(
         from: position,
         applied: 0,
     };
-    let mut progress =
-        (welcome.head > position).then(|| Progress::catch_up(position, welcome.head));
+    let mut progress = Progress::catch_up(position, welcome.head);
     if position >= welcome.head {
         if let Err(err) = announce_ready(&client, dir, &mut ready, &caught_up).await {
             return Ok(SessionEnd::BusLost(err));

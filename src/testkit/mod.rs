@@ -30,3 +30,18 @@ pub use pattern::Pattern;
 pub use plan::{Exit, Plan, PlanError, ProcId};
 pub use process::{Proc, TestDir};
 pub use runner::{Checkpoint, Runner, RunnerError};
+
+/// `len` bytes that look random to the chunker, the same for the same `seed` (xorshift64):
+/// content that shares no chunk with other content by chance, for tests and benches.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        out.extend_from_slice(&state.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
