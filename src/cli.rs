@@ -75,6 +75,11 @@ pub enum Command {
         after_help = "Examples:\n  filesync listen\n  filesync listen --from 1 --until-quiet 1 --json > copy.jsonl\n  filesync listen --tag consume --tag error --agent slave --path '*.txt'"
     )]
     Listen(ListenArgs),
+    /// Write a bus's event log to stdout as the same JSON lines, up to its head when asked.
+    #[command(
+        after_help = "Examples:\n  filesync export > events.jsonl && filesync check events.jsonl\n  filesync export --bus 10.0.0.5:7878 --bus-id BUS-ID > events.jsonl"
+    )]
+    Export(ExportArgs),
     /// Validate an event log offline; exit 0 when it holds, 1 with a report when not.
     #[command(
         after_help = "Examples:\n  filesync check events.jsonl\n  filesync check events.jsonl --dir /backup/src --html timeline.html"
@@ -507,6 +512,12 @@ impl ReaderArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    pub reader: ReaderArgs,
+}
+
+#[derive(Debug, Args)]
 pub struct ListenArgs {
     /// First seq to print (default: from now on; 1 for the whole log).
     #[arg(long)]
@@ -654,6 +665,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             bus.serve(listener, shutdown_signal()).await.map(|()| 0)
         }
         Command::Listen(args) => crate::listen::run(args).await,
+        Command::Export(args) => crate::listen::export(args).await,
         Command::Check(args) => run_check(args),
         Command::Gc(args) => run_gc(args),
         Command::Id(args) => run_id(args),

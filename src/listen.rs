@@ -1,4 +1,5 @@
-//! `filesync listen`: the event log, live, one readable line per event (or raw JSON).
+//! `filesync listen`: the event log, live, one readable line per event (or raw JSON); and
+//! `filesync export`: the log as it stands, its lines unchanged, for `filesync check`.
 
 use std::io::Write;
 
@@ -9,7 +10,7 @@ use filesync_master::ignore::IgnoreRules;
 use filesync_master::RelPath;
 
 use crate::bus::{BusClient, ClientError, Subscription};
-use crate::cli::{shutdown_signal, ListenArgs};
+use crate::cli::{shutdown_signal, ExportArgs, ListenArgs};
 use crate::event::{EntryKind, Event, Op, Tag};
 
 /// One readable line: time of day, seq, tag, agent, op, path, and cause or error.
@@ -152,6 +153,37 @@ pub async fn run(args: ListenArgs) -> anyhow::Result<i32> {
             return Ok(0);
         }
     }
+}
+
+/// Writes the bus's log from its start to its head when we joined, unchanged, and ends.
+/// A truncated log starts later than 1: stderr says so, as `check` would need its
+/// checkpoint (on the bus's machine) to judge what came before.
+pub async fn export(args: ExportArgs) -> anyhow::Result<i32> {
+    let (hello, tls) = args.reader.hello("export", false)?;
+    let (client, welcome) = BusClient::connect_with(&args.reader.bus, hello, tls.as_ref()).await?;
+    if welcome.start > 1 {
+        eprintln!(
+            "filesync export: the log starts at #{} (retention removed what came before; its checkpoint is on the bus's machine)",
+            welcome.start
+        );
+    }
+    let mut subscription = Subscription::new(client, welcome.start);
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    while subscription.position() <= welcome.head {
+        let event = match subscription.next().await {
+            Err(ClientError::Truncated { start }) => anyhow::bail!(
+                "retention removed events #{} to #{} while they were exported; export again",
+                subscription.position(),
+                start - 1
+            ),
+            event => event?,
+        };
+        if writeln!(out, "{}", event.to_line()).is_err() {
+            return Ok(0);
+        }
+    }
+    out.flush().context("cannot write the log")?;
+    Ok(0)
 }
 
 /// Each of `values` (a repeated `--what`) as a `T`.

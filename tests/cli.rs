@@ -186,6 +186,25 @@ async fn listen_ends_when_told_and_leaves_no_trace_unless_asked() {
     must(c.settle().await);
     let head = c.events.seen().last().map_or(0, |e| e.seq);
 
+    // export: the log as it stands, unchanged, and `check` accepts it.
+    let exported = Command::new(bin())
+        .args(["export", "--bus", &c.addr])
+        .output()
+        .expect("run export");
+    assert_eq!(exported.status.code(), Some(0), "{exported:?}");
+    let text = String::from_utf8_lossy(&exported.stdout).into_owned();
+    let log = fs::read_to_string(c.log_path()).expect("log");
+    let logged: Vec<&str> = log.lines().take(head as usize).collect();
+    assert_eq!(text.lines().collect::<Vec<_>>(), logged);
+    let copy = c.dir().join("exported.jsonl");
+    fs::write(&copy, &text).expect("write");
+    let checked = Command::new(bin())
+        .arg("check")
+        .arg(&copy)
+        .output()
+        .expect("run check");
+    assert_eq!(checked.status.code(), Some(0), "{checked:?}");
+
     // --to ends it; --tag repeats; `*.txt` matches at any depth, as in gitignore.
     let to = head.to_string();
     let args = [
@@ -242,6 +261,18 @@ async fn agents_say_each_step_of_their_life_in_one_plain_line() {
     let mut c = must(
         Cluster::builder(&bin(), "lifecycle")
             .agent_log(AgentLog::Default)
+            .prepare(|m| {
+                // Old enough that the master publishes it before it is ready (a file just
+                // written may still be being written: it is looked at again after a pause).
+                let path = m.join("before.txt");
+                fs::write(&path, "there at start").expect("write");
+                let hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+                fs::File::options()
+                    .write(true)
+                    .open(&path)
+                    .and_then(|f| f.set_modified(hour_ago))
+                    .expect("set mtime");
+            })
             .start()
             .await,
     );
@@ -252,10 +283,14 @@ async fn agents_say_each_step_of_their_life_in_one_plain_line() {
             .expect(Pattern::consume().by("slave").put().path("a.txt"))
             .await,
     );
-    must(c.master_says("master ready: watching ", t));
+    let ready = must(c.master_says("master ready: watching ", t));
+    assert!(
+        ready.contains("(1 change(s) published at start)"),
+        "{ready}"
+    );
     let connected = must(c.slave_says(0, "connected to the bus at ", t));
     assert!(connected.contains(" as slave slave "), "{connected}");
-    must(c.slave_says(0, "caught up: 0 change(s) applied after #0", t));
+    must(c.slave_says(0, "caught up: 1 change(s) applied after #0", t));
     // The master and its bus restart: the slave says it lost the bus, then that it is back.
     must(c.stop_master());
     must(c.start_master().await);
