@@ -9,7 +9,7 @@
 //! new can refer to it, and an upload of it spares it), then removes what is still doomed.
 //!
 //! Blobs that arrive whole and are at most [`PACK_MAX`] bytes (small files, and every chunk
-//! of a large one) skip the file and are appended to the store's [`Pack`] after the same
+//! of a large one) skip the file and are appended to the store's [`Packs`] after the same
 //! verification (see `pack.rs` for why). A manifest is content like any other; reading one
 //! back for the rules is [`crate::rules::Content::manifest`].
 
@@ -19,12 +19,13 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use filesync_master::chunk::Manifest;
 use filesync_master::hash::{ContentHash, PieceHasher, CHUNK_SIZE};
 use sha2::{Digest, Sha256};
 
-use super::pack::{compact_path, Compactor, Pack, PACK_MAX};
+use super::pack::{Packs, PACK_MAX};
 use crate::event::is_sha256;
 
 static UPLOAD_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -48,7 +49,7 @@ pub enum BlobError {
 #[derive(Debug)]
 pub struct BlobStore {
     dir: PathBuf,
-    pack: Mutex<Pack>,
+    pack: Mutex<Packs>,
     /// Blobs the collector is about to remove: reported absent meanwhile.
     doomed: Mutex<HashSet<[u8; 32]>>,
 }
@@ -58,7 +59,7 @@ pub struct BlobStore {
 pub struct Stored {
     pub address: ContentHash,
     pub size: u64,
-    /// In the pack (removed by compacting it) rather than a file of its own.
+    /// In a pack (removed with it or by repacking it) rather than a file of its own.
     pub packed: bool,
 }
 
@@ -70,12 +71,8 @@ pub struct Removed {
     pub bytes: u64,
 }
 
-/// The pack is compacted once the doomed records are at least this share of it (a
-/// compaction copies the rest), or at least `COMPACT_BYTES`.
-const COMPACT_SHARE: f64 = 0.2;
-const COMPACT_BYTES: u64 = 256 << 20;
-/// A compaction copies at most this many bytes a second while uploads go on.
-const COMPACT_PACE: u64 = 128 << 20;
+/// A repack copies at most this many bytes a second while uploads go on.
+const REPACK_PACE: u64 = 128 << 20;
 
 /// A blob being received; its address is known only at `commit`.
 pub struct Upload {
@@ -99,12 +96,11 @@ impl BlobStore {
         for entry in fs::read_dir(dir.join("tmp"))?.flatten() {
             let _ = fs::remove_file(entry.path());
         }
-        let pack_path = dir.join("small.pack");
-        // A compaction cut off by a crash: the pack it was copying is whole.
-        let _ = fs::remove_file(compact_path(&pack_path));
+        // Left by a compaction of the single pack of older versions, cut off by a crash.
+        let _ = fs::remove_file(dir.join("small.pack.compact"));
         Ok(BlobStore {
             dir: dir.to_path_buf(),
-            pack: Mutex::new(Pack::open(&pack_path)?),
+            pack: Mutex::new(Packs::open(dir)?),
             doomed: Mutex::new(HashSet::new()),
         })
     }
@@ -113,7 +109,7 @@ impl BlobStore {
     pub fn open_read_only(dir: &Path) -> io::Result<BlobStore> {
         Ok(BlobStore {
             dir: dir.to_path_buf(),
-            pack: Mutex::new(Pack::open_read_only(&dir.join("small.pack"))?),
+            pack: Mutex::new(Packs::open_read_only(dir)?),
             doomed: Mutex::new(HashSet::new()),
         })
     }
@@ -179,8 +175,8 @@ impl BlobStore {
         self.doomed().len()
     }
 
-    /// Removes every blob still doomed: files at once; the pack's records by compacting it,
-    /// when enough of it is doomed (otherwise they are spared, and wait for a later pass).
+    /// Removes every blob still doomed: files at once; packed records with their pack, when
+    /// enough of it is doomed (otherwise they are spared, and wait for a later pass).
     /// The doomed set is empty afterwards.
     pub fn remove_doomed(&self) -> io::Result<Removed> {
         let mut removed = Removed::default();
@@ -205,7 +201,7 @@ impl BlobStore {
                 Err(err) => return Err(err),
             }
         }
-        let compacted = self.compact();
+        let compacted = self.collect_packs();
         self.doomed().clear();
         let (blobs, bytes) = compacted?;
         removed.blobs += blobs;
@@ -213,53 +209,40 @@ impl BlobStore {
         Ok(removed)
     }
 
-    /// Compacts the pack without its doomed records, if they are worth it.
-    fn compact(&self) -> io::Result<(usize, u64)> {
-        let (doomed_bytes, size) = {
-            let pack = self.pack();
+    /// Collects the packs worth it (see `pack.rs`): their records not doomed are moved to
+    /// the newest pack, paced, then the packs go. Returns the records dropped and the bytes
+    /// freed.
+    fn collect_packs(&self) -> io::Result<(usize, u64)> {
+        let worth = {
+            let mut packs = self.pack();
             let doomed = self.doomed();
-            let records = pack.records()?;
-            let bytes: u64 = records
-                .iter()
-                .filter(|(a, _)| doomed.contains(a))
-                .map(|(_, len)| len + 36)
-                .sum();
-            (bytes, pack.size())
+            packs.survey(&doomed)
         };
-        let worth =
-            doomed_bytes as f64 >= size as f64 * COMPACT_SHARE || doomed_bytes >= COMPACT_BYTES;
-        if doomed_bytes == 0 || !worth {
+        if worth.is_empty() {
             return Ok((0, 0));
         }
-        let path = self.dir.join("small.pack");
-        let (file, end) = self.pack().snapshot()?;
-        let mut compactor = Compactor::new(&path, COMPACT_PACE)?;
-        let start = 16;
-        compactor.copy(&file, start, end, &mut |a| !self.doomed().contains(a), true)?;
-        let mut pack = self.pack();
-        let (_, now_end) = pack.snapshot()?;
-        compactor.copy(&file, end, now_end, &mut |_| true, false)?;
-        // Spared while the copy went on: copied after all.
-        let spared: Vec<(u64, u64)> = {
-            let doomed = self.doomed();
-            compactor
-                .dropped
-                .iter()
-                .filter(|(a, _, _)| !doomed.contains(a))
-                .map(|(_, offset, len)| (*offset, *len))
-                .collect()
-        };
-        for (offset, len) in &spared {
-            compactor.restore(&file, *offset, *len)?;
+        let began = Instant::now();
+        let mut moved = 0u64;
+        for &id in &worth {
+            let addresses = self.pack().records_in(id)?;
+            for address in addresses {
+                if self.doomed().contains(&address) {
+                    continue;
+                }
+                moved += self.pack().relocate(&address, id)?;
+                let due = Duration::from_secs_f64(moved as f64 / REPACK_PACE as f64);
+                if let Some(ahead) = due.checked_sub(began.elapsed()) {
+                    std::thread::sleep(ahead);
+                }
+            }
         }
-        let dropped = compactor.dropped.len() - spared.len();
-        super::crash::point("pack-copied");
-        let freed = compactor.finish(&mut pack, &path)?;
-        Ok((dropped, freed))
+        let mut packs = self.pack();
+        let doomed = self.doomed();
+        packs.retire(&worth, &doomed)
     }
 
-    fn pack(&self) -> MutexGuard<'_, Pack> {
-        // The pack's state stays consistent even if a holder panicked: every change to it is
+    fn pack(&self) -> MutexGuard<'_, Packs> {
+        // The packs' state stays consistent even if a holder panicked: every change to it is
         // a complete append or none.
         self.pack
             .lock()
@@ -522,11 +505,7 @@ mod tests {
             store.read(&small, 0, 100).expect("read"),
             (b"small".to_vec(), true)
         );
-        let pack_size = || {
-            fs::metadata(dir.path().join("small.pack"))
-                .expect("pack")
-                .len()
-        };
+        let pack_size = || store.pack().size();
         let before = pack_size();
         store.put_whole(&small, b"small").expect("put again");
         assert_eq!(pack_size(), before, "a duplicate is not appended twice");

@@ -7,7 +7,8 @@
 //! is on disk, nothing truncated yet), `header-written` (the new first segment names its
 //! checkpoint, older segments still there), `segments-removed` (before old checkpoints go),
 //! `blobs-doomed` (due content reported absent, nothing removed), `pack-copied` (the
-//! compacted pack written beside the old one, not renamed), `blobs-removed` (before the
+//! live records of the packs being collected moved to the newest and made durable, the old
+//! packs not deleted), `blobs-removed` (before the
 //! pending list is saved).
 
 use std::sync::OnceLock;

@@ -17,7 +17,8 @@
 //! lacks them, so no new notify can refer to them (a master that asked earlier is refused
 //! and uploads again), and an upload of one spares it. The bus then looks at the events
 //! appended since it computed the references and spares what they name, and only then
-//! removes what is still doomed: files at once, pack records by compacting the pack.
+//! removes what is still doomed: files at once, pack records with their pack (see
+//! `pack.rs`: a pack dead enough is deleted, its live records moved first).
 //!
 //! The bus runs a pass every `--gc-interval` (`server.rs`); `filesync gc` runs one on a
 //! stopped bus's state ([`collect_offline`]).

@@ -5,7 +5,7 @@
 //! - [`protocol`]: the messages, version 6.
 //! - [`log`]: the event log in segments: append, recover, read by `seq`, rotate, truncate.
 //! - [`retention`]: checkpoints at segment ends, and what of the log and checkpoints is kept.
-//! - [`blobs`]: content addressed by SHA-256; [`pack`]: the small ones, appended to one file.
+//! - [`blobs`]: content addressed by SHA-256; [`pack`]: the small ones, appended to packs.
 //! - [`follow`]: new large files' chunks announced as they are stored, for idle slaves.
 //! - [`gates`]: checkpoint gates that hold agents, on test buses only.
 //! - [`gc`]: content nothing retained refers to, removed after a grace period.

@@ -1,34 +1,53 @@
-//! `Pack`: small blobs appended to one file, `SDIR/blobs/small.pack`, instead of one file each.
+//! `Packs`: small blobs appended to pack files under `SDIR/blobs/packs/`, instead of one
+//! file each, and the packs' share of the collector's work.
 //!
-//! Why: a burst of small files is bound by inode creation, not by bytes. Profiling W2 (10,000
-//! files of 4 KiB) on ext4 showed most of both agents' time in the kernel's inode allocator
-//! (`ext4_create` → `find_inode_bit` → `recently_deleted`); a blob per file doubled the inodes
-//! `cp -a` creates. Appending to a pack costs a write instead.
+//! Why packs: a burst of small files is bound by inode creation, not by bytes. Profiling W2
+//! (10,000 files of 4 KiB) on ext4 showed most of both agents' time in the kernel's inode
+//! allocator (`ext4_create` → `find_inode_bit` → `recently_deleted`); a blob per file
+//! doubled the inodes `cp -a` creates. Appending to a pack costs a write instead.
 //!
-//! Format: a 16-byte header `filesync-pack-1\n`, then records of
-//! `[32-byte SHA-256][u32 little-endian length][content]`. Records are only appended, each in
-//! one `write` call, after the content was verified against its address. A record cut short by
-//! a crash is cut off when the pack is opened; nothing before it is affected.
+//! Why many packs: one pack could only be shrunk by copying all of its live part, so it was
+//! compacted rarely and a history window of gigabytes swung the store up to three times the
+//! window (R2 in docs/BENCHMARKS.md). Appends now go to the newest pack until it reaches
+//! [`PACK_TARGET`], as git's and restic's packs do; the collector deletes a pack whose
+//! records are all dead and repacks one that is at least [`REPACK_SHARE`] dead (its live
+//! records appended to the newest pack, made durable, then the old file deleted). Content
+//! dies roughly in the order it was written, so most packs go whole.
+//!
+//! Format of a pack, `packs/<8 hex digits>.pack`: a 16-byte header `filesync-pack-1\n`, then
+//! records of `[32-byte SHA-256][u32 little-endian length][content]`. Records are only
+//! appended, each in one `write` call, after the content was verified against its address. A
+//! record cut short by a crash is cut off when the pack is opened; nothing before it is
+//! affected. A state directory from before packs were split has one `blobs/small.pack` in
+//! the same format; it becomes pack 0.
 //!
 //! The index lives in memory, keyed by the first 8 bytes of the address to keep it small
-//! (16 bytes a blob, about 2 MiB for 100,000 blobs); every hit is confirmed against the full
+//! (24 bytes a blob, about 2.3 MiB for 100,000 blobs); every hit is confirmed against the full
 //! address in the record's header, and a blob whose prefix is taken by another is simply not
 //! packed (the caller stores it as a file), so a prefix collision can cost a file but never
-//! return wrong content. The full addresses of the last `RECENT` records appended are kept
-//! too: a master publishes its notify right after uploading the content, and the bus checks
-//! that it holds it; that check should not cost a read (it was 4% of the bus's CPU in W2).
+//! return wrong content. A record whose blob is indexed in an older pack (a repack cut off by
+//! a crash copies some twice) is not indexed: it is dead weight its pack's next collection
+//! drops. The full addresses of the last `RECENT` records appended are kept too: a master
+//! publishes its notify right after uploading the content, and the bus checks that it holds
+//! it; that check should not cost a read (it was 4% of the bus's CPU in W2).
 
-use std::collections::{HashMap, VecDeque};
-use std::fs::{File, OpenOptions};
-use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
-use super::log::ReadAt;
-
-/// Content up to this size goes into the pack: small files, and every chunk of a large one.
+/// Content up to this size goes into a pack: small files, and every chunk of a large one.
 pub const PACK_MAX: usize = filesync_master::chunk::CHUNK_MAX;
+/// A pack takes appends until it is this large (restic's default pack size); then the next
+/// one is started. Small enough that a dead pack frees space soon, large enough that a
+/// 100 GiB store is about 6,400 files.
+pub const PACK_TARGET: u64 = 16 << 20;
+/// A pack is repacked once at least this share of its bytes is dead (the single pack before
+/// used the same share): the packs then hold at most 1.25 times their live content, plus
+/// the pack appends go to. A repack copies up to four times what it frees, paced; in a live
+/// mirror content mostly dies in the order it was written, and most packs go whole.
+pub const REPACK_SHARE: f64 = 0.2;
 
 const MAGIC: &[u8; 16] = b"filesync-pack-1\n";
 const RECORD_HEADER: u64 = 32 + 4;
@@ -36,8 +55,15 @@ const RECORD_HEADER: u64 = 32 + 4;
 const RECENT: usize = 1024;
 /// Bits of a slot that hold the content length (PACK_MAX fits); the rest hold the offset.
 const LEN_BITS: u32 = 20;
+/// Sealed packs kept open for reading, at most (the newest is always open).
+const HANDLES: usize = 64;
+/// The directory of packs, inside the store's.
+const DIR: &str = "packs";
+/// The one pack of a state directory from before packs were split.
+const LEGACY: &str = "small.pack";
 
-/// Where one record is: its header's offset and the content length, packed into a u64.
+/// Where one record is in its pack: its header's offset and the content length, packed
+/// into a u64.
 #[derive(Debug, Clone, Copy)]
 struct Slot(u64);
 
@@ -51,17 +77,44 @@ impl Slot {
     fn len(self) -> usize {
         (self.0 & ((1 << LEN_BITS) - 1)) as usize
     }
+    /// The record's bytes in its pack, header included.
+    fn record_len(self) -> u64 {
+        RECORD_HEADER + self.len() as u64
+    }
 }
 
-/// The pack file and its index. Not synchronised: the store wraps it in a mutex.
+/// Which pack a record is in, and where.
+#[derive(Debug, Clone, Copy)]
+struct Loc {
+    pack: u32,
+    slot: Slot,
+}
+
+/// One pack file: how far its records go, and how many of those bytes the index points at.
 #[derive(Debug)]
-pub struct Pack {
-    file: File,
+struct PackFile {
+    path: PathBuf,
     end: u64,
-    index: HashMap<u64, Slot>,
+    live: u64,
+}
+
+/// The packs and their index. Not synchronised: the store wraps it in a mutex.
+#[derive(Debug)]
+pub struct Packs {
+    dir: PathBuf,
+    files: BTreeMap<u32, PackFile>,
+    /// The pack appends go to, and its file opened for appending.
+    appending: Option<(u32, File)>,
+    /// Sealed packs opened for reading, at most `HANDLES`.
+    handles: HashMap<u32, File>,
+    index: HashMap<u64, Loc>,
     /// The full addresses of the last `RECENT` records appended, by prefix, oldest first.
     recent: HashMap<u64, [u8; 32]>,
     recent_order: VecDeque<u64>,
+    /// Packs a repack appended to since the last `retire` (made durable before it deletes).
+    moved_into: HashSet<u32>,
+    /// Bytes a repack appended since the last `retire`.
+    moved: u64,
 }
 
 fn prefix(address: &[u8; 32]) -> u64 {
@@ -70,84 +123,172 @@ fn prefix(address: &[u8; 32]) -> u64 {
     u64::from_be_bytes(first)
 }
 
-impl Pack {
-    /// Opens (or creates) the pack at `path`, indexes it, and cuts off a torn last record.
-    pub fn open(path: &Path) -> io::Result<Pack> {
-        Pack::open_with(path, true)
+fn pack_name(id: u32) -> String {
+    format!("{id:08x}.pack")
+}
+
+fn parse_pack_name(name: &str) -> Option<u32> {
+    let hex = name.strip_suffix(".pack")?;
+    (hex.len() == 8)
+        .then(|| u32::from_str_radix(hex, 16).ok())
+        .flatten()
+}
+
+impl Packs {
+    /// Opens (or creates) the packs of the store in `blobs`, indexes them, and cuts off a
+    /// torn last record.
+    pub fn open(blobs: &Path) -> io::Result<Packs> {
+        Packs::open_with(blobs, true)
     }
 
-    /// Opens the pack to read it beside the bus that writes it (`filesync restore`):
+    /// Opens the packs to read them beside the bus that writes them (`filesync restore`):
     /// nothing is created or cut off, and a record being appended is simply not seen.
-    pub fn open_read_only(path: &Path) -> io::Result<Pack> {
-        Pack::open_with(path, false)
+    pub fn open_read_only(blobs: &Path) -> io::Result<Packs> {
+        Packs::open_with(blobs, false)
     }
 
-    fn open_with(path: &Path, writable: bool) -> io::Result<Pack> {
-        let mut file = OpenOptions::new()
-            .read(true)
-            .append(writable)
-            .create(writable)
-            .open(path)?;
-        let size = file.metadata()?.len();
-        if size == 0 && writable {
-            file.write_all(MAGIC)?;
-        } else {
-            let mut magic = [0u8; 16];
-            file.read_exact_at(&mut magic, 0)
-                .map_err(|_| bad_pack(path))?;
-            if &magic != MAGIC {
-                return Err(bad_pack(path));
+    fn open_with(blobs: &Path, writable: bool) -> io::Result<Packs> {
+        let dir = blobs.join(DIR);
+        let legacy = blobs.join(LEGACY);
+        let mut found = Vec::new();
+        if writable {
+            fs::create_dir_all(&dir)?;
+            if legacy.is_file() {
+                fs::rename(&legacy, dir.join(pack_name(0)))?;
+                sync_dir(&dir)?;
             }
+        } else if legacy.is_file() {
+            found.push((0, legacy));
         }
-        let mut pack = Pack {
-            file,
-            end: MAGIC.len() as u64,
+        match fs::read_dir(&dir) {
+            Ok(entries) => {
+                for entry in entries {
+                    let entry = entry?;
+                    if let Some(id) = entry.file_name().to_str().and_then(parse_pack_name) {
+                        found.push((id, entry.path()));
+                    }
+                }
+            }
+            Err(err) if err.kind() == io::ErrorKind::NotFound && !writable => {}
+            Err(err) => return Err(err),
+        }
+        found.sort();
+        let mut packs = Packs {
+            dir,
+            files: BTreeMap::new(),
+            appending: None,
+            handles: HashMap::new(),
             index: HashMap::new(),
             recent: HashMap::new(),
             recent_order: VecDeque::new(),
+            moved_into: HashSet::new(),
+            moved: 0,
         };
-        let size = size.max(MAGIC.len() as u64);
+        for (id, path) in found {
+            packs.index_pack(id, path, writable)?;
+        }
+        if writable {
+            // Appends go on into the newest pack while it has room.
+            if let Some((&id, pack)) = packs.files.iter().next_back() {
+                if pack.end < PACK_TARGET {
+                    let file = OpenOptions::new()
+                        .read(true)
+                        .append(true)
+                        .open(&pack.path)?;
+                    packs.appending = Some((id, file));
+                }
+            }
+        }
+        Ok(packs)
+    }
+
+    /// Reads one pack's records into the index.
+    fn index_pack(&mut self, id: u32, path: PathBuf, writable: bool) -> io::Result<()> {
+        let file = File::open(&path)?;
+        let size = file.metadata()?.len();
+        let mut magic = [0u8; 16];
+        file.read_exact_at(&mut magic, 0)
+            .map_err(|_| bad_pack(&path))?;
+        if &magic != MAGIC {
+            return Err(bad_pack(&path));
+        }
+        let mut end = MAGIC.len() as u64;
+        let mut live = 0;
         let mut header = [0u8; RECORD_HEADER as usize];
-        while pack.end + RECORD_HEADER <= size {
-            pack.file.read_exact_at(&mut header, pack.end)?;
+        while end + RECORD_HEADER <= size {
+            file.read_exact_at(&mut header, end)?;
             let len = u32::from_le_bytes([header[32], header[33], header[34], header[35]]);
-            let record_end = pack.end + RECORD_HEADER + u64::from(len);
-            if len as usize > PACK_MAX || record_end > size {
+            let slot = Slot::new(end, len as usize);
+            if len as usize > PACK_MAX || end + slot.record_len() > size {
                 break;
             }
             let mut address = [0u8; 32];
             address.copy_from_slice(&header[..32]);
-            pack.index
-                .entry(prefix(&address))
-                .or_insert(Slot::new(pack.end, len as usize));
-            pack.end = record_end;
+            if let std::collections::hash_map::Entry::Vacant(entry) =
+                self.index.entry(prefix(&address))
+            {
+                entry.insert(Loc { pack: id, slot });
+                live += slot.record_len();
+            }
+            end += slot.record_len();
         }
-        if pack.end < size && writable {
+        if end < size && writable {
             tracing::warn!(
                 "{}: cutting off {} bytes of a record cut short",
                 path.display(),
-                size - pack.end
+                size - end
             );
-            pack.file.set_len(pack.end)?;
+            OpenOptions::new().write(true).open(&path)?.set_len(end)?;
         }
-        Ok(pack)
+        if self.handles.len() < HANDLES {
+            self.handles.insert(id, file);
+        }
+        self.files.insert(id, PackFile { path, end, live });
+        Ok(())
+    }
+
+    /// A handle to read pack `id` with.
+    fn handle(&mut self, id: u32) -> io::Result<&File> {
+        if let Some((appending, file)) = &self.appending {
+            if *appending == id {
+                return Ok(file);
+            }
+        }
+        if !self.handles.contains_key(&id) {
+            let path = self.files.get(&id).map(|f| f.path.clone());
+            let path = path.ok_or_else(|| io::Error::other(format!("no pack {id}")))?;
+            if self.handles.len() >= HANDLES {
+                if let Some(&any) = self.handles.keys().next() {
+                    self.handles.remove(&any);
+                }
+            }
+            self.handles.insert(id, File::open(path)?);
+        }
+        self.handles
+            .get(&id)
+            .ok_or_else(|| io::Error::other(format!("no pack {id}")))
+    }
+
+    /// Reads `buf.len()` bytes of pack `id` at `offset`.
+    fn read_at(&mut self, id: u32, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.handle(id)?.read_exact_at(buf, offset)
     }
 
     /// Where `address` is, confirmed against the record's header.
-    fn find(&self, address: &[u8; 32]) -> io::Result<Option<Slot>> {
+    fn find(&mut self, address: &[u8; 32]) -> io::Result<Option<Loc>> {
         let key = prefix(address);
-        let Some(&slot) = self.index.get(&key) else {
+        let Some(&loc) = self.index.get(&key) else {
             return Ok(None);
         };
         if let Some(recent) = self.recent.get(&key) {
-            return Ok((recent == address).then_some(slot));
+            return Ok((recent == address).then_some(loc));
         }
         let mut stored = [0u8; 32];
-        self.file.read_exact_at(&mut stored, slot.offset())?;
-        Ok((&stored == address).then_some(slot))
+        self.read_at(loc.pack, &mut stored, loc.slot.offset())?;
+        Ok((&stored == address).then_some(loc))
     }
 
-    pub fn contains(&self, address: &[u8; 32]) -> io::Result<bool> {
+    pub fn contains(&mut self, address: &[u8; 32]) -> io::Result<bool> {
         Ok(self.find(address)?.is_some())
     }
 
@@ -158,18 +299,9 @@ impl Pack {
         if self.index.contains_key(&prefix(address)) {
             return self.contains(address);
         }
-        let mut record = Vec::with_capacity(RECORD_HEADER as usize + content.len());
-        record.extend_from_slice(address);
-        record.extend_from_slice(&(content.len() as u32).to_le_bytes());
-        record.extend_from_slice(content);
-        if let Err(err) = self.file.write_all(&record) {
-            // Whatever part reached the file is cut off, so the next record starts clean.
-            let _ = self.file.set_len(self.end);
-            return Err(err);
-        }
+        let loc = self.write_record(address, content)?;
         let key = prefix(address);
-        self.index.insert(key, Slot::new(self.end, content.len()));
-        self.end += record.len() as u64;
+        self.index.insert(key, loc);
         if self.recent_order.len() == RECENT {
             if let Some(oldest) = self.recent_order.pop_front() {
                 self.recent.remove(&oldest);
@@ -180,18 +312,72 @@ impl Pack {
         Ok(true)
     }
 
+    /// Appends one record to the pack appends go to (starting the next pack when it is
+    /// full) and counts it live there; the caller indexes it.
+    fn write_record(&mut self, address: &[u8; 32], content: &[u8]) -> io::Result<Loc> {
+        let id = self.appending_pack()?;
+        let mut record = Vec::with_capacity(RECORD_HEADER as usize + content.len());
+        record.extend_from_slice(address);
+        record.extend_from_slice(&(content.len() as u32).to_le_bytes());
+        record.extend_from_slice(content);
+        let (Some(pack), Some((_, file))) = (self.files.get_mut(&id), &mut self.appending) else {
+            return Err(io::Error::other("no pack to append to"));
+        };
+        if let Err(err) = file.write_all(&record) {
+            // Whatever part reached the file is cut off, so the next record starts clean.
+            let _ = file.set_len(pack.end);
+            return Err(err);
+        }
+        let slot = Slot::new(pack.end, content.len());
+        pack.end += slot.record_len();
+        pack.live += slot.record_len();
+        Ok(Loc { pack: id, slot })
+    }
+
+    /// The pack appends go to: the current one while it has room, else a new one.
+    fn appending_pack(&mut self) -> io::Result<u32> {
+        if let Some((id, _)) = &self.appending {
+            if self.files.get(id).is_some_and(|p| p.end < PACK_TARGET) {
+                return Ok(*id);
+            }
+        }
+        self.appending = None;
+        let id = self
+            .files
+            .keys()
+            .next_back()
+            .map_or(0, |last| last.wrapping_add(1));
+        let path = self.dir.join(pack_name(id));
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create_new(true)
+            .open(&path)?;
+        file.write_all(MAGIC)?;
+        self.files.insert(
+            id,
+            PackFile {
+                path,
+                end: MAGIC.len() as u64,
+                live: 0,
+            },
+        );
+        self.appending = Some((id, file));
+        Ok(id)
+    }
+
     /// Up to `len` bytes of `address`'s content from `offset`, and whether that reaches the
-    /// end; `None` when the pack does not hold it.
+    /// end; `None` when no pack holds it.
     pub fn read(
-        &self,
+        &mut self,
         address: &[u8; 32],
         offset: u64,
         len: u64,
     ) -> io::Result<Option<(Vec<u8>, bool)>> {
-        let Some(&slot) = self.index.get(&prefix(address)) else {
+        let Some(&loc) = self.index.get(&prefix(address)) else {
             return Ok(None);
         };
-        let size = slot.len() as u64;
+        let size = loc.slot.len() as u64;
         let start = offset.min(size);
         let want = len.min(size - start);
         // The record's address and the wanted content in one read when they are adjacent
@@ -199,7 +385,7 @@ impl Pack {
         let header = RECORD_HEADER as usize;
         if start == 0 {
             let mut record = vec![0u8; header + want as usize];
-            self.file.read_exact_at(&mut record, slot.offset())?;
+            self.read_at(loc.pack, &mut record, loc.slot.offset())?;
             if &record[..32] != address {
                 return Ok(None);
             }
@@ -210,35 +396,144 @@ impl Pack {
             return Ok(None);
         }
         let mut buf = vec![0u8; want as usize];
-        self.file
-            .read_exact_at(&mut buf, slot.offset() + RECORD_HEADER + start)?;
+        self.read_at(
+            loc.pack,
+            &mut buf,
+            loc.slot.offset() + RECORD_HEADER + start,
+        )?;
         Ok(Some((buf, start + want >= size)))
     }
 
-    /// Every record's address and content length (the collector's listing).
-    pub fn records(&self) -> io::Result<Vec<([u8; 32], u64)>> {
-        let mut records = Vec::with_capacity(self.index.len());
+    /// Every record's address and content length (the collector's listing), read pack by
+    /// pack in file order.
+    pub fn records(&mut self) -> io::Result<Vec<([u8; 32], u64)>> {
+        let mut locs: Vec<Loc> = self.index.values().copied().collect();
+        locs.sort_unstable_by_key(|loc| (loc.pack, loc.slot.offset()));
+        let mut records = Vec::with_capacity(locs.len());
         let mut address = [0u8; 32];
-        for slot in self.index.values() {
-            self.file.read_exact_at(&mut address, slot.offset())?;
-            records.push((address, slot.len() as u64));
+        for loc in locs {
+            self.read_at(loc.pack, &mut address, loc.slot.offset())?;
+            records.push((address, loc.slot.len() as u64));
         }
         Ok(records)
     }
 
-    /// The pack's size in bytes.
+    /// The records indexed in pack `id`, by address, in file order.
+    pub fn records_in(&mut self, id: u32) -> io::Result<Vec<[u8; 32]>> {
+        let mut offsets: Vec<u64> = self
+            .index
+            .values()
+            .filter(|loc| loc.pack == id)
+            .map(|loc| loc.slot.offset())
+            .collect();
+        offsets.sort_unstable();
+        let mut addresses = Vec::with_capacity(offsets.len());
+        let mut address = [0u8; 32];
+        for offset in offsets {
+            self.read_at(id, &mut address, offset)?;
+            addresses.push(address);
+        }
+        Ok(addresses)
+    }
+
+    /// The packs worth collecting now that `doomed` is to go: each sealed pack with nothing
+    /// else left in it, and each at least `REPACK_SHARE` dead; the pack appends go to is
+    /// sealed when it is among them, so that appends move on.
+    pub fn survey(&mut self, doomed: &HashSet<[u8; 32]>) -> Vec<u32> {
+        let mut dead: HashMap<u32, u64> = HashMap::new();
+        for address in doomed {
+            if let Some(loc) = self.index.get(&prefix(address)) {
+                *dead.entry(loc.pack).or_default() += loc.slot.record_len();
+            }
+        }
+        let appending = self.appending.as_ref().map(|(id, _)| *id);
+        let mut worth = Vec::new();
+        for (&id, pack) in &self.files {
+            let records = pack.end - MAGIC.len() as u64;
+            let keep = pack
+                .live
+                .saturating_sub(dead.get(&id).copied().unwrap_or(0));
+            let garbage = records - keep;
+            let sealed_and_empty = Some(id) != appending && keep == 0;
+            let dead_enough = garbage > 0 && garbage as f64 >= records as f64 * REPACK_SHARE;
+            if sealed_and_empty || dead_enough {
+                worth.push(id);
+            }
+        }
+        if appending.is_some_and(|id| worth.contains(&id)) {
+            self.appending = None;
+        }
+        worth
+    }
+
+    /// Moves `address` out of pack `from` into the pack appends go to, if it is there;
+    /// returns the bytes appended.
+    pub fn relocate(&mut self, address: &[u8; 32], from: u32) -> io::Result<u64> {
+        let Some(loc) = self.find(address)? else {
+            return Ok(0);
+        };
+        if loc.pack != from {
+            return Ok(0);
+        }
+        let mut content = vec![0u8; loc.slot.len()];
+        self.read_at(from, &mut content, loc.slot.offset() + RECORD_HEADER)?;
+        let moved = self.write_record(address, &content)?;
+        if let Some(old) = self.files.get_mut(&from) {
+            old.live = old.live.saturating_sub(loc.slot.record_len());
+        }
+        self.index.insert(prefix(address), moved);
+        self.moved_into.insert(moved.pack);
+        self.moved += moved.slot.record_len();
+        Ok(moved.slot.record_len())
+    }
+
+    /// Deletes the packs `ids` (from `survey`): whatever in them is not `doomed` (spared
+    /// since, or not moved yet) is moved first, everything moved is made durable, then the
+    /// files go. Returns the records dropped and the bytes the packs shrank by.
+    pub fn retire(&mut self, ids: &[u32], doomed: &HashSet<[u8; 32]>) -> io::Result<(usize, u64)> {
+        for &id in ids {
+            for address in self.records_in(id)? {
+                if !doomed.contains(&address) {
+                    self.relocate(&address, id)?;
+                }
+            }
+        }
+        for id in std::mem::take(&mut self.moved_into) {
+            self.handle(id)?.sync_all()?;
+        }
+        sync_dir(&self.dir)?;
+        super::crash::point("pack-copied");
+        let mut size = 0;
+        for id in ids {
+            if let Some(pack) = self.files.remove(id) {
+                fs::remove_file(&pack.path)?;
+                size += pack.end;
+            }
+            self.handles.remove(id);
+            if self.appending.as_ref().is_some_and(|(a, _)| a == id) {
+                self.appending = None;
+            }
+        }
+        sync_dir(&self.dir)?;
+        let before = self.index.len();
+        self.index.retain(|_, loc| !ids.contains(&loc.pack));
+        self.recent.clear();
+        self.recent_order.clear();
+        let freed = size.saturating_sub(std::mem::take(&mut self.moved));
+        Ok((before - self.index.len(), freed))
+    }
+
+    /// The packs' size in bytes.
     pub fn size(&self) -> u64 {
-        self.end
+        self.files.values().map(|p| p.end).sum()
     }
 
-    /// A handle on the file and how far its records go now: what a compaction copies
-    /// without holding the pack (records are never changed once appended; it is read with
-    /// `pread`, so sharing the appender's file position does no harm).
-    pub fn snapshot(&self) -> io::Result<(File, u64)> {
-        Ok((self.file.try_clone()?, self.end))
+    /// How many pack files there are.
+    pub fn files(&self) -> usize {
+        self.files.len()
     }
 
-    /// How many blobs the pack holds.
+    /// How many blobs the packs hold.
     pub fn len(&self) -> usize {
         self.index.len()
     }
@@ -248,125 +543,8 @@ impl Pack {
     }
 }
 
-/// A compacted copy of a pack, written beside it (`small.pack.compact`) and swapped in
-/// whole: the records kept are copied while appends go on (`copy`, from a `snapshot`),
-/// then, holding the pack, whatever was appended meanwhile, then the rename (`finish`).
-/// A crash before the rename leaves the old pack as it was and a temporary file that the
-/// store removes when it opens.
-pub struct Compactor {
-    temp: PathBuf,
-    out: BufWriter<File>,
-    end: u64,
-    index: HashMap<u64, Slot>,
-    /// Records left out: address, header offset in the old pack, content length (a blob
-    /// wanted again before the swap is copied after all).
-    pub dropped: Vec<([u8; 32], u64, u64)>,
-    /// Copying without the pack is paced at this many bytes a second.
-    pace: u64,
-}
-
-/// The temporary name of a pack's compacted copy.
-pub fn compact_path(pack: &Path) -> PathBuf {
-    pack.with_extension("pack.compact")
-}
-
-impl Compactor {
-    pub fn new(pack: &Path, pace: u64) -> io::Result<Compactor> {
-        let temp = compact_path(pack);
-        let mut out = BufWriter::new(File::create(&temp)?);
-        out.write_all(MAGIC)?;
-        Ok(Compactor {
-            temp,
-            out,
-            end: MAGIC.len() as u64,
-            index: HashMap::new(),
-            dropped: Vec::new(),
-            pace,
-        })
-    }
-
-    /// Copies the records of `from` between offsets `start` and `end` that `keep` wants;
-    /// the writing is paced unless `paced` is false (the pack is held).
-    pub fn copy(
-        &mut self,
-        from: &File,
-        start: u64,
-        end: u64,
-        keep: &mut dyn FnMut(&[u8; 32]) -> bool,
-        paced: bool,
-    ) -> io::Result<()> {
-        let mut reader = BufReader::with_capacity(1 << 20, ReadAt::new(from, start, end));
-        let began = Instant::now();
-        let mut offset = start;
-        let mut copied = 0u64;
-        let mut header = [0u8; RECORD_HEADER as usize];
-        let mut content = Vec::new();
-        while offset < end {
-            reader.read_exact(&mut header)?;
-            let len = u64::from(u32::from_le_bytes([
-                header[32], header[33], header[34], header[35],
-            ]));
-            content.resize(len as usize, 0);
-            reader.read_exact(&mut content)?;
-            let mut address = [0u8; 32];
-            address.copy_from_slice(&header[..32]);
-            if keep(&address) {
-                self.push(&address, &content)?;
-                copied += RECORD_HEADER + len;
-            } else {
-                self.dropped.push((address, offset, len));
-            }
-            offset += RECORD_HEADER + len;
-            // Paced by what is written: skipping a dead record costs a read of the cache.
-            if paced && self.pace > 0 {
-                let due = Duration::from_secs_f64(copied as f64 / self.pace as f64);
-                if let Some(ahead) = due.checked_sub(began.elapsed()) {
-                    std::thread::sleep(ahead);
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Copies one record left out before, after all (its blob was wanted again).
-    pub fn restore(&mut self, from: &File, offset: u64, len: u64) -> io::Result<()> {
-        let mut record = vec![0u8; (RECORD_HEADER + len) as usize];
-        from.read_exact_at(&mut record, offset)?;
-        let mut address = [0u8; 32];
-        address.copy_from_slice(&record[..32]);
-        self.push(&address, &record[RECORD_HEADER as usize..])
-    }
-
-    fn push(&mut self, address: &[u8; 32], content: &[u8]) -> io::Result<()> {
-        let key = prefix(address);
-        if self.index.contains_key(&key) {
-            return Ok(());
-        }
-        self.out.write_all(address)?;
-        self.out.write_all(&(content.len() as u32).to_le_bytes())?;
-        self.out.write_all(content)?;
-        self.index.insert(key, Slot::new(self.end, content.len()));
-        self.end += RECORD_HEADER + content.len() as u64;
-        Ok(())
-    }
-
-    /// Makes the copy durable and swaps it in for `pack` (at `path`); returns the bytes
-    /// freed.
-    pub fn finish(self, pack: &mut Pack, path: &Path) -> io::Result<u64> {
-        let file = self.out.into_inner().map_err(|err| err.into_error())?;
-        file.sync_all()?;
-        std::fs::rename(&self.temp, path)?;
-        if let Some(dir) = path.parent() {
-            File::open(dir)?.sync_all()?;
-        }
-        let freed = pack.end.saturating_sub(self.end);
-        pack.file = OpenOptions::new().read(true).append(true).open(path)?;
-        pack.end = self.end;
-        pack.index = self.index;
-        pack.recent.clear();
-        pack.recent_order.clear();
-        Ok(freed)
-    }
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
 }
 
 fn bad_pack(path: &Path) -> io::Error {
@@ -385,17 +563,33 @@ mod tests {
         Sha256::digest(content).into()
     }
 
+    fn pack_paths(blobs: &Path) -> Vec<PathBuf> {
+        let mut paths: Vec<PathBuf> = fs::read_dir(blobs.join(DIR))
+            .expect("packs")
+            .map(|e| e.expect("entry").path())
+            .collect();
+        paths.sort();
+        paths
+    }
+
+    /// Blobs of 1 MiB less a little, distinct by their first byte and `salt`.
+    fn big(n: u8, salt: u8) -> Vec<u8> {
+        let mut blob = vec![salt; PACK_MAX - 100];
+        blob[0] = n;
+        blob
+    }
+
     #[test]
     fn blobs_survive_reopening_and_a_torn_record_is_cut_off() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("small.pack");
-        let mut pack = Pack::open(&path).expect("open");
+        let mut packs = Packs::open(dir.path()).expect("open");
         let (a, b) = (b"first blob".as_slice(), b"second".as_slice());
-        assert!(pack.append(&address(a), a).expect("append"));
-        assert!(pack.append(&address(b), b).expect("append"));
-        assert!(pack.append(&address(b), b).expect("again"), "stored once");
-        assert_eq!(pack.len(), 2);
-        let whole = std::fs::metadata(&path).expect("stat").len();
+        assert!(packs.append(&address(a), a).expect("append"));
+        assert!(packs.append(&address(b), b).expect("append"));
+        assert!(packs.append(&address(b), b).expect("again"), "stored once");
+        assert_eq!(packs.len(), 2);
+        let path = pack_paths(dir.path()).pop().expect("a pack");
+        let whole = fs::metadata(&path).expect("stat").len();
 
         // A crash in the middle of a third append.
         let mut file = OpenOptions::new().append(true).open(&path).expect("open");
@@ -404,34 +598,37 @@ mod tests {
         file.write_all(b"thi").expect("torn content");
         drop(file);
 
-        let pack = Pack::open(&path).expect("reopen");
-        assert_eq!(std::fs::metadata(&path).expect("stat").len(), whole);
-        assert_eq!(pack.len(), 2);
+        let mut packs = Packs::open(dir.path()).expect("reopen");
+        assert_eq!(fs::metadata(&path).expect("stat").len(), whole);
+        assert_eq!(packs.len(), 2);
         assert_eq!(
-            pack.read(&address(a), 0, 100).expect("read"),
+            packs.read(&address(a), 0, 100).expect("read"),
             Some((a.to_vec(), true))
         );
         assert_eq!(
-            pack.read(&address(a), 6, 2).expect("read"),
+            packs.read(&address(a), 6, 2).expect("read"),
             Some((b"bl".to_vec(), false))
         );
-        assert_eq!(pack.read(&address(b"third"), 0, 10).expect("read"), None);
+        assert_eq!(packs.read(&address(b"third"), 0, 10).expect("read"), None);
+        // Appends go on in the same pack.
+        assert!(packs.append(&address(b"third"), b"third").expect("append"));
+        assert_eq!(pack_paths(dir.path()), vec![path]);
     }
 
     #[test]
     fn a_prefix_collision_is_refused_not_confused() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut pack = Pack::open(&dir.path().join("small.pack")).expect("open");
+        let mut packs = Packs::open(dir.path()).expect("open");
         let real = address(b"real");
-        assert!(pack.append(&real, b"real").expect("append"));
+        assert!(packs.append(&real, b"real").expect("append"));
         // Same first 8 bytes, different address: must not be reported as present or read.
         let mut impostor = real;
         impostor[31] ^= 1;
-        assert!(!pack.contains(&impostor).expect("contains"));
-        assert_eq!(pack.read(&impostor, 0, 10).expect("read"), None);
-        assert!(!pack.append(&impostor, b"fake").expect("append"));
+        assert!(!packs.contains(&impostor).expect("contains"));
+        assert_eq!(packs.read(&impostor, 0, 10).expect("read"), None);
+        assert!(!packs.append(&impostor, b"fake").expect("append"));
         assert_eq!(
-            pack.read(&real, 0, 10).expect("read"),
+            packs.read(&real, 0, 10).expect("read"),
             Some((b"real".to_vec(), true))
         );
     }
@@ -439,88 +636,169 @@ mod tests {
     #[test]
     fn recent_and_older_records_are_confirmed_alike() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut pack = Pack::open(&dir.path().join("small.pack")).expect("open");
+        let mut packs = Packs::open(dir.path()).expect("open");
         let first = address(b"first");
-        assert!(pack.append(&first, b"first").expect("append"));
+        assert!(packs.append(&first, b"first").expect("append"));
         let mut impostor = first;
         impostor[31] ^= 1;
-        assert!(pack.contains(&first).expect("recent: known without a read"));
-        assert!(!pack
+        assert!(packs
+            .contains(&first)
+            .expect("recent: known without a read"));
+        assert!(!packs
             .contains(&impostor)
             .expect("recent: a collision is refused"));
         for n in 0..RECENT {
             let content = n.to_le_bytes();
-            assert!(pack.append(&address(&content), &content).expect("append"));
+            assert!(packs.append(&address(&content), &content).expect("append"));
         }
-        assert!(!pack.recent.contains_key(&prefix(&first)), "pushed out");
-        assert_eq!(pack.recent.len(), RECENT);
-        assert!(pack.contains(&first).expect("older: confirmed by a read"));
-        assert!(!pack
+        assert!(!packs.recent.contains_key(&prefix(&first)), "pushed out");
+        assert_eq!(packs.recent.len(), RECENT);
+        assert!(packs.contains(&first).expect("older: confirmed by a read"));
+        assert!(!packs
             .contains(&impostor)
             .expect("older: a collision is refused"));
     }
 
     #[test]
-    fn a_compaction_keeps_what_is_wanted_and_what_arrived_meanwhile() {
+    fn appends_move_on_to_a_new_pack_once_one_is_full() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("small.pack");
-        let mut pack = Pack::open(&path).expect("open");
-        let blobs: Vec<Vec<u8>> = (0..10u8).map(|n| vec![n; 100 + n as usize]).collect();
+        let mut packs = Packs::open(dir.path()).expect("open");
+        let count = (PACK_TARGET / (PACK_MAX as u64 - 100) + 2) as u8;
+        for n in 0..count {
+            let blob = big(n, 0);
+            assert!(packs.append(&address(&blob), &blob).expect("append"));
+        }
+        let paths = pack_paths(dir.path());
+        assert_eq!(paths.len(), 2, "{paths:?}");
+        assert!(fs::metadata(&paths[0]).expect("stat").len() >= PACK_TARGET);
+        assert_eq!(packs.files(), 2);
+        let mut packs = Packs::open(dir.path()).expect("reopen");
+        assert_eq!(packs.len(), count as usize);
+        for n in 0..count {
+            let blob = big(n, 0);
+            let read = packs.read(&address(&blob), 0, blob.len() as u64);
+            assert_eq!(read.expect("read"), Some((blob, true)), "blob {n}");
+        }
+    }
+
+    /// Two full packs and the one appends go to: all of the first is dead (deleted), half of
+    /// the second (repacked), one of the third's two records (sealed and repacked). A blob
+    /// doomed in the survey but spared before the retirement is kept after all.
+    #[test]
+    fn dead_packs_go_whole_half_dead_ones_are_repacked_and_nothing_wanted_is_lost() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut packs = Packs::open(dir.path()).expect("open");
+        let per_pack = PACK_TARGET.div_ceil(PACK_MAX as u64 - 100) as u8;
+        let blobs: Vec<Vec<u8>> = (0..per_pack * 2 + 2).map(|n| big(n, 1)).collect();
         for blob in &blobs {
-            assert!(pack.append(&address(blob), blob).expect("append"));
+            assert!(packs.append(&address(blob), blob).expect("append"));
         }
-        let (file, end) = pack.snapshot().expect("snapshot");
-        let mut compactor = Compactor::new(&path, 0).expect("compactor");
-        // Drop the even ones; odd ones are kept.
-        let mut keep = |a: &[u8; 32]| {
-            blobs
-                .iter()
-                .position(|b| address(b) == *a)
-                .is_some_and(|n| n % 2 == 1)
-        };
-        compactor
-            .copy(&file, MAGIC.len() as u64, end, &mut keep, true)
-            .expect("copy");
-        assert_eq!(compactor.dropped.len(), 5);
-        // Meanwhile one more blob arrives, and blob 4 is wanted again.
-        let late = b"arrived during the copy".to_vec();
-        assert!(pack.append(&address(&late), &late).expect("append"));
-        let (_, now_end) = pack.snapshot().expect("snapshot");
-        compactor
-            .copy(&file, end, now_end, &mut |_| true, false)
-            .expect("tail");
-        let (_, offset, len) = compactor
-            .dropped
+        assert_eq!(packs.files(), 3);
+        let second = per_pack as usize..per_pack as usize * 2;
+        let mut doomed: HashSet<[u8; 32]> = blobs
             .iter()
-            .copied()
-            .find(|(a, _, _)| *a == address(&blobs[4]))
-            .expect("dropped");
-        compactor.restore(&file, offset, len).expect("restore");
-        let freed = compactor.finish(&mut pack, &path).expect("finish");
-        assert_eq!(
-            freed,
-            [0u64, 2, 6, 8]
-                .iter()
-                .map(|n| RECORD_HEADER + 100 + n)
-                .sum::<u64>()
-        );
-        for (n, blob) in blobs.iter().enumerate() {
-            let wanted = n % 2 == 1 || n == 4;
-            let read = pack.read(&address(blob), 0, 1000).expect("read");
-            assert_eq!(read.is_some(), wanted, "blob {n}");
+            .enumerate()
+            .filter(|(n, _)| {
+                *n < per_pack as usize
+                    || (second.contains(n) && n % 2 == 0)
+                    || *n == blobs.len() - 1
+            })
+            .map(|(_, b)| address(b))
+            .collect();
+        let worth = packs.survey(&doomed);
+        assert_eq!(worth, vec![0, 1, 2]);
+        // The first of the second pack's dead is wanted again before the retirement.
+        let spared = address(&blobs[per_pack as usize]);
+        doomed.remove(&spared);
+        let mut moved = 0;
+        for &id in &worth {
+            for a in packs.records_in(id).expect("records") {
+                if !doomed.contains(&a) {
+                    moved += packs.relocate(&a, id).expect("relocate");
+                }
+            }
         }
-        assert!(pack.contains(&address(&late)).expect("late"));
-        let reopened = Pack::open(&path).expect("reopen");
-        assert_eq!(reopened.len(), 7);
-        assert!(!compact_path(&path).exists());
+        assert!(moved > 0);
+        let (dropped, freed) = packs.retire(&worth, &doomed).expect("retire");
+        assert_eq!(dropped, doomed.len());
+        assert!(freed > 0);
+        let wanted = |b: &Vec<u8>| !doomed.contains(&address(b));
+        for reopen in [false, true] {
+            if reopen {
+                packs = Packs::open(dir.path()).expect("reopen");
+            }
+            for (n, blob) in blobs.iter().enumerate() {
+                let read = packs
+                    .read(&address(blob), 0, blob.len() as u64)
+                    .expect("read");
+                assert_eq!(read.is_some(), wanted(blob), "blob {n}, reopened {reopen}");
+            }
+        }
+        assert!(packs.contains(&spared).expect("spared"));
+        assert_eq!(packs.len(), blobs.len() - doomed.len());
+        assert!(pack_paths(dir.path())
+            .iter()
+            .all(|p| !p.ends_with(pack_name(0))));
+    }
+
+    #[test]
+    fn records_copied_twice_by_a_cut_off_repack_are_dead_weight_not_confusion() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut packs = Packs::open(dir.path()).expect("open");
+        let (a, b) = (b"kept".as_slice(), b"dead".as_slice());
+        assert!(packs.append(&address(a), a).expect("append"));
+        assert!(packs.append(&address(b), b).expect("append"));
+        let doomed = HashSet::from([address(b)]);
+        let worth = packs.survey(&doomed);
+        assert_eq!(worth, vec![0]);
+        packs.relocate(&address(a), 0).expect("relocate");
+        // The crash: the copy is in pack 1, pack 0 was not deleted.
+        drop(packs);
+        let mut packs = Packs::open(dir.path()).expect("reopen");
+        assert_eq!(packs.len(), 2);
+        // Pack 1 holds only an unindexed copy: dead, deleted by the next pass.
+        let worth = packs.survey(&doomed);
+        assert!(worth.contains(&0) && worth.contains(&1), "{worth:?}");
+        packs.retire(&worth, &doomed).expect("retire");
+        let mut packs = Packs::open(dir.path()).expect("reopen");
+        assert_eq!(
+            packs.read(&address(a), 0, 10).expect("read"),
+            Some((a.to_vec(), true))
+        );
+        assert!(!packs.contains(&address(b)).expect("contains"));
+        assert_eq!(packs.len(), 1);
+    }
+
+    #[test]
+    fn the_single_pack_of_an_older_state_becomes_pack_zero() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut legacy = MAGIC.to_vec();
+        legacy.extend_from_slice(&address(b"old"));
+        legacy.extend_from_slice(&3u32.to_le_bytes());
+        legacy.extend_from_slice(b"old");
+        fs::write(dir.path().join(LEGACY), &legacy).expect("write");
+        let mut read_only = Packs::open_read_only(dir.path()).expect("read only");
+        assert!(read_only.contains(&address(b"old")).expect("contains"));
+        assert!(dir.path().join(LEGACY).exists(), "a reader changes nothing");
+        let mut packs = Packs::open(dir.path()).expect("open");
+        assert!(packs.contains(&address(b"old")).expect("contains"));
+        assert!(!dir.path().join(LEGACY).exists());
+        assert_eq!(
+            pack_paths(dir.path()),
+            vec![dir.path().join(DIR).join(pack_name(0))]
+        );
     }
 
     #[test]
     fn a_file_that_is_not_a_pack_is_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("small.pack");
-        std::fs::write(&path, b"something else entirely").expect("write");
-        let err = Pack::open(&path).expect_err("refused");
+        fs::create_dir_all(dir.path().join(DIR)).expect("mkdir");
+        fs::write(
+            dir.path().join(DIR).join(pack_name(0)),
+            b"something else entirely",
+        )
+        .expect("write");
+        let err = Packs::open(dir.path()).expect_err("refused");
         assert!(
             err.to_string().contains("not a filesync blob pack"),
             "{err}"

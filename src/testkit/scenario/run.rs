@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 use tokio::sync::Mutex;
@@ -94,6 +94,10 @@ pub struct StateStats {
     /// Every sample of the run: seconds since the start, state bytes, tree bytes (at most
     /// `SERIES` of them, evenly spread), to see how the state grew and whether it levelled.
     pub series: Vec<(f64, u64, u64)>,
+    /// Beside each sample of `series`: the bytes the master had uploaded by then (the sum of
+    /// the notifies' `uploaded`), so that the state can be set against the new content of
+    /// any stretch of the run (a history window's worth, say).
+    pub uploaded: Vec<u64>,
 }
 
 /// How many samples `StateStats::series` keeps.
@@ -105,6 +109,8 @@ const SIZE_EVERY: Duration = Duration::from_millis(250);
 struct SizeWatch {
     stop: CancellationToken,
     task: tokio::task::JoinHandle<Vec<(f64, u64, u64)>>,
+    /// When the first sample was taken, to place the log's events among the samples.
+    began: SystemTime,
 }
 
 impl SizeWatch {
@@ -128,21 +134,52 @@ impl SizeWatch {
                 }
             }
         });
-        SizeWatch { stop, task }
+        SizeWatch {
+            stop,
+            task,
+            began: SystemTime::now(),
+        }
     }
 
-    /// Every sample taken.
-    async fn finish(self) -> Vec<(f64, u64, u64)> {
+    /// Every sample taken, and when the first was.
+    async fn finish(self) -> (Vec<(f64, u64, u64)>, SystemTime) {
         self.stop.cancel();
-        self.task.await.unwrap_or_default()
+        (self.task.await.unwrap_or_default(), self.began)
     }
+}
+
+/// The bytes uploaded by each of `times` (seconds since `began`), from the notifies'
+/// `uploaded` and `time`.
+fn uploaded_by(events: &[Event], began: SystemTime, times: &[f64]) -> Vec<u64> {
+    let mut uploads: Vec<(f64, u64)> = events
+        .iter()
+        .filter(|e| e.tag() == Some(Tag::Notify))
+        .filter_map(|e| {
+            let at = humantime::parse_rfc3339_weak(&e.time).ok()?;
+            let since = at.duration_since(began).map_or(0.0, |d| d.as_secs_f64());
+            Some((since, e.body.uploaded?))
+        })
+        .collect();
+    uploads.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut total = 0;
+    let mut next = uploads.iter().peekable();
+    times
+        .iter()
+        .map(|&t| {
+            while let Some((_, bytes)) = next.next_if(|(at, _)| *at <= t) {
+                total += bytes;
+            }
+            total
+        })
+        .collect()
 }
 
 /// `expect.state`: every sample from `second_half` seconds on (and the last, taken once
 /// the cluster settled) within the bound.
 fn judge_state(
     scenario: &Scenario,
-    all: Vec<(f64, u64, u64)>,
+    (all, began): (Vec<(f64, u64, u64)>, SystemTime),
+    events: &[Event],
     second_half: f64,
     report: &mut ScenarioReport,
 ) {
@@ -157,6 +194,8 @@ fn judge_state(
         series: all.iter().step_by(step).copied().collect(),
         ..StateStats::default()
     };
+    let times: Vec<f64> = stats.series.iter().map(|(t, _, _)| *t).collect();
+    stats.uploaded = uploaded_by(events, began, &times);
     let mut samples: Vec<(f64, u64, u64)> = all
         .iter()
         .copied()
@@ -342,7 +381,7 @@ pub async fn run_with(
         settled.err(),
     );
     report.duration_s = elapsed;
-    judge_state(scenario, sizes, elapsed / 2.0, &mut report);
+    judge_state(scenario, sizes, &events, elapsed / 2.0, &mut report);
     if !report.passed || options.keep {
         report.kept_at = Some(cluster.keep());
         let html = crate::html::render(&events, Some(&check), &report.failures);
@@ -527,5 +566,39 @@ impl ScenarioReport {
             let _ = writeln!(out, "  kept: {} (logs/, timeline.html)", kept.display());
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Draft;
+
+    fn notify(at: SystemTime, uploaded: Option<u64>) -> Event {
+        let mut body = Draft::tagged(Tag::Notify);
+        body.uploaded = uploaded;
+        Event {
+            seq: 1,
+            time: humantime::format_rfc3339_micros(at).to_string(),
+            agent: "master".into(),
+            body,
+        }
+    }
+
+    #[test]
+    fn uploads_are_summed_up_to_each_sample() {
+        let began = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let at = |s: f64| began + Duration::from_secs_f64(s);
+        let mut consume = notify(at(0.5), Some(1000));
+        consume.body.tag = Some(Tag::Consume);
+        let events = vec![
+            notify(at(2.5), Some(30)),
+            notify(at(0.2), Some(10)),
+            notify(at(1.0), None),
+            consume,
+            notify(at(1.5), Some(20)),
+        ];
+        let times = [0.0, 1.0, 2.0, 3.0];
+        assert_eq!(uploaded_by(&events, began, &times), vec![0, 10, 30, 60]);
     }
 }
