@@ -646,6 +646,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 keep_local: args.keep_local,
                 bus_id: args.bus_id.bus_id,
                 wait_for_bus: args.wait_for_bus.0,
+                dial: None,
             };
             args.bus_id.check(&options.bus)?;
             on_workers(agent::slave::run(options, shutdown_signal()))
@@ -724,6 +725,7 @@ async fn run_master(args: MasterArgs) -> anyhow::Result<()> {
         allow_empty: args.allow_empty,
         tls: None,
         exclude: args.exclude.clone(),
+        dial: None,
     };
     // A bad pattern is refused before anything is created.
     filesync_master::ignore::IgnoreRules::from_patterns(&args.exclude)
@@ -875,9 +877,12 @@ fn bus_state(state: Option<PathBuf>) -> PathBuf {
 
 async fn run_status(args: StatusArgs) -> anyhow::Result<i32> {
     let (hello, tls) = args.reader.hello("status", false)?;
-    let (client, _) =
-        crate::bus::BusClient::connect_with(&args.reader.bus, hello, tls.as_ref()).await?;
-    let report = client.status().await?;
+    let dial = crate::bus::TcpDial {
+        addr: args.reader.bus.clone(),
+        tls,
+    };
+    let (client, _) = crate::bus::Dial::dial(&dial, &hello).await?;
+    let report = crate::bus::api::call(client.status()).await?;
     let (health, reasons) = report.health(args.max_lag);
     if args.json {
         let mut value = serde_json::to_value(&report)?;

@@ -13,7 +13,9 @@ use std::path::Path;
 
 use anyhow::{bail, Context};
 use filesync_master::chunk::Manifest;
-use filesync_master::hash::{ContentHash, PieceHasher, CHUNK_SIZE};
+use filesync_master::hash::{ContentHash, PieceHasher};
+
+use crate::bus::protocol::PIECE_SIZE;
 use filesync_master::{Entry, Kind, RelPath};
 
 use crate::bus::blobs::BlobStore;
@@ -186,7 +188,7 @@ impl History {
         loop {
             let (piece, eof) = self
                 .store
-                .read(&hex, offset, CHUNK_SIZE as u64)
+                .read(&hex, offset, PIECE_SIZE as u64)
                 .with_context(|| format!("the bus no longer holds that version ({hex})"))?;
             offset += piece.len() as u64;
             let empty = piece.is_empty();

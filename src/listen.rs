@@ -9,7 +9,7 @@ use anyhow::Context;
 use filesync_master::ignore::IgnoreRules;
 use filesync_master::RelPath;
 
-use crate::bus::{BusClient, ClientError, Subscription};
+use crate::bus::{ClientError, Dial, Subscription, TcpDial};
 use crate::cli::{shutdown_signal, ExportArgs, ListenArgs};
 use crate::event::{EntryKind, Event, Op, Tag};
 
@@ -85,7 +85,11 @@ pub async fn run(args: ListenArgs) -> anyhow::Result<i32> {
     let filter = Filter::new(&args)?;
     let (hello, tls) = args.reader.hello("listener", args.announce)?;
     let bus = &args.reader.bus;
-    let (client, welcome) = BusClient::connect_with(bus, hello.clone(), tls.as_ref()).await?;
+    let dial = TcpDial {
+        addr: bus.clone(),
+        tls,
+    };
+    let (client, welcome) = dial.dial(&hello).await?;
     let mut subscription = Subscription::new(client, args.from.unwrap_or(welcome.head + 1));
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
@@ -119,7 +123,7 @@ pub async fn run(args: ListenArgs) -> anyhow::Result<i32> {
                 let reconnect = async {
                     loop {
                         tokio::time::sleep(RECONNECT_EVERY).await;
-                        match BusClient::connect_with(bus, hello.clone(), tls.as_ref()).await {
+                        match dial.dial(&hello).await {
                             Ok((client, _)) => break Ok(client),
                             Err(err) if err.is_connection() => continue,
                             Err(err) => break Err(err),
@@ -160,7 +164,11 @@ pub async fn run(args: ListenArgs) -> anyhow::Result<i32> {
 /// checkpoint (on the bus's machine) to judge what came before.
 pub async fn export(args: ExportArgs) -> anyhow::Result<i32> {
     let (hello, tls) = args.reader.hello("export", false)?;
-    let (client, welcome) = BusClient::connect_with(&args.reader.bus, hello, tls.as_ref()).await?;
+    let dial = TcpDial {
+        addr: args.reader.bus.clone(),
+        tls,
+    };
+    let (client, welcome) = dial.dial(&hello).await?;
     if welcome.start > 1 {
         eprintln!(
             "filesync export: the log starts at #{} (retention removed what came before; its checkpoint is on the bus's machine)",

@@ -6,14 +6,16 @@
 use std::collections::VecDeque;
 
 use filesync_master::chunk::Manifest;
-use filesync_master::hash::{ContentHash, CHUNK_SIZE};
+use filesync_master::hash::ContentHash;
 use filesync_master::{Entry, RelPath};
 use filesync_slave::rebuild::{plan, LocalChunks, Source};
 use filesync_slave::{Applied, Applier, ApplyError};
 
 use super::follow::Follower;
 use super::slave::{write_piece, ApplyFailure};
-use crate::bus::{BusClient, ClientError, PendingReply};
+use crate::bus::api::{call, Link, Piece, Reply};
+use crate::bus::protocol::PIECE_SIZE;
+use crate::bus::ClientError;
 
 /// Chunk fetches asked for ahead of the one being written.
 const FETCHES_AHEAD: usize = 16;
@@ -25,12 +27,15 @@ pub struct Transfer {
     pub reused: u64,
 }
 
+/// Content is written to disk in batches of about this many bytes (chunks are smaller).
+pub(super) const WRITE_BATCH: usize = 1 << 20;
+
 /// Fetches content of any size from the bus, piece by piece.
-pub async fn fetch_content(client: &BusClient, address: &str) -> Result<Vec<u8>, ClientError> {
+pub async fn fetch_content(client: &Link, address: ContentHash) -> Result<Vec<u8>, ClientError> {
     let mut content = Vec::new();
     loop {
-        let (piece, last) = client.blob_get(address, content.len() as u64).await?;
-        let short = piece.len() < CHUNK_SIZE;
+        let (piece, last) = call(client.get(address, content.len() as u64)).await?;
+        let short = piece.len() < PIECE_SIZE;
         content.extend_from_slice(&piece);
         if last || short {
             return Ok(content);
@@ -41,7 +46,7 @@ pub async fn fetch_content(client: &BusClient, address: &str) -> Result<Vec<u8>,
 /// Applies the put of `path` whose content is listed by the manifest at `address` (hex).
 pub(super) async fn apply_chunked(
     applier: &Applier,
-    client: &BusClient,
+    client: &Link,
     follower: Option<&Follower>,
     path: &RelPath,
     entry: &Entry,
@@ -68,10 +73,15 @@ pub(super) async fn apply_chunked(
         }
     };
     let failed = |err: ApplyError| ApplyFailure::Change(err.to_string());
-    let bytes = fetch_content(client, address)
+    let manifest_address = ContentHash::parse_hex(address).ok_or_else(|| {
+        ApplyFailure::Change(format!(
+            "the manifest of {path} is not a sha256: {address:?}"
+        ))
+    })?;
+    let bytes = fetch_content(client, manifest_address)
         .await
         .map_err(|err| fetch_failed(format!("manifest {address}"), err))?;
-    if ContentHash::of(&bytes).to_hex() != address {
+    if ContentHash::of(&bytes) != manifest_address {
         return Err(ApplyFailure::Change(format!(
             "manifest {address} of {path} arrived with other content"
         )));
@@ -96,9 +106,9 @@ pub(super) async fn apply_chunked(
     let mut staged = Box::new(applier.stage_file(path, entry).map_err(failed)?);
     let steps = plan(&manifest, local.as_ref());
     let mut transfer = Transfer::default();
-    let mut asked: VecDeque<PendingReply> = VecDeque::new();
+    let mut asked: VecDeque<Reply<Piece>> = VecDeque::new();
     let mut next_ask = 0;
-    let mut batch: Vec<u8> = Vec::with_capacity(CHUNK_SIZE);
+    let mut batch: Vec<u8> = Vec::with_capacity(WRITE_BATCH);
     for (idx, (chunk, source)) in steps.iter().enumerate() {
         // Keep the bus busy with the next chunks while this one is written.
         next_ask = next_ask.max(idx);
@@ -106,7 +116,7 @@ pub(super) async fn apply_chunked(
             let (ahead, ahead_source) = &steps[next_ask];
             if *ahead_source == Source::Bus {
                 let reply = client
-                    .blob_get_pipelined(&ahead.sha256.to_hex(), 0)
+                    .get(ahead.sha256, 0)
                     .await
                     .map_err(|err| fetch_failed(format!("chunk {}", ahead.sha256), err))?;
                 asked.push_back(reply);
@@ -132,7 +142,6 @@ pub(super) async fn apply_chunked(
                     ))
                 })?;
                 let (data, _) = reply
-                    .data()
                     .await
                     .map_err(|err| fetch_failed(format!("chunk {}", chunk.sha256), err))?;
                 transfer.fetched += data.len() as u64;
@@ -148,8 +157,8 @@ pub(super) async fn apply_chunked(
             )));
         }
         batch.extend_from_slice(&data);
-        if batch.len() >= CHUNK_SIZE {
-            let full = std::mem::replace(&mut batch, Vec::with_capacity(CHUNK_SIZE));
+        if batch.len() >= WRITE_BATCH {
+            let full = std::mem::replace(&mut batch, Vec::with_capacity(WRITE_BATCH));
             staged = write_piece(staged, full, path, entry.size)
                 .await
                 .map_err(failed)?;

@@ -15,12 +15,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use filesync_master::chunk::ChunkRef;
-use filesync_master::hash::{ContentHash, CHUNK_SIZE};
+use filesync_master::hash::ContentHash;
 use filesync_slave::{Applier, LooseFile, ReceivedFile};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::bus::{BusClient, ClientError, PendingReply};
+use super::chunked::WRITE_BATCH;
+use crate::bus::api::{call, Link, Piece, Reply};
+use crate::bus::ClientError;
 
 /// Received files kept for a notify still to come; the oldest goes first.
 const READY_KEPT: usize = 2;
@@ -32,7 +34,7 @@ const AHEAD: usize = 8;
 /// The follower task and what it has received; stops (and removes its files) when dropped.
 pub struct Follower {
     shared: Arc<Shared>,
-    client: BusClient,
+    client: Link,
     task: JoinHandle<()>,
 }
 
@@ -65,7 +67,7 @@ impl Shared {
 
 impl Follower {
     /// Starts following announced files on `client`, receiving into `applier`'s root.
-    pub fn start(client: BusClient, applier: Applier) -> Follower {
+    pub fn start(client: Link, applier: Applier) -> Follower {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             changed: watch::channel(0).0,
@@ -100,13 +102,8 @@ impl Follower {
             // The master announced the file's end before it published its notify, so the
             // bus knows whether the file being followed is this content.
             if !confirmed {
-                let end = self.client.follow_get_pipelined(following, u64::MAX).await;
-                let is_it = match end {
-                    Ok(reply) => {
-                        matches!(reply.followed().await, Ok((c, true, _)) if c.sha256 == sha256)
-                    }
-                    Err(_) => false,
-                };
+                let end = call(self.client.follow_get(following, u64::MAX)).await;
+                let is_it = matches!(end, Ok((c, true, _)) if c.sha256 == sha256);
                 if !is_it {
                     return None;
                 }
@@ -131,10 +128,11 @@ impl Drop for Follower {
 }
 
 /// Follows each newly announced file while the session is idle, one at a time.
-async fn follow(client: BusClient, applier: Applier, shared: Arc<Shared>) {
+async fn follow(client: Link, applier: Applier, shared: Arc<Shared>) {
     let mut after = 0;
     loop {
-        let Ok(file) = client.follow_next(after).await else {
+        // A bus without announcements (`Unsupported`) ends this at once.
+        let Ok(file) = call(client.follow_next(after)).await else {
             return;
         };
         after = file;
@@ -161,34 +159,28 @@ async fn follow(client: BusClient, applier: Applier, shared: Arc<Shared>) {
 
 /// Receives announced file `file` whole into a loose file, checking it against the SHA-256
 /// and size its end announces.
-async fn receive(client: &BusClient, applier: &Applier, file: u64) -> Result<ReceivedFile, String> {
+async fn receive(client: &Link, applier: &Applier, file: u64) -> Result<ReceivedFile, String> {
     let text = |err: ClientError| err.to_string();
     let mut loose: LooseFile = applier
         .loose_file()
         .map_err(|err| format!("cannot create a file for it: {err}"))?;
-    let mut asked: VecDeque<PendingReply> = VecDeque::new();
-    let mut fetching: VecDeque<(ChunkRef, PendingReply)> = VecDeque::new();
+    let mut asked: VecDeque<Reply<(ChunkRef, bool, u64)>> = VecDeque::new();
+    let mut fetching: VecDeque<(ChunkRef, Reply<Piece>)> = VecDeque::new();
     let mut next_index = 0u64;
     let mut end: Option<(ContentHash, u64)> = None;
-    let mut batch: Vec<u8> = Vec::with_capacity(CHUNK_SIZE);
+    let mut batch: Vec<u8> = Vec::with_capacity(WRITE_BATCH);
     loop {
         while end.is_none() && asked.len() < AHEAD {
-            asked.push_back(
-                client
-                    .follow_get_pipelined(file, next_index)
-                    .await
-                    .map_err(text)?,
-            );
+            asked.push_back(client.follow_get(file, next_index).await.map_err(text)?);
             next_index += 1;
         }
         if end.is_none() && fetching.len() < AHEAD {
             if let Some(oldest) = asked.pop_front() {
-                let (chunk, last, size) = oldest.followed().await.map_err(text)?;
+                let (chunk, last, size) = oldest.await.map_err(text)?;
                 if last {
                     end = Some((chunk.sha256, size));
                 } else {
-                    let address = chunk.sha256.to_hex();
-                    let fetch = client.blob_get_pipelined(&address, 0).await.map_err(text)?;
+                    let fetch = client.get(chunk.sha256, 0).await.map_err(text)?;
                     fetching.push_back((chunk, fetch));
                 }
                 continue;
@@ -197,7 +189,7 @@ async fn receive(client: &BusClient, applier: &Applier, file: u64) -> Result<Rec
         let Some((chunk, fetch)) = fetching.pop_front() else {
             break;
         };
-        let (data, _) = fetch.data().await.map_err(text)?;
+        let (data, _) = fetch.await.map_err(text)?;
         if data.len() != chunk.len as usize {
             return Err(format!(
                 "chunk {} arrived with {} bytes",
@@ -206,8 +198,8 @@ async fn receive(client: &BusClient, applier: &Applier, file: u64) -> Result<Rec
             ));
         }
         batch.extend_from_slice(&data);
-        if batch.len() >= CHUNK_SIZE {
-            let full = std::mem::replace(&mut batch, Vec::with_capacity(CHUNK_SIZE));
+        if batch.len() >= WRITE_BATCH {
+            let full = std::mem::replace(&mut batch, Vec::with_capacity(WRITE_BATCH));
             loose = write(loose, full).await?;
         }
     }
@@ -246,31 +238,24 @@ mod tests {
     use filesync_master::chunk::chunks_of;
 
     /// The master's side, by hand: each chunk stored, then announced, then the end.
-    async fn upload(master: &BusClient, data: &[u8]) -> ContentHash {
-        let upload = master.new_upload();
+    async fn upload(master: &Link, data: &[u8]) -> ContentHash {
+        let upload = master
+            .new_announcement()
+            .expect("the embedded bus announces");
         for (index, chunk) in chunks_of(data).into_iter().enumerate() {
             let chunk_ref = ChunkRef {
                 sha256: ContentHash::of(chunk),
                 len: chunk.len() as u32,
             };
-            master
-                .blob_put_pipelined(&chunk_ref.sha256.to_hex(), chunk.to_vec())
-                .await
-                .expect("put")
-                .wait()
+            call(master.put(chunk_ref.sha256, chunk.to_vec()))
                 .await
                 .expect("stored");
-            master
-                .file_chunk_pipelined(upload, index as u64, chunk_ref)
-                .await
-                .expect("announce")
-                .wait()
+            call(master.announce_chunk(upload, index as u64, chunk_ref))
                 .await
                 .expect("announced");
         }
         let sha256 = ContentHash::of(data);
-        master
-            .file_end(upload, Some((sha256, data.len() as u64)))
+        call(master.announce_end(upload, Some((sha256, data.len() as u64))))
             .await
             .expect("end");
         sha256

@@ -26,8 +26,8 @@ use tokio::sync::mpsc;
 use super::progress::Progress;
 use super::upload::{Budget, ChunkUpload, CutChunk};
 use super::{replay_notifies, Connector, SessionEnd};
-use crate::bus::client::PendingReply;
-use crate::bus::{BusClient, ClientError};
+use crate::bus::api::{call, Dial, Link, Reply};
+use crate::bus::{ClientError, TcpDial};
 use crate::event::{Draft, Role, Tag};
 
 /// How the master runs.
@@ -45,6 +45,9 @@ pub struct MasterOptions {
     pub tls: Option<crate::bus::tls::ClientTls>,
     /// Gitignore patterns never published, beside `.filesyncignore` (`--exclude`).
     pub exclude: Vec<String>,
+    /// The way to a bus that is not at an address (an in-memory bus in the agents' unit
+    /// tests); `None`: `bus` over TCP, with `tls`.
+    pub dial: Option<Arc<dyn Dial>>,
 }
 
 /// With the watch limit reached, the whole tree is compared this often instead.
@@ -70,15 +73,20 @@ pub async fn run(options: MasterOptions, shutdown: impl Future<Output = ()>) -> 
     if !dir.is_dir() {
         bail!("master directory {} is not a directory", dir.display());
     }
+    let dial = options.dial.clone().unwrap_or_else(|| {
+        Arc::new(TcpDial {
+            addr: options.bus.clone(),
+            tls: options.tls.clone(),
+        })
+    });
     let mut connector = Connector::new(
-        &options.bus,
+        dial,
         Role::Master,
         &options.name,
         options.token.clone(),
         &dir,
     )
-    .takeover(options.takeover)
-    .tls(options.tls.clone());
+    .takeover(options.takeover);
     let mut shutdown = Box::pin(shutdown);
     while let Some((client, welcome)) = connector.connect(&mut shutdown).await? {
         match session(
@@ -100,7 +108,7 @@ pub async fn run(options: MasterOptions, shutdown: impl Future<Output = ()>) -> 
 
 async fn session(
     dir: &Path,
-    client: BusClient,
+    client: Link,
     head: u64,
     allow_empty: bool,
     exclude: &[String],
@@ -183,7 +191,9 @@ async fn session(
                         "master ready: watching {} ({published} change(s) published at start)",
                         dir.display()
                     );
-                    client.publish(Draft::tagged(Tag::Ready)).await.map(|_| ())
+                    call(client.publish(Draft::tagged(Tag::Ready)))
+                        .await
+                        .map(|_| ())
                 }
                 Err(err) => Err(err),
             },
@@ -211,8 +221,8 @@ const IN_FLIGHT: usize = 64;
 /// A notify sent, with the upload of its content sent just before it, if any.
 struct Sent {
     what: String,
-    content: Option<PendingReply>,
-    notify: PendingReply,
+    content: Option<Reply<()>>,
+    notify: Reply<u64>,
     /// For a put: the path, handed back to the worker if the bus refuses it (its content
     /// may have been collected between our question and the notify: `bus/gc.rs`).
     relook: Option<(RelPath, std_mpsc::Sender<RelPath>)>,
@@ -238,13 +248,13 @@ impl InFlight {
         let Some(oldest) = self.0.front_mut() else {
             return std::future::pending().await;
         };
-        let published = oldest.notify.seq_in_place().await;
+        let published = (&mut oldest.notify).await;
         let Some(sent) = self.0.pop_front() else {
             return Ok(());
         };
         // The content's reply came before the notify's, so this does not wait.
         let uploaded = match sent.content {
-            Some(content) => content.wait().await.map(|_| ()),
+            Some(content) => content.await,
             None => Ok(()),
         };
         match uploaded.and(published) {
@@ -278,7 +288,7 @@ impl InFlight {
 /// the worker cut them, and its manifest follows. A file whose upload the bus refused is
 /// handed back to the worker to look at again, and not published.
 async fn publish_change(
-    client: &BusClient,
+    client: &Link,
     observed: Observed,
     chunks: Option<ChunkUpload>,
     retry: &std_mpsc::Sender<RelPath>,
@@ -298,7 +308,7 @@ async fn publish_change(
             // connection's requests in order, so the content is stored before the notify is
             // checked.
             draft.uploaded = Some(bytes.len() as u64);
-            content_reply = Some(client.blob_put_pipelined(&sha256.to_hex(), bytes).await?);
+            content_reply = Some(client.put(*sha256, bytes).await?);
         } else if let Some(manifest) = manifest {
             let chunks = chunks.unwrap_or_else(|| ChunkUpload::new(client, false));
             let whole = sha256.map(|sha256| (sha256, entry.size));
@@ -317,7 +327,7 @@ async fn publish_change(
             }
         }
     }
-    let notify = client.publish_pipelined(draft).await?;
+    let notify = client.publish(draft).await?;
     let relook = match &change {
         Change::Put { path, .. } => Some((path.clone(), retry.clone())),
         _ => None,

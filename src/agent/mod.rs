@@ -32,8 +32,10 @@ pub const LIFECYCLE: &str = "filesync::lifecycle";
 use filesync_master::hash::ContentHash;
 use filesync_master::{Change, Model};
 
-use crate::bus::tls::ClientTls;
-use crate::bus::{BusClient, ClientError, Hello, Subscription, Welcome};
+use std::sync::Arc;
+
+use crate::bus::api::{call, Dial, Link};
+use crate::bus::{ClientError, Hello, Subscription, Welcome};
 use crate::checkpoint::Snapshot;
 use crate::event::{Draft, Role, Tag};
 
@@ -68,16 +70,15 @@ struct Patience {
 /// Connects, retrying with backoff within `patience`. Returns `None` when shutdown came
 /// first.
 async fn connect_with_retry(
-    addr: &str,
+    dial: &dyn Dial,
     hello: &Hello,
-    tls: Option<&ClientTls>,
     patience: Patience,
     shutdown: &mut (impl Future<Output = ()> + Unpin),
-) -> Result<Option<(BusClient, Welcome)>, ClientError> {
+) -> Result<Option<(Link, Welcome)>, ClientError> {
     let started = tokio::time::Instant::now();
     let mut attempt = 0;
     loop {
-        let limit = match BusClient::connect_with(addr, hello.clone(), tls).await {
+        let limit = match dial.dial(hello).await {
             Ok(connected) => return Ok(Some(connected)),
             Err(err) if err.is_connection() => (err, patience.unreachable),
             Err(err @ ClientError::Busy(_)) => (err, patience.busy),
@@ -101,9 +102,8 @@ async fn connect_with_retry(
 /// An agent's way to the bus: patient (`FIRST_CONNECT_PATIENCE`) until the bus has answered
 /// once, then reconnecting for as long as the agent runs (a master restarting its bus).
 pub struct Connector {
-    addr: String,
+    dial: Arc<dyn Dial>,
     hello: Hello,
-    tls: Option<ClientTls>,
     patience: Patience,
     /// Connections made so far: the first is "connected", the next ones "reconnected".
     sessions: u32,
@@ -112,26 +112,25 @@ pub struct Connector {
 impl Connector {
     /// The way to the bus for a master or slave syncing `dir` (its absolute path) on this
     /// host.
-    pub fn new(addr: &str, role: Role, name: &str, token: Option<String>, dir: &Path) -> Connector {
+    pub fn new(
+        dial: Arc<dyn Dial>,
+        role: Role,
+        name: &str,
+        token: Option<String>,
+        dir: &Path,
+    ) -> Connector {
         let mut hello = Hello::new(role, name, token);
         hello.dir = Some(dir.to_string_lossy().into_owned());
         hello.host = Some(host_name());
         Connector {
-            addr: addr.to_owned(),
+            dial,
             hello,
-            tls: None,
             sessions: 0,
             patience: Patience {
                 unreachable: Some(FIRST_CONNECT_PATIENCE),
                 busy: Some(FIRST_BUSY_PATIENCE),
             },
         }
-    }
-
-    /// Over mutual TLS: our identity, and the ID the bus must have (`bus/tls.rs`).
-    pub fn tls(mut self, tls: Option<ClientTls>) -> Connector {
-        self.tls = tls;
-        self
     }
 
     /// How long the first connection keeps trying a bus that does not answer (default
@@ -152,15 +151,15 @@ impl Connector {
     pub async fn connect(
         &mut self,
         shutdown: &mut (impl Future<Output = ()> + Unpin),
-    ) -> anyhow::Result<Option<(BusClient, Welcome)>> {
-        let tls = self.tls.as_ref();
-        let connected = connect_with_retry(&self.addr, &self.hello, tls, self.patience, shutdown)
+    ) -> anyhow::Result<Option<(Link, Welcome)>> {
+        let connected = connect_with_retry(&*self.dial, &self.hello, self.patience, shutdown)
             .await
             .map_err(|err| match err {
                 ClientError::Rejected(_) | ClientError::Busy(_) | ClientError::Connect { .. } => {
                     anyhow::Error::new(err)
                 }
-                err => anyhow::Error::new(err).context(format!("bus unreachable at {}", self.addr)),
+                err => anyhow::Error::new(err)
+                    .context(format!("bus unreachable at {}", self.dial.describe())),
             })?;
         self.patience = Patience {
             unreachable: None,
@@ -171,7 +170,7 @@ impl Connector {
             tracing::info!(
                 target: LIFECYCLE,
                 "{again}connected to the bus at {} as {} {} (log at #{})",
-                self.addr,
+                self.dial.describe(),
                 self.hello.role,
                 self.hello.name,
                 welcome.head
@@ -183,8 +182,8 @@ impl Connector {
 }
 
 /// Says goodbye in the log (a `leave` event) and on stderr, at a clean stop.
-pub async fn leave(client: &BusClient) {
-    match client.publish(Draft::tagged(Tag::Leave)).await {
+pub async fn leave(client: &Link) {
+    match call(client.publish(Draft::tagged(Tag::Leave))).await {
         Ok(seq) => tracing::info!(target: LIFECYCLE, "left the bus (#{seq})"),
         Err(err) => tracing::warn!("could not publish leave: {err}"),
     }
@@ -220,7 +219,7 @@ impl From<Snapshot> for Replayed {
 /// slave verifies its own against it): from seq 1, or, when retention removed the start of
 /// the log, from the checkpoint covering what was removed. `Truncated` when the state at
 /// `upto` is no longer known (the log starts after it).
-pub async fn replay_notifies(client: &BusClient, upto: u64) -> Result<Replayed, ClientError> {
+pub async fn replay_notifies(client: &Link, upto: u64) -> Result<Replayed, ClientError> {
     let mut replayed = Replayed::default();
     let mut subscription = Subscription::new(client.clone(), 1);
     while subscription.position() <= upto {
@@ -230,7 +229,7 @@ pub async fn replay_notifies(client: &BusClient, upto: u64) -> Result<Replayed, 
             Err(ClientError::Truncated { start })
                 if start > subscription.position() && start - 1 <= upto =>
             {
-                replayed = client.fetch_checkpoint(start - 1).await?.into();
+                replayed = call(client.checkpoint(start - 1)).await?.into();
                 subscription = Subscription::new(client.clone(), start);
                 continue;
             }

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
-use filesync_master::hash::CHUNK_SIZE;
+use filesync_master::hash::ContentHash;
 use filesync_master::{Change, Kind};
 use filesync_slave::{Applied, Applier, FileStart, StagedFile};
 
@@ -23,8 +23,10 @@ use super::progress::Progress;
 use super::retry::{Failed, Retries};
 use super::verify::Verifier;
 use super::{Connector, SessionEnd};
+use crate::bus::api::{call, Dial, Link, Piece, Reply};
 use crate::bus::client::PIECES_IN_FLIGHT;
-use crate::bus::{BusClient, ClientError, PendingReply, Subscription, Welcome};
+use crate::bus::protocol::PIECE_SIZE;
+use crate::bus::{ClientError, Subscription, TcpDial, Welcome};
 use crate::event::{Draft, Event, EventError, Role, Tag};
 use crate::state::{check_creatable, refuse_state_inside, would_be_canonical, StateDir};
 
@@ -44,6 +46,9 @@ pub struct SlaveOptions {
     pub bus_id: Option<crate::identity::PeerId>,
     /// How long to keep trying a bus that has never answered (`None`: forever).
     pub wait_for_bus: Option<Duration>,
+    /// The way to a bus that is not at an address (an in-memory bus in the agents' unit
+    /// tests); `None`: `bus` over TCP (with TLS when `bus_id` is given).
+    pub dial: Option<std::sync::Arc<dyn Dial>>,
 }
 
 /// Why a notify could not be applied.
@@ -94,14 +99,19 @@ pub async fn run(options: SlaveOptions, shutdown: impl Future<Output = ()>) -> a
         },
         None => None,
     };
+    let dial = options.dial.clone().unwrap_or_else(|| {
+        std::sync::Arc::new(TcpDial {
+            addr: options.bus.clone(),
+            tls,
+        })
+    });
     let mut connector = Connector::new(
-        &options.bus,
+        dial,
         Role::Slave,
         &options.name,
         options.token.clone(),
         &dir,
     )
-    .tls(tls)
     .wait_for_bus(options.wait_for_bus);
     let mut shutdown = Box::pin(shutdown);
     let mut next = match connector.connect(&mut shutdown).await {
@@ -155,7 +165,7 @@ struct Ahead {
     event: Event,
     /// What a notify asks for (`None` for other events).
     change: Option<Result<Change, EventError>>,
-    content: Option<PendingReply>,
+    content: Option<Reply<Piece>>,
     /// The size of that content.
     bytes: u64,
 }
@@ -186,17 +196,22 @@ impl Window {
 
 /// Takes `event` ahead, asking for its content now when it is a small file (one piece), so
 /// that the content arrives while earlier events are applied.
-async fn prefetch(client: &BusClient, event: Event) -> Result<Ahead, ClientError> {
+async fn prefetch(client: &Link, event: Event) -> Result<Ahead, ClientError> {
     // Read once here, used again when it is applied.
     let change = (event.tag() == Some(Tag::Notify)).then(|| event.body.change());
     let small_file = match &change {
         Some(Ok(Change::Put { entry, .. })) => {
-            (entry.kind == Kind::File && entry.size <= CHUNK_SIZE as u64).then_some(entry.size)
+            (entry.kind == Kind::File && entry.size <= PIECE_SIZE as u64).then_some(entry.size)
         }
         _ => None,
     };
-    let (content, bytes) = match (&event.body.sha256, small_file) {
-        (Some(sha256), Some(size)) => (Some(client.blob_get_pipelined(sha256, 0).await?), size),
+    let address = event
+        .body
+        .sha256
+        .as_deref()
+        .and_then(ContentHash::parse_hex);
+    let (content, bytes) = match (address, small_file) {
+        (Some(address), Some(size)) => (Some(client.get(address, 0).await?), size),
         _ => (None, 0),
     };
     Ok(Ahead {
@@ -211,7 +226,7 @@ async fn prefetch(client: &BusClient, event: Event) -> Result<Ahead, ClientError
 struct Sent {
     /// The notify it answers.
     cause: u64,
-    reply: PendingReply,
+    reply: Reply<u64>,
     /// For an error: the change that failed, to retry once the error has its `seq`.
     failed: Option<Failed>,
 }
@@ -228,7 +243,7 @@ async fn settle_all(
 }
 
 async fn settle_one(sent: Sent, retries: &mut Retries) -> Result<(), ClientError> {
-    match sent.reply.seq().await {
+    match sent.reply.await {
         Ok(seq) => {
             if let Some(failed) = sent.failed {
                 retries.add(seq, sent.cause, failed);
@@ -244,10 +259,10 @@ async fn settle_one(sent: Sent, retries: &mut Retries) -> Result<(), ClientError
 }
 
 /// The errors the bus says are ours to retry, with the changes they failed to apply.
-async fn load_retries(client: &BusClient, welcome: &Welcome) -> Result<Retries, ClientError> {
+async fn load_retries(client: &Link, welcome: &Welcome) -> Result<Retries, ClientError> {
     let mut retries = Retries::default();
     for &(error, cause) in &welcome.retry {
-        let notify = client.poll(cause).await?.into_iter().next();
+        let notify = call(client.poll(cause)).await?.into_iter().next();
         let failed = notify.and_then(|event| {
             let manifest = event.body.manifest.clone();
             event
@@ -269,7 +284,7 @@ async fn load_retries(client: &BusClient, welcome: &Welcome) -> Result<Retries, 
 async fn run_retries(
     retries: &mut Retries,
     applier: &Applier,
-    client: &BusClient,
+    client: &Link,
 ) -> Result<(), ClientError> {
     for retry in retries.take_due(tokio::time::Instant::now()) {
         let manifest = retry.failed.manifest.as_deref();
@@ -278,7 +293,7 @@ async fn run_retries(
             Ok(done) => {
                 let mut repair = done.consume(retry.cause, manifest);
                 repair.repairs = Some(retry.error);
-                match client.publish(repair).await {
+                match call(client.publish(repair)).await {
                     Ok(seq) => tracing::info!(
                         "#{seq}: applied {} at last, repairing error #{}",
                         done.change,
@@ -311,7 +326,7 @@ async fn verify(
     verifier: &Verifier<'_>,
     position: u64,
     head: u64,
-    client: &BusClient,
+    client: &Link,
     applier: &Applier,
     retries: &mut Retries,
 ) -> Result<(), ClientError> {
@@ -344,7 +359,7 @@ async fn verify(
 async fn session(
     verifier: &Verifier<'_>,
     position_file: &Path,
-    client: BusClient,
+    client: Link,
     welcome: Welcome,
     schedule: &mut Schedule,
     shutdown: &mut (impl Future<Output = ()> + Unpin),
@@ -383,7 +398,7 @@ async fn session(
         let resynced = lost!(verifier.resync(checkpoint, &client, &applier).await);
         let mut done = Draft::tagged(Tag::Ready);
         done.resync = Some(checkpoint);
-        match client.publish(done).await {
+        match call(client.publish(done)).await {
             Ok(_) => {}
             // The log moved on during the resync: again, from its new start.
             Err(err @ ClientError::Refused(_)) => return Ok(SessionEnd::BusLost(err)),
@@ -555,12 +570,12 @@ struct CatchUp {
 }
 
 async fn announce_ready(
-    client: &BusClient,
+    client: &Link,
     dir: &Path,
     ready: &mut bool,
     caught_up: &CatchUp,
 ) -> Result<(), ClientError> {
-    let seq = client.publish(Draft::tagged(Tag::Ready)).await?;
+    let seq = call(client.publish(Draft::tagged(Tag::Ready))).await?;
     tracing::info!(
         target: super::LIFECYCLE,
         "caught up: {} change(s) applied after #{} (ready #{seq}); mirroring into {}",
@@ -576,11 +591,11 @@ async fn announce_ready(
 /// shows we already answered it (a replay after a crash): then it is only re-applied.
 async fn answer(
     applier: &Applier,
-    client: &BusClient,
+    client: &Link,
     follower: &Follower,
     event: &Event,
     change: Result<Change, EventError>,
-    content: Option<PendingReply>,
+    content: Option<Reply<Piece>>,
     answered: u64,
 ) -> Result<Option<Sent>, ClientError> {
     let wanted = change.as_ref().ok().cloned();
@@ -604,7 +619,7 @@ async fn answer(
     if event.seq <= answered {
         return Ok(None);
     }
-    let reply = client.publish_pipelined(reply).await?;
+    let reply = client.publish(reply).await?;
     Ok(Some(Sent {
         cause: event.seq,
         reply,
@@ -645,10 +660,10 @@ impl Done {
 /// it: whole by its SHA-256, or in chunks by its manifest (`manifest`, hex).
 pub(super) async fn apply(
     applier: &Applier,
-    client: &BusClient,
+    client: &Link,
     follower: Option<&Follower>,
     change: Result<Change, EventError>,
-    content: Option<PendingReply>,
+    content: Option<Reply<Piece>>,
     manifest: Option<&str>,
 ) -> Result<Done, ApplyFailure> {
     let change = change.map_err(|err| ApplyFailure::Change(format!("invalid change: {err}")))?;
@@ -680,10 +695,10 @@ pub(super) async fn apply(
 /// master that did not chunk it): fetched in pieces, the first asked for ahead (`content`).
 async fn apply_whole(
     applier: &Applier,
-    client: &BusClient,
+    client: &Link,
     path: &filesync_master::RelPath,
     entry: &filesync_master::Entry,
-    content: Option<PendingReply>,
+    content: Option<Reply<Piece>>,
 ) -> Result<(Applied, Transfer), ApplyFailure> {
     let failed = |err: filesync_slave::ApplyError| ApplyFailure::Change(err.to_string());
     let fetch_failed = |err: ClientError| {
@@ -707,10 +722,11 @@ async fn apply_whole(
         }
         FileStart::Stage(staged) => staged,
     };
-    let sha256 = entry
-        .sha256
-        .map(|sha256| sha256.to_hex())
-        .unwrap_or_default();
+    let Some(address) = entry.sha256 else {
+        return Err(ApplyFailure::Change(format!(
+            "{path}: a file put without content"
+        )));
+    };
     // Pieces are requested ahead (the size is known), so the bus reads and sends the
     // next while this one is written. Each piece must be whole: a short one would
     // shift everything after it, so it ends the transfer (and the hash check fails).
@@ -718,22 +734,22 @@ async fn apply_whole(
     let mut next_offset = 0u64;
     if let Some(first) = content {
         requested.push_back(first);
-        next_offset = CHUNK_SIZE as u64;
+        next_offset = PIECE_SIZE as u64;
     }
     loop {
         while requested.len() < PIECES_IN_FLIGHT && next_offset < entry.size {
             let piece = client
-                .blob_get_pipelined(&sha256, next_offset)
+                .get(address, next_offset)
                 .await
                 .map_err(fetch_failed)?;
             requested.push_back(piece);
-            next_offset += CHUNK_SIZE as u64;
+            next_offset += PIECE_SIZE as u64;
         }
         let Some(piece) = requested.pop_front() else {
             break;
         };
-        let (data, last) = piece.data().await.map_err(fetch_failed)?;
-        let whole = data.len() == CHUNK_SIZE || staged.written() + data.len() as u64 == entry.size;
+        let (data, last) = piece.await.map_err(fetch_failed)?;
+        let whole = data.len() == PIECE_SIZE || staged.written() + data.len() as u64 == entry.size;
         staged = write_piece(staged, data, path, entry.size)
             .await
             .map_err(failed)?;
@@ -753,7 +769,7 @@ pub(super) async fn write_piece(
     path: &filesync_master::RelPath,
     file_size: u64,
 ) -> Result<Box<StagedFile>, filesync_slave::ApplyError> {
-    if file_size <= CHUNK_SIZE as u64 {
+    if file_size <= PIECE_SIZE as u64 {
         staged.write_owned(piece)?;
         return Ok(staged);
     }

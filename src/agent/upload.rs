@@ -15,9 +15,11 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Condvar, Mutex};
 
 use filesync_master::chunk::{ChunkRef, Manifest, CHUNK_MAX};
-use filesync_master::hash::{ContentHash, CHUNK_SIZE};
+use filesync_master::hash::ContentHash;
 
-use crate::bus::{BusClient, ClientError, PendingReply};
+use crate::bus::api::{call, Link, Reply};
+use crate::bus::protocol::PIECE_SIZE;
+use crate::bus::ClientError;
 
 /// Questions about chunks in flight before the oldest answer is awaited.
 const ASKED_AHEAD: usize = 16;
@@ -77,35 +79,38 @@ pub struct CutChunk {
 /// One file's chunks under way.
 pub struct ChunkUpload {
     /// Chunks in order, with the question about each (none for a repeat in this file).
-    asked: VecDeque<(CutChunk, Option<PendingReply>)>,
+    asked: VecDeque<(CutChunk, Option<Reply<bool>>)>,
     /// Chunks sent, holding their room until the bus has stored them.
-    sent: VecDeque<(Held, PendingReply)>,
+    sent: VecDeque<(Held, Reply<()>)>,
     seen: HashSet<ContentHash>,
     uploaded: u64,
     /// For a file new to the master: its upload number, the next chunk index to announce,
     /// and the announcements not yet acknowledged.
     announce: Option<(u64, u64)>,
-    announced: VecDeque<PendingReply>,
+    announced: VecDeque<Reply<()>>,
 }
 
 impl ChunkUpload {
-    /// A file's chunks; announced to followers (`bus/follow.rs`) when `new_file`.
-    pub fn new(client: &BusClient, new_file: bool) -> ChunkUpload {
+    /// A file's chunks; announced to followers (`bus/follow.rs`) when `new_file` and the
+    /// bus offers it.
+    pub fn new(client: &Link, new_file: bool) -> ChunkUpload {
         ChunkUpload {
             asked: VecDeque::new(),
             sent: VecDeque::new(),
             seen: HashSet::new(),
             uploaded: 0,
-            announce: new_file.then(|| (client.new_upload(), 0)),
+            announce: new_file
+                .then(|| client.new_announcement())
+                .flatten()
+                .map(|file| (file, 0)),
             announced: VecDeque::new(),
         }
     }
 
     /// The next chunk of the file, as the worker cut it.
-    pub async fn chunk(&mut self, client: &BusClient, cut: CutChunk) -> Result<(), ClientError> {
+    pub async fn chunk(&mut self, client: &Link, cut: CutChunk) -> Result<(), ClientError> {
         let asked = if self.seen.insert(cut.chunk_ref.sha256) {
-            let address = cut.chunk_ref.sha256.to_hex();
-            Some(client.blob_has_pipelined(&address).await?)
+            Some(client.has(cut.chunk_ref.sha256).await?)
         } else {
             None
         };
@@ -115,12 +120,12 @@ impl ChunkUpload {
         }
         while self.sent.len() > SENT_AHEAD {
             if let Some((_, oldest)) = self.sent.pop_front() {
-                oldest.wait().await?;
+                oldest.await?;
             }
         }
         while self.announced.len() > ASKED_AHEAD {
             if let Some(oldest) = self.announced.pop_front() {
-                oldest.wait().await?;
+                oldest.await?;
             }
         }
         Ok(())
@@ -128,23 +133,20 @@ impl ChunkUpload {
 
     /// Awaits the oldest question's answer, sends the chunk if the bus lacks it, and
     /// announces it (after its upload, on the same connection: stored before announced).
-    async fn answer_oldest(&mut self, client: &BusClient) -> Result<(), ClientError> {
+    async fn answer_oldest(&mut self, client: &Link) -> Result<(), ClientError> {
         let Some((cut, asked)) = self.asked.pop_front() else {
             return Ok(());
         };
         let chunk_ref = cut.chunk_ref;
         if let Some(asked) = asked {
-            if !asked.present().await? {
-                let address = chunk_ref.sha256.to_hex();
-                let sent = client.blob_put_pipelined(&address, cut.data).await?;
+            if !asked.await? {
+                let sent = client.put(chunk_ref.sha256, cut.data).await?;
                 self.sent.push_back((cut.held, sent));
                 self.uploaded += u64::from(chunk_ref.len);
             }
         }
         if let Some((upload, index)) = &mut self.announce {
-            let reply = client
-                .file_chunk_pipelined(*upload, *index, chunk_ref)
-                .await?;
+            let reply = client.announce_chunk(*upload, *index, chunk_ref).await?;
             self.announced.push_back(reply);
             *index += 1;
         }
@@ -156,7 +158,7 @@ impl ChunkUpload {
     /// Every chunk is stored once this returns.
     pub async fn finish(
         mut self,
-        client: &BusClient,
+        client: &Link,
         manifest: &Manifest,
         whole: Option<(ContentHash, u64)>,
     ) -> Result<u64, ClientError> {
@@ -164,18 +166,18 @@ impl ChunkUpload {
             self.answer_oldest(client).await?;
         }
         for (_, sent) in self.sent.drain(..) {
-            sent.wait().await?;
+            sent.await?;
         }
         for announced in self.announced.drain(..) {
-            announced.wait().await?;
+            announced.await?;
         }
         if let Some((upload, _)) = self.announce.take() {
-            client.file_end(upload, whole).await?;
+            call(client.announce_end(upload, whole)).await?;
         }
         let encoded = manifest.encode();
-        let address = manifest.address().to_hex();
-        if !client.blob_has(&address).await? {
-            put_content(client, &address, encoded.clone()).await?;
+        let address = manifest.address();
+        if !call(client.has(address)).await? {
+            put_content(client, address, encoded.clone()).await?;
             self.uploaded += encoded.len() as u64;
         }
         Ok(self.uploaded)
@@ -184,18 +186,23 @@ impl ChunkUpload {
     /// The chunks were for nothing (the file changed while read, or its content is the one
     /// published): the answers still due are collected (so that a lost connection is
     /// noticed) and followers are told.
-    pub async fn abandon(self, client: &BusClient) -> Result<(), ClientError> {
-        let pending = self.asked.into_iter().filter_map(|(_, asked)| asked);
-        let sent = self.sent.into_iter().map(|(_, sent)| sent);
-        for reply in pending.chain(sent).chain(self.announced) {
-            match reply.wait().await {
-                Err(err) if err.is_connection() => return Err(err),
-                _ => {}
+    pub async fn abandon(self, client: &Link) -> Result<(), ClientError> {
+        let lost = |outcome: Result<(), ClientError>| match outcome {
+            Err(err) if err.is_connection() => Err(err),
+            _ => Ok(()),
+        };
+        for (_, asked) in self.asked {
+            if let Some(asked) = asked {
+                lost(asked.await.map(|_| ()))?;
             }
+        }
+        let sent = self.sent.into_iter().map(|(_, sent)| sent);
+        for reply in sent.chain(self.announced) {
+            lost(reply.await)?;
         }
         if let Some((upload, _)) = self.announce {
             // Its followers give up on it.
-            match client.file_end(upload, None).await {
+            match call(client.announce_end(upload, None)).await {
                 Err(err) if err.is_connection() => return Err(err),
                 _ => {}
             }
@@ -206,23 +213,18 @@ impl ChunkUpload {
 
 /// Stores content of any size: whole when it fits in one frame, in pieces otherwise.
 pub async fn put_content(
-    client: &BusClient,
-    address: &str,
+    client: &Link,
+    address: ContentHash,
     content: Vec<u8>,
 ) -> Result<(), ClientError> {
-    if content.len() <= CHUNK_SIZE {
-        return client
-            .blob_put_pipelined(address, content)
-            .await?
-            .wait()
-            .await
-            .map(|_| ());
+    if content.len() <= PIECE_SIZE {
+        return call(client.put(address, content)).await;
     }
     let mut upload = client.begin_upload();
-    for piece in content.chunks(CHUNK_SIZE) {
-        upload.piece(piece.to_vec()).await?;
+    for piece in content.chunks(PIECE_SIZE) {
+        upload.piece(piece.to_vec()).await?.await?;
     }
-    upload.commit(address).await
+    call(upload.commit(address)).await
 }
 
 #[cfg(test)]

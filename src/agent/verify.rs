@@ -30,7 +30,8 @@ use filesync_slave::Applier;
 use super::retry::Failed;
 use super::slave::{apply, ApplyFailure};
 use super::{replay_notifies, Replayed};
-use crate::bus::{BusClient, ClientError, Subscription};
+use crate::bus::api::{call, Link};
+use crate::bus::{ClientError, Subscription};
 use crate::event::{Draft, Drift, Tag};
 
 /// What a verification did.
@@ -92,7 +93,7 @@ impl Verifier<'_> {
         &self,
         position: u64,
         head: u64,
-        client: &BusClient,
+        client: &Link,
         applier: &Applier,
     ) -> Result<Verified, ClientError> {
         let replayed = replay_notifies(client, position).await?;
@@ -110,10 +111,10 @@ impl Verifier<'_> {
     pub async fn resync(
         &self,
         checkpoint: u64,
-        client: &BusClient,
+        client: &Link,
         applier: &Applier,
     ) -> Result<Verified, ClientError> {
-        let expected: Replayed = client.fetch_checkpoint(checkpoint).await?.into();
+        let expected: Replayed = call(client.checkpoint(checkpoint)).await?.into();
         let basis = Basis::Resync { checkpoint };
         self.restore(&expected, &[], basis, client, applier).await
     }
@@ -125,7 +126,7 @@ impl Verifier<'_> {
         expected: &Replayed,
         later: &[RelPath],
         basis: Basis,
-        client: &BusClient,
+        client: &Link,
         applier: &Applier,
     ) -> Result<Verified, ClientError> {
         let Some(found) = self.scan().await else {
@@ -234,11 +235,7 @@ impl Verifier<'_> {
 }
 
 /// The paths the notifies after `after`, up to `head`, touch.
-async fn later_paths(
-    client: &BusClient,
-    after: u64,
-    head: u64,
-) -> Result<Vec<RelPath>, ClientError> {
+async fn later_paths(client: &Link, after: u64, head: u64) -> Result<Vec<RelPath>, ClientError> {
     let mut paths = Vec::new();
     let mut subscription = Subscription::new(client.clone(), after + 1);
     while subscription.position() <= head {
@@ -282,8 +279,8 @@ fn error_draft(change: &Change, position: u64, message: String) -> Draft {
 }
 
 /// Publishes a restore's answer; its `seq`, or `None` when the bus refused it.
-async fn publish(client: &BusClient, draft: Draft) -> Result<Option<u64>, ClientError> {
-    match client.publish(draft).await {
+async fn publish(client: &Link, draft: Draft) -> Result<Option<u64>, ClientError> {
+    match call(client.publish(draft)).await {
         Ok(seq) => Ok(Some(seq)),
         Err(err) if err.is_connection() => Err(err),
         Err(err) => {

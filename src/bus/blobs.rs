@@ -22,7 +22,9 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use filesync_master::chunk::Manifest;
-use filesync_master::hash::{ContentHash, PieceHasher, CHUNK_SIZE};
+use filesync_master::hash::{ContentHash, PieceHasher};
+
+use super::protocol::PIECE_SIZE;
 use sha2::{Digest, Sha256};
 
 use super::pack::{Packs, PACK_MAX};
@@ -412,7 +414,7 @@ impl crate::rules::Content for BlobStore {
         let sha256 = address.to_hex();
         let mut bytes = Vec::new();
         loop {
-            match self.read(&sha256, bytes.len() as u64, CHUNK_SIZE as u64) {
+            match self.read(&sha256, bytes.len() as u64, PIECE_SIZE as u64) {
                 Ok((piece, eof)) => {
                     bytes.extend_from_slice(&piece);
                     if eof || piece.is_empty() {

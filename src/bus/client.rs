@@ -1,24 +1,25 @@
-//! `BusClient`: an agent's connection to the bus, and `Subscription`, an ordered stream of
-//! events from any `seq`.
+//! `BusClient`: the embedded bus's backend of the agents' API (`api.rs`): a connection
+//! speaking `protocol.rs`, with `TcpDial` to make one; and `Subscription`, an ordered stream
+//! of events from any `seq` over any backend's link.
 //!
 //! Requests are correlated with replies by id, so several may be in flight on one
 //! connection (a subscription's long poll does not hold up an upload). A reader task routes
 //! replies; it never blocks, because each reply has its own one-shot channel.
 
 use std::collections::{HashMap, VecDeque};
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use filesync_master::chunk::ChunkRef;
-use filesync_master::hash::{ContentHash, CHUNK_SIZE};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use filesync_master::hash::ContentHash;
+use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
+use super::api::{self, BusApi, Dial, Link, Piece, Sending, Upload};
 use super::frame::{read_frame, write_frame, write_queued, Frame, FrameError};
-use super::protocol::{Reply, Request, PROTOCOL_VERSION};
+use super::protocol::{Reply, Request, PIECE_SIZE, PROTOCOL_VERSION};
 use super::tls::ClientTls;
 use crate::checkpoint::Snapshot;
 use crate::event::{Draft, Event, Role};
@@ -48,6 +49,9 @@ pub enum ClientError {
     /// the checkpoint at `start - 1` holds the state before it (`fetch_checkpoint`).
     #[error("the bus's log now starts at seq {start}: older events were removed by retention")]
     Truncated { start: u64 },
+    /// An optional capability this backend does not have (`api.rs`).
+    #[error("the bus does not offer this")]
+    Unsupported,
 }
 
 impl ClientError {
@@ -284,7 +288,7 @@ impl BusClient {
         Ok(PendingReply { rx })
     }
 
-    async fn request(
+    pub(super) async fn request(
         &self,
         make: impl FnOnce(u64) -> Request,
         body: &[u8],
@@ -293,7 +297,7 @@ impl BusClient {
     }
 
     /// Sends a publish now; its reply (the `seq`) is awaited later with `PendingReply::seq`.
-    pub async fn publish_pipelined(&self, event: Draft) -> Result<PendingReply, ClientError> {
+    async fn publish_pipelined(&self, event: Draft) -> Result<PendingReply, ClientError> {
         let event = Box::new(event);
         self.send_request(|id| Request::Publish { id, event }, &[])
             .await
@@ -301,13 +305,13 @@ impl BusClient {
 
     /// Asks for the piece of a blob at `offset` now; the data is awaited later with
     /// `PendingReply::data`.
-    pub async fn blob_get_pipelined(
+    async fn blob_get_pipelined(
         &self,
         sha256: &str,
         offset: u64,
     ) -> Result<PendingReply, ClientError> {
         let sha256 = sha256.to_owned();
-        let len = CHUNK_SIZE as u64;
+        let len = PIECE_SIZE as u64;
         self.send_request(
             |id| Request::BlobGet {
                 id,
@@ -320,62 +324,9 @@ impl BusClient {
         .await
     }
 
-    /// Publishes an event; returns the `seq` the bus gave it.
-    pub async fn publish(&self, event: Draft) -> Result<u64, ClientError> {
-        match self
-            .request(
-                |id| Request::Publish {
-                    id,
-                    event: Box::new(event),
-                },
-                &[],
-            )
-            .await?
-        {
-            (Reply::Ok { seq: Some(seq), .. }, _) => Ok(seq),
-            (other, _) => Err(ClientError::Protocol(format!(
-                "expected ok with seq, got {other:?}"
-            ))),
-        }
-    }
-
-    /// Events from `from` on; waits until at least one exists.
-    pub async fn poll(&self, from: u64) -> Result<Vec<Event>, ClientError> {
-        let (reply, body) = self
-            .request(
-                |id| Request::Poll {
-                    id,
-                    from,
-                    max_bytes: POLL_BYTES,
-                },
-                &[],
-            )
-            .await?;
-        if let Reply::Truncated { start, .. } = reply {
-            return Err(ClientError::Truncated { start });
-        }
-        if !matches!(reply, Reply::Events { .. }) {
-            return Err(ClientError::Protocol(format!(
-                "expected events, got {reply:?}"
-            )));
-        }
-        let text =
-            std::str::from_utf8(&body).map_err(|err| ClientError::Protocol(err.to_string()))?;
-        text.lines()
-            .map(|line| {
-                Event::parse(line)
-                    .map_err(|err| ClientError::Protocol(format!("bad log line: {err}")))
-            })
-            .collect()
-    }
-
-    pub async fn blob_has(&self, sha256: &str) -> Result<bool, ClientError> {
-        self.blob_has_pipelined(sha256).await?.present().await
-    }
-
     /// Asks now whether the bus holds `sha256`; the answer is awaited later with
     /// `PendingReply::present`.
-    pub async fn blob_has_pipelined(&self, sha256: &str) -> Result<PendingReply, ClientError> {
+    async fn blob_has_pipelined(&self, sha256: &str) -> Result<PendingReply, ClientError> {
         let sha256 = sha256.to_owned();
         self.send_request(|id| Request::BlobHas { id, sha256 }, &[])
             .await
@@ -383,7 +334,7 @@ impl BusClient {
 
     /// Sends a whole small blob now; its acknowledgement is awaited later with
     /// `PendingReply::wait`.
-    pub async fn blob_put_pipelined(
+    async fn blob_put_pipelined(
         &self,
         sha256: &str,
         content: Vec<u8>,
@@ -394,13 +345,13 @@ impl BusClient {
     }
 
     /// A number for a new upload of this connection (pieces, or a file's announcements).
-    pub fn new_upload(&self) -> u64 {
+    fn new_upload(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
     /// Announces chunk `index` of file upload `upload`, stored already; the reply is awaited
     /// later.
-    pub async fn file_chunk_pipelined(
+    async fn file_chunk_pipelined(
         &self,
         upload: u64,
         index: u64,
@@ -421,7 +372,7 @@ impl BusClient {
     }
 
     /// Ends file upload `upload`: with its SHA-256 and size, or (`None`) short.
-    pub async fn file_end(
+    async fn file_end(
         &self,
         upload: u64,
         whole: Option<(ContentHash, u64)>,
@@ -439,7 +390,7 @@ impl BusClient {
     }
 
     /// The first file announced after number `after`; waits until there is one.
-    pub async fn follow_next(&self, after: u64) -> Result<u64, ClientError> {
+    async fn follow_next(&self, after: u64) -> Result<u64, ClientError> {
         match self
             .request(|id| Request::FollowNext { id, after }, &[])
             .await?
@@ -453,7 +404,7 @@ impl BusClient {
 
     /// Asks what announced file `file` holds at chunk `index`; awaited with
     /// `PendingReply::followed`.
-    pub async fn follow_get_pipelined(
+    async fn follow_get_pipelined(
         &self,
         file: u64,
         index: u64,
@@ -464,46 +415,19 @@ impl BusClient {
 
     /// Starts an upload in pieces, for content too large for one frame. Its address is given
     /// at the commit, so it can be sent while it is still being hashed.
-    pub fn begin_upload(&self) -> BlobUpload<'_> {
+    fn begin_upload(&self) -> BlobUpload {
         BlobUpload {
-            client: self,
+            client: self.clone(),
             upload: self.new_upload(),
             offset: 0,
             in_flight: VecDeque::new(),
         }
     }
 
-    /// Fetches one piece of a blob; the flag says it was the last.
-    pub async fn blob_get(
-        &self,
-        sha256: &str,
-        offset: u64,
-    ) -> Result<(Vec<u8>, bool), ClientError> {
-        let sha256 = sha256.to_owned();
-        let len = CHUNK_SIZE as u64;
-        match self
-            .request(
-                |id| Request::BlobGet {
-                    id,
-                    sha256,
-                    offset,
-                    len,
-                },
-                &[],
-            )
-            .await?
-        {
-            (Reply::BlobData { eof, .. }, body) => Ok((body, eof)),
-            (other, _) => Err(ClientError::Protocol(format!(
-                "expected blob data, got {other:?}"
-            ))),
-        }
-    }
-
     /// The checkpoint the bus holds at `seq` (the state the log implies there), fetched
     /// piece by piece; refused when the bus has none at that `seq`.
     /// What the bus knows of its agents and itself (`filesync status`).
-    pub async fn status(&self) -> Result<super::status::StatusReport, ClientError> {
+    async fn status(&self) -> Result<super::status::StatusReport, ClientError> {
         let (reply, body) = self.request(|id| Request::Status { id }, &[]).await?;
         match reply {
             Reply::Status { .. } => serde_json::from_slice(&body)
@@ -514,7 +438,7 @@ impl BusClient {
         }
     }
 
-    pub async fn fetch_checkpoint(&self, seq: u64) -> Result<Snapshot, ClientError> {
+    async fn fetch_checkpoint(&self, seq: u64) -> Result<Snapshot, ClientError> {
         let mut bytes = Vec::new();
         loop {
             let offset = bytes.len() as u64;
@@ -524,7 +448,7 @@ impl BusClient {
                         id,
                         seq,
                         offset,
-                        len: CHUNK_SIZE as u64,
+                        len: PIECE_SIZE as u64,
                     },
                     &[],
                 )
@@ -545,59 +469,20 @@ impl BusClient {
         Snapshot::parse(&bytes)
             .map_err(|err| ClientError::Protocol(format!("bad checkpoint at {seq}: {err}")))
     }
-
-    /// Uploads a file's content under `sha256`, piece by piece, unless the bus has it. The
-    /// bus verifies the hash at the commit, so a file that changed meanwhile is refused.
-    pub async fn upload_file(&self, path: &Path, sha256: &str) -> Result<(), UploadError> {
-        if self.blob_has(sha256).await? {
-            return Ok(());
-        }
-        let mut upload = self.begin_upload();
-        match send_file(&mut upload, path).await {
-            Ok(()) => Ok(upload.commit(sha256).await?),
-            Err(err) => {
-                upload.abort().await?;
-                Err(err)
-            }
-        }
-    }
-}
-
-/// Sends every piece of the file at `path`.
-async fn send_file(upload: &mut BlobUpload<'_>, path: &Path) -> Result<(), UploadError> {
-    let mut file = tokio::fs::File::open(path).await?;
-    loop {
-        let mut piece = vec![0u8; CHUNK_SIZE];
-        let mut filled = 0;
-        while filled < piece.len() {
-            let n = file.read(&mut piece[filled..]).await?;
-            if n == 0 {
-                break;
-            }
-            filled += n;
-        }
-        piece.truncate(filled);
-        if filled > 0 {
-            upload.piece(piece).await?;
-        }
-        if filled < CHUNK_SIZE {
-            return Ok(());
-        }
-    }
 }
 
 /// An upload in pieces under way: up to [`PIECES_IN_FLIGHT`] pieces are sent before the
 /// oldest's reply is awaited, so producing the next piece overlaps with the bus storing the
 /// last. Finish it with `commit` or `abort`; the bus drops an unfinished upload when the
 /// connection closes.
-pub struct BlobUpload<'a> {
-    client: &'a BusClient,
+pub struct BlobUpload {
+    client: BusClient,
     upload: u64,
     offset: u64,
     in_flight: VecDeque<PendingReply>,
 }
 
-impl BlobUpload<'_> {
+impl BlobUpload {
     /// Sends the next piece.
     pub async fn piece(&mut self, piece: Vec<u8>) -> Result<(), ClientError> {
         let (upload, offset) = (self.upload, self.offset);
@@ -643,45 +528,6 @@ impl BlobUpload<'_> {
             }
         }
         Ok(())
-    }
-}
-
-impl BusClient {
-    /// Test buses only: arms a checkpoint gate.
-    pub async fn arm(&self, name: &str, gate: super::gates::Gate) -> Result<(), ClientError> {
-        let name = name.to_owned();
-        self.request(|id| Request::Arm { id, name, gate }, &[])
-            .await
-            .map(|_| ())
-    }
-
-    /// Test buses only: lets the agent held at gate `name` go on.
-    pub async fn release(&self, name: &str) -> Result<(), ClientError> {
-        let name = name.to_owned();
-        self.request(|id| Request::Release { id, name }, &[])
-            .await
-            .map(|_| ())
-    }
-
-    /// Test buses only: waits until gate `name` fires; returns the `seq` it fired at.
-    pub async fn reached(&self, name: &str) -> Result<u64, ClientError> {
-        let name = name.to_owned();
-        match self
-            .request(|id| Request::Reached { id, name }, &[])
-            .await?
-        {
-            (Reply::Ok { seq: Some(seq), .. }, _) => Ok(seq),
-            (other, _) => Err(ClientError::Protocol(format!(
-                "expected ok with seq, got {other:?}"
-            ))),
-        }
-    }
-
-    /// Test buses only: releases and forgets every gate.
-    pub async fn disarm(&self) -> Result<(), ClientError> {
-        self.request(|id| Request::Disarm { id }, &[])
-            .await
-            .map(|_| ())
     }
 }
 
@@ -751,13 +597,6 @@ impl PendingReply {
         }
     }
 
-    /// Like `seq`, but by reference and cancel-safe: abandoned (say, by a `select!`), nothing
-    /// is lost and it can be awaited again. Once it has returned, the reply is spent.
-    pub async fn seq_in_place(&mut self) -> Result<u64, ClientError> {
-        let received = (&mut self.rx).await.map_err(|_| ClientError::Lost)?;
-        seq_of(refused_as_error(received)?.0)
-    }
-
     /// The piece a pipelined blob fetch returned, and whether it was the last.
     pub async fn data(self) -> Result<(Vec<u8>, bool), ClientError> {
         match self.wait().await? {
@@ -769,13 +608,22 @@ impl PendingReply {
     }
 }
 
-/// Why an upload failed.
-#[derive(Debug, thiserror::Error)]
-pub enum UploadError {
-    #[error(transparent)]
-    Bus(#[from] ClientError),
-    #[error("cannot read the file: {0}")]
-    Read(#[from] std::io::Error),
+/// The events a poll's reply carries.
+fn events_of((reply, body): (Reply, Vec<u8>)) -> Result<Vec<Event>, ClientError> {
+    if let Reply::Truncated { start, .. } = reply {
+        return Err(ClientError::Truncated { start });
+    }
+    if !matches!(reply, Reply::Events { .. }) {
+        return Err(ClientError::Protocol(format!(
+            "expected events, got {reply:?}"
+        )));
+    }
+    let text = std::str::from_utf8(&body).map_err(|err| ClientError::Protocol(err.to_string()))?;
+    text.lines()
+        .map(|line| {
+            Event::parse(line).map_err(|err| ClientError::Protocol(format!("bad log line: {err}")))
+        })
+        .collect()
 }
 
 async fn send(
@@ -862,13 +710,13 @@ async fn read_loop(mut reader: BufReader<super::tls::ReadHalf>, pending: Pending
 
 /// The log, in order, from a chosen `seq` on: backlog first, then live events.
 pub struct Subscription {
-    client: BusClient,
+    client: Link,
     next: u64,
     buffered: VecDeque<Event>,
 }
 
 impl Subscription {
-    pub fn new(client: BusClient, from: u64) -> Subscription {
+    pub fn new(client: Link, from: u64) -> Subscription {
         Subscription {
             client,
             next: from.max(1),
@@ -901,7 +749,7 @@ impl Subscription {
                 self.next = event.seq + 1;
                 return Ok(event);
             }
-            let events = self.client.poll(self.next).await?;
+            let events = api::call(self.client.poll(self.next)).await?;
             // Guard against a confused bus: only the exact next seq is accepted.
             for event in events {
                 let expected = self.next + self.buffered.len() as u64;
@@ -914,5 +762,132 @@ impl Subscription {
                 self.buffered.push_back(event);
             }
         }
+    }
+}
+
+/// The embedded bus over TCP (or mutual TLS), as the agents' API.
+impl BusApi for BusClient {
+    fn publish(&self, event: Draft) -> Sending<'_, u64> {
+        Box::pin(async move {
+            let sent = self.publish_pipelined(event).await?;
+            Ok(api::Reply::new(sent.seq()))
+        })
+    }
+
+    fn poll(&self, from: u64) -> Sending<'_, Vec<Event>> {
+        Box::pin(async move {
+            let request = |id| Request::Poll {
+                id,
+                from,
+                max_bytes: POLL_BYTES,
+            };
+            let sent = self.send_request(request, &[]).await?;
+            Ok(api::Reply::new(
+                async move { events_of(sent.wait().await?) },
+            ))
+        })
+    }
+
+    fn has(&self, address: ContentHash) -> Sending<'_, bool> {
+        Box::pin(async move {
+            let sent = self.blob_has_pipelined(&address.to_hex()).await?;
+            Ok(api::Reply::new(sent.present()))
+        })
+    }
+
+    fn put(&self, address: ContentHash, content: Vec<u8>) -> Sending<'_, ()> {
+        Box::pin(async move {
+            let sent = self.blob_put_pipelined(&address.to_hex(), content).await?;
+            Ok(api::Reply::new(
+                async move { sent.wait().await.map(|_| ()) },
+            ))
+        })
+    }
+
+    fn get(&self, address: ContentHash, offset: u64) -> Sending<'_, Piece> {
+        Box::pin(async move {
+            let sent = self.blob_get_pipelined(&address.to_hex(), offset).await?;
+            Ok(api::Reply::new(sent.data()))
+        })
+    }
+
+    fn begin_upload(&self) -> Box<dyn Upload + '_> {
+        Box::new(BusClient::begin_upload(self))
+    }
+
+    fn checkpoint(&self, seq: u64) -> Sending<'_, crate::checkpoint::Snapshot> {
+        Box::pin(async move { Ok(api::Reply::ready(self.fetch_checkpoint(seq).await)) })
+    }
+
+    fn status(&self) -> Sending<'_, super::status::StatusReport> {
+        Box::pin(async move { Ok(api::Reply::ready(BusClient::status(self).await)) })
+    }
+
+    fn new_announcement(&self) -> Option<u64> {
+        Some(self.new_upload())
+    }
+
+    fn announce_chunk(&self, file: u64, index: u64, chunk: ChunkRef) -> Sending<'_, ()> {
+        Box::pin(async move {
+            let sent = self.file_chunk_pipelined(file, index, chunk).await?;
+            Ok(api::Reply::new(
+                async move { sent.wait().await.map(|_| ()) },
+            ))
+        })
+    }
+
+    fn announce_end(&self, file: u64, whole: Option<(ContentHash, u64)>) -> Sending<'_, ()> {
+        Box::pin(async move { Ok(api::Reply::ready(self.file_end(file, whole).await)) })
+    }
+
+    fn follow_next(&self, after: u64) -> Sending<'_, u64> {
+        Box::pin(async move { Ok(api::Reply::ready(BusClient::follow_next(self, after).await)) })
+    }
+
+    fn follow_get(&self, file: u64, index: u64) -> Sending<'_, (ChunkRef, bool, u64)> {
+        Box::pin(async move {
+            let sent = self.follow_get_pipelined(file, index).await?;
+            Ok(api::Reply::new(sent.followed()))
+        })
+    }
+}
+
+impl Upload for BlobUpload {
+    fn piece(&mut self, piece: Vec<u8>) -> Sending<'_, ()> {
+        Box::pin(async move {
+            BlobUpload::piece(self, piece).await?;
+            Ok(api::Reply::ready(Ok(())))
+        })
+    }
+
+    fn commit(self: Box<Self>, address: ContentHash) -> Sending<'static, ()> {
+        Box::pin(async move {
+            let committed = BlobUpload::commit(*self, &address.to_hex()).await;
+            Ok(api::Reply::ready(committed))
+        })
+    }
+
+    fn abort(self: Box<Self>) -> Sending<'static, ()> {
+        Box::pin(async move { Ok(api::Reply::ready(BlobUpload::abort(*self).await)) })
+    }
+}
+
+/// The way to the embedded bus at an address, over TCP or mutual TLS.
+pub struct TcpDial {
+    pub addr: String,
+    pub tls: Option<ClientTls>,
+}
+
+impl Dial for TcpDial {
+    fn dial<'a>(&'a self, hello: &'a Hello) -> api::Dialing<'a> {
+        Box::pin(async move {
+            let (client, welcome) =
+                BusClient::connect_with(&self.addr, hello.clone(), self.tls.as_ref()).await?;
+            Ok((Arc::new(client) as Link, welcome))
+        })
+    }
+
+    fn describe(&self) -> String {
+        self.addr.clone()
     }
 }

@@ -14,10 +14,10 @@
 
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use filesync_master::hash::CHUNK_SIZE;
+use super::protocol::PIECE_SIZE;
 
 /// The largest frame either side accepts: one content chunk plus room for its header.
-pub const MAX_FRAME: usize = CHUNK_SIZE + 64 * 1024;
+pub const MAX_FRAME: usize = PIECE_SIZE + 64 * 1024;
 
 /// The largest header accepted.
 pub const MAX_HEADER: usize = 64 * 1024;

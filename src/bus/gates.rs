@@ -15,7 +15,9 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::event::{Draft, Event, Op, Tag};
+use super::client::{BusClient, ClientError, Hello};
+use super::protocol::{Reply, Request};
+use crate::event::{Draft, Event, Op, Role, Tag};
 
 /// At most this many gates at once.
 const MAX_GATES: usize = 256;
@@ -239,5 +241,61 @@ impl Gates {
             matches!(gate, Gate::AfterAppend { agent: a, filter } if a == agent && filter.matches(&event.body))
         })
         .await;
+    }
+}
+/// Test-only control of a test bus's checkpoint gates: a handle of its own, apart from the
+/// agents' API (`api.rs`), which has no way to hold anyone. A bus started without
+/// `--test-checkpoints` refuses every request it sends.
+pub struct GateControl {
+    client: BusClient,
+}
+
+impl GateControl {
+    /// Connects to the test bus at `addr` to control its gates.
+    pub async fn connect(addr: &str) -> Result<GateControl, ClientError> {
+        let hello = Hello::new(Role::Listener, "runner", None);
+        let (client, _) = BusClient::connect(addr, hello).await?;
+        Ok(GateControl { client })
+    }
+
+    /// Test buses only: arms a checkpoint gate.
+    pub async fn arm(&self, name: &str, gate: Gate) -> Result<(), ClientError> {
+        let name = name.to_owned();
+        self.client
+            .request(|id| Request::Arm { id, name, gate }, &[])
+            .await
+            .map(|_| ())
+    }
+
+    /// Test buses only: lets the agent held at gate `name` go on.
+    pub async fn release(&self, name: &str) -> Result<(), ClientError> {
+        let name = name.to_owned();
+        self.client
+            .request(|id| Request::Release { id, name }, &[])
+            .await
+            .map(|_| ())
+    }
+
+    /// Test buses only: waits until gate `name` fires; returns the `seq` it fired at.
+    pub async fn reached(&self, name: &str) -> Result<u64, ClientError> {
+        let name = name.to_owned();
+        match self
+            .client
+            .request(|id| Request::Reached { id, name }, &[])
+            .await?
+        {
+            (Reply::Ok { seq: Some(seq), .. }, _) => Ok(seq),
+            (other, _) => Err(ClientError::Protocol(format!(
+                "expected ok with seq, got {other:?}"
+            ))),
+        }
+    }
+
+    /// Test buses only: releases and forgets every gate.
+    pub async fn disarm(&self) -> Result<(), ClientError> {
+        self.client
+            .request(|id| Request::Disarm { id }, &[])
+            .await
+            .map(|_| ())
     }
 }

@@ -1,6 +1,9 @@
 //! The bus: the only writer of the event log, the content store, and the way agents reach
 //! each other.
 //!
+//! - [`api`]: the bus as agents see it, whichever backend: `BusApi`, `Dial`, `Reply`, and the
+//!   ordering every backend keeps.
+//! - [`memory`]: an in-memory backend, for the agents' unit tests.
 //! - [`frame`]: the wire framing (length-prefixed JSON header + binary body).
 //! - [`protocol`]: the messages, version 6.
 //! - [`log`]: the event log in segments: append, recover, read by `seq`, rotate, truncate.
@@ -12,8 +15,10 @@
 //! - [`tls`]: mutual TLS with pinned peer IDs.
 //! - [`status`]: the report `filesync status` prints, and its health verdict.
 //! - [`server`]: accepts agents and serves all of the above.
-//! - [`client`]: the agents' side, and `Subscription`.
+//! - [`client`]: the embedded bus's backend on the agents' side (`BusClient`, `TcpDial`), and
+//!   `Subscription`.
 
+pub mod api;
 pub mod blobs;
 pub mod client;
 pub mod crash;
@@ -29,5 +34,6 @@ pub mod server;
 pub mod status;
 pub mod tls;
 
-pub use client::{BusClient, ClientError, Hello, PendingReply, Subscription, Welcome};
+pub use api::{BusApi, Dial, Link, Reply};
+pub use client::{BusClient, ClientError, Hello, Subscription, TcpDial, Welcome};
 pub use server::{Bus, BusOptions};

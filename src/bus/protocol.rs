@@ -53,6 +53,11 @@ use crate::event::{Draft, Role};
 /// The protocol version this build speaks.
 pub const PROTOCOL_VERSION: u32 = 6;
 
+/// The most content one frame carries: a `blob_put`, a `blob_piece`, a `blob_get`'s or a
+/// `checkpoint_get`'s answer, a poll's events. Owned here, not by hashing: changing it
+/// changes the wire ([`super::frame::MAX_FRAME`] follows), so it comes with a version bump.
+pub const PIECE_SIZE: usize = 1 << 20;
+
 /// Messages from an agent to the bus.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]

@@ -29,7 +29,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context};
 use filesync_master::chunk::{ChunkRef, CHUNK_MAX};
-use filesync_master::hash::{ContentHash, CHUNK_SIZE};
+use filesync_master::hash::ContentHash;
+
+use super::protocol::PIECE_SIZE;
 use tokio::io::BufReader;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Notify};
@@ -920,7 +922,7 @@ impl Handler {
                 len,
             } => {
                 let path = crate::checkpoint::path_in(&self.shared.checkpoints, seq);
-                match read_piece(&path, offset, len.min(CHUNK_SIZE as u64)) {
+                match read_piece(&path, offset, len.min(PIECE_SIZE as u64)) {
                     Ok((data, eof)) => reply_with_body(&Reply::BlobData { id, eof }, data),
                     // Retention moved on meanwhile: the reader starts again from the new one.
                     Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
@@ -976,7 +978,7 @@ impl Handler {
             } => match self
                 .shared
                 .blobs
-                .read(&sha256, offset, len.min(CHUNK_SIZE as u64))
+                .read(&sha256, offset, len.min(PIECE_SIZE as u64))
             {
                 Ok((data, eof)) => reply_with_body(&Reply::BlobData { id, eof }, data),
                 Err(err) => err_reply(id, err.to_string()),
@@ -1452,7 +1454,7 @@ async fn poll(
             return;
         }
     };
-    let max = max_bytes.clamp(1, CHUNK_SIZE as u64);
+    let max = max_bytes.clamp(1, PIECE_SIZE as u64);
     let lines = tokio::task::spawn_blocking(move || {
         read_lines(&located.file, located.start, located.end, max)
     })

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use super::pattern::Pattern;
 use super::timeline::timeline;
-use crate::bus::{BusClient, ClientError, Hello, Subscription};
+use crate::bus::{ClientError, Dial, Hello, Subscription, TcpDial};
 use crate::event::{Event, Role, Tag};
 
 /// Why an expectation failed. Its `Display` is the report a person reads.
@@ -79,7 +79,11 @@ impl EventStream {
         tls: Option<&crate::bus::tls::ClientTls>,
     ) -> Result<EventStream, crate::bus::ClientError> {
         let hello = Hello::new(Role::Listener, "testkit", token);
-        let (client, _) = BusClient::connect_with(addr, hello, tls).await?;
+        let dial = TcpDial {
+            addr: addr.to_owned(),
+            tls: tls.cloned(),
+        };
+        let (client, _) = dial.dial(&hello).await?;
         let (tx, rx) = mpsc::unbounded_channel();
         let task = tokio::spawn(async move {
             let mut subscription = Subscription::new(client, from);
@@ -395,8 +399,8 @@ mod tests {
 
     /// A bus in this process, a "master" and a "slave" to publish with, and a stream on it.
     struct Harness {
-        master: BusClient,
-        slave: BusClient,
+        master: crate::bus::Link,
+        slave: crate::bus::Link,
         events: EventStream,
         _bus: TestBus,
     }
@@ -499,10 +503,12 @@ mod tests {
             path: RelPath::new("x.txt").expect("valid"),
             entry: filesync_master::Entry::dir(0o755),
         });
-        h.slave
-            .publish(Draft::error(&notify, cause, "disk on fire".into()))
-            .await
-            .expect("publish");
+        crate::bus::api::call(
+            h.slave
+                .publish(Draft::error(&notify, cause, "disk on fire".into())),
+        )
+        .await
+        .expect("publish");
         let err = h
             .events
             .expect(Pattern::consume().path("x.txt"))
@@ -513,10 +519,12 @@ mod tests {
         let mut h = harness().await;
         h.events.allow_errors();
         let cause = notify_delete(&h.master, "x.txt").await;
-        h.slave
-            .publish(Draft::error(&notify, cause, "disk on fire".into()))
-            .await
-            .expect("publish");
+        crate::bus::api::call(
+            h.slave
+                .publish(Draft::error(&notify, cause, "disk on fire".into())),
+        )
+        .await
+        .expect("publish");
         let error = h
             .events
             .expect(Pattern::error().cause(cause))

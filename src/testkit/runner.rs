@@ -19,9 +19,9 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::bus::gates::GateControl;
 use crate::bus::gates::{EventFilter, Gate};
-use crate::bus::{BusClient, Hello};
-use crate::event::{Op, Role, Tag};
+use crate::event::{Op, Tag};
 
 /// A point in one agent's life where the runner can hold it.
 #[derive(Debug, Clone)]
@@ -117,7 +117,7 @@ fn fail(message: impl Into<String>) -> RunnerError {
 
 /// Holds and releases agents so that checkpoints are hit in a chosen order.
 pub struct Runner {
-    client: BusClient,
+    client: GateControl,
     order: Vec<Checkpoint>,
     next_idx: usize,
     /// How long `next()` waits for a checkpoint before declaring the order unreachable.
@@ -128,8 +128,7 @@ pub struct Runner {
 impl Runner {
     /// Connects to a test bus and arms every checkpoint; nothing is released yet.
     pub async fn new(addr: &str, order: Vec<Checkpoint>) -> Result<Runner, RunnerError> {
-        let hello = Hello::new(Role::Listener, "runner", None);
-        let (client, _) = BusClient::connect(addr, hello)
+        let client = GateControl::connect(addr)
             .await
             .map_err(|e| fail(e.to_string()))?;
         for checkpoint in &order {
@@ -225,11 +224,12 @@ fn turn_gate(checkpoint: &Checkpoint) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bus::Subscription;
+    use crate::bus::{Link, Subscription};
+    use crate::event::Role;
     use crate::testkit::test_bus::TestBus;
 
     /// A test bus in this process, a publishing "master" and a subscribing "slave" client.
-    async fn test_bus(checkpoints: bool) -> (String, BusClient, BusClient, TestBus) {
+    async fn test_bus(checkpoints: bool) -> (String, Link, Link, TestBus) {
         let bus = TestBus::start(checkpoints).await;
         let master = bus.client(Role::Master, "master").await;
         let slave = bus.client(Role::Slave, "slave").await;

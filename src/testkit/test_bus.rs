@@ -1,6 +1,7 @@
 //! A real bus in this process, for the kit's own unit tests (no processes, no files beyond a
 //! temporary state directory).
 
+use crate::bus::api::{call, Link};
 use crate::bus::{Bus, BusClient, BusOptions, Hello};
 use crate::event::Role;
 
@@ -35,37 +36,35 @@ impl TestBus {
     }
 
     /// A client connected as `name` in `role`.
-    pub async fn client(&self, role: Role, name: &str) -> BusClient {
+    pub async fn client(&self, role: Role, name: &str) -> Link {
         let hello = Hello::new(role, name, None);
-        BusClient::connect(&self.addr, hello)
+        let (client, _) = BusClient::connect(&self.addr, hello)
             .await
-            .expect("connect")
-            .0
+            .expect("connect");
+        std::sync::Arc::new(client)
     }
 }
 
 /// Publishes, as a master, a notify that applies to any log: a put of directory `path`
 /// (again, if it is one already). Returns its seq.
-pub(crate) async fn notify_dir(master: &BusClient, path: &str) -> u64 {
+pub(crate) async fn notify_dir(master: &Link, path: &str) -> u64 {
     let change = filesync_master::Change::Put {
         path: filesync_master::RelPath::new(path).expect("valid"),
         entry: filesync_master::Entry::dir(0o755),
     };
-    master
-        .publish(crate::event::Draft::notify(&change))
+    call(master.publish(crate::event::Draft::notify(&change)))
         .await
         .expect("publish")
 }
 
 /// Publishes the put of directory `path` and then its delete; returns the delete's seq.
-pub(crate) async fn notify_delete(master: &BusClient, path: &str) -> u64 {
+pub(crate) async fn notify_delete(master: &Link, path: &str) -> u64 {
     notify_dir(master, path).await;
     let change = filesync_master::Change::Delete {
         path: filesync_master::RelPath::new(path).expect("valid"),
         kind: filesync_master::Kind::Dir,
     };
-    master
-        .publish(crate::event::Draft::notify(&change))
+    call(master.publish(crate::event::Draft::notify(&change)))
         .await
         .expect("publish")
 }
