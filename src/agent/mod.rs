@@ -18,6 +18,9 @@ pub mod slave;
 pub mod upload;
 pub mod verify;
 
+#[cfg(test)]
+mod tests;
+
 use std::future::Future;
 use std::path::{Path, PathBuf};
 

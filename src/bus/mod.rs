@@ -27,6 +27,7 @@ pub mod frame;
 pub mod gates;
 pub mod gc;
 pub mod log;
+pub mod memory;
 pub mod pack;
 pub mod protocol;
 pub mod retention;

@@ -46,7 +46,7 @@ use super::protocol::{Reply, Request, PROTOCOL_VERSION};
 use super::retention::{self, Retention};
 use super::status::{AgentStatus, Backlog, StatusReport};
 use crate::checkpoint::{self, Snapshot};
-use crate::event::{Draft, Event, Role, Tag};
+use crate::event::{Draft, Event, Role};
 use crate::identity::Identity;
 use crate::rules::{Connected, Place, Refusal, Rules};
 use crate::state::{dir_bytes, StateDir};
@@ -666,18 +666,7 @@ fn admit(
         )));
     }
     let head = ledger.log.head().seq;
-    let owner_before = ledger.rules.master_place().cloned();
-    let join = Draft {
-        role: Some(role),
-        host: place.as_ref().map(|p| p.host.clone()),
-        dir: place.as_ref().map(|p| p.dir.clone()),
-        takeover: (role == Role::Master
-            && takeover
-            && owner_before.is_some()
-            && owner_before != place)
-            .then_some(true),
-        ..Draft::tagged(Tag::Join)
-    };
+    let join = ledger.rules.join(&hello);
     // A quiet listener reads without a trace in the log.
     let logged = !(quiet && role == Role::Listener);
     match logged.then(|| ledger.append(&name, join)) {

@@ -347,6 +347,24 @@ impl Rules {
         self.notifies.next_after(seq)
     }
 
+    /// The `join` a hello admitted appends: its role and place, and `takeover` when a master
+    /// takes the log over from another place.
+    pub fn join(&self, hello: &Hello) -> Draft {
+        let place = hello.place.as_ref();
+        let owner = self.master_place();
+        Draft {
+            role: Some(hello.role),
+            host: place.map(|p| p.host.clone()),
+            dir: place.map(|p| p.dir.clone()),
+            takeover: (hello.role == Role::Master
+                && hello.takeover
+                && owner.is_some()
+                && owner != place)
+                .then_some(true),
+            ..Draft::tagged(Tag::Join)
+        }
+    }
+
     /// Whether a hello may join, given who is connected.
     pub fn admit(&self, hello: &Hello, connected: &[Connected]) -> Result<(), Refusal> {
         check_name(&hello.name).map_err(Refusal::Refused)?;
