@@ -356,6 +356,33 @@ async fn verify(
     Ok(())
 }
 
+/// Why a session stops before its loop ends it: the bus went away (reconnect) or something
+/// no reconnection mends.
+enum Interrupt {
+    End(SessionEnd),
+    Fatal(anyhow::Error),
+}
+
+impl From<ClientError> for Interrupt {
+    fn from(err: ClientError) -> Interrupt {
+        match err {
+            err if err.is_connection() => Interrupt::End(SessionEnd::BusLost(err)),
+            // Retention moved the log's start past us meanwhile: the next session resyncs
+            // from the new checkpoint.
+            err @ ClientError::Truncated { .. } => Interrupt::End(SessionEnd::BusLost(err)),
+            err => Interrupt::Fatal(anyhow::Error::new(err).context("cannot follow the event log")),
+        }
+    }
+}
+
+impl From<anyhow::Error> for Interrupt {
+    fn from(err: anyhow::Error) -> Interrupt {
+        Interrupt::Fatal(err)
+    }
+}
+
+/// One connection's life: catch up (from the checkpoint when the log's start is past us),
+/// retry and verify, then follow the log until a stop or a lost bus.
 async fn session(
     verifier: &Verifier<'_>,
     position_file: &Path,
@@ -364,200 +391,324 @@ async fn session(
     schedule: &mut Schedule,
     shutdown: &mut (impl Future<Output = ()> + Unpin),
 ) -> anyhow::Result<SessionEnd> {
-    let dir = verifier.dir;
-    let applier = Applier::new(dir);
-    // Follows new large files while we are idle; stops with the session.
-    let follower = Follower::start(client.clone(), applier.clone());
-    let mut position = read_position(position_file)?;
-    if position > welcome.head {
-        tracing::warn!(
-            "our position {position} is past the bus's log (head {}): a new log; replaying from the start",
-            welcome.head
-        );
-        position = 0;
+    let ended = async {
+        let (mut session, subscription) =
+            Session::start(verifier, position_file, client, welcome, schedule).await?;
+        session.follow(subscription, schedule, shutdown).await
+    };
+    match ended.await {
+        Ok(end) | Err(Interrupt::End(end)) => Ok(end),
+        Err(Interrupt::Fatal(err)) => Err(err),
     }
-    macro_rules! lost {
-        ($result:expr) => {
-            match $result {
-                Ok(value) => value,
-                Err(err) if err.is_connection() => return Ok(SessionEnd::BusLost(err)),
-                // Retention moved the log's start past us meanwhile: the next session
-                // resyncs from the new checkpoint.
-                Err(err @ ClientError::Truncated { .. }) => return Ok(SessionEnd::BusLost(err)),
-                Err(err) => return Err(err).context("cannot follow the event log"),
-            }
+}
+
+/// A session's state between events.
+struct Session<'a> {
+    verifier: &'a Verifier<'a>,
+    position_file: &'a Path,
+    client: Link,
+    welcome: Welcome,
+    applier: Applier,
+    /// Follows new large files while we are idle; stops with the session.
+    follower: Follower,
+    retries: Retries,
+    /// Pipelining: consumes go out without waiting for each reply. Requests leave in seq
+    /// order on one link, so the bus logs consumes in order.
+    in_flight: VecDeque<Sent>,
+    /// The position is a hint (the bus's `answered` guards against answering twice). It is
+    /// recorded only when every consume sent is acknowledged: when caught up, every
+    /// POSITION_EVERY events, and on a clean stop. After a crash or a lost connection the
+    /// slave re-applies from the last record, which is idempotent.
+    unsaved: Option<u64>,
+    since_saved: u32,
+    /// The last notify taken in hand: what a verification compares with.
+    at: u64,
+    verified_at: tokio::time::Instant,
+    ready: bool,
+    caught_up: CatchUp,
+    progress: Option<Progress>,
+}
+
+impl<'a> Session<'a> {
+    /// Everything before following the log: our position checked against the log, a resync
+    /// when the log starts past it, `ready` if there is nothing to catch up, the retries
+    /// run, and the first verification.
+    async fn start(
+        verifier: &'a Verifier<'a>,
+        position_file: &'a Path,
+        client: Link,
+        welcome: Welcome,
+        schedule: &mut Schedule,
+    ) -> Result<(Session<'a>, Subscription), Interrupt> {
+        let applier = Applier::new(verifier.dir);
+        let follower = Follower::start(client.clone(), applier.clone());
+        let mut position = read_position(position_file)?;
+        if position > welcome.head {
+            tracing::warn!(
+                "our position {position} is past the bus's log (head {}): a new log; replaying from the start",
+                welcome.head
+            );
+            position = 0;
+        }
+        let mut session = Session {
+            verifier,
+            position_file,
+            client,
+            applier,
+            follower,
+            retries: Retries::default(),
+            in_flight: VecDeque::new(),
+            unsaved: None,
+            since_saved: 0,
+            // As far as the log says we answered (our position file may lag behind it).
+            at: position.max(welcome.answered.min(welcome.head)),
+            verified_at: tokio::time::Instant::now(),
+            ready: false,
+            caught_up: CatchUp {
+                from: position,
+                applied: 0,
+            },
+            progress: None,
+            welcome,
         };
+        let resync_failed = match session.resync_if_behind(position).await? {
+            Some((checkpoint, failed)) => {
+                position = checkpoint;
+                session.at = session.at.max(checkpoint);
+                session.caught_up.from = checkpoint;
+                // The resync compared the whole directory.
+                schedule.verify_now = false;
+                failed
+            }
+            None => Vec::new(),
+        };
+        let head = session.welcome.head;
+        session.progress = Progress::catch_up(position, head);
+        if position >= head {
+            session.announce_ready().await?;
+        }
+        // What failed before is retried first, so that a verification does not take its
+        // repairs for drift.
+        session.retries = load_retries(&session.client, &session.welcome).await?;
+        for (error, cause, failed) in resync_failed {
+            session.retries.add(error, cause, failed);
+        }
+        session.run_retries().await?;
+        if std::mem::take(&mut schedule.verify_now) {
+            session.verify(head).await?;
+        }
+        session.verified_at = tokio::time::Instant::now();
+        let subscription = Subscription::new(session.client.clone(), position + 1);
+        Ok((session, subscription))
     }
-    let mut resync_failed = Vec::new();
-    if position + 1 < welcome.start {
-        let checkpoint = welcome.start - 1;
+
+    /// When the log starts past `position`, catches up from the checkpoint before its start
+    /// and says so (`ready` with `resync`); returns the checkpoint's `seq` and what failed.
+    async fn resync_if_behind(
+        &mut self,
+        position: u64,
+    ) -> Result<Option<(u64, Vec<(u64, u64, Failed)>)>, Interrupt> {
+        let start = self.welcome.start;
+        if position + 1 >= start {
+            return Ok(None);
+        }
+        let checkpoint = start - 1;
         tracing::warn!(
-            "the bus's log starts at #{} and we had applied up to #{position}: catching up from its checkpoint at #{checkpoint}",
-            welcome.start
+            "the bus's log starts at #{start} and we had applied up to #{position}: catching up from its checkpoint at #{checkpoint}"
         );
-        let resynced = lost!(verifier.resync(checkpoint, &client, &applier).await);
+        let verifier = self.verifier;
+        let resynced = verifier
+            .resync(checkpoint, &self.client, &self.applier)
+            .await?;
         let mut done = Draft::tagged(Tag::Ready);
         done.resync = Some(checkpoint);
-        match call(client.publish(done)).await {
+        match call(self.client.publish(done)).await {
             Ok(_) => {}
             // The log moved on during the resync: again, from its new start.
-            Err(err @ ClientError::Refused(_)) => return Ok(SessionEnd::BusLost(err)),
-            Err(err) => lost!(Err(err)),
+            Err(err @ ClientError::Refused(_)) => {
+                return Err(Interrupt::End(SessionEnd::BusLost(err)))
+            }
+            Err(err) => return Err(err.into()),
         }
         tracing::info!(
             "resynced from the checkpoint at #{checkpoint}: {} path(s) restored, {} failed",
             resynced.repaired.len(),
             resynced.failed.len()
         );
-        resync_failed = resynced.failed;
-        position = checkpoint;
-        write_position(position_file, position)?;
-        // The resync compared the whole directory.
-        schedule.verify_now = false;
+        write_position(self.position_file, checkpoint)?;
+        Ok(Some((checkpoint, resynced.failed)))
     }
-    let mut ready = false;
-    let mut subscription = Subscription::new(client.clone(), position + 1);
-    // Pipelining: content for the next events is requested while one is applied, and
-    // consumes go out without waiting for each reply. Requests leave in seq order on one
-    // connection, so the bus logs consumes in order.
-    let mut ahead = Window::default();
-    let mut in_flight: VecDeque<Sent> = VecDeque::new();
-    // The position is a hint (the bus's `answered` guards against answering twice). It is
-    // recorded only when every consume sent is acknowledged: when caught up, every
-    // POSITION_EVERY events, and on a clean stop. After a crash or a lost connection the
-    // slave re-applies from the last record, which is idempotent.
-    let mut unsaved: Option<u64> = None;
-    let mut since_saved = 0u32;
-    let mut caught_up = CatchUp {
-        from: position,
-        applied: 0,
-    };
-    let mut progress = Progress::catch_up(position, welcome.head);
-    if position >= welcome.head {
-        if let Err(err) = announce_ready(&client, dir, &mut ready, &caught_up).await {
-            return Ok(SessionEnd::BusLost(err));
+
+    /// Follows the log: content for the next events is requested while one is applied
+    /// (`Window`), each notify answered, until a stop (honoured between events, never in
+    /// the middle of one) or a lost bus.
+    async fn follow(
+        &mut self,
+        mut subscription: Subscription,
+        schedule: &Schedule,
+        shutdown: &mut (impl Future<Output = ()> + Unpin),
+    ) -> Result<SessionEnd, Interrupt> {
+        let mut ahead = Window::default();
+        loop {
+            let stop = tokio::select! {
+                biased;
+                _ = &mut *shutdown => true,
+                _ = std::future::ready(()) => false,
+            };
+            if stop {
+                self.settle_and_save().await?;
+                super::leave(&self.client).await;
+                return Ok(SessionEnd::Stopped);
+            }
+            while ahead.has_room() && !subscription.is_drained() {
+                let event = subscription.next().await?;
+                ahead.push(prefetch(&self.client, event).await?);
+            }
+            let next = match ahead.pop() {
+                Some(next) => next,
+                None => match self
+                    .wait_for_next(&mut subscription, schedule, shutdown)
+                    .await?
+                {
+                    Some(event) => prefetch(&self.client, event).await?,
+                    None => return Ok(SessionEnd::Stopped),
+                },
+            };
+            // Nothing queued behind this event: a file announced now is for what comes
+            // next, so it is worth following.
+            self.follower
+                .set_idle(ahead.events.is_empty() && subscription.is_drained());
+            let seq = next.event.seq;
+            self.take(next).await?;
+            self.bound_and_save().await?;
+            if seq >= self.welcome.head && !self.ready {
+                if let Some(progress) = self.progress.take() {
+                    progress.finish();
+                }
+                self.announce_ready().await?;
+            }
         }
     }
-    // What failed before is retried first, so that a verification does not take its
-    // repairs for drift.
-    let mut retries = lost!(load_retries(&client, &welcome).await);
-    for (error, cause, failed) in resync_failed {
-        retries.add(error, cause, failed);
-    }
-    lost!(run_retries(&mut retries, &applier, &client).await);
-    // The last notify taken in hand: what a verification compares with. At start, as far
-    // as the log says we answered (our position file may lag behind it).
-    let mut at = position.max(welcome.answered.min(welcome.head));
-    if std::mem::take(&mut schedule.verify_now) {
-        let head = welcome.head;
-        lost!(verify(verifier, at, head, &client, &applier, &mut retries).await);
-    }
-    let mut verified_at = tokio::time::Instant::now();
-    loop {
-        // A stop is honoured between events, never in the middle of one.
-        let stop = tokio::select! {
-            biased;
-            _ = &mut *shutdown => true,
-            _ = std::future::ready(()) => false,
-        };
-        if stop {
-            lost!(settle_all(&mut in_flight, &mut retries).await);
-            save(position_file, &mut unsaved)?;
-            super::leave(&client).await;
-            return Ok(SessionEnd::Stopped);
+
+    /// Caught up with what the bus sent: settles, records, then waits for the next event,
+    /// retrying failed changes and verifying as they come due meanwhile. `None` on a stop.
+    async fn wait_for_next(
+        &mut self,
+        subscription: &mut Subscription,
+        schedule: &Schedule,
+        shutdown: &mut (impl Future<Output = ()> + Unpin),
+    ) -> Result<Option<Event>, Interrupt> {
+        self.settle_and_save().await?;
+        self.follower.set_idle(true);
+        let next = subscription.next();
+        tokio::pin!(next);
+        loop {
+            let due = self.retries.next_due();
+            let verify_due = schedule.verify_every.map(|every| self.verified_at + every);
+            tokio::select! {
+                _ = &mut *shutdown => {
+                    super::leave(&self.client).await;
+                    return Ok(None);
+                }
+                event = &mut next => return Ok(Some(event?)),
+                _ = sleep_until_due(due), if due.is_some() => self.run_retries().await?,
+                _ = sleep_until_due(verify_due), if verify_due.is_some() => {
+                    self.verify(self.at).await?;
+                    self.verified_at = tokio::time::Instant::now();
+                }
+            }
         }
-        while ahead.has_room() && !subscription.is_drained() {
-            let event = lost!(subscription.next().await);
-            ahead.push(lost!(prefetch(&client, event).await));
-        }
+    }
+
+    /// Applies one event taken ahead, if it is a notify, and sends its answer.
+    async fn take(&mut self, next: Ahead) -> Result<(), Interrupt> {
         let Ahead {
             event,
             change,
             content,
             ..
-        } = match ahead.pop() {
-            Some(next) => next,
-            None => {
-                // Caught up with what the bus sent: settle, record, then wait for more,
-                // retrying failed changes as they come due meanwhile.
-                lost!(settle_all(&mut in_flight, &mut retries).await);
-                save(position_file, &mut unsaved)?;
-                since_saved = 0;
-                follower.set_idle(true);
-                let next = subscription.next();
-                tokio::pin!(next);
-                let event = loop {
-                    let due = retries.next_due();
-                    let verify_due = schedule.verify_every.map(|every| verified_at + every);
-                    tokio::select! {
-                        _ = &mut *shutdown => {
-                            super::leave(&client).await;
-                            return Ok(SessionEnd::Stopped);
-                        }
-                        event = &mut next => break lost!(event),
-                        _ = sleep_until_due(due), if due.is_some() => {
-                            lost!(run_retries(&mut retries, &applier, &client).await);
-                        }
-                        _ = sleep_until_due(verify_due), if verify_due.is_some() => {
-                            lost!(verify(verifier, at, at, &client, &applier, &mut retries).await);
-                            verified_at = tokio::time::Instant::now();
-                        }
-                    }
-                };
-                lost!(prefetch(&client, event).await)
-            }
+        } = next;
+        let Some(change) = change else {
+            return Ok(());
         };
-        // Nothing queued behind this event: a file announced now is for what comes next,
-        // so it is worth following.
-        follower.set_idle(ahead.events.is_empty() && subscription.is_drained());
-        if let Some(change) = change {
-            if let Ok(change) = &change {
-                for dropped in retries.forget_overlapping(change) {
-                    tracing::info!(
-                        "#{}: {change} supersedes the retry of error #{}",
-                        event.seq,
-                        dropped.error
-                    );
-                }
+        if let Ok(change) = &change {
+            for dropped in self.retries.forget_overlapping(change) {
+                tracing::info!(
+                    "#{}: {change} supersedes the retry of error #{}",
+                    event.seq,
+                    dropped.error
+                );
             }
-            let answer = answer(
-                &applier,
-                &client,
-                &follower,
-                &event,
-                change,
-                content,
-                welcome.answered,
+        }
+        let answered = self.welcome.answered;
+        let sent = answer(
+            &self.applier,
+            &self.client,
+            &self.follower,
+            &event,
+            change,
+            content,
+            answered,
+        )
+        .await?;
+        self.in_flight.extend(sent);
+        self.at = event.seq;
+        self.unsaved = Some(event.seq);
+        self.since_saved += 1;
+        self.caught_up.applied += 1;
+        if let Some(progress) = &mut self.progress {
+            progress.advance(
+                event.seq - self.caught_up.from,
+                event.body.size.unwrap_or(0),
             );
-            if let Some(sent) = lost!(answer.await) {
-                in_flight.push_back(sent);
-            }
-            at = event.seq;
-            unsaved = Some(event.seq);
-            since_saved += 1;
-            caught_up.applied += 1;
-            if let Some(progress) = &mut progress {
-                progress.advance(event.seq - caught_up.from, event.body.size.unwrap_or(0));
+        }
+        Ok(())
+    }
+
+    /// Keeps at most `IN_FLIGHT` answers unacknowledged, and records the position every
+    /// `POSITION_EVERY` events.
+    async fn bound_and_save(&mut self) -> Result<(), Interrupt> {
+        while self.in_flight.len() > IN_FLIGHT {
+            if let Some(sent) = self.in_flight.pop_front() {
+                settle_one(sent, &mut self.retries).await?;
             }
         }
-        while in_flight.len() > IN_FLIGHT {
-            if let Some(sent) = in_flight.pop_front() {
-                lost!(settle_one(sent, &mut retries).await);
-            }
+        if self.since_saved >= POSITION_EVERY {
+            self.settle_and_save().await?;
         }
-        if since_saved >= POSITION_EVERY {
-            lost!(settle_all(&mut in_flight, &mut retries).await);
-            save(position_file, &mut unsaved)?;
-            since_saved = 0;
-        }
-        if event.seq >= welcome.head && !ready {
-            if let Some(progress) = progress.take() {
-                progress.finish();
-            }
-            if let Err(err) = announce_ready(&client, dir, &mut ready, &caught_up).await {
-                return Ok(SessionEnd::BusLost(err));
-            }
-        }
+        Ok(())
+    }
+
+    /// Waits for every answer sent, then records the position.
+    async fn settle_and_save(&mut self) -> Result<(), Interrupt> {
+        settle_all(&mut self.in_flight, &mut self.retries).await?;
+        save(self.position_file, &mut self.unsaved)?;
+        self.since_saved = 0;
+        Ok(())
+    }
+
+    async fn announce_ready(&mut self) -> Result<(), Interrupt> {
+        let dir = self.verifier.dir;
+        announce_ready(&self.client, dir, &mut self.ready, &self.caught_up)
+            .await
+            .map_err(|err| Interrupt::End(SessionEnd::BusLost(err)))
+    }
+
+    async fn run_retries(&mut self) -> Result<(), Interrupt> {
+        Ok(run_retries(&mut self.retries, &self.applier, &self.client).await?)
+    }
+
+    async fn verify(&mut self, head: u64) -> Result<(), Interrupt> {
+        let (verifier, at) = (self.verifier, self.at);
+        let verified = verify(
+            verifier,
+            at,
+            head,
+            &self.client,
+            &self.applier,
+            &mut self.retries,
+        );
+        Ok(verified.await?)
     }
 }
 
