@@ -52,8 +52,12 @@ use filesync::event::EntryKind;
 use filesync::testkit::{AgentLog, Cluster, Pattern};
 use notify::{RecursiveMode, Watcher};
 
+/// The binary under test: this build's, or `FILESYNC_BENCH_BIN` (another build of filesync,
+/// to compare two versions in one run of the same harness).
 fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_filesync"))
+    std::env::var_os("FILESYNC_BENCH_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_filesync")))
 }
 
 /// Watches `dir` (not recursively) for names appearing (created or renamed in).
