@@ -5,7 +5,7 @@ use std::fs;
 use filesync::check::CheckOptions;
 use filesync::testkit::Pattern;
 
-use crate::util::{cluster, must};
+use crate::util::{bin, cluster, must};
 
 /// A slave whose disk is full: an error event for the file that does not fit, nothing
 /// already synced lost, no temporary file left, and the slave goes on once space is back.
@@ -228,6 +228,18 @@ async fn a_read_only_directory_fixed_converges_when_the_slave_restarts() {
             .await,
     );
     must(c.stop_slave(0));
+    // `status` says why the mirror fails: the error not made good, in the slave's words.
+    let out = std::process::Command::new(bin())
+        .args(["status", "--bus", &c.addr])
+        .output()
+        .expect("run status");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    let said = error.body.error.clone().unwrap_or_default();
+    assert!(
+        text.contains(&format!("last error #{}: {said}", error.seq)),
+        "{text}"
+    );
     drop(bound);
     must(c.start_slave(0).await);
     must(

@@ -1273,6 +1273,16 @@ fn status(shared: &Arc<Shared>, asking: u64) -> std::io::Result<StatusReport> {
                 .agents()
                 .find(|(n, _)| n.as_str() == name)
                 .map(|(_, r)| r);
+            let mut open_errors: Vec<(u64, u64)> = rules
+                .open_errors()
+                .of(name)
+                .map(|e| (e.seq, e.cause))
+                .collect();
+            open_errors.sort_unstable();
+            let last_error = open_errors
+                .last()
+                .and_then(|(seq, _)| ledger.log.read_event(*seq))
+                .and_then(|event| event.body.error);
             agents.push(AgentStatus {
                 name: name.to_owned(),
                 role,
@@ -1280,11 +1290,8 @@ fn status(shared: &Arc<Shared>, asking: u64) -> std::io::Result<StatusReport> {
                 answered: rules.answered(name),
                 behind: 0,
                 behind_bytes: 0,
-                open_errors: rules
-                    .open_errors()
-                    .of(name)
-                    .map(|e| (e.seq, e.cause))
-                    .collect(),
+                open_errors,
+                last_error,
                 seen: record.and_then(|r| r.seen.clone()),
             });
         };

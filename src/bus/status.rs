@@ -42,6 +42,9 @@ pub struct AgentStatus {
     pub behind_bytes: u64,
     /// Its errors not made good yet: `(error seq, notify seq)`.
     pub open_errors: Vec<(u64, u64)>,
+    /// The newest of those errors, as its `error` event says it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
     /// When it last appended anything (the log's time).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seen: Option<String>,
@@ -143,6 +146,9 @@ impl StatusReport {
             if let Some(seen) = &agent.seen {
                 out.push_str(&format!(", last seen {seen}"));
             }
+            if let (Some(error), Some((seq, _))) = (&agent.last_error, agent.open_errors.last()) {
+                out.push_str(&format!("\n         last error #{seq}: {error}"));
+            }
             out.push('\n');
         }
         let (health, reasons) = self.health(max_lag);
@@ -195,6 +201,7 @@ mod tests {
             behind: 0,
             behind_bytes: 0,
             open_errors: Vec::new(),
+            last_error: None,
             seen: None,
         }
     }
