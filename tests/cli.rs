@@ -461,3 +461,48 @@ async fn status_reports_each_agent_its_lag_and_a_health_exit_code() {
     assert_eq!(code, Some(2), "{err}");
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
 }
+
+/// `--log-format json`: every line the master logs is one JSON object a machine can read,
+/// its level and message in fields; only the `listening on` line scripts wait for stays
+/// plain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_format_json_gives_one_object_per_line() {
+    let mut c = must(
+        Cluster::builder(&bin(), "log-json")
+            .master_args(&["--log-format", "json"])
+            .slaves(1)
+            .start()
+            .await,
+    );
+    fs::write(c.master_dir().join("a.txt"), "a").expect("write");
+    must(
+        c.events
+            .expect(Pattern::consume().by("slave").put().path("a.txt"))
+            .await,
+    );
+    must(c.master_says("master ready: watching ", Duration::from_secs(20)));
+    must(c.stop_master());
+    let stderr = fs::read_to_string(c.logs_dir().join("master")).expect("the master's stderr");
+    let mut messages = Vec::new();
+    for line in stderr.lines().filter(|l| !l.starts_with("listening on ")) {
+        let object: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|err| panic!("not JSON ({err}): {line}\n{stderr}"));
+        assert!(object["level"].is_string(), "{line}");
+        messages.push(
+            object["fields"]["message"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned(),
+        );
+    }
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.starts_with("master ready: watching ")),
+        "{stderr}"
+    );
+    assert!(
+        messages.iter().any(|m| m.starts_with("left the bus (#")),
+        "{stderr}"
+    );
+}
