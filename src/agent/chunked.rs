@@ -12,6 +12,7 @@ use filesync_slave::rebuild::{plan, LocalChunks, Source};
 use filesync_slave::{Applied, Applier, ApplyError};
 
 use super::follow::Follower;
+use super::progress::Progress;
 use super::slave::{write_piece, ApplyFailure};
 use crate::bus::api::{call, Link, Piece, Reply};
 use crate::bus::protocol::PIECE_SIZE;
@@ -106,6 +107,7 @@ pub(super) async fn apply_chunked(
     let mut staged = Box::new(applier.stage_file(path, entry).map_err(failed)?);
     let steps = plan(&manifest, local.as_ref());
     let mut transfer = Transfer::default();
+    let mut progress = Progress::file("receiving", &path.to_string(), Some(entry.size));
     let mut asked: VecDeque<Reply<Piece>> = VecDeque::new();
     let mut next_ask = 0;
     let mut batch: Vec<u8> = Vec::with_capacity(WRITE_BATCH);
@@ -156,6 +158,9 @@ pub(super) async fn apply_chunked(
                 chunk.len
             )));
         }
+        if let Some(progress) = &mut progress {
+            progress.add_bytes(data.len() as u64);
+        }
         batch.extend_from_slice(&data);
         if batch.len() >= WRITE_BATCH {
             let full = std::mem::replace(&mut batch, Vec::with_capacity(WRITE_BATCH));
@@ -168,6 +173,9 @@ pub(super) async fn apply_chunked(
         staged = write_piece(staged, batch, path, entry.size)
             .await
             .map_err(failed)?;
+    }
+    if let Some(progress) = progress {
+        progress.finish();
     }
     let applied = staged.commit().map_err(failed)?;
     Ok((applied, transfer))

@@ -21,6 +21,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::chunked::WRITE_BATCH;
+use super::progress::{Progress, LARGE};
 use crate::bus::api::{call, Link, Piece, Reply};
 use crate::bus::ClientError;
 
@@ -169,6 +170,9 @@ async fn receive(client: &Link, applier: &Applier, file: u64) -> Result<Received
     let mut next_index = 0u64;
     let mut end: Option<(ContentHash, u64)> = None;
     let mut batch: Vec<u8> = Vec::with_capacity(WRITE_BATCH);
+    // Bytes received so far, and a bar once the file is large (on a terminal).
+    let mut received = 0u64;
+    let mut progress: Option<Progress> = None;
     loop {
         while end.is_none() && asked.len() < AHEAD {
             asked.push_back(client.follow_get(file, next_index).await.map_err(text)?);
@@ -197,6 +201,17 @@ async fn receive(client: &Link, applier: &Applier, file: u64) -> Result<Received
                 data.len()
             ));
         }
+        received += data.len() as u64;
+        match &mut progress {
+            Some(progress) => progress.add_bytes(data.len() as u64),
+            None if received >= LARGE => {
+                progress = Progress::file("receiving", "a new large file", None);
+                if let Some(progress) = &mut progress {
+                    progress.add_bytes(received);
+                }
+            }
+            None => {}
+        }
         batch.extend_from_slice(&data);
         if batch.len() >= WRITE_BATCH {
             let full = std::mem::replace(&mut batch, Vec::with_capacity(WRITE_BATCH));
@@ -205,6 +220,9 @@ async fn receive(client: &Link, applier: &Applier, file: u64) -> Result<Received
     }
     // Announcements asked for past the end are answered with the end; nothing to do.
     drop(asked);
+    if let Some(progress) = progress {
+        progress.finish();
+    }
     if !batch.is_empty() {
         loose = write(loose, batch).await?;
     }

@@ -1,6 +1,7 @@
 //! Progress for long work, drawn on stderr only when it is a terminal (indicatif hides the
 //! bar otherwise, so journald and pipes get the lifecycle lines alone): a slave catching up
-//! with the log, a master's first scan of its directory.
+//! with the log, a master's first scan of its directory, and a large file in flight (a
+//! master reading and sending it, a slave receiving it).
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -38,6 +39,28 @@ impl Progress {
         Some(Progress { bar, bytes: 0 })
     }
 
+    /// A large file in flight: `verb` ("sending", "receiving") the file `what`, `size` bytes
+    /// when known; `None` off a terminal or for a file under `LARGE` bytes.
+    pub fn file(verb: &str, what: &str, size: Option<u64>) -> Option<Progress> {
+        if size.is_some_and(|size| size < LARGE) || !on_terminal() {
+            return None;
+        }
+        let bar = ProgressBar::with_draw_target(size, ProgressDrawTarget::stderr());
+        let template = match size {
+            Some(_) => format!("{verb} {what} {{bar:30}} {{bytes}}/{{total_bytes}} ({{eta}} left)"),
+            None => format!("{{spinner}} {verb} {what}: {{bytes}}"),
+        };
+        let style = ProgressStyle::with_template(&template);
+        bar.set_style(style.unwrap_or_else(|_| ProgressStyle::default_bar()));
+        Some(Progress { bar, bytes: 0 })
+    }
+
+    /// `bytes` more of a file in flight.
+    pub fn add_bytes(&mut self, bytes: u64) {
+        self.bytes += bytes;
+        self.bar.set_position(self.bytes);
+    }
+
     /// The bar at `position` (events read, or changes published), `bytes` more of content.
     pub fn advance(&mut self, position: u64, bytes: u64) {
         self.bytes += bytes;
@@ -51,6 +74,9 @@ impl Progress {
         self.bar.finish_and_clear();
     }
 }
+
+/// Files at least this large get a bar while in flight.
+pub const LARGE: u64 = 64 << 20;
 
 /// Whether bars are drawn at all: stderr is a terminal (indicatif would hide them
 /// otherwise, after formatting every update).

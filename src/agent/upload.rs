@@ -17,6 +17,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use filesync_master::chunk::{ChunkRef, Manifest, CHUNK_MAX};
 use filesync_master::hash::ContentHash;
 
+use super::progress::{Progress, LARGE};
 use crate::bus::api::{call, Link, Reply};
 use crate::bus::protocol::PIECE_SIZE;
 use crate::bus::ClientError;
@@ -88,6 +89,9 @@ pub struct ChunkUpload {
     /// and the announcements not yet acknowledged.
     announce: Option<(u64, u64)>,
     announced: VecDeque<Reply<()>>,
+    /// Bytes of the file cut so far, and its bar once it is large (on a terminal).
+    cut: u64,
+    progress: Option<Progress>,
 }
 
 impl ChunkUpload {
@@ -104,11 +108,25 @@ impl ChunkUpload {
                 .flatten()
                 .map(|file| (file, 0)),
             announced: VecDeque::new(),
+            cut: 0,
+            progress: None,
         }
     }
 
     /// The next chunk of the file, as the worker cut it.
     pub async fn chunk(&mut self, client: &Link, cut: CutChunk) -> Result<(), ClientError> {
+        let len = cut.data.len() as u64;
+        self.cut += len;
+        match &mut self.progress {
+            Some(progress) => progress.add_bytes(len),
+            None if self.cut >= LARGE => {
+                self.progress = Progress::file("sending", "a large file", None);
+                if let Some(progress) = &mut self.progress {
+                    progress.add_bytes(self.cut);
+                }
+            }
+            None => {}
+        }
         let asked = if self.seen.insert(cut.chunk_ref.sha256) {
             Some(client.has(cut.chunk_ref.sha256).await?)
         } else {
@@ -174,6 +192,9 @@ impl ChunkUpload {
         if let Some((upload, _)) = self.announce.take() {
             call(client.announce_end(upload, whole)).await?;
         }
+        if let Some(progress) = self.progress.take() {
+            progress.finish();
+        }
         let encoded = manifest.encode();
         let address = manifest.address();
         if !call(client.has(address)).await? {
@@ -187,6 +208,9 @@ impl ChunkUpload {
     /// published): the answers still due are collected (so that a lost connection is
     /// noticed) and followers are told.
     pub async fn abandon(self, client: &Link) -> Result<(), ClientError> {
+        if let Some(progress) = self.progress {
+            progress.finish();
+        }
         let lost = |outcome: Result<(), ClientError>| match outcome {
             Err(err) if err.is_connection() => Err(err),
             _ => Ok(()),
