@@ -1,7 +1,10 @@
-//! The log as a picture: a self-contained HTML page (no scripts, no network fetches) with one
-//! lane per agent, one row per event, arrows from each notify to the consumes and errors that
-//! answer it, errors in red, and the events behind each violated invariant (or the unmet
-//! expectations of a failed test) highlighted and listed at the top.
+//! The log as a picture: a self-contained HTML page (no network fetches; one inline script,
+//! for the filter box) with one lane per agent, one row per event, arrows from each notify
+//! to the consumes and errors that answer it, errors in red, and the events behind each
+//! violated invariant (or the unmet expectations of a failed test) highlighted and listed at
+//! the top. A burst (many events close together, none of them wrong) is one row with its
+//! counts, expandable below the picture as the log's lines; a long log is summarised around
+//! what went wrong (`plan_rows`).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write;
@@ -79,7 +82,7 @@ pub fn render(events: &[Event], report: Option<&Report>, unmet: &[String]) -> St
         .enumerate()
         .filter_map(|(row, r)| match r {
             Row::Event(idx) => Some((events[*idx].seq, row)),
-            Row::Gap(..) => None,
+            Row::Gap(..) | Row::Burst(..) => None,
         })
         .collect();
     let start = events
@@ -109,19 +112,33 @@ pub fn render(events: &[Event], report: Option<&Report>, unmet: &[String]) -> St
     let drawn = || {
         rows.iter().enumerate().filter_map(|(row, r)| match r {
             Row::Event(idx) => Some((row, &events[*idx])),
-            Row::Gap(..) => None,
+            Row::Gap(..) | Row::Burst(..) => None,
         })
     };
     for (row, r) in rows.iter().enumerate() {
-        let Row::Gap(first, last) = r else { continue };
         let y = TOP + ROW * row + ROW / 2;
-        let _ = write!(
-            svg,
-            r##"<rect x="0" y="{}" width="{width}" height="{ROW}" fill="#f6f8fa"/><text x="8" y="{}" fill="#57606a" font-style="italic">… {}</text>"##,
-            y - ROW / 2,
-            y + 4,
-            escape(&gap_summary(&events[*first..=*last]))
-        );
+        match r {
+            Row::Gap(first, last) => {
+                let _ = write!(
+                    svg,
+                    r##"<rect x="0" y="{}" width="{width}" height="{ROW}" fill="#f6f8fa"/><text x="8" y="{}" fill="#57606a" font-style="italic">… {}</text>"##,
+                    y - ROW / 2,
+                    y + 4,
+                    escape(&gap_summary(&events[*first..=*last]))
+                );
+            }
+            Row::Burst(first, last) => {
+                let _ = write!(
+                    svg,
+                    r##"<a href="#burst{}"><rect x="0" y="{}" width="{width}" height="{ROW}" fill="#ddf4ff"/><text x="8" y="{}" fill="#0969da">▸ {} (expand below)</text></a>"##,
+                    events[*first].seq,
+                    y - ROW / 2,
+                    y + 4,
+                    escape(&burst_summary(&events[*first..=*last]))
+                );
+            }
+            Row::Event(_) => {}
+        }
     }
     for (row, event) in drawn() {
         let y = TOP + ROW * row + ROW / 2;
@@ -204,6 +221,7 @@ pub fn render(events: &[Event], report: Option<&Report>, unmet: &[String]) -> St
         );
     }
     svg.push_str("</svg>");
+    let bursts = bursts_listed(&rows, events);
 
     let mut summary = String::new();
     if let Some(report) = report {
@@ -250,11 +268,18 @@ pub fn render(events: &[Event], report: Option<&Report>, unmet: &[String]) -> St
         }
     }
     summary.push_str(&counts_table(events));
-    if rows.len() < events.len() {
+    if rows.iter().any(|r| matches!(r, Row::Gap(..))) {
         let _ = write!(
             summary,
             "<p>{} events: the first and last {EDGE}, and {AROUND} on each side of every event a violation names, are drawn; the rest is summarised in grey rows.</p>",
             events.len()
+        );
+    }
+    let n_bursts = rows.iter().filter(|r| matches!(r, Row::Burst(..))).count();
+    if n_bursts > 0 {
+        let _ = write!(
+            summary,
+            "<p>{n_bursts} burst(s) of at least {BURST_MIN} events, none of them wrong, are one blue row each; their lines are under the picture.</p>"
         );
     }
     if !unmet.is_empty() {
@@ -277,14 +302,105 @@ h1 {{ font-size: 18px; margin: 0 0 8px; }}
 .counts {{ border-collapse: collapse; font-size: 12px; margin: 6px 0; }}
 .counts td, .counts th {{ border: 1px solid #d0d7de; padding: 2px 8px; text-align: right; }}
 .legend i {{ display: inline-block; width: 10px; height: 10px; border-radius: 5px; margin-right: 4px; }}
+#filter {{ font: 13px ui-monospace, monospace; width: 28em; padding: 3px 6px; }}
+.bursts pre {{ font-size: 12px; margin: 4px 0 12px 16px; }}
+.dim {{ opacity: 0.15; }}
 </style></head><body>
 <h1>filesync event log</h1>
 {summary}
+<p><input id="filter" type="search" placeholder="filter: a path, an agent, a tag, an error..." aria-label="filter events"> <span id="matches"></span></p>
 <p class="legend"><span><i style="background:#1f6feb"></i>notify</span><span><i style="background:#1a7f37"></i>consume</span><span><i style="background:#d1242f"></i>error</span><span><i style="background:#8250df"></i>ready</span><span><i style="background:#8c959f"></i>join / leave</span><span style="background:#fff8c5">highlighted: events behind a violation</span> (hover a dot for its log line)</p>
 {svg}
+{bursts}
+<script>
+// The filter box: events whose log line does not contain every word typed are dimmed.
+(function () {{
+  var box = document.getElementById("filter"), said = document.getElementById("matches");
+  var events = Array.prototype.slice.call(document.querySelectorAll("svg g[id^=e], .bursts span"));
+  box.addEventListener("input", function () {{
+    var words = box.value.toLowerCase().split(/\s+/).filter(Boolean), n = 0;
+    events.forEach(function (el) {{
+      var text = (el.querySelector("title") || el).textContent.toLowerCase();
+      var hit = words.every(function (w) {{ return text.indexOf(w) >= 0; }});
+      if (hit) n++;
+      el.classList.toggle("dim", words.length > 0 && !hit);
+    }});
+    said.textContent = words.length ? n + " of " + events.length + " drawn or listed events match" : "";
+  }});
+}})();
+</script>
 </body></html>
 "##
     )
+}
+
+/// The bursts' events, as the log's readable lines, each in a collapsed section the burst's
+/// row links to.
+fn bursts_listed(rows: &[Row], events: &[Event]) -> String {
+    let mut out = String::new();
+    for row in rows {
+        let Row::Burst(first, last) = row else {
+            continue;
+        };
+        let burst = &events[*first..=*last];
+        let _ = write!(
+            out,
+            "<details id=\"burst{}\"><summary>{}</summary><pre>",
+            events[*first].seq,
+            escape(&burst_summary(burst))
+        );
+        for event in burst {
+            let _ = writeln!(
+                out,
+                "<span class=\"line\">{}</span>",
+                escape(&crate::listen::format_line(event))
+            );
+        }
+        out.push_str("</pre></details>");
+    }
+    if out.is_empty() {
+        return out;
+    }
+    format!("<div class=\"bursts\"><h2>Bursts</h2>{out}</div>")
+}
+
+/// One line for a burst: its range, how long it took, and what it was.
+fn burst_summary(events: &[Event]) -> String {
+    let span = match (events.first(), events.last()) {
+        (Some(first), Some(last)) => {
+            match (
+                humantime::parse_rfc3339(&first.time),
+                humantime::parse_rfc3339(&last.time),
+            ) {
+                (Ok(a), Ok(b)) => b
+                    .duration_since(a)
+                    .map(|d| format!(" in {:.1} ms", d.as_secs_f64() * 1000.0))
+                    .unwrap_or_default(),
+                _ => String::new(),
+            }
+        }
+        _ => String::new(),
+    };
+    let mut by_kind: BTreeMap<String, usize> = BTreeMap::new();
+    for event in events {
+        let tag = event.body.tag.map(|t| t.as_str()).unwrap_or("?");
+        let kind = match event.body.op {
+            Some(op) => format!("{tag} {}", op.as_str()),
+            None => tag.to_owned(),
+        };
+        *by_kind.entry(kind).or_default() += 1;
+    }
+    let counts: Vec<String> = by_kind.iter().map(|(k, n)| format!("{n} {k}")).collect();
+    match (events.first(), events.last()) {
+        (Some(first), Some(last)) => format!(
+            "burst of {} events{span}, #{} to #{}: {}",
+            events.len(),
+            first.seq,
+            last.seq,
+            counts.join(", ")
+        ),
+        _ => String::new(),
+    }
 }
 
 /// The violations listed in the summary, earliest first.
@@ -298,16 +414,73 @@ const AROUND: usize = 15;
 /// At most this many windows around flagged events are drawn.
 const WINDOWS: usize = 100;
 
-/// One row of the picture: an event, or a run of events summarised (indices, inclusive).
+/// One row of the picture: an event, a run of events not drawn, or a burst collapsed
+/// (indices, inclusive).
 enum Row {
     Event(usize),
     Gap(usize, usize),
+    Burst(usize, usize),
+}
+
+/// A run of at least this many events, each within `BURST_GAP` of the one before and none of
+/// them flagged or an error, is drawn as one row.
+const BURST_MIN: usize = 50;
+const BURST_GAP: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Collapses the bursts among the events `rows` draws one by one.
+fn collapse_bursts(rows: Vec<Row>, events: &[Event], flagged: &HashSet<u64>) -> Vec<Row> {
+    let times: Vec<Option<std::time::SystemTime>> = events
+        .iter()
+        .map(|e| humantime::parse_rfc3339(&e.time).ok())
+        .collect();
+    let quiet = |idx: usize| {
+        !flagged.contains(&events[idx].seq) && events[idx].body.tag != Some(Tag::Error)
+    };
+    let close = |a: usize, b: usize| match (times[a], times[b]) {
+        (Some(a), Some(b)) => b.duration_since(a).map_or(true, |gap| gap <= BURST_GAP),
+        _ => false,
+    };
+    let mut out = Vec::with_capacity(rows.len());
+    let mut run: Vec<usize> = Vec::new();
+    let flush = |run: &mut Vec<usize>, out: &mut Vec<Row>| {
+        match (run.first(), run.last()) {
+            (Some(&first), Some(&last)) if run.len() >= BURST_MIN => {
+                out.push(Row::Burst(first, last))
+            }
+            _ => out.extend(run.iter().map(|&idx| Row::Event(idx))),
+        }
+        run.clear();
+    };
+    for row in rows {
+        match row {
+            Row::Event(idx) if quiet(idx) => {
+                if run
+                    .last()
+                    .is_some_and(|&prev| prev + 1 != idx || !close(prev, idx))
+                {
+                    flush(&mut run, &mut out);
+                }
+                run.push(idx);
+            }
+            other => {
+                flush(&mut run, &mut out);
+                out.push(other);
+            }
+        }
+    }
+    flush(&mut run, &mut out);
+    out
 }
 
 /// Which events are drawn: all of a short log; of a long one, both ends and a window around
 /// each flagged event and error, the runs between them summarised in one row each, so the
 /// page stays a few megabytes and quick to render whatever the log's length.
 fn plan_rows(events: &[Event], flagged: &HashSet<u64>) -> Vec<Row> {
+    collapse_bursts(drawn_or_not(events, flagged), events, flagged)
+}
+
+/// Which events are drawn one by one (before bursts are collapsed).
+fn drawn_or_not(events: &[Event], flagged: &HashSet<u64>) -> Vec<Row> {
     if events.len() <= DRAW_ALL {
         return (0..events.len()).map(Row::Event).collect();
     }
@@ -430,14 +603,15 @@ mod tests {
             html.matches("http://www.w3.org/2000/svg").count()
         );
         assert!(
-            !html.contains("https://") && !html.contains("<script"),
+            !html.contains("https://") && !html.contains(" src=") && !html.contains("fetch("),
             "self-contained, no fetches"
         );
+        assert!(html.contains("id=\"filter\""), "a filter box");
     }
 
     /// A log of `pairs` files put and consumed, one consume of which (the middle one)
-    /// names the wrong content.
-    fn long_log(pairs: usize) -> Vec<Event> {
+    /// names the wrong content; each pair `apart_ms` after the one before.
+    fn long_log(pairs: usize, apart_ms: u64) -> Vec<Event> {
         let sha = "5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03";
         let bad = "0000000000000000000000000000000000000000000000000000000000000000";
         let mut lines = vec![
@@ -448,7 +622,9 @@ mod tests {
         ];
         for i in 0..pairs {
             let notify = lines.len() + 1;
-            let time = "2026-11-22T00:41:17.009042Z";
+            let at = humantime::parse_rfc3339("2026-11-22T00:41:17.009042Z").expect("time")
+                + std::time::Duration::from_millis(apart_ms * i as u64);
+            let time = humantime::format_rfc3339_micros(at);
             lines.push(format!(r#"{{"seq":{notify},"time":"{time}","agent":"master","tag":"notify","op":"put","path":"f{i}","kind":"file","size":6,"sha256":"{sha}","mode":420}}"#));
             let got = if i == pairs / 2 { bad } else { sha };
             lines.push(format!(r#"{{"seq":{},"time":"{time}","agent":"slave","tag":"consume","op":"put","path":"f{i}","kind":"file","size":6,"sha256":"{got}","mode":420,"cause":{notify}}}"#, notify + 1));
@@ -462,7 +638,7 @@ mod tests {
     #[test]
     fn a_long_log_stays_small_summarised_around_what_went_wrong() {
         for pairs in [2_500, 50_000] {
-            let events = long_log(pairs);
+            let events = long_log(pairs, 0);
             let report = check_log(&events, CheckOptions::default());
             assert!(!report.is_ok());
             let html = render(&events, Some(&report), &[]);
@@ -484,10 +660,43 @@ mod tests {
             // The summary counts every event, drawn or not.
             assert!(html.contains(&format!("<td>{pairs}</td>")));
         }
-        // A short log is drawn whole.
-        let events = long_log(100);
+        // A short log, its events apart, is drawn whole.
+        let events = long_log(100, 200);
         let html = render(&events, None, &[]);
-        assert!(!html.contains("events not drawn"));
+        assert!(!html.contains("events not drawn") && !html.contains("burst of"));
         assert_eq!(html.matches("<g id=").count(), events.len());
+    }
+
+    /// 5,000 events close together, one consume wrong: the bursts before and after it are
+    /// one row each with their counts, listed (collapsed) as lines under the picture; the
+    /// wrong one and its neighbours are drawn; the page stays under 5 MB.
+    #[test]
+    fn bursts_are_one_row_each_expandable_as_lines() {
+        let events = long_log(2_498, 0);
+        assert_eq!(events.len(), 5_000);
+        let report = check_log(&events, CheckOptions::default());
+        let html = render(&events, Some(&report), &[]);
+        assert!(html.len() < 5_000_000, "{} bytes", html.len());
+        assert!(
+            !html.contains("events not drawn"),
+            "5,000 are all drawn or listed"
+        );
+        let rows = html.matches("<a href=\"#burst").count();
+        assert_eq!(rows, 2, "before and after the bad consume");
+        assert_eq!(html.matches("<details id=\"burst").count(), 2);
+        let bad_seq = 4 + 2 * (2_498 / 2) + 2;
+        assert!(html.contains(&format!("<g id=\"e{bad_seq}\">")));
+        // Every event is drawn or listed once: dots plus burst lines.
+        let listed = html.matches("<span class=\"line\">").count();
+        assert_eq!(html.matches("<g id=\"e").count() + listed, events.len());
+        let first_burst = html
+            .split("<summary>")
+            .nth(1)
+            .and_then(|rest| rest.split("</summary>").next())
+            .unwrap_or_default();
+        assert_eq!(
+            first_burst,
+            "burst of 2498 events in 0.0 ms, #5 to #2502: 1249 consume put, 1249 notify put"
+        );
     }
 }
