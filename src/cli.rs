@@ -877,11 +877,7 @@ fn bus_state(state: Option<PathBuf>) -> PathBuf {
 
 async fn run_status(args: StatusArgs) -> anyhow::Result<i32> {
     let (hello, tls) = args.reader.hello("status", false)?;
-    let dial = crate::bus::TcpDial {
-        addr: args.reader.bus.clone(),
-        tls,
-    };
-    let (client, _) = crate::bus::Dial::dial(&dial, &hello).await?;
+    let (client, _) = crate::bus::dial(&args.reader.bus, tls).dial(&hello).await?;
     let report = crate::bus::api::call(client.status()).await?;
     let (health, reasons) = report.health(args.max_lag);
     if args.json {

@@ -9,7 +9,7 @@ use anyhow::Context;
 use filesync_master::ignore::IgnoreRules;
 use filesync_master::RelPath;
 
-use crate::bus::{ClientError, Dial, Subscription, TcpDial};
+use crate::bus::{ClientError, Subscription};
 use crate::cli::{shutdown_signal, ExportArgs, ListenArgs};
 use crate::event::{EntryKind, Event, Op, Tag};
 
@@ -85,10 +85,7 @@ pub async fn run(args: ListenArgs) -> anyhow::Result<i32> {
     let filter = Filter::new(&args)?;
     let (hello, tls) = args.reader.hello("listener", args.announce)?;
     let bus = &args.reader.bus;
-    let dial = TcpDial {
-        addr: bus.clone(),
-        tls,
-    };
+    let dial = crate::bus::dial(bus, tls);
     let (client, welcome) = dial.dial(&hello).await?;
     let mut subscription = Subscription::new(client, args.from.unwrap_or(welcome.head + 1));
     let shutdown = shutdown_signal();
@@ -164,10 +161,7 @@ pub async fn run(args: ListenArgs) -> anyhow::Result<i32> {
 /// checkpoint (on the bus's machine) to judge what came before.
 pub async fn export(args: ExportArgs) -> anyhow::Result<i32> {
     let (hello, tls) = args.reader.hello("export", false)?;
-    let dial = TcpDial {
-        addr: args.reader.bus.clone(),
-        tls,
-    };
+    let dial = crate::bus::dial(&args.reader.bus, tls);
     let (client, welcome) = dial.dial(&hello).await?;
     if welcome.start > 1 {
         eprintln!(

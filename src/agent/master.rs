@@ -27,7 +27,7 @@ use super::progress::Progress;
 use super::upload::{Budget, ChunkUpload, CutChunk};
 use super::{replay_notifies, Connector, SessionEnd};
 use crate::bus::api::{call, Dial, Link, Reply};
-use crate::bus::{ClientError, TcpDial};
+use crate::bus::ClientError;
 use crate::event::{Draft, Role, Tag};
 
 /// How the master runs.
@@ -73,12 +73,10 @@ pub async fn run(options: MasterOptions, shutdown: impl Future<Output = ()>) -> 
     if !dir.is_dir() {
         bail!("master directory {} is not a directory", dir.display());
     }
-    let dial = options.dial.clone().unwrap_or_else(|| {
-        Arc::new(TcpDial {
-            addr: options.bus.clone(),
-            tls: options.tls.clone(),
-        })
-    });
+    let dial = options
+        .dial
+        .clone()
+        .unwrap_or_else(|| crate::bus::dial(&options.bus, options.tls.clone()));
     let mut connector = Connector::new(
         dial,
         Role::Master,
@@ -363,7 +361,7 @@ fn hold_while(stop: &AtomicBool, why: impl Fn() -> Option<String>) -> bool {
 /// empty against the log (`RootGuard`).
 fn worker(
     dir: &Path,
-    mut tree: Tree,
+    tree: Tree,
     mut guard: RootGuard,
     tx: &mpsc::Sender<WorkerMsg>,
     retries: &std_mpsc::Receiver<RelPath>,
@@ -374,115 +372,195 @@ fn worker(
         return;
     }
     guard.rebind();
-    let start_watch = || match DirWatcher::start(dir) {
+    let Some(watcher) = start_watch(dir, tx) else {
+        return;
+    };
+    let mut worker = Worker {
+        dir,
+        tree,
+        guard,
+        watcher,
+        coalescer: Coalescer::new(Timing::default()),
+        polling_since: None,
+        ignore_file: RelPath::new(IGNORE_FILE).ok(),
+        emitter: Emitter {
+            tx,
+            stop,
+            budget: Budget::default(),
+            unstable: Vec::new(),
+        },
+    };
+    worker.rescan_all();
+    if tx.blocking_send(WorkerMsg::Ready).is_err() {
+        return;
+    }
+    while !stop.load(Ordering::SeqCst) {
+        if let Some(why) = worker.guard.replaced() {
+            if !worker.rewatch_replaced_root(&why) {
+                return;
+            }
+            continue;
+        }
+        worker.retry(retries);
+        if !worker.take_signals() || !worker.run_due() {
+            let _ = tx.blocking_send(WorkerMsg::Fatal("the directory watcher stopped".into()));
+            return;
+        }
+    }
+}
+
+/// Starts watching `dir`; a failure is sent as fatal.
+fn start_watch(dir: &Path, tx: &mpsc::Sender<WorkerMsg>) -> Option<DirWatcher> {
+    match DirWatcher::start(dir) {
         Ok(watcher) => Some(watcher),
         Err(err) => {
             let _ = tx.blocking_send(WorkerMsg::Fatal(err.to_string()));
             None
         }
-    };
-    let Some(mut watcher) = start_watch() else {
-        return;
-    };
-    let mut coalescer = Coalescer::new(Timing::default());
-    // Paths whose hash was unstable, handed from the emit callback back to the coalescer.
-    let unstable: std::cell::RefCell<Vec<RelPath>> = std::cell::RefCell::new(Vec::new());
-    // Chunks cut and not yet answered for by the bus: the worker waits for room.
-    let budget = Budget::default();
-    let mut emit = |outcome: Outcome| {
+    }
+}
+
+/// Where the tree's outcomes go: changes and chunks to the async side (within the chunk
+/// budget), unstable paths back to the coalescer.
+struct Emitter<'a> {
+    tx: &'a mpsc::Sender<WorkerMsg>,
+    stop: &'a AtomicBool,
+    /// Chunks cut and not yet answered for by the bus: the worker waits for room.
+    budget: Budget,
+    /// Paths whose hash was unstable, to be looked at again.
+    unstable: Vec<RelPath>,
+}
+
+impl Emitter<'_> {
+    fn emit(&mut self, outcome: Outcome) {
         let msg = match outcome {
             Outcome::Changed(observed) => WorkerMsg::Change(observed),
-            Outcome::Retry(path) => return unstable.borrow_mut().push(path),
+            Outcome::Retry(path) => return self.unstable.push(path),
             Outcome::Chunk(chunk_ref, data, new_file) => WorkerMsg::Chunk(CutChunk {
                 chunk_ref,
-                held: budget.take(data.len()),
+                held: self.budget.take(data.len()),
                 data,
                 new_file,
             }),
             Outcome::StreamEnd(hash) => WorkerMsg::ChunksEnd(hash.is_some()),
         };
-        if tx.blocking_send(msg).is_err() {
-            stop.store(true, Ordering::SeqCst);
+        if self.tx.blocking_send(msg).is_err() {
+            self.stop.store(true, Ordering::SeqCst);
         }
-    };
-    tree.rescan_all(&mut emit);
-    if tx.blocking_send(WorkerMsg::Ready).is_err() {
-        return;
     }
-    let ignore_file = RelPath::new(IGNORE_FILE).ok();
-    let mut polling_since: Option<Instant> = None;
-    while !stop.load(Ordering::SeqCst) {
-        if let Some(why) = guard.replaced() {
-            tracing::error!("{why}: not publishing until it is back");
-            let published = tree.model().len();
-            if !hold_while(stop, || guard.empty_or_gone(published)) {
-                return;
-            }
-            guard.rebind();
-            // The old watches died with the old directory; signals about it mean nothing.
-            let Some(rewatched) = start_watch() else {
-                return;
-            };
-            watcher = rewatched;
-            coalescer = Coalescer::new(Timing::default());
-            tree.reload_ignore();
-            tree.rescan_all(&mut emit);
-            continue;
+}
+
+/// The worker thread's state: the tree, what watches it, and what is due.
+struct Worker<'a> {
+    dir: &'a Path,
+    tree: Tree,
+    guard: RootGuard,
+    watcher: DirWatcher,
+    coalescer: Coalescer,
+    /// Since when the watch limit was hit (the tree is then compared every POLL_INTERVAL).
+    polling_since: Option<Instant>,
+    ignore_file: Option<RelPath>,
+    emitter: Emitter<'a>,
+}
+
+impl Worker<'_> {
+    fn rescan_all(&mut self) {
+        let emitter = &mut self.emitter;
+        self.tree.rescan_all(&mut |outcome| emitter.emit(outcome));
+    }
+
+    /// The root was replaced: waits until it is back, then watches and compares it anew.
+    /// False when the worker should end (stopping, or the watcher cannot start).
+    fn rewatch_replaced_root(&mut self, why: &str) -> bool {
+        tracing::error!("{why}: not publishing until it is back");
+        let published = self.tree.model().len();
+        let guard = &self.guard;
+        if !hold_while(self.emitter.stop, || guard.empty_or_gone(published)) {
+            return false;
         }
+        self.guard.rebind();
+        // The old watches died with the old directory; signals about it mean nothing.
+        let Some(rewatched) = start_watch(self.dir, self.emitter.tx) else {
+            return false;
+        };
+        self.watcher = rewatched;
+        self.coalescer = Coalescer::new(Timing::default());
+        self.tree.reload_ignore();
+        self.rescan_all();
+        true
+    }
+
+    /// Unstable paths and the paths the async side hands back are looked at again.
+    fn retry(&mut self, retries: &std_mpsc::Receiver<RelPath>) {
         let now = Instant::now();
-        for path in unstable.borrow_mut().drain(..) {
-            coalescer.retry(path, now);
+        for path in self.emitter.unstable.drain(..) {
+            self.coalescer.retry(path, now);
         }
         while let Ok(path) = retries.try_recv() {
-            tree.invalidate(&path);
-            coalescer.retry(path, now);
+            self.tree.invalidate(&path);
+            self.coalescer.retry(path, now);
         }
-        // Wake for the next deadline, and at least every 100 ms to notice `stop`.
-        let wait = coalescer
+    }
+
+    /// Feeds the watcher's signals to the coalescer, waiting for the next deadline (at most
+    /// 100 ms, to notice a stop); false when the watcher stopped.
+    fn take_signals(&mut self) -> bool {
+        let now = Instant::now();
+        let wait = self
+            .coalescer
             .next_deadline()
             .map(|deadline| deadline.saturating_duration_since(now))
             .unwrap_or(Duration::from_millis(100))
             .min(Duration::from_millis(100));
-        let mut next = watcher.next(wait);
+        let mut next = self.watcher.next(wait);
         while let Ok(Some(signal)) = next {
             if signal == Signal::WatchLimit {
-                polling_since.get_or_insert_with(Instant::now);
+                self.polling_since.get_or_insert_with(Instant::now);
             }
-            coalescer.observe(signal, Instant::now());
-            next = watcher.next(Duration::ZERO);
+            self.coalescer.observe(signal, Instant::now());
+            next = self.watcher.next(Duration::ZERO);
         }
         if next.is_err() {
-            let _ = tx.blocking_send(WorkerMsg::Fatal("the directory watcher stopped".into()));
-            return;
+            return false;
         }
-        if polling_since.is_some_and(|since| since.elapsed() >= POLL_INTERVAL) {
-            polling_since = Some(Instant::now());
-            coalescer.observe(Signal::Rescan, Instant::now());
+        if self
+            .polling_since
+            .is_some_and(|since| since.elapsed() >= POLL_INTERVAL)
+        {
+            self.polling_since = Some(Instant::now());
+            self.coalescer.observe(Signal::Rescan, Instant::now());
         }
-        let due = coalescer.take_due(Instant::now());
+        true
+    }
+
+    /// Does what the coalescer says is due; false when the watcher stopped.
+    fn run_due(&mut self) -> bool {
+        let due = self.coalescer.take_due(Instant::now());
         // Watch before scan: a directory about to be scanned must be watched first, so that
         // nothing created in it after the scan passed by goes unreported. notify adds the
         // watches itself; one wait per batch covers every event behind the batch (and no
         // path needs a stat here to find out whether its refresh scans a directory).
-        if !due.is_empty() && watcher.catch_up().is_err() {
-            let _ = tx.blocking_send(WorkerMsg::Fatal("the directory watcher stopped".into()));
-            return;
+        if !due.is_empty() && self.watcher.catch_up().is_err() {
+            return false;
         }
         for work in due {
+            let emitter = &mut self.emitter;
+            let mut emit = |outcome| emitter.emit(outcome);
             match work {
                 Work::Refresh(path) => {
-                    tree.refresh(&path, &mut emit);
-                    if Some(&path) == ignore_file.as_ref() {
-                        tree.reload_ignore();
-                        tree.rescan_all(&mut emit);
+                    self.tree.refresh(&path, &mut emit);
+                    if Some(&path) == self.ignore_file.as_ref() {
+                        self.tree.reload_ignore();
+                        self.tree.rescan_all(&mut emit);
                     }
                 }
-                Work::Move { from, to } => tree.moved(&from, &to, &mut emit),
+                Work::Move { from, to } => self.tree.moved(&from, &to, &mut emit),
                 Work::RescanAll => {
-                    tree.reload_ignore();
-                    tree.rescan_all(&mut emit);
+                    self.tree.reload_ignore();
+                    self.tree.rescan_all(&mut emit);
                 }
             }
         }
+        true
     }
 }

@@ -26,7 +26,7 @@ use super::{Connector, SessionEnd};
 use crate::bus::api::{call, Dial, Link, Piece, Reply};
 use crate::bus::client::PIECES_IN_FLIGHT;
 use crate::bus::protocol::PIECE_SIZE;
-use crate::bus::{ClientError, Subscription, TcpDial, Welcome};
+use crate::bus::{ClientError, Subscription, Welcome};
 use crate::event::{Draft, Event, EventError, Role, Tag};
 use crate::state::{check_creatable, refuse_state_inside, would_be_canonical, StateDir};
 
@@ -99,12 +99,10 @@ pub async fn run(options: SlaveOptions, shutdown: impl Future<Output = ()>) -> a
         },
         None => None,
     };
-    let dial = options.dial.clone().unwrap_or_else(|| {
-        std::sync::Arc::new(TcpDial {
-            addr: options.bus.clone(),
-            tls,
-        })
-    });
+    let dial = options
+        .dial
+        .clone()
+        .unwrap_or_else(|| crate::bus::dial(&options.bus, tls));
     let mut connector = Connector::new(
         dial,
         Role::Slave,

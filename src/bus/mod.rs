@@ -38,3 +38,13 @@ pub mod tls;
 pub use api::{BusApi, Dial, Link, Reply};
 pub use client::{BusClient, ClientError, Hello, Subscription, TcpDial, Welcome};
 pub use server::{Bus, BusOptions};
+
+/// The way to the bus at `addr`: the one place an address picks a backend. Every address
+/// is the embedded bus's today (`HOST:PORT`, over mutual TLS when `tls` is given); a second
+/// networked backend (NATS) adds its scheme here.
+pub fn dial(addr: &str, tls: Option<tls::ClientTls>) -> std::sync::Arc<dyn Dial> {
+    std::sync::Arc::new(TcpDial {
+        addr: addr.to_owned(),
+        tls,
+    })
+}

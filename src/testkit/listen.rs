@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use super::pattern::Pattern;
 use super::timeline::timeline;
-use crate::bus::{ClientError, Dial, Hello, Subscription, TcpDial};
+use crate::bus::{ClientError, Hello, Subscription};
 use crate::event::{Event, Role, Tag};
 
 /// Why an expectation failed. Its `Display` is the report a person reads.
@@ -79,10 +79,7 @@ impl EventStream {
         tls: Option<&crate::bus::tls::ClientTls>,
     ) -> Result<EventStream, crate::bus::ClientError> {
         let hello = Hello::new(Role::Listener, "testkit", token);
-        let dial = TcpDial {
-            addr: addr.to_owned(),
-            tls: tls.cloned(),
-        };
+        let dial = crate::bus::dial(addr, tls.cloned());
         let (client, _) = dial.dial(&hello).await?;
         let (tx, rx) = mpsc::unbounded_channel();
         let task = tokio::spawn(async move {
