@@ -381,26 +381,28 @@ fn burst_summary(events: &[Event]) -> String {
         }
         _ => String::new(),
     };
+    match counted(events, true) {
+        Some((first, last, counts)) => format!(
+            "burst of {} events{span}, #{first} to #{last}: {counts}",
+            events.len()
+        ),
+        None => String::new(),
+    }
+}
+
+/// The `seq` range of a run of events and how many of each tag (and op, with `by_op`).
+fn counted(events: &[Event], by_op: bool) -> Option<(u64, u64, String)> {
     let mut by_kind: BTreeMap<String, usize> = BTreeMap::new();
     for event in events {
         let tag = event.body.tag.map(|t| t.as_str()).unwrap_or("?");
-        let kind = match event.body.op {
+        let kind = match event.body.op.filter(|_| by_op) {
             Some(op) => format!("{tag} {}", op.as_str()),
             None => tag.to_owned(),
         };
         *by_kind.entry(kind).or_default() += 1;
     }
     let counts: Vec<String> = by_kind.iter().map(|(k, n)| format!("{n} {k}")).collect();
-    match (events.first(), events.last()) {
-        (Some(first), Some(last)) => format!(
-            "burst of {} events{span}, #{} to #{}: {}",
-            events.len(),
-            first.seq,
-            last.seq,
-            counts.join(", ")
-        ),
-        _ => String::new(),
-    }
+    Some((events.first()?.seq, events.last()?.seq, counts.join(", ")))
 }
 
 /// The violations listed in the summary, earliest first.
@@ -517,22 +519,12 @@ fn drawn_or_not(events: &[Event], flagged: &HashSet<u64>) -> Vec<Row> {
 
 /// One line for a run of events not drawn: their range and what they were.
 fn gap_summary(events: &[Event]) -> String {
-    let mut by_tag: BTreeMap<&str, usize> = BTreeMap::new();
-    for event in events {
-        *by_tag
-            .entry(event.body.tag.map(|t| t.as_str()).unwrap_or("?"))
-            .or_default() += 1;
-    }
-    let counts: Vec<String> = by_tag.iter().map(|(t, n)| format!("{n} {t}")).collect();
-    match (events.first(), events.last()) {
-        (Some(first), Some(last)) => format!(
-            "{} events not drawn, #{} to #{}: {}",
-            events.len(),
-            first.seq,
-            last.seq,
-            counts.join(", ")
+    match counted(events, false) {
+        Some((first, last, counts)) => format!(
+            "{} events not drawn, #{first} to #{last}: {counts}",
+            events.len()
         ),
-        _ => String::new(),
+        None => String::new(),
     }
 }
 
