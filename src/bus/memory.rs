@@ -135,13 +135,7 @@ impl Dial for MemoryBus {
 impl MemoryBus {
     /// The rules' verdict on a hello, the join in the log, and a link.
     fn admit(&self, hello: &Hello) -> Result<(Link, Welcome), ClientError> {
-        let place = match (&hello.host, &hello.dir) {
-            (Some(host), Some(dir)) if hello.role != Role::Listener => Some(Place {
-                host: host.clone(),
-                dir: dir.clone(),
-            }),
-            _ => None,
-        };
+        let place = Place::of(hello.role, hello.host.clone(), hello.dir.clone());
         let asked = rules::Hello {
             role: hello.role,
             name: hello.name.clone(),

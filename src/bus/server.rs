@@ -610,6 +610,50 @@ fn admit(
     frame: &Frame,
     addr: String,
 ) -> Result<(Peer, Reply, SessionSlot), Refusal> {
+    let (hello, quiet) = read_hello(shared, frame)?;
+    let mut sessions = lock(&shared.sessions);
+    let mut ledger = lock(&shared.ledger);
+    let connected: Vec<Connected> = sessions.agents.values().cloned().collect();
+    ledger.rules.admit(&hello, &connected)?;
+    check_room(&ledger.rules, &hello, connected.len())?;
+    let head = ledger.log.head().seq;
+    // A quiet listener reads without a trace in the log.
+    if !(quiet && hello.role == Role::Listener) {
+        let join = ledger.rules.join(&hello);
+        match ledger.append(&hello.name, join) {
+            Ok((_, closed)) => {
+                shared.head.send_replace(ledger.log.head());
+                if let Some(last) = closed {
+                    tokio::spawn(retain(shared.clone(), last));
+                }
+            }
+            Err(err) => tracing::error!("cannot append to the event log: {err}"),
+        }
+    }
+    let welcome = welcome(shared, &ledger, &hello, head);
+    sessions.next_id += 1;
+    let id = sessions.next_id;
+    let crate::rules::Hello {
+        role, name, place, ..
+    } = hello;
+    sessions.agents.insert(
+        id,
+        Connected {
+            role,
+            name: name.clone(),
+            place,
+        },
+    );
+    let session = SessionSlot {
+        shared: shared.clone(),
+        id,
+    };
+    Ok((Peer { role, name, addr }, welcome, session))
+}
+
+/// The first frame, read as a hello: its protocol version and token checked; the hello as
+/// the rules see it, and whether it asks not to be logged.
+fn read_hello(shared: &Shared, frame: &Frame) -> Result<(crate::rules::Hello, bool), Refusal> {
     let refused = |message: String| Refusal::Refused(message);
     let request: Request = serde_json::from_slice(&frame.header)
         .map_err(|err| refused(format!("expected a hello: {err}")))?;
@@ -639,58 +683,52 @@ fn admit(
             return Err(refused("missing or wrong token".into()));
         }
     }
-    let place = match (host, dir) {
-        (Some(host), Some(dir)) if role != Role::Listener => Some(Place { host, dir }),
-        _ => None,
-    };
     let hello = crate::rules::Hello {
         role,
-        name: name.clone(),
-        place: place.clone(),
+        name,
+        place: Place::of(role, host, dir),
         takeover,
     };
-    let mut sessions = lock(&shared.sessions);
-    let mut ledger = lock(&shared.ledger);
-    let connected: Vec<Connected> = sessions.agents.values().cloned().collect();
-    ledger.rules.admit(&hello, &connected)?;
-    let own = matches!(role, Role::Master | Role::Slave) && ledger.rules.is_known_agent(&name);
+    Ok((hello, quiet))
+}
+
+/// Whether there is room for one more agent: the last `RESERVED` places are kept for the
+/// masters and slaves the log knows.
+fn check_room(
+    rules: &crate::rules::Rules,
+    hello: &crate::rules::Hello,
+    connected: usize,
+) -> Result<(), Refusal> {
+    let own = matches!(hello.role, Role::Master | Role::Slave) && rules.is_known_agent(&hello.name);
     let room = if own {
         MAX_AGENTS
     } else {
         MAX_AGENTS - RESERVED
     };
-    if connected.len() >= room {
+    if connected >= room {
         return Err(Refusal::Busy(format!(
-            "the bus is full ({} agents connected); try again later",
-            connected.len()
+            "the bus is full ({connected} agents connected); try again later"
         )));
     }
-    let head = ledger.log.head().seq;
-    let join = ledger.rules.join(&hello);
-    // A quiet listener reads without a trace in the log.
-    let logged = !(quiet && role == Role::Listener);
-    match logged.then(|| ledger.append(&name, join)) {
-        Some(Ok((_, closed))) => {
-            shared.head.send_replace(ledger.log.head());
-            if let Some(last) = closed {
-                tokio::spawn(retain(shared.clone(), last));
-            }
-        }
-        Some(Err(err)) => tracing::error!("cannot append to the event log: {err}"),
-        None => {}
-    }
-    let welcome = Reply::Welcome {
+    Ok(())
+}
+
+/// What an admitted agent is told: the log's head before its join and its start, what its
+/// name answered, its errors to retry, how often to ping.
+fn welcome(shared: &Shared, ledger: &Ledger, hello: &crate::rules::Hello, head: u64) -> Reply {
+    let start = ledger.log.start();
+    Reply::Welcome {
         protocol: PROTOCOL_VERSION,
         head,
-        start: ledger.log.start(),
-        answered: ledger.rules.answered(&name),
+        start,
+        answered: ledger.rules.answered(&hello.name),
         // A notify retention removed cannot be read back: a resync covers its path.
-        retry: match role {
+        retry: match hello.role {
             Role::Slave => ledger
                 .rules
-                .retryable(&name)
+                .retryable(&hello.name)
                 .into_iter()
-                .filter(|(_, n)| *n >= ledger.log.start())
+                .filter(|(_, n)| *n >= start)
                 .map(|(e, n)| [e, n])
                 .collect(),
             _ => Vec::new(),
@@ -698,23 +736,7 @@ fn admit(
         keepalive_ms: shared
             .idle_timeout
             .map(|timeout| (timeout / 3).as_millis() as u64),
-    };
-    sessions.next_id += 1;
-    let id = sessions.next_id;
-    sessions.agents.insert(id, Connected { role, name, place });
-    let session = SessionSlot {
-        shared: shared.clone(),
-        id,
-    };
-    Ok((
-        Peer {
-            role,
-            name: hello.name,
-            addr,
-        },
-        welcome,
-        session,
-    ))
+    }
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

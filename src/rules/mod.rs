@@ -51,6 +51,15 @@ pub struct Place {
 }
 
 impl Place {
+    /// Where a hello says an agent runs: its host and directory, for a master or slave that
+    /// names both (a listener has no place).
+    pub fn of(role: Role, host: Option<String>, dir: Option<String>) -> Option<Place> {
+        match (host, dir) {
+            (Some(host), Some(dir)) if role != Role::Listener => Some(Place { host, dir }),
+            _ => None,
+        }
+    }
+
     fn nests_with(&self, other: &Place) -> bool {
         if self.host != other.host {
             return false;
