@@ -332,42 +332,31 @@ impl<'a> Checker<'a> {
         resync_state(track, &self.base_model);
     }
 
+    /// 2 and 3 for a slave's consume or error: who sent it, what it answers, then as a
+    /// resync, a repair, or the answer to a notify.
     fn answer(&mut self, tag: Tag, event: &'a Event) {
-        let Some(track) = self.slaves.get_mut(&event.agent) else {
+        if !self.slaves.contains_key(&event.agent) {
             let message = format!(
                 "#{} {tag} from {}, which never joined as a slave",
                 event.seq, event.agent
             );
             return self.violation(2, vec![event.seq], message);
-        };
+        }
         let Some(cause) = event.body.cause else {
             let message = format!("#{} {tag} has no cause", event.seq);
             return self.violation(2, vec![event.seq], message);
         };
         if event.body.resync.is_some() {
-            if let Some(violation) = resync_violation(event, self.base) {
-                self.violations.push(violation);
-            }
-            resync_state(track, &self.base_model);
-            if tag == Tag::Error {
-                let change = event.body.change().ok();
-                if let Some(change) = &change {
-                    track.errored.extend(change.paths().into_iter().cloned());
-                }
-                self.open_errors
-                    .error(&event.agent, event.seq, cause, change);
-            }
-            return;
+            return self.resync_answer(tag, event, cause);
         }
         // An answer to a notify retention removed: its effect is in the checkpoint's state.
-        let before_base = cause <= self.base;
-        let notify = self
+        let notify = match self
             .by_seq
             .get(&cause)
-            .filter(|n| n.tag() == Some(Tag::Notify));
-        let notify = match notify {
+            .filter(|n| n.tag() == Some(Tag::Notify))
+        {
             Some(notify) => Some(*notify),
-            None if before_base => None,
+            None if cause <= self.base => None,
             None => {
                 let message = format!(
                     "#{} {tag} names cause #{cause}, which is not an earlier notify",
@@ -379,25 +368,60 @@ impl<'a> Checker<'a> {
         if let Some(violation) = repair_violation(event, &self.open_errors) {
             self.violations.push(violation);
         }
-        let answers = event.body.repairs.is_none() && event.body.drift.is_none();
-        if !answers {
-            // A repair (of an error, or of drift): it did apply, so it is replayed; a drift
-            // repair may undo what the replay never saw (a file made behind the slave's
-            // back), so it is replayed leniently.
-            if tag == Tag::Consume && event.body.drift.is_some() {
-                if let Ok(change) = event.body.change() {
-                    let _ = track.state.apply(&change);
-                }
-            } else if tag == Tag::Consume {
-                replay_consume(event, track, &mut self.violations);
+        if event.body.repairs.is_some() || event.body.drift.is_some() {
+            self.repair(tag, event);
+        } else {
+            self.answer_notify(tag, event, cause, notify);
+        }
+    }
+
+    /// A slave's consume or error while it resyncs from the checkpoint.
+    fn resync_answer(&mut self, tag: Tag, event: &'a Event, cause: u64) {
+        if let Some(violation) = resync_violation(event, self.base) {
+            self.violations.push(violation);
+        }
+        let Some(track) = self.slaves.get_mut(&event.agent) else {
+            return;
+        };
+        resync_state(track, &self.base_model);
+        if tag == Tag::Error {
+            let change = event.body.change().ok();
+            if let Some(change) = &change {
+                track.errored.extend(change.paths().into_iter().cloned());
             }
-            if tag == Tag::Consume {
-                let change = event.body.change().ok();
-                self.open_errors
-                    .consume(&event.agent, event.body.repairs, change.as_ref());
-            }
+            self.open_errors
+                .error(&event.agent, event.seq, cause, change);
+        }
+    }
+
+    /// A repair (of an error, or of drift): it did apply, so it is replayed; a drift repair
+    /// may undo what the replay never saw (a file made behind the slave's back), so it is
+    /// replayed leniently.
+    fn repair(&mut self, tag: Tag, event: &'a Event) {
+        let Some(track) = self.slaves.get_mut(&event.agent) else {
+            return;
+        };
+        if tag != Tag::Consume {
             return;
         }
+        if event.body.drift.is_some() {
+            if let Ok(change) = event.body.change() {
+                let _ = track.state.apply(&change);
+            }
+        } else {
+            replay_consume(event, track, &mut self.violations);
+        }
+        let change = event.body.change().ok();
+        self.open_errors
+            .consume(&event.agent, event.body.repairs, change.as_ref());
+    }
+
+    /// A slave's answer to notify `cause` (`None`: one retention removed): in order, and,
+    /// for a consume, agreeing with the notify (3).
+    fn answer_notify(&mut self, tag: Tag, event: &'a Event, cause: u64, notify: Option<&'a Event>) {
+        let Some(track) = self.slaves.get_mut(&event.agent) else {
+            return;
+        };
         if cause <= track.last_cause && !track.answers.contains_key(&cause) {
             let message = format!(
                 "#{} {} answered #{cause} after already answering #{}: out of order",
@@ -423,7 +447,6 @@ impl<'a> Checker<'a> {
                 .error(&event.agent, event.seq, cause, change);
             return;
         }
-        // 3: consume agrees with notify.
         if let Some(message) = notify.and_then(|n| disagreement(&n.body, &event.body)) {
             self.violations.push(Violation {
                 invariant: 3,
