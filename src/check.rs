@@ -44,27 +44,67 @@ pub struct CheckOptions {
 /// One broken promise, with the events that show it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Violation {
-    /// 1 to 5 (see the module docs); 0 for a directory that differs from the log.
-    pub invariant: u8,
+    pub invariant: Invariant,
     /// The events involved, by `seq`.
     pub seqs: Vec<u64>,
     pub message: String,
 }
 
+/// The promises a log keeps (the module's documentation says each in full), and a
+/// directory's agreement with its log (`check --dir`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Invariant {
+    /// A synced directory differs from what the log says it holds.
+    Directory,
+    /// 1: `seq` gapless from 1, `time` never backwards.
+    SeqAndTime,
+    /// 2: every notify answered once by each slave, in order.
+    AnsweredOnce,
+    /// 3: a consume agrees with its notify.
+    ConsumeAgrees,
+    /// 4: the replays of master and slaves agree.
+    ReplaysAgree,
+    /// 5: no path escapes the root.
+    InsideRoot,
+}
+
+impl Invariant {
+    /// Its number in SPEC and the module's documentation (0 for `Directory`, which is not
+    /// one of the five).
+    pub fn number(self) -> u8 {
+        match self {
+            Invariant::Directory => 0,
+            Invariant::SeqAndTime => 1,
+            Invariant::AnsweredOnce => 2,
+            Invariant::ConsumeAgrees => 3,
+            Invariant::ReplaysAgree => 4,
+            Invariant::InsideRoot => 5,
+        }
+    }
+
+    pub fn title(self) -> &'static str {
+        match self {
+            Invariant::Directory => "directory matches the log",
+            Invariant::SeqAndTime => "seq and time",
+            Invariant::AnsweredOnce => "every notify answered once, in order",
+            Invariant::ConsumeAgrees => "consume agrees with notify",
+            Invariant::ReplaysAgree => "replays agree",
+            Invariant::InsideRoot => "paths stay inside the root",
+        }
+    }
+}
+
 impl fmt::Display for Violation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let title = match self.invariant {
-            1 => "seq and time",
-            2 => "every notify answered once, in order",
-            3 => "consume agrees with notify",
-            4 => "replays agree",
-            5 => "paths stay inside the root",
-            _ => "directory matches the log",
-        };
-        if self.invariant == 0 {
-            write!(f, "[{title}] {}", self.message)
-        } else {
-            write!(f, "[invariant {} {title}] {}", self.invariant, self.message)
+        let title = self.invariant.title();
+        match self.invariant {
+            Invariant::Directory => write!(f, "[{title}] {}", self.message),
+            numbered => write!(
+                f,
+                "[invariant {} {title}] {}",
+                numbered.number(),
+                self.message
+            ),
         }
     }
 }
@@ -236,7 +276,7 @@ impl<'a> Checker<'a> {
         checker
     }
 
-    fn violation(&mut self, invariant: u8, seqs: Vec<u64>, message: String) {
+    fn violation(&mut self, invariant: Invariant, seqs: Vec<u64>, message: String) {
         self.violations.push(Violation {
             invariant,
             seqs,
@@ -249,7 +289,11 @@ impl<'a> Checker<'a> {
         self.by_seq.insert(event.seq, event);
         // 5: paths.
         if let Err(err) = event.body.check_paths() {
-            self.violation(5, vec![event.seq], format!("#{} {err}", event.seq));
+            self.violation(
+                Invariant::InsideRoot,
+                vec![event.seq],
+                format!("#{} {err}", event.seq),
+            );
         }
         match event.tag() {
             Some(Tag::Join) if event.body.role == Some(Role::Slave) => {
@@ -277,14 +321,14 @@ impl<'a> Checker<'a> {
                 self.last_seq,
                 self.last_seq + 1
             );
-            self.violation(1, vec![event.seq], message);
+            self.violation(Invariant::SeqAndTime, vec![event.seq], message);
         }
         self.last_seq = event.seq;
         match humantime::parse_rfc3339(&event.time) {
             Ok(time) => {
                 if self.last_time.is_some_and(|last| time < last) {
                     let message = format!("#{} time {} goes backwards", event.seq, event.time);
-                    self.violation(1, vec![event.seq], message);
+                    self.violation(Invariant::SeqAndTime, vec![event.seq], message);
                 }
                 self.last_time = Some(time);
             }
@@ -293,7 +337,7 @@ impl<'a> Checker<'a> {
                     "#{} time {:?} is not RFC 3339: {err}",
                     event.seq, event.time
                 );
-                self.violation(1, vec![event.seq], message);
+                self.violation(Invariant::SeqAndTime, vec![event.seq], message);
             }
         }
     }
@@ -308,12 +352,12 @@ impl<'a> Checker<'a> {
                         "#{} notify {change} does not apply to the master's state: {err}",
                         event.seq
                     );
-                    self.violation(4, vec![event.seq], message);
+                    self.violation(Invariant::ReplaysAgree, vec![event.seq], message);
                 }
             }
             Err(err) => {
                 let message = format!("#{} notify is not a valid change: {err}", event.seq);
-                self.violation(4, vec![event.seq], message);
+                self.violation(Invariant::ReplaysAgree, vec![event.seq], message);
             }
         }
     }
@@ -340,11 +384,11 @@ impl<'a> Checker<'a> {
                 "#{} {tag} from {}, which never joined as a slave",
                 event.seq, event.agent
             );
-            return self.violation(2, vec![event.seq], message);
+            return self.violation(Invariant::AnsweredOnce, vec![event.seq], message);
         }
         let Some(cause) = event.body.cause else {
             let message = format!("#{} {tag} has no cause", event.seq);
-            return self.violation(2, vec![event.seq], message);
+            return self.violation(Invariant::AnsweredOnce, vec![event.seq], message);
         };
         if event.body.resync.is_some() {
             return self.resync_answer(tag, event, cause);
@@ -362,7 +406,7 @@ impl<'a> Checker<'a> {
                     "#{} {tag} names cause #{cause}, which is not an earlier notify",
                     event.seq
                 );
-                return self.violation(2, vec![event.seq, cause], message);
+                return self.violation(Invariant::AnsweredOnce, vec![event.seq, cause], message);
             }
         };
         if let Some(violation) = repair_violation(event, &self.open_errors) {
@@ -428,7 +472,7 @@ impl<'a> Checker<'a> {
                 event.seq, event.agent, track.last_cause
             );
             self.violations.push(Violation {
-                invariant: 2,
+                invariant: Invariant::AnsweredOnce,
                 seqs: vec![event.seq, cause],
                 message,
             });
@@ -449,7 +493,7 @@ impl<'a> Checker<'a> {
         }
         if let Some(message) = notify.and_then(|n| disagreement(&n.body, &event.body)) {
             self.violations.push(Violation {
-                invariant: 3,
+                invariant: Invariant::ConsumeAgrees,
                 seqs: vec![cause, event.seq],
                 message: format!(
                     "#{} consume by {} of #{cause}: {message}",
@@ -488,7 +532,7 @@ impl<'a> Checker<'a> {
                 0 if expected => pending.push(notify.seq),
                 0 | 1 => {}
                 n => self.violations.push(Violation {
-                    invariant: 2,
+                    invariant: Invariant::AnsweredOnce,
                     seqs: std::iter::once(notify.seq)
                         .chain(answers.into_iter().flatten().copied())
                         .collect(),
@@ -511,7 +555,7 @@ impl<'a> Checker<'a> {
                 "notify #{seq} ({}) was never answered by {name}",
                 what.unwrap_or_default()
             );
-            self.violation(2, vec![seq], message);
+            self.violation(Invariant::AnsweredOnce, vec![seq], message);
         }
         if !waiting.is_empty() && !self.options.allow_pending {
             let message = format!(
@@ -519,7 +563,7 @@ impl<'a> Checker<'a> {
                 waiting.len(),
                 list(&waiting)
             );
-            self.violation(2, waiting, message);
+            self.violation(Invariant::AnsweredOnce, waiting, message);
         }
     }
 
@@ -545,7 +589,7 @@ impl<'a> Checker<'a> {
                 open.len(),
                 listed.join(", ")
             );
-            self.violation(4, open, message);
+            self.violation(Invariant::ReplaysAgree, open, message);
             return;
         }
         let answered_all = self
@@ -557,7 +601,7 @@ impl<'a> Checker<'a> {
                 "{name}'s replayed state differs from the master's: {}",
                 model_diff(&self.report.master_state, &track.state)
             );
-            self.violation(4, Vec::new(), message);
+            self.violation(Invariant::ReplaysAgree, Vec::new(), message);
         }
     }
 }
@@ -578,7 +622,7 @@ fn resync_violation(event: &Event, base: u64) -> Option<Violation> {
         && checkpoint > 0
         && (event.tag() == Some(Tag::Ready) || event.body.cause == Some(checkpoint));
     (!fits).then(|| Violation {
-        invariant: 2,
+        invariant: Invariant::AnsweredOnce,
         seqs: vec![event.seq],
         message: format!(
             "#{} resyncs from #{checkpoint}, but the log was not cut there (it goes on from the checkpoint at #{base})",
@@ -602,7 +646,7 @@ fn replay_consume(event: &Event, track: &mut SlaveTrack, violations: &mut Vec<Vi
     if let Err(err) = track.state.apply(&change) {
         if !after_error {
             violations.push(Violation {
-                invariant: 4,
+                invariant: Invariant::ReplaysAgree,
                 seqs: vec![event.seq],
                 message: format!(
                     "#{} consume {change} does not apply to {}'s state: {err}",
@@ -620,7 +664,7 @@ fn repair_violation(event: &Event, open_errors: &OpenErrors) -> Option<Violation
         .get(&event.agent, repaired)
         .is_some_and(|open| Some(open.cause) == event.body.cause);
     (!fits).then(|| Violation {
-        invariant: 2,
+        invariant: Invariant::AnsweredOnce,
         seqs: vec![event.seq, repaired],
         message: format!(
             "#{} repairs #{repaired}, which is not an open error of {} answering #{}",
@@ -797,7 +841,7 @@ pub fn check_dir_excluding(
         return Ok(None);
     }
     Ok(Some(Violation {
-        invariant: 0,
+        invariant: Invariant::Directory,
         seqs: Vec::new(),
         message: format!(
             "{} differs from the log's state: {}",
@@ -821,7 +865,11 @@ mod tests {
     }
 
     fn invariants(report: &Report) -> Vec<u8> {
-        let mut found: Vec<u8> = report.violations.iter().map(|v| v.invariant).collect();
+        let mut found: Vec<u8> = report
+            .violations
+            .iter()
+            .map(|v| v.invariant.number())
+            .collect();
         found.dedup();
         found
     }
@@ -863,7 +911,8 @@ mod tests {
             unanswered
                 .violations
                 .iter()
-                .any(|v| v.invariant == 2 && v.message.contains("never answered")),
+                .any(|v| v.invariant == Invariant::AnsweredOnce
+                    && v.message.contains("never answered")),
             "{unanswered}"
         );
     }
@@ -888,7 +937,7 @@ mod tests {
             report
                 .violations
                 .iter()
-                .any(|v| v.invariant == 2 && v.message.contains("repairs #5")),
+                .any(|v| v.invariant == Invariant::AnsweredOnce && v.message.contains("repairs #5")),
             "{report}"
         );
     }

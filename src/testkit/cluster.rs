@@ -561,7 +561,7 @@ impl Cluster {
             Err(err) => {
                 let mut report = Report::default();
                 report.violations.push(Violation {
-                    invariant: 1,
+                    invariant: crate::check::Invariant::SeqAndTime,
                     seqs: Vec::new(),
                     message: format!("cannot read the log: {err}"),
                 });
@@ -577,7 +577,7 @@ impl Cluster {
                 Ok(Some(violation)) => report.violations.push(violation),
                 Ok(None) => {}
                 Err(err) => report.violations.push(Violation {
-                    invariant: 0,
+                    invariant: crate::check::Invariant::Directory,
                     seqs: Vec::new(),
                     message: format!("cannot read {}: {err}", dir.display()),
                 }),
