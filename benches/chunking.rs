@@ -7,22 +7,11 @@
 use std::collections::HashSet;
 use std::time::Instant;
 
+use filesync::testkit::noise;
 use filesync_master::chunk::Chunker;
 use filesync_master::hash::ContentHash;
 
 const GIB: usize = 1 << 30;
-
-fn noise(len: usize, mut state: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len);
-    while out.len() < len {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        out.extend_from_slice(&state.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
 
 /// The chunks of `data`, as (hash, length), and how long the cutting alone took.
 fn chunk(data: &[u8], sizes: (usize, usize, usize)) -> (Vec<(ContentHash, usize)>, f64) {

@@ -480,7 +480,7 @@ pub struct StatusArgs {
     pub reader: ReaderArgs,
 }
 
-/// How a reader of the bus (`listen`, `status`) reaches it: address, secret, TLS.
+/// How a reader of the bus (`listen`, `status`, `export`) reaches it: address, secret, TLS.
 #[derive(Debug, Args)]
 pub struct ReaderArgs {
     /// The bus (HOST:PORT).

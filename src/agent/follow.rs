@@ -289,9 +289,7 @@ mod tests {
         follower.set_idle(true);
         // Let the follower ask for the next file before it is announced.
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let data: Vec<u8> = (0..5u32 << 20)
-            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-            .collect();
+        let data = crate::testkit::noise(5 << 20, 1);
         let sha256 = upload(&master, &data).await;
         let received = follower.claim(sha256).await.expect("received");
         assert_eq!(received.size(), data.len() as u64);

@@ -79,7 +79,9 @@ impl Progress {
 pub const LARGE: u64 = 64 << 20;
 
 /// Whether bars are drawn at all: stderr is a terminal (indicatif would hide them
-/// otherwise, after formatting every update).
+/// otherwise, after formatting every update). Asked once: a large file's upload asks at
+/// every chunk.
 fn on_terminal() -> bool {
-    std::io::IsTerminal::is_terminal(&std::io::stderr())
+    static TERMINAL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *TERMINAL.get_or_init(|| std::io::IsTerminal::is_terminal(&std::io::stderr()))
 }

@@ -85,9 +85,7 @@ async fn master_and_slave_mirror_through_a_bus_in_memory() {
     .await;
 
     // A large file goes in chunks, through the upload in pieces and the manifest.
-    let large: Vec<u8> = (0..3u32 << 20)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
-        .collect();
+    let large = crate::testkit::noise(3 << 20, 1);
     std::fs::write(m.join("large.bin"), &large).expect("write");
     std::fs::write(m.join("small.txt"), b"new").expect("write");
     let put = within(

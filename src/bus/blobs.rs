@@ -61,8 +61,6 @@ pub struct BlobStore {
 pub struct Stored {
     pub address: ContentHash,
     pub size: u64,
-    /// In a pack (removed with it or by repacking it) rather than a file of its own.
-    pub packed: bool,
 }
 
 /// What `remove_doomed` removed.
@@ -131,7 +129,6 @@ impl BlobStore {
             .map(|(address, size)| Stored {
                 address: address.into(),
                 size,
-                packed: true,
             })
             .collect();
         for dir in fs::read_dir(&self.dir)? {
@@ -146,11 +143,7 @@ impl BlobStore {
                 let hex = format!("{first}{}", name.to_string_lossy());
                 if let Some(address) = ContentHash::parse_hex(&hex) {
                     let size = file.metadata()?.len();
-                    stored.push(Stored {
-                        address,
-                        size,
-                        packed: false,
-                    });
+                    stored.push(Stored { address, size });
                 }
             }
         }

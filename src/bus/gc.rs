@@ -252,10 +252,11 @@ pub fn execute(
     super::crash::point("blobs-removed");
     collected.removed = removed;
     let mut left = plan.waiting;
-    // What is still stored of the due (a pack not compacted yet) stays pending, due.
-    let still: HashSet<ContentHash> = store.list()?.into_iter().map(|s| s.address).collect();
+    // What is still stored of the due (in a pack not dead enough yet) stays pending, due:
+    // asked of each due blob, not by listing the whole store again. (A lookup that fails
+    // keeps it pending: the next pass asks again.)
     for (due, first) in &plan.due {
-        if still.contains(&due.address) {
+        if store.contains(&due.address.to_hex()).unwrap_or(true) {
             collected.due_kept += 1;
             collected.due_bytes += due.size;
             left.insert(due.address, *first);
