@@ -151,64 +151,83 @@ impl From<EntryKind> for Kind {
     }
 }
 
-/// An event as an agent publishes it: everything but what the bus assigns (`seq`, `time`,
-/// `agent`). Unknown fields are refused, so a peer's typo is an error, not silence.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Draft {
-    pub tag: Option<Tag>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub role: Option<Role>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub op: Option<Op>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub path: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub path_b64: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub from: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub from_b64: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub to: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub to_b64: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kind: Option<EntryKind>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub size: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sha256: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mode: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub target: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub target_b64: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cause: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub host: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dir: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub takeover: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub manifest: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub uploaded: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fetched: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reused: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub repairs: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub drift: Option<Drift>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resync: Option<u64>,
+/// The log's fields after `tag`, listed once: `Draft` (every one optional, left out of a
+/// line when absent) and the fast reader `InlineEvent` are both made from this list, so a
+/// new field is one line here (plus its documentation in the README's field table).
+macro_rules! log_fields {
+    ($($name:ident: $ty:ty,)*) => {
+        /// An event as an agent publishes it: everything but what the bus assigns (`seq`,
+        /// `time`, `agent`). Unknown fields are refused, so a peer's typo is an error, not
+        /// silence.
+        #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct Draft {
+            pub tag: Option<Tag>,
+            $(
+                #[serde(default, skip_serializing_if = "Option::is_none")]
+                pub $name: Option<$ty>,
+            )*
+        }
+
+        /// An `Event` read with `Draft`'s fields inline: what `Event::parse` tries first.
+        /// Through `#[serde(flatten)]` every field of a line is buffered into serde's
+        /// `Content` before `Draft` reads it, which was about 5% of the slave's samples in
+        /// W2. A line this accepts reads to the same value; a line it refuses (an unknown
+        /// field among them, since `flatten` cannot be combined with `deny_unknown_fields`
+        /// on `Event`) is read again the general way, so errors are the general way's.
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct InlineEvent {
+            seq: u64,
+            time: String,
+            agent: String,
+            tag: Option<Tag>,
+            $($name: Option<$ty>,)*
+        }
+
+        impl From<InlineEvent> for Event {
+            fn from(inline: InlineEvent) -> Event {
+                Event {
+                    seq: inline.seq,
+                    time: inline.time,
+                    agent: inline.agent,
+                    body: Draft {
+                        tag: inline.tag,
+                        $($name: inline.$name,)*
+                    },
+                }
+            }
+        }
+    };
+}
+
+log_fields! {
+    role: Role,
+    op: Op,
+    path: String,
+    path_b64: String,
+    from: String,
+    from_b64: String,
+    to: String,
+    to_b64: String,
+    kind: EntryKind,
+    size: u64,
+    sha256: String,
+    mode: u32,
+    target: String,
+    target_b64: String,
+    cause: u64,
+    error: String,
+    host: String,
+    dir: String,
+    takeover: bool,
+    manifest: String,
+    uploaded: u64,
+    fetched: u64,
+    reused: u64,
+    repairs: u64,
+    drift: Drift,
+    resync: u64,
 }
 
 /// What a slave found at a path of its directory that it did not put there (see `drift`).
@@ -241,87 +260,6 @@ pub struct Event {
     pub agent: String,
     #[serde(flatten)]
     pub body: Draft,
-}
-
-/// An `Event` read with `Draft`'s fields inline: what `Event::parse` tries first. Through
-/// `#[serde(flatten)]` every field of a line is buffered into serde's `Content` before
-/// `Draft` reads it, which was about 5% of the slave's samples in W2. A line this accepts
-/// reads to the same value; a line it refuses (an unknown field among them, since
-/// `flatten` cannot be combined with `deny_unknown_fields` on `Event`) is read again the
-/// general way, so errors are the general way's. Keep it in step with `Draft` (a test
-/// fills every field).
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct InlineEvent {
-    seq: u64,
-    time: String,
-    agent: String,
-    tag: Option<Tag>,
-    role: Option<Role>,
-    op: Option<Op>,
-    path: Option<String>,
-    path_b64: Option<String>,
-    from: Option<String>,
-    from_b64: Option<String>,
-    to: Option<String>,
-    to_b64: Option<String>,
-    kind: Option<EntryKind>,
-    size: Option<u64>,
-    sha256: Option<String>,
-    mode: Option<u32>,
-    target: Option<String>,
-    target_b64: Option<String>,
-    cause: Option<u64>,
-    error: Option<String>,
-    host: Option<String>,
-    dir: Option<String>,
-    takeover: Option<bool>,
-    manifest: Option<String>,
-    uploaded: Option<u64>,
-    fetched: Option<u64>,
-    reused: Option<u64>,
-    repairs: Option<u64>,
-    drift: Option<Drift>,
-    resync: Option<u64>,
-}
-
-impl From<InlineEvent> for Event {
-    fn from(inline: InlineEvent) -> Event {
-        Event {
-            seq: inline.seq,
-            time: inline.time,
-            agent: inline.agent,
-            body: Draft {
-                tag: inline.tag,
-                role: inline.role,
-                op: inline.op,
-                path: inline.path,
-                path_b64: inline.path_b64,
-                from: inline.from,
-                from_b64: inline.from_b64,
-                to: inline.to,
-                to_b64: inline.to_b64,
-                kind: inline.kind,
-                size: inline.size,
-                sha256: inline.sha256,
-                mode: inline.mode,
-                target: inline.target,
-                target_b64: inline.target_b64,
-                cause: inline.cause,
-                error: inline.error,
-                host: inline.host,
-                dir: inline.dir,
-                takeover: inline.takeover,
-                manifest: inline.manifest,
-                uploaded: inline.uploaded,
-                fetched: inline.fetched,
-                reused: inline.reused,
-                repairs: inline.repairs,
-                drift: inline.drift,
-                resync: inline.resync,
-            },
-        }
-    }
 }
 
 /// Why an event does not describe a valid change.
