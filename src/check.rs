@@ -539,7 +539,7 @@ impl<'a> Checker<'a> {
                     message: format!(
                         "notify #{} ({}) answered {n} times by {name}: {}",
                         notify.seq,
-                        describe(&notify.body),
+                        notify.body.what(),
                         list(answers.map(Vec::as_slice).unwrap_or_default())
                     ),
                 }),
@@ -550,7 +550,7 @@ impl<'a> Checker<'a> {
         let (skipped, waiting): (Vec<u64>, Vec<u64>) =
             pending.into_iter().partition(|seq| *seq < track.last_cause);
         for seq in skipped {
-            let what = self.by_seq.get(&seq).map(|e| describe(&e.body));
+            let what = self.by_seq.get(&seq).map(|e| e.body.what());
             let message = format!(
                 "notify #{seq} ({}) was never answered by {name}",
                 what.unwrap_or_default()
@@ -579,7 +579,7 @@ impl<'a> Checker<'a> {
                     let error = self.by_seq.get(seq).map(|event| &event.body);
                     format!(
                         "#{seq} ({}: {})",
-                        error.map(describe).unwrap_or_default(),
+                        error.map(Draft::what).unwrap_or_default(),
                         error.and_then(|b| b.error.as_deref()).unwrap_or("?")
                     )
                 })
@@ -683,14 +683,6 @@ fn list(seqs: &[u64]) -> String {
         String::new()
     };
     format!("{}{more}", shown.join(", "))
-}
-
-fn describe(body: &Draft) -> String {
-    format!(
-        "{} {}",
-        body.op.map(|o| o.as_str()).unwrap_or("?"),
-        body.display_path()
-    )
 }
 
 /// Invariant 3 for one pair.

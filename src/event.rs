@@ -468,6 +468,39 @@ impl Draft {
         Ok(())
     }
 
+    /// The tag's name, `?` when there is none: the one spelling every rendering of an event
+    /// uses (`listen`'s lines, the test kit's timeline, the HTML timeline, `check`'s
+    /// reports, `Display`).
+    pub fn tag_name(&self) -> &'static str {
+        self.tag.map(Tag::as_str).unwrap_or("?")
+    }
+
+    /// The op's name, empty when there is none.
+    pub fn op_name(&self) -> &'static str {
+        self.op.map(Op::as_str).unwrap_or("")
+    }
+
+    /// What the event changes, for people: `put a/b`, `move a -> b`; empty for an event
+    /// that names no change.
+    pub fn what(&self) -> String {
+        format!("{} {}", self.op_name(), self.display_path())
+            .trim()
+            .to_owned()
+    }
+
+    /// What the event answers and how it went, for people: `  <- #7  ERROR: disk full`;
+    /// empty for an event with neither.
+    pub fn outcome(&self) -> String {
+        let mut out = String::new();
+        if let Some(cause) = self.cause {
+            out.push_str(&format!("  <- #{cause}"));
+        }
+        if let Some(error) = &self.error {
+            out.push_str(&format!("  ERROR: {error}"));
+        }
+        out
+    }
+
     /// The path (or `from -> to`) for people.
     pub fn display_path(&self) -> String {
         match (&self.path, &self.from, &self.to) {
@@ -503,22 +536,15 @@ impl Event {
 
 impl fmt::Display for Event {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let tag = self.body.tag.map(Tag::as_str).unwrap_or("?");
-        let op = self.body.op.map(Op::as_str).unwrap_or("");
-        write!(
-            f,
-            "#{} {tag} {} {op} {}",
+        let body = &self.body;
+        let line = format!(
+            "#{} {} {} {}",
             self.seq,
+            body.tag_name(),
             self.agent,
-            self.body.display_path()
-        )?;
-        if let Some(cause) = self.body.cause {
-            write!(f, " (cause #{cause})")?;
-        }
-        if let Some(error) = &self.body.error {
-            write!(f, " error: {error}")?;
-        }
-        Ok(())
+            body.what()
+        );
+        write!(f, "{}{}", line.trim_end(), body.outcome())
     }
 }
 

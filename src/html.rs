@@ -193,9 +193,7 @@ pub fn render(events: &[Event], report: Option<&Report>, unmet: &[String]) -> St
     for (row, event) in drawn() {
         let x = lane_x(&event.agent);
         let y = TOP + ROW * row + ROW / 2;
-        let tag = event.body.tag.map(|t| t.as_str()).unwrap_or("?");
-        let op = event.body.op.map(|o| o.as_str()).unwrap_or("");
-        let mut label = format!("{tag} {op} {}", event.body.display_path());
+        let mut label = format!("{} {}", event.body.tag_name(), event.body.what());
         if let Some(error) = &event.body.error {
             label.push_str(&format!(": {error}"));
         }
@@ -394,7 +392,7 @@ fn burst_summary(events: &[Event]) -> String {
 fn counted(events: &[Event], by_op: bool) -> Option<(u64, u64, String)> {
     let mut by_kind: BTreeMap<String, usize> = BTreeMap::new();
     for event in events {
-        let tag = event.body.tag.map(|t| t.as_str()).unwrap_or("?");
+        let tag = event.body.tag_name();
         let kind = match event.body.op.filter(|_| by_op) {
             Some(op) => format!("{tag} {}", op.as_str()),
             None => tag.to_owned(),

@@ -16,23 +16,19 @@ use crate::event::{EntryKind, Event, Op, Tag};
 /// One readable line: time of day, seq, tag, agent, op, path, and cause or error.
 pub fn format_line(event: &Event) -> String {
     let time = event.time.get(11..26).unwrap_or(&event.time);
-    let tag = event.body.tag.map(|t| t.as_str()).unwrap_or("?");
-    let op = event.body.op.map(|o| o.as_str()).unwrap_or("");
+    let body = &event.body;
     let mut line = format!(
-        "{time}  #{:<6} {tag:<8} {:<10} {op:<6} {}",
+        "{time}  #{:<6} {:<8} {:<10} {:<6} {}",
         event.seq,
+        body.tag_name(),
         event.agent,
-        event.body.display_path()
+        body.op_name(),
+        body.display_path()
     );
-    if let Some(kind) = event.body.kind {
+    if let Some(kind) = body.kind {
         line.push_str(&format!("  ({})", format!("{kind:?}").to_lowercase()));
     }
-    if let Some(cause) = event.body.cause {
-        line.push_str(&format!("  <- #{cause}"));
-    }
-    if let Some(error) = &event.body.error {
-        line.push_str(&format!("  ERROR: {error}"));
-    }
+    line.push_str(&body.outcome());
     line.trim_end().to_owned()
 }
 

@@ -29,24 +29,17 @@ pub fn timeline(events: &[Event]) -> String {
                 .unwrap_or_else(|_| "?".into()),
             _ => "?".into(),
         };
-        let tag = event.body.tag.map(|t| t.as_str()).unwrap_or("?");
-        let op = event.body.op.map(|o| o.as_str()).unwrap_or("");
-        let mut tail = String::new();
-        if let Some(cause) = event.body.cause {
-            let _ = write!(tail, "  <- #{cause}");
-        }
-        if let Some(error) = &event.body.error {
-            let _ = write!(tail, "  ERROR: {error}");
-        }
+        let body = &event.body;
         let _ = writeln!(
             out,
-            "  {:>5}  {:>10}  {:<8} {:<agent_width$}  {:<6}  {}{tail}",
+            "  {:>5}  {:>10}  {:<8} {:<agent_width$}  {:<6}  {}{}",
             event.seq,
             offset,
-            tag,
+            body.tag_name(),
             event.agent,
-            op,
-            event.body.display_path()
+            body.op_name(),
+            body.display_path(),
+            body.outcome()
         );
     }
     out

@@ -407,7 +407,7 @@ pub fn judge(
     let mut by_op: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     let mut counts: BTreeMap<String, u64> = BTreeMap::new();
     for event in events {
-        let tag = event.body.tag.map(|t| t.as_str()).unwrap_or("?");
+        let tag = event.body.tag_name();
         *counts.entry(tag.to_owned()).or_default() += 1;
         if let Some(op) = event.body.op {
             *counts.entry(format!("{tag}.{op}")).or_default() += 1;
