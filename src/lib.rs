@@ -5,6 +5,7 @@
 //! - [`event`]: the event log line, and how names that are not UTF-8 are carried.
 //! - [`bus`]: the bus server (log, blob store, fan-out) and its client.
 //! - [`rules`]: what may join the bus and what may be appended to its log.
+//! - [`select`]: which events: the one matcher behind test patterns, gates and `listen`.
 //! - [`state`]: an agent's state directory, checked before use and locked while used.
 //! - [`agent`]: wiring the master's changes onto the bus, and the bus into the slave.
 //! - [`check`]: the invariants behind `filesync check`.
@@ -28,5 +29,6 @@ pub mod html;
 pub mod identity;
 pub mod listen;
 pub mod rules;
+pub mod select;
 pub mod state;
 pub mod testkit;

@@ -6,12 +6,11 @@ use std::io::Write;
 use std::time::Duration;
 
 use anyhow::Context;
-use filesync_master::ignore::IgnoreRules;
-use filesync_master::RelPath;
 
 use crate::bus::{ClientError, Subscription};
 use crate::cli::{shutdown_signal, ExportArgs, ListenArgs};
-use crate::event::{EntryKind, Event, Op, Tag};
+use crate::event::Event;
+use crate::select::{PathMatch, Selector};
 
 /// One readable line: time of day, seq, tag, agent, op, path, and cause or error.
 pub fn format_line(event: &Event) -> String {
@@ -33,52 +32,29 @@ pub fn format_line(event: &Event) -> String {
 }
 
 /// Which events `listen` prints: each flag given is a set (repeated flags), and an event
-/// must be in every set given.
-struct Filter {
-    tags: Vec<Tag>,
-    ops: Vec<Op>,
-    agents: Vec<String>,
-    paths: Option<IgnoreRules>,
-}
-
-impl Filter {
-    fn new(args: &ListenArgs) -> anyhow::Result<Filter> {
-        let paths = match args.path.is_empty() {
-            true => None,
-            false => Some(
-                IgnoreRules::from_patterns(&args.path)
-                    .map_err(|err| anyhow::anyhow!("bad --path: {err}"))?,
-            ),
-        };
-        Ok(Filter {
-            tags: parse_all(&args.tag, "tag")?,
-            ops: parse_all(&args.op, "op")?,
-            agents: args.agent.clone(),
-            paths,
-        })
-    }
-
-    fn keeps(&self, event: &Event) -> bool {
-        let body = &event.body;
-        in_set(&self.tags, body.tag.as_ref())
-            && in_set(&self.ops, body.op.as_ref())
-            && in_set(&self.agents, Some(&event.agent))
-            && self.paths.as_ref().is_none_or(|rules| {
-                let is_dir = body.kind == Some(EntryKind::Dir);
-                [&body.path, &body.from, &body.to]
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|p| RelPath::new(p).ok())
-                    .any(|p| rules.matches(&p, is_dir))
-            })
-    }
+/// must be in every set given; `--path` follows gitignore's rules over any path the event
+/// names.
+fn selector(args: &ListenArgs) -> anyhow::Result<Selector> {
+    let touching = match args.path.is_empty() {
+        true => None,
+        false => Some(
+            PathMatch::gitignore(&args.path).map_err(|err| anyhow::anyhow!("bad --path: {err}"))?,
+        ),
+    };
+    Ok(Selector {
+        tags: parse_all(&args.tag, "tag")?,
+        ops: parse_all(&args.op, "op")?,
+        agents: args.agent.clone(),
+        touching,
+        ..Selector::default()
+    })
 }
 
 /// How long to wait between attempts to reach a bus that went away.
 const RECONNECT_EVERY: Duration = Duration::from_millis(500);
 
 pub async fn run(args: ListenArgs) -> anyhow::Result<i32> {
-    let filter = Filter::new(&args)?;
+    let filter = selector(&args)?;
     let (hello, tls) = args.reader.hello("listener", args.announce)?;
     let bus = &args.reader.bus;
     let dial = crate::bus::dial(bus, tls);
@@ -136,7 +112,7 @@ pub async fn run(args: ListenArgs) -> anyhow::Result<i32> {
         if args.to.is_some_and(|to| event.seq > to) {
             return Ok(0);
         }
-        if !filter.keeps(&event) {
+        if !filter.matches(&event) {
             continue;
         }
         let line = if args.json {
@@ -193,11 +169,6 @@ fn parse_all<T: serde::de::DeserializeOwned>(
         .iter()
         .map(|v| parse_enum(v).with_context(|| format!("bad --{what}")))
         .collect()
-}
-
-/// An empty set lets everything through; otherwise `value` must be in it.
-fn in_set<T: PartialEq>(set: &[T], value: Option<&T>) -> bool {
-    set.is_empty() || value.is_some_and(|v| set.contains(v))
 }
 
 fn parse_enum<T: serde::de::DeserializeOwned>(text: &str) -> anyhow::Result<T> {

@@ -17,57 +17,19 @@ use tokio::sync::watch;
 
 use super::client::{BusClient, ClientError, Hello};
 use super::protocol::{Reply, Request};
-use crate::event::{Draft, Event, Op, Role, Tag};
+use crate::event::{Draft, Event, Role};
+use crate::select::Selector;
 
 /// At most this many gates at once.
 const MAX_GATES: usize = 256;
-
-/// Which events a gate waits for. Every field set must match; `path` matches `path` or a
-/// move's `to`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EventFilter {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tag: Option<Tag>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub op: Option<Op>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub path: Option<String>,
-}
-
-impl EventFilter {
-    pub fn matches(&self, body: &Draft) -> bool {
-        self.tag.is_none_or(|tag| body.tag == Some(tag))
-            && self.op.is_none_or(|op| body.op == Some(op))
-            && self.path.as_ref().is_none_or(|path| {
-                body.path.as_ref() == Some(path) || body.to.as_ref() == Some(path)
-            })
-    }
-}
-
-impl std::fmt::Display for EventFilter {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let op = self.op.map(|o| format!("{o} ")).unwrap_or_default();
-        let tag = self
-            .tag
-            .map(|t| t.to_string())
-            .unwrap_or_else(|| "event".into());
-        let path = self
-            .path
-            .as_ref()
-            .map(|p| format!(" for {p}"))
-            .unwrap_or_default();
-        write!(f, "{op}{tag}{path}")
-    }
-}
 
 /// Where a gate holds an agent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "at", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Gate {
-    BeforeDeliver { agent: String, filter: EventFilter },
-    BeforeAppend { agent: String, filter: EventFilter },
-    AfterAppend { agent: String, filter: EventFilter },
+    BeforeDeliver { agent: String, filter: Selector },
+    BeforeAppend { agent: String, filter: Selector },
+    AfterAppend { agent: String, filter: Selector },
 }
 
 #[derive(Debug)]
@@ -212,7 +174,7 @@ impl Gates {
         let hit = events.iter().position(|event| {
             self.lock().iter().any(|g| {
                 g.reached.is_none()
-                    && matches!(&g.gate, Gate::BeforeDeliver { agent: a, filter } if a == agent && filter.matches(&event.body))
+                    && matches!(&g.gate, Gate::BeforeDeliver { agent: a, filter } if a == agent && filter.matches(event))
             })
         });
         match hit {
@@ -220,7 +182,7 @@ impl Gates {
             Some(0) => {
                 let event = &events[0];
                 self.fire(event.seq, |gate| {
-                    matches!(gate, Gate::BeforeDeliver { agent: a, filter } if a == agent && filter.matches(&event.body))
+                    matches!(gate, Gate::BeforeDeliver { agent: a, filter } if a == agent && filter.matches(event))
                 })
                 .await;
                 1
@@ -231,14 +193,14 @@ impl Gates {
 
     /// Holds `agent`'s publish of `draft` if a `before_append` gate matches it.
     pub async fn before_append(&self, agent: &str, draft: &Draft) {
-        self.fire(0, |gate| matches!(gate, Gate::BeforeAppend { agent: a, filter } if a == agent && filter.matches(draft)))
+        self.fire(0, |gate| matches!(gate, Gate::BeforeAppend { agent: a, filter } if a == agent && filter.matches_draft(agent, draft)))
             .await;
     }
 
     /// Holds the reply to `agent`'s publish of `event` if an `after_append` gate matches it.
     pub async fn after_append(&self, agent: &str, event: &Event) {
         self.fire(event.seq, |gate| {
-            matches!(gate, Gate::AfterAppend { agent: a, filter } if a == agent && filter.matches(&event.body))
+            matches!(gate, Gate::AfterAppend { agent: a, filter } if a == agent && filter.matches(event))
         })
         .await;
     }
@@ -262,7 +224,14 @@ impl GateControl {
     pub async fn arm(&self, name: &str, gate: Gate) -> Result<(), ClientError> {
         let name = name.to_owned();
         self.client
-            .request(|id| Request::Arm { id, name, gate }, &[])
+            .request(
+                |id| Request::Arm {
+                    id,
+                    name,
+                    gate: Box::new(gate),
+                },
+                &[],
+            )
             .await
             .map(|_| ())
     }

@@ -127,7 +127,7 @@ pub enum Request {
     Arm {
         id: u64,
         name: String,
-        gate: Gate,
+        gate: Box<Gate>,
     },
     /// Test buses only: let the agent held at gate `name` go on.
     Release {

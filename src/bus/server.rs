@@ -1162,7 +1162,7 @@ impl Handler {
             Err(error) => err_reply(id, error),
         };
         match request {
-            Request::Arm { id, name, gate } => Some(done(id, gates.arm(name, gate))),
+            Request::Arm { id, name, gate } => Some(done(id, gates.arm(name, *gate))),
             Request::Release { id, name } => Some(done(id, gates.release(&name))),
             Request::Disarm { id } => {
                 gates.disarm_all();

@@ -1,50 +1,21 @@
-//! `Pattern`: what an expected event looks like, with a readable `Display`.
+//! `Pattern`: what an expected event looks like, with a readable `Display`: a `Selector`
+//! and predicates.
 
 use std::fmt;
 use std::sync::Arc;
 
-use globset::{Glob, GlobMatcher};
-
 use crate::event::{EntryKind, Event, Op, Tag};
+use crate::select::{PathMatch, Selector};
 
 type Predicate = Arc<dyn Fn(&Event) -> bool + Send + Sync>;
 
-#[derive(Clone)]
-enum PathMatch {
-    Exact(String),
-    Glob(String, GlobMatcher),
-}
-
-impl PathMatch {
-    fn matches(&self, candidate: &str) -> bool {
-        match self {
-            PathMatch::Exact(path) => path == candidate,
-            PathMatch::Glob(_, matcher) => matcher.is_match(candidate),
-        }
-    }
-}
-
-impl fmt::Display for PathMatch {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            PathMatch::Exact(path) => f.write_str(path),
-            PathMatch::Glob(glob, _) => write!(f, "glob {glob}"),
-        }
-    }
-}
-
 /// A description of events: every field set must match. Build with the constructors and
-/// chain the refinements: `Pattern::notify().by("master").put().path("foo.txt")`.
+/// chain the refinements: `Pattern::notify().by("master").put().path("foo.txt")`. The
+/// fields are a [`Selector`] (the matcher `listen` and the bus's gates use too) and any
+/// further predicates, each described for failure messages.
 #[derive(Clone, Default)]
 pub struct Pattern {
-    tag: Option<Tag>,
-    agent: Option<String>,
-    op: Option<Op>,
-    path: Option<PathMatch>,
-    from: Option<PathMatch>,
-    kind: Option<EntryKind>,
-    cause: Option<u64>,
-    sha256: Option<String>,
+    selector: Selector,
     predicates: Vec<(String, Predicate)>,
 }
 
@@ -53,10 +24,7 @@ impl Pattern {
         Pattern::default()
     }
     pub fn tag(tag: Tag) -> Pattern {
-        Pattern {
-            tag: Some(tag),
-            ..Pattern::default()
-        }
+        Pattern::any().refine(|s| s.tags = vec![tag])
     }
     pub fn notify() -> Pattern {
         Pattern::tag(Tag::Notify)
@@ -76,14 +44,18 @@ impl Pattern {
     pub fn leave() -> Pattern {
         Pattern::tag(Tag::Leave)
     }
-    /// Emitted by this agent.
-    pub fn by(mut self, agent: &str) -> Pattern {
-        self.agent = Some(agent.to_owned());
+
+    fn refine(mut self, set: impl FnOnce(&mut Selector)) -> Pattern {
+        set(&mut self.selector);
         self
     }
-    pub fn op(mut self, op: Op) -> Pattern {
-        self.op = Some(op);
-        self
+
+    /// Emitted by this agent.
+    pub fn by(self, agent: &str) -> Pattern {
+        self.refine(|s| s.agents = vec![agent.to_owned()])
+    }
+    pub fn op(self, op: Op) -> Pattern {
+        self.refine(|s| s.ops = vec![op])
     }
     pub fn put(self) -> Pattern {
         self.op(Op::Put)
@@ -95,37 +67,30 @@ impl Pattern {
         self.op(Op::Move)
     }
     /// `path` (puts, deletes) or `to` (moves) is exactly this.
-    pub fn path(mut self, path: &str) -> Pattern {
-        self.path = Some(PathMatch::Exact(path.to_owned()));
-        self
+    pub fn path(self, path: &str) -> Pattern {
+        self.refine(|s| s.path = Some(PathMatch::Exact(path.to_owned())))
     }
-    /// `path` or `to` matches this glob (`*` stays within one component).
-    pub fn path_glob(mut self, glob: &str) -> Pattern {
-        let matcher = Glob::new(glob)
-            .map(|g| g.compile_matcher())
-            .unwrap_or_else(|err| panic!("bad glob {glob:?} in a test pattern: {err}"));
-        self.path = Some(PathMatch::Glob(glob.to_owned(), matcher));
-        self
+    /// `path` or `to` matches this glob (globset's syntax; `*` may cross a `/`).
+    pub fn path_glob(self, glob: &str) -> Pattern {
+        let matcher =
+            PathMatch::glob(glob).unwrap_or_else(|err| panic!("in a test pattern: {err}"));
+        self.refine(|s| s.path = Some(matcher))
     }
     /// A move's `from` is exactly this.
-    pub fn from(mut self, from: &str) -> Pattern {
-        self.from = Some(PathMatch::Exact(from.to_owned()));
-        self
+    pub fn from(self, from: &str) -> Pattern {
+        self.refine(|s| s.from = Some(PathMatch::Exact(from.to_owned())))
     }
-    pub fn kind(mut self, kind: EntryKind) -> Pattern {
-        self.kind = Some(kind);
-        self
+    pub fn kind(self, kind: EntryKind) -> Pattern {
+        self.refine(|s| s.kind = Some(kind))
     }
     /// Answers notify `seq`.
-    pub fn cause(mut self, seq: u64) -> Pattern {
-        self.cause = Some(seq);
-        self
+    pub fn cause(self, seq: u64) -> Pattern {
+        self.refine(|s| s.cause = Some(seq))
     }
     /// A file put of exactly this content (lowercase hex SHA-256): for a consume, what the
     /// slave wrote.
-    pub fn sha256(mut self, sha256: &str) -> Pattern {
-        self.sha256 = Some(sha256.to_owned());
-        self
+    pub fn sha256(self, sha256: &str) -> Pattern {
+        self.refine(|s| s.sha256 = Some(sha256.to_owned()))
     }
     /// Any further condition, described for failure messages.
     pub fn with(
@@ -139,27 +104,7 @@ impl Pattern {
     }
 
     pub fn matches(&self, event: &Event) -> bool {
-        let body = &event.body;
-        self.tag.is_none_or(|tag| body.tag == Some(tag))
-            && self
-                .agent
-                .as_ref()
-                .is_none_or(|agent| &event.agent == agent)
-            && self.op.is_none_or(|op| body.op == Some(op))
-            && self.kind.is_none_or(|kind| body.kind == Some(kind))
-            && self.cause.is_none_or(|cause| body.cause == Some(cause))
-            && self
-                .sha256
-                .as_ref()
-                .is_none_or(|sha256| body.sha256.as_ref() == Some(sha256))
-            && self.path.as_ref().is_none_or(|m| {
-                body.path.as_deref().is_some_and(|p| m.matches(p))
-                    || body.to.as_deref().is_some_and(|p| m.matches(p))
-            })
-            && self
-                .from
-                .as_ref()
-                .is_none_or(|m| body.from.as_deref().is_some_and(|p| m.matches(p)))
+        self.selector.matches(event)
             && self
                 .predicates
                 .iter()
@@ -169,37 +114,11 @@ impl Pattern {
 
 impl fmt::Display for Pattern {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut parts: Vec<String> = Vec::new();
-        if let Some(op) = self.op {
-            parts.push(op.to_string());
-        }
-        parts.push(
-            self.tag
-                .map(|t| t.to_string())
-                .unwrap_or_else(|| "event".into()),
-        );
-        if let Some(agent) = &self.agent {
-            parts.push(format!("by {agent}"));
-        }
-        if let Some(kind) = self.kind {
-            parts.push(format!("of a {}", format!("{kind:?}").to_lowercase()));
-        }
-        if let Some(from) = &self.from {
-            parts.push(format!("from {from}"));
-        }
-        if let Some(path) = &self.path {
-            parts.push(format!("for {path}"));
-        }
-        if let Some(cause) = self.cause {
-            parts.push(format!("answering #{cause}"));
-        }
-        if let Some(sha256) = &self.sha256 {
-            parts.push(format!("of content {}", sha256.get(..12).unwrap_or(sha256)));
-        }
+        write!(f, "{}", self.selector)?;
         for (description, _) in &self.predicates {
-            parts.push(format!("where {description}"));
+            write!(f, " where {description}")?;
         }
-        f.write_str(&parts.join(" "))
+        Ok(())
     }
 }
 

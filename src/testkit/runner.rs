@@ -19,9 +19,10 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::bus::gates::Gate;
 use crate::bus::gates::GateControl;
-use crate::bus::gates::{EventFilter, Gate};
 use crate::event::{Op, Tag};
+use crate::select::{PathMatch, Selector};
 
 /// A point in one agent's life where the runner can hold it.
 #[derive(Debug, Clone)]
@@ -33,11 +34,12 @@ pub struct Checkpoint {
 }
 
 /// Which change a checkpoint is about: an op and a path.
-fn change(op: Op, path: &str, tag: Tag) -> EventFilter {
-    EventFilter {
-        tag: Some(tag),
-        op: Some(op),
-        path: Some(path.to_owned()),
+fn change(op: Op, path: &str, tag: Tag) -> Selector {
+    Selector {
+        tags: vec![tag],
+        ops: vec![op],
+        path: Some(PathMatch::Exact(path.to_owned())),
+        ..Selector::default()
     }
 }
 
