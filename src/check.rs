@@ -21,13 +21,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::fs;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use filesync_master::hash::hash_file;
+use filesync_master::tree::walk_published;
 use filesync_master::{Entry, Kind, Model, RelPath};
 
 use crate::checkpoint::Snapshot;
@@ -790,29 +788,18 @@ pub fn model_of_dir(root: &Path) -> io::Result<Model> {
 pub fn model_of_dir_excluding(root: &Path, excludes: &[String]) -> io::Result<Model> {
     let ignore = filesync_master::ignore::IgnoreRules::load_with(root, excludes);
     let mut model = Model::new();
-    let walker = walkdir::WalkDir::new(root)
-        .min_depth(1)
-        .follow_links(false)
-        .into_iter()
-        .filter_entry(|e| {
-            RelPath::from_full(root, e.path())
-                .is_ok_and(|rel| !ignore.is_ignored(&rel, e.file_type().is_dir()))
-        });
-    for item in walker {
+    for item in walk_published(root, root, &ignore) {
         let item = item.map_err(io::Error::other)?;
         let rel = RelPath::from_full(root, item.path()).map_err(io::Error::other)?;
         let meta = item.path().symlink_metadata()?;
-        let entry = if meta.file_type().is_symlink() {
-            Entry::symlink(fs::read_link(item.path())?.as_os_str().as_bytes().to_vec())
-        } else if meta.is_dir() {
-            Entry::dir(meta.permissions().mode() & 0o7777)
-        } else if meta.is_file() {
-            let hashed = hash_file(item.path()).map_err(io::Error::other)?;
-            Entry::file(hashed.size, hashed.sha256, meta.mode() & 0o7777)
-        } else {
-            continue;
+        let content = || {
+            hash_file(item.path())
+                .map(|hashed| hashed.sha256)
+                .map_err(io::Error::other)
         };
-        model.put(rel, entry);
+        if let Some(entry) = Entry::on_disk(item.path(), &meta, content)? {
+            model.put(rel, entry);
+        }
     }
     Ok(model)
 }

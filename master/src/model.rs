@@ -7,6 +7,11 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::fs::{self, Metadata};
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
 
 use crate::hash::ContentHash;
 use crate::RelPath;
@@ -20,6 +25,20 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// What `meta` (a `symlink_metadata`) describes; `None` for what is not synced.
+    pub fn of(meta: &Metadata) -> Option<Kind> {
+        let file_type = meta.file_type();
+        if file_type.is_symlink() {
+            Some(Kind::Symlink)
+        } else if file_type.is_dir() {
+            Some(Kind::Dir)
+        } else if file_type.is_file() {
+            Some(Kind::File)
+        } else {
+            None
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::File => "file",
@@ -103,6 +122,25 @@ impl Entry {
             target: None,
             stamp: None,
         }
+    }
+
+    /// What is at `full` (`meta` its `symlink_metadata`) as the log records it, the one
+    /// reading of a directory entry that the checker and the slave's scan share; a file's
+    /// content hash comes from `content` (hashing it, or knowing it from an earlier look).
+    /// `None` for what is not synced.
+    pub fn on_disk(
+        full: &Path,
+        meta: &Metadata,
+        content: impl FnOnce() -> io::Result<ContentHash>,
+    ) -> io::Result<Option<Entry>> {
+        Ok(match Kind::of(meta) {
+            Some(Kind::Symlink) => Some(Entry::symlink(
+                fs::read_link(full)?.as_os_str().as_bytes().to_vec(),
+            )),
+            Some(Kind::Dir) => Some(Entry::dir(meta.permissions().mode() & 0o7777)),
+            Some(Kind::File) => Some(Entry::file(meta.len(), content()?, meta.mode() & 0o7777)),
+            None => None,
+        })
     }
 
     pub fn symlink(target: Vec<u8>) -> Entry {

@@ -20,6 +20,26 @@ use crate::ignore::IgnoreRules;
 use crate::model::{Change, Entry, Kind, Model, Stamp};
 use crate::RelPath;
 
+/// Everything under `start` (a directory under `root`) that a master publishes, parents
+/// first, in name order, links not followed, what `ignore` leaves out skipped (a directory
+/// with what is under it): the one walk of a master's directory that the master's scans,
+/// `check --dir` and the test kit share.
+pub fn walk_published<'a>(
+    root: &'a Path,
+    start: &Path,
+    ignore: &'a IgnoreRules,
+) -> walkdir::FilterEntry<walkdir::IntoIter, impl FnMut(&walkdir::DirEntry) -> bool + 'a> {
+    WalkDir::new(start)
+        .min_depth(1)
+        .follow_links(false)
+        .sort_by(|a, b| a.file_name().as_bytes().cmp(b.file_name().as_bytes()))
+        .into_iter()
+        .filter_entry(move |entry| {
+            RelPath::from_full(root, entry.path())
+                .is_ok_and(|rel| !ignore.is_ignored(&rel, entry.file_type().is_dir()))
+        })
+}
+
 /// A change the master observed, with the file's content when it was small enough to keep
 /// from hashing (so it is not read twice), or its manifest when it is stored in chunks.
 #[derive(Debug, Clone)]
@@ -159,7 +179,7 @@ impl Tree {
         if let (Some(entry), Some(meta), false, true) =
             (self.model.get(from), &to_meta, to_ignored, parent_known)
         {
-            if kind_of(meta) == Some(entry.kind) && !to.starts_with(from) {
+            if Kind::of(meta) == Some(entry.kind) && !to.starts_with(from) {
                 let kind = entry.kind;
                 self.model.rename(from, to);
                 out(Outcome::Changed(Observed {
@@ -222,15 +242,7 @@ impl Tree {
         // master was down is published as a move, not a delete and a put of everything.
         let pair_renames = under.is_none() && had_published;
         let mut new_tops: Vec<RelPath> = Vec::new();
-        let mut walker = WalkDir::new(&start)
-            .min_depth(1)
-            .follow_links(false)
-            .sort_by(|a, b| a.file_name().as_bytes().cmp(b.file_name().as_bytes()))
-            .into_iter()
-            .filter_entry(|entry| match RelPath::from_full(&root, entry.path()) {
-                Ok(rel) => !ignore.is_ignored(&rel, entry.file_type().is_dir()),
-                Err(_) => false,
-            });
+        let mut walker = walk_published(&root, &start, &ignore);
         while let Some(item) = walker.next() {
             let entry = match item {
                 Ok(entry) => entry,
@@ -296,7 +308,7 @@ impl Tree {
                 let gone = match fs::symlink_metadata(path.to_path(&self.root)) {
                     Err(err) => err.kind() == io::ErrorKind::NotFound,
                     Ok(meta) => {
-                        kind_of(&meta).is_none() || self.ignore.is_ignored(path, meta.is_dir())
+                        Kind::of(&meta).is_none() || self.ignore.is_ignored(path, meta.is_dir())
                     }
                 };
                 if gone {
@@ -330,7 +342,7 @@ impl Tree {
     fn renamed_from(&self, new: &RelPath, vanished: &[(RelPath, Kind)]) -> Option<usize> {
         let full = new.to_path(&self.root);
         let meta = fs::symlink_metadata(&full).ok()?;
-        let kind = kind_of(&meta)?;
+        let kind = Kind::of(&meta)?;
         let mut candidates = vanished.iter().enumerate().filter(|(_, (_, k))| *k == kind);
         match kind {
             Kind::File => {
@@ -390,7 +402,7 @@ impl Tree {
             .filter_map(|entry| {
                 let rel = RelPath::from_full(&self.root, entry.path()).ok()?;
                 let meta = entry.metadata().ok()?;
-                let kind = kind_of(&meta)?;
+                let kind = Kind::of(&meta)?;
                 let size = if kind == Kind::File { meta.len() } else { 0 };
                 Some((relative(&rel, path), kind, size))
             })
@@ -408,7 +420,7 @@ impl Tree {
         found_by_scan: bool,
         out: &mut dyn FnMut(Outcome),
     ) {
-        let Some(kind) = kind_of(meta) else {
+        let Some(kind) = Kind::of(meta) else {
             tracing::debug!("not syncing {path}: not a file, directory or symlink");
             return;
         };
@@ -554,19 +566,6 @@ fn modified_within(meta: &Metadata, window: std::time::Duration) -> bool {
         .ok()
         .and_then(|mtime| std::time::SystemTime::now().duration_since(mtime).ok())
         .is_some_and(|age| age < window)
-}
-
-fn kind_of(meta: &Metadata) -> Option<Kind> {
-    let file_type = meta.file_type();
-    if file_type.is_symlink() {
-        Some(Kind::Symlink)
-    } else if file_type.is_dir() {
-        Some(Kind::Dir)
-    } else if file_type.is_file() {
-        Some(Kind::File)
-    } else {
-        None
-    }
 }
 
 #[cfg(test)]

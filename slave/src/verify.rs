@@ -13,7 +13,7 @@
 use std::fs::{self, Metadata};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use filesync_master::hash::{hash_file, mtime_ns, ContentHash};
@@ -45,35 +45,32 @@ pub fn scan(
         if ignored(rel, meta.is_dir()) {
             return Ok(false);
         }
-        let entry = if meta.file_type().is_symlink() {
-            Entry::symlink(fs::read_link(full)?.as_os_str().as_bytes().to_vec())
-        } else if meta.is_dir() {
-            Entry::dir(meta.permissions().mode() & 0o7777)
-        } else if meta.is_file() {
-            let stamp = Stamp {
-                mtime_ns: mtime_ns(meta),
-                ino: meta.ino(),
-            };
-            let sha256 = match known(rel, stamp, meta.len()) {
-                Some(sha256) => sha256,
-                None => {
-                    found.hashed += 1;
-                    match hash_file(full) {
-                        Ok(hashed) => hashed.sha256,
-                        // Gone or changing while we looked: the next scan sees it.
-                        Err(err) => {
-                            tracing::debug!("verify: {}: {err}", full.display());
-                            return Ok(false);
-                        }
-                    }
-                }
-            };
-            let mut entry = Entry::file(meta.len(), sha256, meta.mode() & 0o7777);
-            entry.stamp = Some(stamp);
-            entry
-        } else {
-            return Ok(false);
+        let stamp = Stamp {
+            mtime_ns: mtime_ns(meta),
+            ino: meta.ino(),
         };
+        let content = || match known(rel, stamp, meta.len()) {
+            Some(sha256) => Ok(sha256),
+            None => {
+                found.hashed += 1;
+                hash_file(full)
+                    .map(|hashed| hashed.sha256)
+                    .map_err(io::Error::other)
+            }
+        };
+        let mut entry = match Entry::on_disk(full, meta, content) {
+            Ok(Some(entry)) => entry,
+            Ok(None) => return Ok(false),
+            // A file gone or changing while we looked: the next scan sees it.
+            Err(err) if meta.is_file() => {
+                tracing::debug!("verify: {}: {err}", full.display());
+                return Ok(false);
+            }
+            Err(err) => return Err(err),
+        };
+        if entry.kind == Kind::File {
+            entry.stamp = Some(stamp);
+        }
         let descend = entry.kind == Kind::Dir;
         found.model.put(rel.clone(), entry);
         Ok(descend)

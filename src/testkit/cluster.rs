@@ -18,6 +18,8 @@ use crate::bus::tls::ClientTls;
 use crate::check::{check_dir_excluding, check_log, CheckOptions, LogFile, Report, Violation};
 use crate::event::Tag;
 use crate::identity::Identity;
+use filesync_master::tree::walk_published;
+use filesync_master::Kind;
 use std::sync::Arc;
 
 /// How long a process may take to print its address.
@@ -509,15 +511,7 @@ impl Cluster {
         let root = self.master_dir();
         let ignore = filesync_master::ignore::IgnoreRules::load_with(&root, &self.excludes());
         let mut on_disk = 0usize;
-        let walker = walkdir::WalkDir::new(&root)
-            .min_depth(1)
-            .follow_links(false)
-            .into_iter()
-            .filter_entry(|e| {
-                filesync_master::RelPath::from_full(&root, e.path())
-                    .is_ok_and(|rel| !ignore.is_ignored(&rel, e.file_type().is_dir()))
-            });
-        for item in walker {
+        for item in walk_published(&root, &root, &ignore) {
             let Ok(item) = item else { return false };
             let Ok(rel) = filesync_master::RelPath::from_full(&root, item.path()) else {
                 return false;
@@ -525,19 +519,12 @@ impl Cluster {
             let Ok(meta) = item.path().symlink_metadata() else {
                 return false;
             };
-            let kind = if meta.file_type().is_symlink() {
-                filesync_master::Kind::Symlink
-            } else if meta.is_dir() {
-                filesync_master::Kind::Dir
-            } else if meta.is_file() {
-                filesync_master::Kind::File
-            } else {
+            let Some(kind) = Kind::of(&meta) else {
                 continue;
             };
             match published.get(&rel) {
                 Some(entry)
-                    if entry.kind == kind
-                        && (kind != filesync_master::Kind::File || entry.size == meta.len()) => {}
+                    if entry.kind == kind && (kind != Kind::File || entry.size == meta.len()) => {}
                 _ => return false,
             }
             on_disk += 1;
