@@ -246,12 +246,66 @@ pub struct BusIdArgs {
     /// for a bus beyond loopback.
     #[arg(long, value_name = "ID", value_parser = parse_id)]
     pub bus_id: Option<PeerId>,
+    /// With a `nats://` bus: the mirror's name, which its streams and subjects start with,
+    /// so that several mirrors can share one NATS deployment.
+    #[arg(long, value_name = "NAME")]
+    pub subject_prefix: Option<String>,
+    /// With a `nats://` bus: a NATS credentials file (user JWT and nkey seed).
+    #[arg(long, value_name = "FILE", conflicts_with = "nats_nkey")]
+    pub nats_creds: Option<PathBuf>,
+    /// With a `nats://` bus: a file holding an nkey seed to log in with.
+    #[arg(long, value_name = "FILE")]
+    pub nats_nkey: Option<PathBuf>,
+    /// With a `nats://` bus: the CA certificate (PEM) the servers' TLS certificates are
+    /// checked against; TLS is then required (beyond loopback it always is).
+    #[arg(long, value_name = "FILE")]
+    pub nats_ca: Option<PathBuf>,
 }
 
 impl BusIdArgs {
+    /// The address to dial: `bus`, with the NATS options folded in for a `nats://` one
+    /// (which `bus::nats::NatsAddress` reads and checks).
+    pub fn address(&self, bus: &str) -> anyhow::Result<String> {
+        let options = [
+            ("prefix", self.subject_prefix.as_ref().map(String::from)),
+            (
+                "creds",
+                self.nats_creds.as_ref().map(|p| p.display().to_string()),
+            ),
+            (
+                "nkey",
+                self.nats_nkey.as_ref().map(|p| p.display().to_string()),
+            ),
+            ("ca", self.nats_ca.as_ref().map(|p| p.display().to_string())),
+        ];
+        let given: Vec<String> = options
+            .iter()
+            .filter_map(|(key, value)| value.as_ref().map(|v| format!("{key}={v}")))
+            .collect();
+        if !bus.starts_with("nats://") {
+            if !given.is_empty() {
+                bail!("--subject-prefix and --nats-* are for a nats:// bus, not {bus}");
+            }
+            self.check(bus)?;
+            return Ok(bus.to_owned());
+        }
+        if self.bus_id.is_some() {
+            bail!("--bus-id is for the embedded bus; a nats:// bus is reached with --nats-ca and --nats-creds or --nats-nkey");
+        }
+        let mut address = bus.to_owned();
+        for option in given {
+            address.push(if address.contains('?') { '&' } else { '?' });
+            address.push_str(&option);
+        }
+        if let Some(Err(err)) = crate::bus::nats::NatsAddress::parse(&address) {
+            bail!("{err}");
+        }
+        Ok(address)
+    }
+
     /// Refuses a bus beyond loopback without `--bus-id`: its traffic would go in clear.
     fn check(&self, bus: &str) -> anyhow::Result<()> {
-        if self.bus_id.is_none() && !is_loopback(bus) {
+        if self.bus_id.is_none() && !crate::bus::is_loopback(bus) {
             bail!("the bus at {bus} is beyond loopback: pass --bus-id ID (the bus's `filesync id`), so that we talk over mutual TLS");
         }
         Ok(())
@@ -265,7 +319,7 @@ impl BusIdArgs {
         bus: &str,
         state: Option<&Path>,
     ) -> anyhow::Result<Option<crate::bus::tls::ClientTls>> {
-        self.check(bus)?;
+        self.address(bus)?;
         if self.bus_id.is_none() {
             return Ok(None);
         }
@@ -345,18 +399,6 @@ fn parse_secs(text: &str) -> Result<std::time::Duration, String> {
 }
 
 /// Whether `addr` (HOST:PORT) names this machine's loopback.
-fn is_loopback(addr: &str) -> bool {
-    let host = addr
-        .rsplit_once(':')
-        .map_or(addr, |(host, _)| host)
-        .trim_start_matches('[')
-        .trim_end_matches(']');
-    host == "localhost"
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
-}
-
 /// How a bus keeps its peers, its log and its content (for `master` and `bus`).
 #[derive(Debug, Args)]
 pub struct BusKeeping {
@@ -496,6 +538,11 @@ pub struct ReaderArgs {
 }
 
 impl ReaderArgs {
+    /// The address to dial (see `BusIdArgs::address`).
+    pub fn address(&self) -> anyhow::Result<String> {
+        self.bus_id.address(&self.bus)
+    }
+
     /// The hello and TLS settings to connect with, as a listener named `name` that leaves
     /// no `join` unless `announce`.
     pub fn hello(
@@ -638,7 +685,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             let state_dir = args.state.unwrap_or_else(|| default_state_dir(&args.name));
             let options = agent::slave::SlaveOptions {
                 dir: args.dir,
-                bus: args.bus,
+                bus: args.bus_id.address(&args.bus)?,
                 name: args.name,
                 token: args.token.secret()?,
                 state_dir,
@@ -648,7 +695,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 wait_for_bus: args.wait_for_bus.0,
                 dial: None,
             };
-            args.bus_id.check(&options.bus)?;
             on_workers(agent::slave::run(options, shutdown_signal()))
                 .await
                 .map(|()| 0)
@@ -734,7 +780,7 @@ async fn run_master(args: MasterArgs) -> anyhow::Result<()> {
     let state = crate::state::would_be_canonical(&state)?;
     crate::state::refuse_state_inside(&state, &dir, "watched directory")?;
     if let Some(bus) = args.bus {
-        args.bus_id.check(&bus)?;
+        let bus = args.bus_id.address(&bus)?;
         if args.bus_id.bus_id.is_some() {
             std::fs::create_dir_all(&state)
                 .with_context(|| format!("cannot create {}", state.display()))?;
@@ -877,7 +923,9 @@ fn bus_state(state: Option<PathBuf>) -> PathBuf {
 
 async fn run_status(args: StatusArgs) -> anyhow::Result<i32> {
     let (hello, tls) = args.reader.hello("status", false)?;
-    let (client, _) = crate::bus::dial(&args.reader.bus, tls).dial(&hello).await?;
+    let (client, _) = crate::bus::dial(&args.reader.address()?, tls)
+        .dial(&hello)
+        .await?;
     let report = crate::bus::api::call(client.status()).await?;
     let (health, reasons) = report.health(args.max_lag);
     if args.json {

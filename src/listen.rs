@@ -56,7 +56,7 @@ const RECONNECT_EVERY: Duration = Duration::from_millis(500);
 pub async fn run(args: ListenArgs) -> anyhow::Result<i32> {
     let filter = selector(&args)?;
     let (hello, tls) = args.reader.hello("listener", args.announce)?;
-    let bus = &args.reader.bus;
+    let bus = &args.reader.address()?;
     let dial = crate::bus::dial(bus, tls);
     let (client, welcome) = dial.dial(&hello).await?;
     let mut subscription = Subscription::new(client, args.from.unwrap_or(welcome.head + 1));
@@ -133,7 +133,7 @@ pub async fn run(args: ListenArgs) -> anyhow::Result<i32> {
 /// checkpoint (on the bus's machine) to judge what came before.
 pub async fn export(args: ExportArgs) -> anyhow::Result<i32> {
     let (hello, tls) = args.reader.hello("export", false)?;
-    let dial = crate::bus::dial(&args.reader.bus, tls);
+    let dial = crate::bus::dial(&args.reader.address()?, tls);
     let (client, welcome) = dial.dial(&hello).await?;
     if welcome.start > 1 {
         eprintln!(

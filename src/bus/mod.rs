@@ -28,6 +28,7 @@ pub mod gates;
 pub mod gc;
 pub mod log;
 pub mod memory;
+pub mod nats;
 pub mod pack;
 pub mod protocol;
 pub mod retention;
@@ -39,12 +40,29 @@ pub use api::{BusApi, Dial, Link, Reply};
 pub use client::{BusClient, ClientError, Hello, Subscription, TcpDial, Welcome};
 pub use server::{Bus, BusOptions};
 
-/// The way to the bus at `addr`: the one place an address picks a backend. Every address
-/// is the embedded bus's today (`HOST:PORT`, over mutual TLS when `tls` is given); a second
-/// networked backend (NATS) adds its scheme here.
+/// Whether `addr` (`HOST:PORT`) is on this machine: beyond it, traffic must be encrypted.
+pub fn is_loopback(addr: &str) -> bool {
+    let host = addr
+        .rsplit_once(':')
+        .map_or(addr, |(host, _)| host)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The way to the bus at `addr`: the one place an address picks a backend. `nats://...`
+/// is NATS JetStream ([`nats::NatsAddress`] says the rest); any other address is the
+/// embedded bus's (`HOST:PORT`, over mutual TLS when `tls` is given).
 pub fn dial(addr: &str, tls: Option<tls::ClientTls>) -> std::sync::Arc<dyn Dial> {
-    std::sync::Arc::new(TcpDial {
-        addr: addr.to_owned(),
-        tls,
-    })
+    match nats::NatsAddress::parse(addr) {
+        Some(Ok(address)) => std::sync::Arc::new(nats::NatsDial::new(address)),
+        Some(Err(err)) => std::sync::Arc::new(nats::Unreachable(err)),
+        None => std::sync::Arc::new(TcpDial {
+            addr: addr.to_owned(),
+            tls,
+        }),
+    }
 }

@@ -41,6 +41,28 @@ pub trait Content {
     /// The manifest stored at `address`: `None` when it is not held, an error when what is
     /// held there is not a manifest.
     fn manifest(&self, address: &ContentHash) -> Option<Result<Manifest, String>>;
+    /// Whether this store can say what it holds. A backend whose store the rules cannot
+    /// see (NATS: the content is in a stream of its own, written before the event naming
+    /// it and verified by whoever fetches it) answers `false`, and the rules then leave
+    /// content out of their verdict.
+    fn verifies(&self) -> bool {
+        true
+    }
+}
+
+/// A store the rules cannot see (see [`Content::verifies`]).
+pub struct Unseen;
+
+impl Content for Unseen {
+    fn has(&self, _address: &ContentHash) -> bool {
+        true
+    }
+    fn manifest(&self, _address: &ContentHash) -> Option<Result<Manifest, String>> {
+        None
+    }
+    fn verifies(&self) -> bool {
+        false
+    }
 }
 
 /// Where an agent runs: its host name and synced directory, as its hello says.
@@ -473,7 +495,9 @@ impl Rules {
     fn check_notify(&self, draft: &Draft, content: &dyn Content) -> Result<(), String> {
         let change = draft.change().map_err(|err| err.to_string())?;
         if let Change::Put { entry, path } = &change {
-            if let (Kind::File, Some(sha256)) = (entry.kind, &entry.sha256) {
+            if let (Kind::File, Some(sha256), true) =
+                (entry.kind, &entry.sha256, content.verifies())
+            {
                 match &draft.manifest {
                     Some(manifest) => check_chunks(path, entry.size, manifest, content)?,
                     None if !content.has(sha256) => {

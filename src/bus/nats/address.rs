@@ -1,0 +1,128 @@
+//! `NatsAddress`: where a NATS bus is, how to reach it, and the names a mirror uses on it.
+
+use std::path::PathBuf;
+
+use filesync_master::hash::ContentHash;
+
+use crate::event::Role;
+
+/// The mirror name when none is given: streams `filesync_LOG` and `filesync_CONTENT`.
+pub const DEFAULT_PREFIX: &str = "filesync";
+
+/// Where a NATS bus is and how to reach it, from
+/// `nats://HOST:PORT[,HOST:PORT...][?prefix=P&creds=FILE&nkey=FILE&ca=FILE&replicas=N]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatsAddress {
+    /// `nats://HOST:PORT` for each server.
+    pub servers: Vec<String>,
+    /// The mirror's name: its streams and subjects start with it, so several mirrors can
+    /// share one deployment.
+    pub prefix: String,
+    /// A credentials file (`.creds`: a user JWT and its nkey seed).
+    pub creds: Option<PathBuf>,
+    /// A file holding an nkey seed.
+    pub nkey: Option<PathBuf>,
+    /// A CA certificate (PEM) to verify the servers by; TLS is then required.
+    pub ca: Option<PathBuf>,
+    /// Replicas of each stream, when this mirror creates them (1 unless told).
+    pub replicas: usize,
+}
+
+impl NatsAddress {
+    /// `None` when `addr` is not a NATS address; an error when it is one, badly written.
+    pub fn parse(addr: &str) -> Option<Result<NatsAddress, String>> {
+        let rest = addr.strip_prefix("nats://")?;
+        Some(
+            NatsAddress::parse_rest(rest)
+                .map_err(|err| format!("bad NATS address {addr:?}: {err}")),
+        )
+    }
+
+    fn parse_rest(rest: &str) -> Result<NatsAddress, String> {
+        let (hosts, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let servers: Vec<String> = hosts
+            .split(',')
+            .map(|host| match host.rsplit_once(':') {
+                Some((name, port)) if !name.is_empty() && port.parse::<u16>().is_ok() => {
+                    Ok(format!("nats://{host}"))
+                }
+                _ => Err(format!("{host:?} is not HOST:PORT")),
+            })
+            .collect::<Result<_, _>>()?;
+        let mut address = NatsAddress {
+            servers,
+            prefix: DEFAULT_PREFIX.to_owned(),
+            creds: None,
+            nkey: None,
+            ca: None,
+            replicas: 1,
+        };
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair
+                .split_once('=')
+                .ok_or_else(|| format!("option {pair:?} is not KEY=VALUE"))?;
+            match key {
+                "prefix" => address.prefix = value.to_owned(),
+                "creds" => address.creds = Some(value.into()),
+                "nkey" => address.nkey = Some(value.into()),
+                "ca" => address.ca = Some(value.into()),
+                "replicas" => {
+                    address.replicas = value
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=5).contains(n))
+                        .ok_or_else(|| format!("replicas={value}: 1 to 5"))?
+                }
+                _ => return Err(format!("unknown option {key:?}")),
+            }
+        }
+        let remote: Vec<&str> = hosts
+            .split(',')
+            .filter(|h| !crate::bus::is_loopback(h))
+            .collect();
+        if !remote.is_empty() && address.ca.is_none() {
+            return Err(format!(
+                "{} is beyond loopback: pass --nats-ca (the servers' CA), so that we talk over TLS",
+                remote.join(",")
+            ));
+        }
+        let fine = !address.prefix.is_empty()
+            && address.prefix.len() <= 32
+            && address
+                .prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b));
+        if !fine {
+            return Err(format!(
+                "mirror name {:?} must be 1-32 of A-Z a-z 0-9 _ -",
+                address.prefix
+            ));
+        }
+        Ok(address)
+    }
+
+    pub(super) fn log_stream(&self) -> String {
+        format!("{}_LOG", self.prefix)
+    }
+
+    pub(super) fn content_stream(&self) -> String {
+        format!("{}_CONTENT", self.prefix)
+    }
+
+    pub(super) fn log_subject(&self, role: Role, name: &str) -> String {
+        format!("{}.log.{role}.{}", self.prefix, hex::encode(name))
+    }
+
+    pub(super) fn content_subject(&self, address: &ContentHash) -> String {
+        format!("{}.content.{address}", self.prefix)
+    }
+
+    /// The role and agent a log subject names.
+    pub(super) fn agent_of(&self, subject: &str) -> Option<(Role, String)> {
+        let rest = subject.strip_prefix(&self.prefix)?.strip_prefix(".log.")?;
+        let (role, name) = rest.split_once('.')?;
+        let role = serde_json::from_value(serde_json::Value::String(role.to_owned())).ok()?;
+        let name = String::from_utf8(hex::decode(name).ok()?).ok()?;
+        Some((role, name))
+    }
+}

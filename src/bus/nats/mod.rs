@@ -1,0 +1,545 @@
+//! NATS JetStream as the bus: a backend of the agents' API (`api.rs`) for mirrors that
+//! outgrow one machine, on a replicated engine the user already runs. Chosen by the
+//! address: `nats://HOST:PORT[,HOST:PORT...]`, with options after a `?` (see
+//! [`NatsAddress`]).
+//!
+//! # Layout on the server (for mirror name `P`, `filesync` unless told)
+//!
+//! - Stream `P_LOG`, subjects `P.log.<role>.<hex of the agent's name>`, deletes and purges
+//!   denied: the event log. The stream's sequence is `seq` and its timestamp `time`, so the
+//!   total order is the engine's own; the body is the event's `Draft` as JSON, the agent
+//!   and its role are read from the subject (which the account's permissions can tie to a
+//!   user). Every publish carries a `Nats-Msg-Id`, so a retried one is not appended twice.
+//! - Stream `P_CONTENT`, subjects `P.content.<sha256>`, one message per subject: content by
+//!   address (a small file, a chunk, a manifest), deduplicated by the subject and by
+//!   `Nats-Msg-Id` = the address, verified by whoever fetches it.
+//!
+//! # The rules without a bus in the middle
+//!
+//! NATS runs none of our code before it appends. A link reads the whole log when it is
+//! dialled, into its own `Rules`, and checks what it publishes against them, so an honest
+//! agent meets the same refusals as on the embedded bus; content is left out of that
+//! verdict (`rules::Unseen`): a link awaits every content acknowledgement before it
+//! publishes the event naming it, and a reader verifies what it fetches. A master is the
+//! single writer of the log's master events: each carries
+//! `Nats-Expected-Last-Subject-Sequence` over every master's subject (`P.log.master.*`), so
+//! a second master's publish is refused by the server, never interleaved. What keeps a
+//! dishonest peer's events out is the account's subject permissions (README, "Many
+//! machines"); `filesync check` flags what gets in anyway.
+//!
+//! # Not offered
+//!
+//! Checkpoints (the log is never truncated: a NATS log starts at 1), `status`, and the
+//! announcements of new large files (optional: slaves wait for the notify).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_nats::jetstream::{self, stream};
+use async_nats::HeaderMap;
+use filesync_master::hash::ContentHash;
+use filesync_master::Change;
+
+mod address;
+mod lease;
+mod reader;
+
+pub use address::{NatsAddress, DEFAULT_PREFIX};
+use lease::Leases;
+use reader::Reader;
+
+use crate::bus::api::{self, BusApi, Dial, Dialing, Link, Piece, Sending, Upload};
+use crate::bus::client::{ClientError, Hello, Welcome};
+use crate::bus::protocol::PIECE_SIZE;
+use crate::bus::status::StatusReport;
+use crate::checkpoint::Snapshot;
+use crate::event::{Draft, Event, Role, Tag};
+use crate::rules::{self, Place, Refusal, Rules};
+
+/// How long a request to the server may take before the link counts as lost.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Notifies whose changes a link remembers, for the rules' record of an error that names
+/// one (older ones are looked up nowhere: such an error is recorded without its change).
+const REMEMBERED_CHANGES: usize = 100_000;
+
+/// A NATS address written wrong: every dial says so.
+pub struct Unreachable(pub String);
+
+impl Dial for Unreachable {
+    fn dial<'a>(&'a self, _hello: &'a Hello) -> Dialing<'a> {
+        let err = ClientError::Rejected(self.0.clone());
+        Box::pin(std::future::ready(Err(err)))
+    }
+
+    fn describe(&self) -> String {
+        self.0.clone()
+    }
+}
+
+/// Dials a NATS bus.
+pub struct NatsDial {
+    address: NatsAddress,
+}
+
+impl NatsDial {
+    pub fn new(address: NatsAddress) -> NatsDial {
+        NatsDial { address }
+    }
+}
+
+impl Dial for NatsDial {
+    fn dial<'a>(&'a self, hello: &'a Hello) -> Dialing<'a> {
+        Box::pin(self.open(hello))
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "{} (mirror {})",
+            self.address.servers.join(","),
+            self.address.prefix
+        )
+    }
+}
+
+fn lost(err: impl std::fmt::Display) -> ClientError {
+    tracing::debug!("nats: {err}");
+    ClientError::Lost
+}
+
+fn protocol(err: impl std::fmt::Display) -> ClientError {
+    ClientError::Protocol(err.to_string())
+}
+
+impl NatsDial {
+    async fn connect(&self, hello: &Hello) -> Result<async_nats::Client, ClientError> {
+        let address = &self.address;
+        let connect_error = |cause: std::io::Error| ClientError::Connect {
+            addr: address.servers.join(","),
+            cause,
+        };
+        let mut options = async_nats::ConnectOptions::new()
+            .name(format!("filesync {} {}", hello.role, hello.name))
+            .connection_timeout(Duration::from_secs(5))
+            .request_timeout(Some(REQUEST_TIMEOUT));
+        if let Some(creds) = &address.creds {
+            options = options
+                .credentials_file(creds)
+                .await
+                .map_err(connect_error)?;
+        }
+        if let Some(nkey) = &address.nkey {
+            let seed = std::fs::read_to_string(nkey).map_err(connect_error)?;
+            options = options.nkey(seed.trim().to_owned());
+        }
+        if let Some(ca) = &address.ca {
+            options = options.add_root_certificates(ca.clone()).require_tls(true);
+        }
+        let servers: Vec<async_nats::ServerAddr> = address
+            .servers
+            .iter()
+            .map(|s| s.parse())
+            .collect::<Result<_, _>>()
+            .map_err(connect_error)?;
+        options
+            .connect(servers)
+            .await
+            .map_err(|err| connect_error(std::io::Error::other(err.to_string())))
+    }
+
+    /// The streams, created if this is the mirror's first agent.
+    async fn streams(
+        &self,
+        js: &jetstream::Context,
+    ) -> Result<(stream::Stream, stream::Stream), ClientError> {
+        let address = &self.address;
+        let log = stream::Config {
+            name: address.log_stream(),
+            subjects: vec![format!("{}.log.>", address.prefix)],
+            deny_delete: true,
+            deny_purge: true,
+            allow_direct: true,
+            num_replicas: address.replicas,
+            ..Default::default()
+        };
+        let content = stream::Config {
+            name: address.content_stream(),
+            subjects: vec![format!("{}.content.*", address.prefix)],
+            max_messages_per_subject: 1,
+            allow_direct: true,
+            num_replicas: address.replicas,
+            ..Default::default()
+        };
+        let log = js.get_or_create_stream(log).await.map_err(protocol)?;
+        let content = js.get_or_create_stream(content).await.map_err(protocol)?;
+        Ok((log, content))
+    }
+
+    async fn open(&self, hello: &Hello) -> Result<(Link, Welcome), ClientError> {
+        let client = self.connect(hello).await?;
+        let js = jetstream::new(client);
+        let (log, content) = self.streams(&js).await?;
+        let info = log.get_info().await.map_err(lost)?;
+        let (start, head) = (info.state.first_sequence.max(1), info.state.last_sequence);
+        let mut replica = Replica::default();
+        let mut reader = Reader::new(log.clone(), self.address.clone());
+        let mut next = start;
+        while next <= head {
+            for event in reader.read(next).await? {
+                next = event.seq + 1;
+                replica.observe(&event, self.address.agent_of(&reader.subject_of(&event)));
+            }
+        }
+        let asked = rules::Hello {
+            role: hello.role,
+            name: hello.name.clone(),
+            place: Place::of(hello.role, hello.host.clone(), hello.dir.clone()),
+            takeover: hello.takeover,
+        };
+        replica
+            .rules
+            .admit(&asked, &[])
+            .map_err(|refusal| match refusal {
+                Refusal::Busy(message) => ClientError::Busy(message),
+                Refusal::Refused(message) => ClientError::Rejected(message),
+            })?;
+        let leases = Leases::take(&js, &self.address, hello).await?;
+        let welcome = Welcome {
+            head,
+            start,
+            answered: replica.rules.answered(&hello.name),
+            retry: match hello.role {
+                Role::Slave => replica.rules.retryable(&hello.name),
+                _ => Vec::new(),
+            },
+        };
+        let join = replica.rules.join(&asked);
+        let link = Inner {
+            subject: self.address.log_subject(hello.role, &hello.name),
+            address: self.address.clone(),
+            js,
+            content,
+            role: hello.role,
+            name: hello.name.clone(),
+            session: format!(
+                "{:x}",
+                SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_nanos()
+            ),
+            sent: AtomicU64::new(0),
+            writer: tokio::sync::Mutex::new(Writer {
+                pending_content: Vec::new(),
+                last_master: replica.last_master,
+            }),
+            replica: Mutex::new(replica),
+            reader: tokio::sync::Mutex::new(reader),
+            leases: tokio::sync::Mutex::new(leases),
+        };
+        if !(hello.quiet && hello.role == Role::Listener) {
+            let reply = link.send(join, false).await?;
+            reply.await?;
+        }
+        Ok((Arc::new(NatsLink(Arc::new(link))), welcome))
+    }
+}
+
+/// A link's own copy of the rules, fed every event it reads and every event it publishes.
+#[derive(Default)]
+struct Replica {
+    rules: Rules,
+    /// The newest `seq` taken in.
+    seen: u64,
+    /// The newest master event's `seq`: what a master's next publish expects.
+    last_master: u64,
+    /// Recent notifies' changes, by `seq`.
+    changes: BTreeMap<u64, Change>,
+}
+
+impl Replica {
+    /// Takes `event` in (published by `author`, from its subject), once.
+    fn observe(&mut self, event: &Event, author: Option<(Role, String)>) {
+        if event.seq <= self.seen {
+            return;
+        }
+        self.seen = event.seq;
+        if matches!(author, Some((Role::Master, _))) {
+            self.last_master = event.seq;
+        }
+        if event.body.tag == Some(Tag::Notify) {
+            if let Ok(change) = event.body.change() {
+                self.changes.insert(event.seq, change);
+                while self.changes.len() > REMEMBERED_CHANGES {
+                    self.changes.pop_first();
+                }
+            }
+        }
+        let changes = &self.changes;
+        self.rules
+            .observe(event, |cause| changes.get(&cause).cloned());
+    }
+}
+
+/// What a link's publishes wait on, one at a time.
+struct Writer {
+    /// Content sent and not yet acknowledged: stored before any event naming it is sent.
+    pending_content: Vec<jetstream::context::PublishAckFuture>,
+    /// For a master: the `seq` of the newest master event, which its next one expects.
+    last_master: u64,
+}
+
+/// One agent's link to a NATS bus.
+struct NatsLink(Arc<Inner>);
+
+/// What a link and its uploads share.
+struct Inner {
+    address: NatsAddress,
+    js: jetstream::Context,
+    content: stream::Stream,
+    role: Role,
+    name: String,
+    /// This agent's subject in the log.
+    subject: String,
+    /// Unique per dial, for the publishes' `Nats-Msg-Id`.
+    session: String,
+    sent: AtomicU64,
+    writer: tokio::sync::Mutex<Writer>,
+    replica: Mutex<Replica>,
+    reader: tokio::sync::Mutex<Reader>,
+    /// Held for as long as the link lives, given up when the agent says `leave`.
+    leases: tokio::sync::Mutex<Option<Leases>>,
+}
+
+impl Inner {
+    fn replica(&self) -> MutexGuard<'_, Replica> {
+        self.replica.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sends `draft` (checked by the rules unless `checked` already), after every content
+    /// acknowledgement this link awaits. A master's waits for its acknowledgement (the next
+    /// one expects its `seq`); others' are pipelined.
+    async fn send(&self, draft: Draft, check: bool) -> Result<api::Reply<u64>, ClientError> {
+        let mut writer = self.writer.lock().await;
+        for ack in writer.pending_content.drain(..) {
+            ack.await
+                .map_err(|err| ClientError::Refused(format!("content not stored: {err}")))?;
+        }
+        if check {
+            self.replica()
+                .rules
+                .check(self.role, &self.name, &draft, &rules::Unseen)
+                .map_err(ClientError::Refused)?;
+        }
+        let payload = serde_json::to_vec(&draft).map_err(protocol)?;
+        let mut headers = HeaderMap::new();
+        let n = self.sent.fetch_add(1, Ordering::Relaxed);
+        headers.insert(
+            "Nats-Msg-Id",
+            format!("{}.{}.{n}", hex::encode(&self.name), self.session).as_str(),
+        );
+        if self.role == Role::Master {
+            headers.insert(
+                "Nats-Expected-Last-Subject-Sequence",
+                writer.last_master.to_string().as_str(),
+            );
+            headers.insert(
+                "Nats-Expected-Last-Subject-Sequence-Subject",
+                format!("{}.log.master.*", self.address.prefix).as_str(),
+            );
+        }
+        let ack = self
+            .js
+            .publish_with_headers(self.subject.clone(), headers, payload.into())
+            .await
+            .map_err(lost)?;
+        if draft.tag == Some(Tag::Leave) {
+            // Its last word: the name is free once the leave is in the log.
+            let seq = ack.await.map_err(publish_error)?.sequence;
+            if let Some(leases) = self.leases.lock().await.as_mut() {
+                leases.release().await;
+            }
+            return Ok(api::Reply::ready(Ok(seq)));
+        }
+        if self.role != Role::Master {
+            return Ok(api::Reply::new(async move {
+                ack.await.map(|ack| ack.sequence).map_err(publish_error)
+            }));
+        }
+        let seq = ack.await.map_err(publish_error)?.sequence;
+        writer.last_master = seq;
+        let event = Event {
+            seq,
+            time: crate::event::now_rfc3339(),
+            agent: self.name.clone(),
+            body: draft,
+        };
+        self.replica()
+            .observe(&event, Some((Role::Master, self.name.clone())));
+        Ok(api::Reply::ready(Ok(seq)))
+    }
+}
+
+/// A refused publish: a second master's is the server's "wrong last sequence".
+fn publish_error(err: jetstream::context::PublishError) -> ClientError {
+    use jetstream::context::PublishErrorKind;
+    match err.kind() {
+        PublishErrorKind::WrongLastSequence => ClientError::Refused(
+            "another master wrote to this log since this one read it: one master per log".into(),
+        ),
+        PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe => ClientError::Lost,
+        _ => ClientError::Refused(err.to_string()),
+    }
+}
+
+impl Inner {
+    async fn poll(&self, from: u64) -> Result<api::Reply<Vec<Event>>, ClientError> {
+        let mut reader = self.reader.lock().await;
+        let events = reader.read(from.max(1)).await?;
+        let mut replica = self.replica();
+        for event in &events {
+            replica.observe(event, self.address.agent_of(&reader.subject_of(event)));
+        }
+        Ok(api::Reply::ready(Ok(events)))
+    }
+
+    async fn has(&self, address: ContentHash) -> Result<api::Reply<bool>, ClientError> {
+        let found = self
+            .content
+            .direct_get_last_for_subject(self.address.content_subject(&address))
+            .await;
+        let outcome = match found {
+            Ok(_) => Ok(true),
+            Err(err) if err.kind() == stream::DirectGetErrorKind::NotFound => Ok(false),
+            Err(err) => Err(lost(err)),
+        };
+        Ok(api::Reply::ready(outcome))
+    }
+
+    async fn put(
+        &self,
+        address: ContentHash,
+        content: Vec<u8>,
+    ) -> Result<api::Reply<()>, ClientError> {
+        let actual = ContentHash::of(&content);
+        if actual != address {
+            return Err(ClientError::Refused(format!(
+                "content hashes to {actual}, not {address}"
+            )));
+        }
+        let mut writer = self.writer.lock().await;
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", address.to_string().as_str());
+        let ack = self
+            .js
+            .publish_with_headers(
+                self.address.content_subject(&address),
+                headers,
+                content.into(),
+            )
+            .await
+            .map_err(|err| ClientError::Refused(format!("cannot store {address}: {err}")))?;
+        writer.pending_content.push(ack);
+        Ok(api::Reply::ready(Ok(())))
+    }
+
+    async fn get(
+        &self,
+        address: ContentHash,
+        offset: u64,
+    ) -> Result<api::Reply<Piece>, ClientError> {
+        let found = self
+            .content
+            .direct_get_last_for_subject(self.address.content_subject(&address))
+            .await;
+        let message = match found {
+            Ok(message) => message,
+            Err(err) if err.kind() == stream::DirectGetErrorKind::NotFound => {
+                return Ok(api::Reply::ready(Err(ClientError::Refused(format!(
+                    "no blob {address}"
+                )))))
+            }
+            Err(err) => return Err(lost(err)),
+        };
+        let content = message.payload;
+        if ContentHash::of(&content) != address {
+            return Ok(api::Reply::ready(Err(ClientError::Refused(format!(
+                "the content stored under {address} hashes otherwise"
+            )))));
+        }
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(content.len());
+        let end = start.saturating_add(PIECE_SIZE).min(content.len());
+        Ok(api::Reply::ready(Ok((
+            content[start..end].to_vec(),
+            end == content.len(),
+        ))))
+    }
+}
+
+impl BusApi for NatsLink {
+    fn publish(&self, event: Draft) -> Sending<'_, u64> {
+        Box::pin(self.0.send(event, true))
+    }
+
+    fn poll(&self, from: u64) -> Sending<'_, Vec<Event>> {
+        Box::pin(self.0.poll(from))
+    }
+
+    fn has(&self, address: ContentHash) -> Sending<'_, bool> {
+        Box::pin(self.0.has(address))
+    }
+
+    fn put(&self, address: ContentHash, content: Vec<u8>) -> Sending<'_, ()> {
+        Box::pin(self.0.put(address, content))
+    }
+
+    fn get(&self, address: ContentHash, offset: u64) -> Sending<'_, Piece> {
+        Box::pin(self.0.get(address, offset))
+    }
+
+    fn begin_upload(&self) -> Box<dyn Upload + '_> {
+        Box::new(NatsUpload {
+            link: self.0.clone(),
+            received: Vec::new(),
+        })
+    }
+
+    fn checkpoint(&self, seq: u64) -> Sending<'_, Snapshot> {
+        Box::pin(async move {
+            Err(ClientError::Refused(format!(
+                "no checkpoint at {seq}: a NATS log is never truncated"
+            )))
+        })
+    }
+
+    fn status(&self) -> Sending<'_, StatusReport> {
+        Box::pin(async { Err(ClientError::Unsupported) })
+    }
+}
+
+/// Content larger than one put, gathered and stored as one message (the server's
+/// `max_payload` bounds it).
+struct NatsUpload {
+    link: Arc<Inner>,
+    received: Vec<u8>,
+}
+
+impl Upload for NatsUpload {
+    fn piece(&mut self, piece: Vec<u8>) -> Sending<'_, ()> {
+        self.received.extend_from_slice(&piece);
+        Box::pin(std::future::ready(Ok(api::Reply::ready(Ok(())))))
+    }
+
+    fn commit(self: Box<Self>, address: ContentHash) -> Sending<'static, ()> {
+        let NatsUpload { link, received } = *self;
+        Box::pin(async move { link.put(address, received).await })
+    }
+
+    fn abort(self: Box<Self>) -> Sending<'static, ()> {
+        Box::pin(std::future::ready(Ok(api::Reply::ready(Ok(())))))
+    }
+}
