@@ -7,11 +7,11 @@ use filesync::check::CheckOptions;
 use filesync::event::EntryKind;
 use filesync::testkit::Pattern;
 
-use crate::util::{cluster, must};
+use crate::util::{cluster_on, must};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_burst_of_files_is_mirrored_exactly_once_each() {
-    let mut c = cluster("burst", 1).await;
+on_each_backend! {
+async fn a_burst_of_files_is_mirrored_exactly_once_each(backend) {
+    let mut c = cluster_on(backend, "burst", 1).await;
     let m = c.master_dir();
     for dir in 0..10 {
         fs::create_dir(m.join(format!("d{dir}"))).expect("mkdir");
@@ -26,4 +26,5 @@ async fn a_burst_of_files_is_mirrored_exactly_once_each() {
             .await,
     );
     c.assert_checks(CheckOptions::default());
+}
 }

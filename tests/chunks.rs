@@ -12,7 +12,7 @@ use filesync::check::CheckOptions;
 use filesync::event::Event;
 use filesync::testkit::{Cluster, Pattern};
 
-use crate::util::{cluster, must};
+use crate::util::{cluster, cluster_on, must};
 use filesync::testkit::noise;
 
 const MIB: u64 = 1 << 20;
@@ -63,9 +63,9 @@ fn fetched(consume: &Event) -> u64 {
         .expect("a consume of a file put says what it fetched")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_overwrite_in_the_middle_moves_about_what_changed() {
-    let mut c = cluster("chunks-overwrite", 1).await;
+on_each_backend! {
+async fn an_overwrite_in_the_middle_moves_about_what_changed(backend) {
+    let mut c = cluster_on(backend, "chunks-overwrite", 1).await;
     let mut data = noise(64 << 20, 1);
     save(&c.master_dir(), "big.bin", &data);
     let (notify, consume) = mirrored(&mut c, "big.bin", &data).await;
@@ -93,10 +93,11 @@ async fn an_overwrite_in_the_middle_moves_about_what_changed() {
     must(c.settle().await);
     c.assert_checks(CheckOptions::default());
 }
+}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_insertion_moves_about_what_was_inserted() {
-    let mut c = cluster("chunks-insert", 1).await;
+on_each_backend! {
+async fn an_insertion_moves_about_what_was_inserted(backend) {
+    let mut c = cluster_on(backend, "chunks-insert", 1).await;
     let data = noise(64 << 20, 3);
     save(&c.master_dir(), "big.bin", &data);
     mirrored(&mut c, "big.bin", &data).await;
@@ -111,10 +112,11 @@ async fn an_insertion_moves_about_what_was_inserted() {
     must(c.settle().await);
     c.assert_checks(CheckOptions::default());
 }
+}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn appends_move_only_the_tail_and_a_truncation_almost_nothing() {
-    let mut c = cluster("chunks-append", 1).await;
+on_each_backend! {
+async fn appends_move_only_the_tail_and_a_truncation_almost_nothing(backend) {
+    let mut c = cluster_on(backend, "chunks-append", 1).await;
     let mut data = noise(32 << 20, 5);
     save(&c.master_dir(), "log.bin", &data);
     mirrored(&mut c, "log.bin", &data).await;
@@ -145,10 +147,11 @@ async fn appends_move_only_the_tail_and_a_truncation_almost_nothing() {
     must(c.settle().await);
     c.assert_checks(CheckOptions::default());
 }
+}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_copy_or_an_earlier_version_uploads_nothing_new() {
-    let mut c = cluster("chunks-dedup", 1).await;
+on_each_backend! {
+async fn a_copy_or_an_earlier_version_uploads_nothing_new(backend) {
+    let mut c = cluster_on(backend, "chunks-dedup", 1).await;
     let first = noise(8 << 20, 6);
     save(&c.master_dir(), "a.bin", &first);
     mirrored(&mut c, "a.bin", &first).await;
@@ -174,12 +177,13 @@ async fn a_copy_or_an_earlier_version_uploads_nothing_new() {
     must(c.settle().await);
     c.assert_checks(CheckOptions::default());
 }
+}
 
+on_each_backend! {
 /// The slave's copy was edited behind its back before the update came: its chunks are
 /// reused only where they still hash right, and the mirror ends with the master's bytes.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_copy_edited_on_the_slave_still_ends_with_the_masters_bytes() {
-    let mut c = cluster("chunks-local-edit", 1).await;
+async fn a_copy_edited_on_the_slave_still_ends_with_the_masters_bytes(backend) {
+    let mut c = cluster_on(backend, "chunks-local-edit", 1).await;
     let mut data = noise(16 << 20, 8);
     save(&c.master_dir(), "big.bin", &data);
     mirrored(&mut c, "big.bin", &data).await;
@@ -203,6 +207,7 @@ async fn a_copy_edited_on_the_slave_still_ends_with_the_masters_bytes() {
     );
     must(c.settle().await);
     c.assert_checks(CheckOptions::default());
+}
 }
 
 /// The pack the bus appends to: the one with the highest number.

@@ -7,14 +7,14 @@ use filesync::check::CheckOptions;
 use filesync::event::EntryKind;
 use filesync::testkit::Pattern;
 
-use crate::util::{cluster, must};
+use crate::util::{cluster_on, must};
 
+on_each_backend! {
 /// `rm -rf` of a tree: the slave loses the whole tree, and no file inside it is ever
 /// re-published. (Usually this is one delete of `tree`; when `rm` is slower than the settle
 /// delay, deletes of parts of it may come first, which is just as correct.)
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deleting_a_tree_mirrors_its_removal() {
-    let mut c = cluster("rm-tree", 1).await;
+async fn deleting_a_tree_mirrors_its_removal(backend) {
+    let mut c = cluster_on(backend, "rm-tree", 1).await;
     let m = c.master_dir();
     fs::create_dir_all(m.join("tree/sub")).expect("mkdir");
     for i in 0..50 {
@@ -42,4 +42,5 @@ async fn deleting_a_tree_mirrors_its_removal() {
     assert_eq!(puts, 52, "nothing re-published:\n{}", c.events.timeline());
     assert!(!c.slaves[0].dir.join("tree").exists());
     c.assert_checks(CheckOptions::default());
+}
 }

@@ -5,13 +5,13 @@ use std::fs;
 use filesync::check::CheckOptions;
 use filesync::testkit::Pattern;
 
-use crate::util::{cluster, must};
+use crate::util::{cluster_on, must};
 
+on_each_backend! {
 /// `mkdir -p a/b/c && echo x > a/b/c/f`: the file lands before notify watches `a/b/c`; the
 /// scan of each new directory must find it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_file_in_a_brand_new_deep_directory_is_never_missed() {
-    let mut c = cluster("mkdirp", 1).await;
+async fn a_file_in_a_brand_new_deep_directory_is_never_missed(backend) {
+    let mut c = cluster_on(backend, "mkdirp", 1).await;
     for round in 0..20 {
         let dir = c.master_dir().join(format!("r{round}/b/c"));
         fs::create_dir_all(&dir).expect("mkdir -p");
@@ -28,10 +28,11 @@ async fn a_file_in_a_brand_new_deep_directory_is_never_missed() {
     must(c.events.expect_all(expected).await);
     c.assert_checks(CheckOptions::default());
 }
+}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn moved_in_from_outside_is_scanned_and_moved_out_is_deleted() {
-    let mut c = cluster("move-in-out", 1).await;
+on_each_backend! {
+async fn moved_in_from_outside_is_scanned_and_moved_out_is_deleted(backend) {
+    let mut c = cluster_on(backend, "move-in-out", 1).await;
     let m = c.master_dir();
     let outside = c.dir().join("outside");
     fs::create_dir_all(outside.join("incoming/deep")).expect("mkdir");
@@ -56,12 +57,13 @@ async fn moved_in_from_outside_is_scanned_and_moved_out_is_deleted() {
     must(c.settle().await);
     c.assert_checks(CheckOptions::default());
 }
+}
 
+on_each_backend! {
 /// The scans above find what was there; what is written later must be reported too, so
 /// every level of a new, moved-in or renamed tree must be watched (at its new path).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn new_moved_in_and_renamed_trees_are_watched_at_every_level() {
-    let mut c = cluster("watched-trees", 1).await;
+async fn new_moved_in_and_renamed_trees_are_watched_at_every_level(backend) {
+    let mut c = cluster_on(backend, "watched-trees", 1).await;
     let m = c.master_dir();
     fs::create_dir_all(m.join("new/b/c")).expect("mkdir -p");
     let outside = c.dir().join("outside");
@@ -102,4 +104,5 @@ async fn new_moved_in_and_renamed_trees_are_watched_at_every_level() {
     must(c.events.expect_all(later).await);
     must(c.settle().await);
     c.assert_checks(CheckOptions::default());
+}
 }

@@ -5,16 +5,16 @@ use std::fs;
 use filesync::check::CheckOptions;
 use filesync::testkit::Pattern;
 
-use crate::util::{bin, cluster, must};
+use crate::util::{bin, cluster, cluster_on, must};
 
+on_each_backend! {
 /// A slave whose disk is full: an error event for the file that does not fit, nothing
 /// already synced lost, no temporary file left, and the slave goes on once space is back.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_disk_is_an_error_event_and_the_slave_keeps_going() {
+async fn a_full_disk_is_an_error_event_and_the_slave_keeps_going(backend) {
     if ran_in_a_namespace("a_full_disk_is_an_error_event_and_the_slave_keeps_going") {
         return;
     }
-    let mut c = cluster("full-disk", 0).await;
+    let mut c = cluster_on(backend, "full-disk", 0).await;
     c.events.allow_errors();
     let idx = c.add_slave();
     let slave_dir = c.slaves[idx].dir.clone();
@@ -96,6 +96,7 @@ async fn a_full_disk_is_an_error_event_and_the_slave_keeps_going() {
     // The error answered its notify; once big.bin is gone again the states agree.
     c.assert_checks(CheckOptions::default());
 }
+}
 
 /// These tests mount file systems. As root (CI) they run here; as an ordinary user each
 /// runs again in a user and mount namespace of its own (`unshare`, where the kernel allows
@@ -150,14 +151,14 @@ fn mount(args: &[&str], target: &std::path::Path) -> Mounted {
     Mounted(target.to_path_buf())
 }
 
+on_each_backend! {
 /// A full disk on the slave, freed by its user: the failed file arrives by itself, as a
 /// consume that names the error it repairs, and the log checks out (the error is closed).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_disk_once_freed_is_repaired_by_a_retry() {
+async fn a_full_disk_once_freed_is_repaired_by_a_retry(backend) {
     if ran_in_a_namespace("a_full_disk_once_freed_is_repaired_by_a_retry") {
         return;
     }
-    let mut c = cluster("disk-freed", 0).await;
+    let mut c = cluster_on(backend, "disk-freed", 0).await;
     c.events.allow_errors();
     let idx = c.add_slave();
     let slave_dir = c.slaves[idx].dir.clone();
@@ -194,6 +195,7 @@ async fn a_full_disk_once_freed_is_repaired_by_a_retry() {
     );
     must(c.settle().await);
     c.assert_checks(CheckOptions::default());
+}
 }
 
 /// A directory the slave cannot write (read-only) makes its files fail; fixed while the

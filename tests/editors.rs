@@ -6,13 +6,13 @@ use std::time::Duration;
 use filesync::check::CheckOptions;
 use filesync::testkit::Pattern;
 
-use crate::util::{cluster, must};
+use crate::util::{cluster_on, must};
 
+on_each_backend! {
 /// Editors save by writing a temporary file and renaming it over the target (vim also makes
 /// a backup). The slave must end with the new content, and nothing may fail.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_editor_save_mirrors_the_new_content() {
-    let mut c = cluster("editor", 1).await;
+async fn an_editor_save_mirrors_the_new_content(backend) {
+    let mut c = cluster_on(backend, "editor", 1).await;
     let m = c.master_dir();
     fs::write(m.join("doc.txt"), "version 1\n").expect("write");
     must(
@@ -48,4 +48,5 @@ async fn an_editor_save_mirrors_the_new_content() {
         b"version 2\n"
     );
     c.assert_checks(CheckOptions::default());
+}
 }

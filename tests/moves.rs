@@ -7,11 +7,11 @@ use filesync::check::CheckOptions;
 use filesync::event::EntryKind;
 use filesync::testkit::Pattern;
 
-use crate::util::{cluster, must};
+use crate::util::{cluster_on, must};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn renaming_a_file_is_one_move() {
-    let mut c = cluster("move-file", 1).await;
+on_each_backend! {
+async fn renaming_a_file_is_one_move(backend) {
+    let mut c = cluster_on(backend, "move-file", 1).await;
     let m = c.master_dir();
     fs::write(m.join("old.txt"), "content").expect("write");
     must(
@@ -46,6 +46,7 @@ async fn renaming_a_file_is_one_move() {
             .await,
     );
     c.assert_checks(CheckOptions::default());
+}
 }
 
 /// A directory of 2,000 files renamed: exactly one notify, no put for anything inside it,

@@ -5,11 +5,11 @@ use std::fs;
 use filesync::check::CheckOptions;
 use filesync::testkit::Pattern;
 
-use crate::util::{cluster, must};
+use crate::util::{cluster_on, must};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_slaves_and_a_late_joiner_all_converge() {
-    let mut c = cluster("multi", 2).await;
+on_each_backend! {
+async fn two_slaves_and_a_late_joiner_all_converge(backend) {
+    let mut c = cluster_on(backend, "multi", 2).await;
     let m = c.master_dir();
     fs::create_dir(m.join("shared")).expect("mkdir");
     fs::write(m.join("shared/a"), "a").expect("write");
@@ -38,4 +38,5 @@ async fn two_slaves_and_a_late_joiner_all_converge() {
         b"a"
     );
     c.assert_checks(CheckOptions::default());
+}
 }

@@ -6,13 +6,13 @@ use std::time::Duration;
 use filesync::check::CheckOptions;
 use filesync::testkit::Pattern;
 
-use crate::util::{cluster, must};
+use crate::util::{cluster_on, must};
 
+on_each_backend! {
 /// The master stopped, the directory edited offline, the master restarted: only the offline
 /// changes are published, and the slave (left running) reconnects and applies them.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restarted_master_publishes_only_what_changed_while_it_was_down() {
-    let mut c = cluster("offline", 1).await;
+async fn a_restarted_master_publishes_only_what_changed_while_it_was_down(backend) {
+    let mut c = cluster_on(backend, "offline", 1).await;
     let m = c.master_dir();
     for i in 0..20 {
         fs::write(m.join(format!("same{i}")), "unchanged").expect("write");
@@ -52,12 +52,13 @@ async fn a_restarted_master_publishes_only_what_changed_while_it_was_down() {
     );
     c.assert_checks(CheckOptions::default());
 }
+}
 
+on_each_backend! {
 /// The slave stopped cleanly (SIGTERM: it appends `leave`), changes made meanwhile, the
 /// slave started again: it resumes after its last applied event and applies only the rest.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stopped_slave_resumes_after_its_last_applied_event() {
-    let mut c = cluster("slave-restart", 1).await;
+async fn a_stopped_slave_resumes_after_its_last_applied_event(backend) {
+    let mut c = cluster_on(backend, "slave-restart", 1).await;
     let m = c.master_dir();
     fs::write(m.join("before.txt"), "1").expect("write");
     must(
@@ -95,12 +96,13 @@ async fn a_stopped_slave_resumes_after_its_last_applied_event() {
     );
     c.assert_checks(CheckOptions::default());
 }
+}
 
+on_each_backend! {
 /// Directories and a file renamed while the master was down: published as moves (matched
 /// by content), not as a delete and a put of every file, and the slave follows.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn renames_made_while_the_master_was_down_are_published_as_moves() {
-    let mut c = cluster("offline-renames", 1).await;
+async fn renames_made_while_the_master_was_down_are_published_as_moves(backend) {
+    let mut c = cluster_on(backend, "offline-renames", 1).await;
     let m = c.master_dir();
     for d in ["photos", "letters"] {
         fs::create_dir(m.join(d)).expect("mkdir");
@@ -154,4 +156,5 @@ async fn renames_made_while_the_master_was_down_are_published_as_moves() {
         c.events.timeline()
     );
     c.assert_checks(CheckOptions::default());
+}
 }

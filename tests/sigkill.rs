@@ -7,13 +7,13 @@ use filesync::check::CheckOptions;
 use filesync::event::EntryKind;
 use filesync::testkit::Pattern;
 
-use crate::util::{cluster, must};
+use crate::util::{cluster_on, must};
 
+on_each_backend! {
 /// SIGKILL the slave in the middle of a burst, restart it: it resumes after its last applied
 /// event, never answers a notify twice, and converges.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_slave_killed_mid_burst_converges_after_restart() {
-    let mut c = cluster("slave-kill", 1).await;
+async fn a_slave_killed_mid_burst_converges_after_restart(backend) {
+    let mut c = cluster_on(backend, "slave-kill", 1).await;
     let m = c.master_dir();
     for i in 0..400 {
         fs::write(m.join(format!("f{i:03}")), format!("{i}")).expect("write");
@@ -54,11 +54,12 @@ async fn a_slave_killed_mid_burst_converges_after_restart() {
     );
     c.assert_checks(CheckOptions::default());
 }
+}
 
+on_each_backend! {
 /// SIGKILL the master mid-burst: after restart it republishes what it had not published.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_master_killed_mid_burst_converges_after_restart() {
-    let mut c = cluster("master-kill", 1).await;
+async fn a_master_killed_mid_burst_converges_after_restart(backend) {
+    let mut c = cluster_on(backend, "master-kill", 1).await;
     let m = c.master_dir();
     for i in 0..300 {
         fs::write(m.join(format!("f{i:03}")), format!("{i}")).expect("write");
@@ -72,4 +73,5 @@ async fn a_master_killed_mid_burst_converges_after_restart() {
     must(c.start_master().await);
     must(c.settle().await);
     c.assert_checks(CheckOptions::default());
+}
 }

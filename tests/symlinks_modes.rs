@@ -8,11 +8,11 @@ use filesync::check::CheckOptions;
 use filesync::event::EntryKind;
 use filesync::testkit::Pattern;
 
-use crate::util::{cluster, must};
+use crate::util::{cluster_on, must};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn symlinks_modes_and_non_utf8_names_are_mirrored() {
-    let mut c = cluster("meta", 1).await;
+on_each_backend! {
+async fn symlinks_modes_and_non_utf8_names_are_mirrored(backend) {
+    let mut c = cluster_on(backend, "meta", 1).await;
     let m = c.master_dir();
     fs::write(m.join("run.sh"), "#!/bin/sh\necho hi\n").expect("write");
     fs::set_permissions(m.join("run.sh"), fs::Permissions::from_mode(0o750)).expect("chmod");
@@ -77,4 +77,5 @@ async fn symlinks_modes_and_non_utf8_names_are_mirrored() {
             .await,
     );
     c.assert_checks(CheckOptions::default());
+}
 }

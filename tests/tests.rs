@@ -2,6 +2,7 @@
 //! processes on real directories and sockets, states the events it expects (and what must
 //! never appear), and ends with the checker over the whole log and every directory.
 
+#[macro_use]
 mod util;
 
 mod bursts;

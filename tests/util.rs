@@ -3,7 +3,7 @@
 use std::fmt::Display;
 use std::path::PathBuf;
 
-use filesync::testkit::Cluster;
+use filesync::testkit::{Backend, Cluster};
 
 /// The binary under test.
 pub fn bin() -> PathBuf {
@@ -13,6 +13,44 @@ pub fn bin() -> PathBuf {
 /// A master and `n` ready slaves.
 pub async fn cluster(label: &str, n_slaves: usize) -> Cluster {
     must(Cluster::start(&bin(), label, n_slaves).await)
+}
+
+/// A master and `n` ready slaves on `backend`.
+pub async fn cluster_on(backend: Backend, label: &str, n_slaves: usize) -> Cluster {
+    let label = format!("{label}-{}", backend_name(backend));
+    let builder = Cluster::builder(&bin(), &label).backend(backend);
+    must(builder.slaves(n_slaves).start().await)
+}
+
+pub fn backend_name(backend: Backend) -> &'static str {
+    match backend {
+        Backend::Embedded => "embedded",
+        Backend::Nats => "nats",
+    }
+}
+
+/// A test run on each bus backend, as `NAME::embedded` and `NAME::nats`: the body gets the
+/// backend as `$backend`.
+macro_rules! on_each_backend {
+    ($(#[$doc:meta])* async fn $name:ident($backend:ident) $body:block) => {
+        $(#[$doc])*
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            async fn run($backend: filesync::testkit::Backend) $body
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn embedded() {
+                run(filesync::testkit::Backend::Embedded).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn nats() {
+                run(filesync::testkit::Backend::Nats).await
+            }
+        }
+    };
 }
 
 /// Unwraps, panicking with the error's `Display` (an expectation's timeline), not `Debug`.

