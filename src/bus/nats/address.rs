@@ -26,6 +26,9 @@ pub struct NatsAddress {
     pub ca: Option<PathBuf>,
     /// Replicas of each stream, when this mirror creates them (1 unless told).
     pub replicas: usize,
+    /// `USER:PASSWORD` from the address (`nats://USER:PASSWORD@HOST:PORT`), for servers
+    /// that log users in by password.
+    pub login: Option<(String, String)>,
 }
 
 impl NatsAddress {
@@ -42,6 +45,7 @@ impl NatsAddress {
         let (hosts, query) = rest.split_once('?').unwrap_or((rest, ""));
         let servers: Vec<String> = hosts
             .split(',')
+            .map(without_login)
             .map(|host| match host.rsplit_once(':') {
                 Some((name, port)) if !name.is_empty() && port.parse::<u16>().is_ok() => {
                     Ok(format!("nats://{host}"))
@@ -49,6 +53,13 @@ impl NatsAddress {
                 _ => Err(format!("{host:?} is not HOST:PORT")),
             })
             .collect::<Result<_, _>>()?;
+        let login = hosts
+            .split(',')
+            .find_map(|host| host.rsplit_once('@'))
+            .map(|(login, _)| match login.split_once(':') {
+                Some((user, password)) => (user.to_owned(), password.to_owned()),
+                None => (login.to_owned(), String::new()),
+            });
         let mut address = NatsAddress {
             servers,
             prefix: DEFAULT_PREFIX.to_owned(),
@@ -56,6 +67,7 @@ impl NatsAddress {
             nkey: None,
             ca: None,
             replicas: 1,
+            login,
         };
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (key, value) = pair
@@ -76,8 +88,10 @@ impl NatsAddress {
                 _ => return Err(format!("unknown option {key:?}")),
             }
         }
-        let remote: Vec<&str> = hosts
-            .split(',')
+        let remote: Vec<&str> = address
+            .servers
+            .iter()
+            .map(|s| without_login(s))
             .filter(|h| !crate::bus::is_loopback(h))
             .collect();
         if !remote.is_empty() && address.ca.is_none() {
@@ -99,6 +113,12 @@ impl NatsAddress {
             ));
         }
         Ok(address)
+    }
+
+    /// The servers, for messages.
+    pub fn describe(&self) -> String {
+        let shown: Vec<&str> = self.servers.iter().map(|s| without_login(s)).collect();
+        shown.join(",")
     }
 
     pub(super) fn log_stream(&self) -> String {
@@ -124,5 +144,61 @@ impl NatsAddress {
         let role = serde_json::from_value(serde_json::Value::String(role.to_owned())).ok()?;
         let name = String::from_utf8(hex::decode(name).ok()?).ok()?;
         Some((role, name))
+    }
+}
+
+/// `HOST:PORT` of `[nats://][USER:PASSWORD@]HOST:PORT`.
+fn without_login(server: &str) -> &str {
+    let server = server.strip_prefix("nats://").unwrap_or(server);
+    server.rsplit_once('@').map_or(server, |(_, host)| host)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_address_names_servers_options_and_refuses_clear_text_beyond_loopback() {
+        assert_eq!(
+            NatsAddress::parse("127.0.0.1:4222"),
+            None,
+            "not a NATS address"
+        );
+        let address =
+            NatsAddress::parse("nats://u:p@127.0.0.1:4222,localhost:4223?prefix=docs&replicas=3")
+                .expect("a NATS address")
+                .expect("well written");
+        assert_eq!(
+            address.servers,
+            ["nats://127.0.0.1:4222", "nats://localhost:4223"]
+        );
+        assert_eq!(address.login, Some(("u".into(), "p".into())));
+        assert_eq!((address.prefix.as_str(), address.replicas), ("docs", 3));
+        assert_eq!(
+            address.describe(),
+            "127.0.0.1:4222,localhost:4223",
+            "no password shown"
+        );
+        assert_eq!(
+            address.log_subject(Role::Slave, "s.1"),
+            "docs.log.slave.732e31"
+        );
+        assert_eq!(
+            address.agent_of("docs.log.slave.732e31"),
+            Some((Role::Slave, "s.1".into()))
+        );
+        assert_eq!(address.agent_of("other.log.slave.732e31"), None);
+        let refused = |addr: &str| {
+            NatsAddress::parse(addr)
+                .and_then(Result::err)
+                .unwrap_or_default()
+        };
+        assert!(refused("nats://10.0.0.1:4222").contains("beyond loopback"));
+        assert!(
+            NatsAddress::parse("nats://10.0.0.1:4222?ca=/etc/ca.pem").is_some_and(|r| r.is_ok())
+        );
+        assert!(refused("nats://127.0.0.1").contains("HOST:PORT"));
+        assert!(refused("nats://127.0.0.1:4222?prefix=a.b").contains("mirror name"));
+        assert!(refused("nats://127.0.0.1:4222?colour=red").contains("unknown option"));
     }
 }

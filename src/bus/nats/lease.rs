@@ -48,9 +48,14 @@ impl Leases {
             num_replicas: address.replicas,
             ..Default::default()
         };
+        // Created (never updated: the shipped permissions deny stream updates) by the first
+        // agent; another may have made it meanwhile.
         let store = match js.get_key_value(&config.bucket).await {
             Ok(store) => store,
-            Err(_) => js.create_or_update_key_value(config).await.map_err(lost)?,
+            Err(_) => match js.create_key_value(config.clone()).await {
+                Ok(store) => store,
+                Err(_) => js.get_key_value(&config.bucket).await.map_err(lost)?,
+            },
         };
         let holder = format!(
             "{} {:?} ({} on {})",

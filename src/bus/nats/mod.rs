@@ -97,8 +97,8 @@ impl Dial for NatsDial {
 
     fn describe(&self) -> String {
         format!(
-            "{} (mirror {})",
-            self.address.servers.join(","),
+            "nats://{} (mirror {})",
+            self.address.describe(),
             self.address.prefix
         )
     }
@@ -117,13 +117,16 @@ impl NatsDial {
     async fn connect(&self, hello: &Hello) -> Result<async_nats::Client, ClientError> {
         let address = &self.address;
         let connect_error = |cause: std::io::Error| ClientError::Connect {
-            addr: address.servers.join(","),
+            addr: address.describe(),
             cause,
         };
         let mut options = async_nats::ConnectOptions::new()
             .name(format!("filesync {} {}", hello.role, hello.name))
             .connection_timeout(Duration::from_secs(5))
             .request_timeout(Some(REQUEST_TIMEOUT));
+        if let Some((user, password)) = &address.login {
+            options = options.user_and_password(user.clone(), password.clone());
+        }
         if let Some(creds) = &address.creds {
             options = options
                 .credentials_file(creds)
