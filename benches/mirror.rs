@@ -20,7 +20,8 @@
 //!
 //! R1 to R3 run only when named (`cargo bench --bench mirror -- r1 --minutes=30`).
 //! With `--tls`, W1 and W2 run again over mutual TLS after the plain run, in the same
-//! process (`cargo bench --bench mirror -- w1 w2 --rounds=3 --tls`).
+//! process (`cargo bench --bench mirror -- w1 w2 --rounds=3 --tls`); with `--nats`, again
+//! on a nats-server started for them (rows N1 and N2: `-- w1 w2 --rounds=3 --nats`).
 //!
 //! W7 to W9 also say what moved, from the log: bytes the master uploaded and the slave
 //! fetched (the notify's `uploaded`, the consume's `fetched`), and what the bus's state
@@ -49,7 +50,7 @@ use std::sync::{mpsc, Mutex};
 use std::time::{Duration, Instant};
 
 use filesync::event::EntryKind;
-use filesync::testkit::{AgentLog, Cluster, Pattern};
+use filesync::testkit::{AgentLog, Backend, Cluster, Pattern};
 use notify::{RecursiveMode, Watcher};
 
 /// The binary under test: this build's, or `FILESYNC_BENCH_BIN` (another build of filesync,
@@ -244,6 +245,9 @@ async fn cluster_with(label: &str, prepare: impl FnOnce(&Path)) -> Cluster {
     if OVER_TLS.load(std::sync::atomic::Ordering::Relaxed) {
         builder = builder.tls();
     }
+    if OVER_NATS.load(std::sync::atomic::Ordering::Relaxed) {
+        builder = builder.backend(Backend::Nats);
+    }
     let mut c = builder.start().await.expect("cluster");
     c.events.deadline = Duration::from_secs(1800);
     c.events.quiet = Duration::from_secs(120);
@@ -252,6 +256,10 @@ async fn cluster_with(label: &str, prepare: impl FnOnce(&Path)) -> Cluster {
 
 /// Whether clusters are started over mutual TLS (`--tls`: W1 and W2 again, over TLS).
 static OVER_TLS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether clusters run on a NATS server started for them (`--nats`: W1 and W2 again, as
+/// N1 and N2).
+static OVER_NATS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Directories of finished workloads, removed after the table is printed (see the module
 /// comment for why not before).
@@ -1048,6 +1056,20 @@ fn main() {
                 row.id = format!("{} TLS", row.id);
             }
             OVER_TLS.store(false, std::sync::atomic::Ordering::Relaxed);
+        }
+        // W1 and W2 again on NATS (N1, N2), in the same run as the embedded ones above.
+        if std::env::args().any(|a| a == "--nats") {
+            OVER_NATS.store(true, std::sync::atomic::Ordering::Relaxed);
+            let before = rows.len();
+            w1(&mut rows).await;
+            for _ in 0..rounds {
+                w2(&mut rows).await;
+            }
+            push_median(&mut rows, rounds, "cp -a");
+            for row in &mut rows[before..] {
+                row.id = row.id.replacen('W', "N", 1) + " NATS";
+            }
+            OVER_NATS.store(false, std::sync::atomic::Ordering::Relaxed);
         }
         if named("r1") {
             r1_r2(&mut rows, "R1", "0", minutes).await;

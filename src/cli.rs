@@ -260,6 +260,11 @@ pub struct BusIdArgs {
     /// checked against; TLS is then required (beyond loopback it always is).
     #[arg(long, value_name = "FILE")]
     pub nats_ca: Option<PathBuf>,
+    /// With a `nats://` bus: how many servers keep each of the mirror's streams (1 to 5),
+    /// when this agent is the first and creates them; 3 on a 3-node cluster survives the
+    /// loss of any one.
+    #[arg(long, value_name = "N")]
+    pub nats_replicas: Option<usize>,
 }
 
 impl BusIdArgs {
@@ -277,6 +282,7 @@ impl BusIdArgs {
                 self.nats_nkey.as_ref().map(|p| p.display().to_string()),
             ),
             ("ca", self.nats_ca.as_ref().map(|p| p.display().to_string())),
+            ("replicas", self.nats_replicas.map(|n| n.to_string())),
         ];
         let given: Vec<String> = options
             .iter()

@@ -1,8 +1,10 @@
 //! The bus as the agents, `listen`, the test kit and the demo see it: one API, whichever
-//! backend carries it. Two do today: the embedded bus over TCP (`client.rs`, speaking
-//! `protocol.rs`) and an in-memory bus for the agents' unit tests (`memory.rs`). A backend
-//! provides a [`Dial`] (a hello in, a [`Link`] and a [`Welcome`] out) and implements
-//! [`BusApi`] for its links; it calls [`crate::rules::Rules`] before it appends anything.
+//! backend carries it. Three do today: the embedded bus over TCP (`client.rs`, speaking
+//! `protocol.rs`), NATS JetStream (`nats/`), and an in-memory bus for the agents' unit
+//! tests (`memory.rs`). A backend provides a [`Dial`] (a hello in, a [`Link`] and a
+//! [`Welcome`] out) and implements [`BusApi`] for its links; it calls
+//! [`crate::rules::Rules`] before it appends anything (NATS, which runs none of our code
+//! before it appends, in the writer: see `nats/`).
 //!
 //! # What the agents rely on
 //!
