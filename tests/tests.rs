@@ -22,6 +22,7 @@ mod identity;
 mod ignore;
 mod moves;
 mod multiple_slaves;
+mod nats;
 mod put;
 mod races;
 mod restarts;

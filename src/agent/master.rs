@@ -151,6 +151,7 @@ async fn session(
             msg = rx.recv(), if !in_flight.is_full() => msg,
             settled = in_flight.settle_oldest() => match settled {
                 Err(err) if err.is_connection() => break Ok(SessionEnd::BusLost(err)),
+                Err(err @ ClientError::Rejected(_)) => break Err(err.into()),
                 _ => continue,
             },
         };
@@ -201,6 +202,7 @@ async fn session(
         match result {
             Ok(()) => {}
             Err(err) if err.is_connection() => break Ok(SessionEnd::BusLost(err)),
+            Err(err @ ClientError::Rejected(_)) => break Err(err.into()),
             Err(err) => tracing::error!("{err}"),
         }
     };
@@ -261,6 +263,8 @@ impl InFlight {
                 Ok(())
             }
             Err(err) if err.is_connection() => Err(err),
+            // Not this change but this master refused (another took the log over): stop.
+            Err(err @ ClientError::Rejected(_)) => Err(err),
             Err(err) => {
                 tracing::error!("notify {} refused: {err}", sent.what);
                 if let Some((path, retry)) = sent.relook {

@@ -19,8 +19,14 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// synced before it is acknowledged, and payloads up to 8 MiB (a put is at most 1 MiB of
 /// content and a manifest upload more; NATS's default limit is 1 MB).
 fn config(store: &std::path::Path) -> String {
+    // `FILESYNC_NATS_SYNC=default` leaves NATS's own flushing (every 2 minutes), for
+    // measuring what syncing every write costs (docs/BENCHMARKS.md).
+    let sync = match std::env::var("FILESYNC_NATS_SYNC").as_deref() {
+        Ok("default") => "",
+        _ => "  sync_interval: always\n",
+    };
     format!(
-        "listen: \"127.0.0.1:-1\"\nmax_payload: 8MB\njetstream {{\n  store_dir: {:?}\n  sync_interval: always\n}}\n",
+        "listen: \"127.0.0.1:-1\"\nmax_payload: 8MB\njetstream {{\n  store_dir: {:?}\n{sync}}}\n",
         store.display().to_string()
     )
 }

@@ -133,18 +133,44 @@ impl NatsAddress {
         format!("{}.log.{role}.{}", self.prefix, hex::encode(name))
     }
 
+    /// Where a master publishes its `join`: the claim every later master event names.
+    pub(super) fn join_subject(&self, name: &str) -> String {
+        format!("{}.{JOIN}", self.log_subject(Role::Master, name))
+    }
+
+    /// Every master's join subject, for `Nats-Expected-Last-Subject-Sequence-Subject`.
+    pub(super) fn joins(&self) -> String {
+        format!("{}.log.master.*.{JOIN}", self.prefix)
+    }
+
     pub(super) fn content_subject(&self, address: &ContentHash) -> String {
         format!("{}.content.{address}", self.prefix)
     }
 
-    /// The role and agent a log subject names.
-    pub(super) fn agent_of(&self, subject: &str) -> Option<(Role, String)> {
+    /// Who published on a log subject.
+    pub(super) fn author_of(&self, subject: &str) -> Option<Author> {
         let rest = subject.strip_prefix(&self.prefix)?.strip_prefix(".log.")?;
         let (role, name) = rest.split_once('.')?;
-        let role = serde_json::from_value(serde_json::Value::String(role.to_owned())).ok()?;
+        let role: Role = serde_json::from_value(serde_json::Value::String(role.to_owned())).ok()?;
+        let (name, join) = match name.strip_suffix(&format!(".{JOIN}")) {
+            Some(name) if role == Role::Master => (name, true),
+            _ => (name, false),
+        };
         let name = String::from_utf8(hex::decode(name).ok()?).ok()?;
-        Some((role, name))
+        Some(Author { role, name, join })
     }
+}
+
+/// The last token of a master's join subject.
+const JOIN: &str = "join";
+
+/// Who published an event, read from its subject.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Author {
+    pub role: Role,
+    pub name: String,
+    /// A master's join: the claim later master events name.
+    pub join: bool,
 }
 
 /// `HOST:PORT` of `[nats://][USER:PASSWORD@]HOST:PORT`.
@@ -183,11 +209,17 @@ mod tests {
             address.log_subject(Role::Slave, "s.1"),
             "docs.log.slave.732e31"
         );
+        let author = |subject: &str| address.author_of(subject).map(|a| (a.role, a.name, a.join));
         assert_eq!(
-            address.agent_of("docs.log.slave.732e31"),
-            Some((Role::Slave, "s.1".into()))
+            author("docs.log.slave.732e31"),
+            Some((Role::Slave, "s.1".into(), false))
         );
-        assert_eq!(address.agent_of("other.log.slave.732e31"), None);
+        assert_eq!(
+            author(&address.join_subject("m")),
+            Some((Role::Master, "m".into(), true))
+        );
+        assert_eq!(author("other.log.slave.732e31"), None);
+        assert_eq!(address.joins(), "docs.log.master.*.join");
         let refused = |addr: &str| {
             NatsAddress::parse(addr)
                 .and_then(Result::err)

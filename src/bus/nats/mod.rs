@@ -5,7 +5,8 @@
 //!
 //! # Layout on the server (for mirror name `P`, `filesync` unless told)
 //!
-//! - Stream `P_LOG`, subjects `P.log.<role>.<hex of the agent's name>`, deletes and purges
+//! - Stream `P_LOG`, subjects `P.log.<role>.<hex of the agent's name>` (a master's join on
+//!   `P.log.master.<hex>.join`), deletes and purges
 //!   denied: the event log. The stream's sequence is `seq` and its timestamp `time`, so the
 //!   total order is the engine's own; the body is the event's `Draft` as JSON, the agent
 //!   and its role are read from the subject (which the account's permissions can tie to a
@@ -21,9 +22,11 @@
 //! agent meets the same refusals as on the embedded bus; content is left out of that
 //! verdict (`rules::Unseen`): a link awaits every content acknowledgement before it
 //! publishes the event naming it, and a reader verifies what it fetches. A master is the
-//! single writer of the log's master events: each carries
-//! `Nats-Expected-Last-Subject-Sequence` over every master's subject (`P.log.master.*`), so
-//! a second master's publish is refused by the server, never interleaved. What keeps a
+//! single writer of the log's master events: a lease refuses a second one at its start,
+//! and the server fences: a master's join (on `P.log.master.<hex>.join`) is its claim, and
+//! each of its later events expects (`Nats-Expected-Last-Subject-Sequence` over
+//! `P.log.master.*.join`) that no master joined since, so a master whose claim was taken
+//! is refused, never interleaved, while its own events stay pipelined. What keeps a
 //! dishonest peer's events out is the account's subject permissions (README, "Many
 //! machines"); `filesync check` flags what gets in anyway.
 //!
@@ -45,10 +48,13 @@ use filesync_master::Change;
 mod address;
 mod lease;
 mod reader;
+mod writer;
 
+use address::Author;
 pub use address::{NatsAddress, DEFAULT_PREFIX};
 use lease::Leases;
 use reader::Reader;
+use writer::{Outbox, Outgoing};
 
 use crate::bus::api::{self, BusApi, Dial, Dialing, Link, Piece, Sending, Upload};
 use crate::bus::client::{ClientError, Hello, Welcome};
@@ -192,7 +198,7 @@ impl NatsDial {
         while next <= head {
             for event in reader.read(next).await? {
                 next = event.seq + 1;
-                replica.observe(&event, self.address.agent_of(&reader.subject_of(&event)));
+                replica.observe(&event, reader.author(&event));
             }
         }
         let asked = rules::Hello {
@@ -222,7 +228,7 @@ impl NatsDial {
         let link = Inner {
             subject: self.address.log_subject(hello.role, &hello.name),
             address: self.address.clone(),
-            js,
+            js: js.clone(),
             content,
             role: hello.role,
             name: hello.name.clone(),
@@ -234,17 +240,21 @@ impl NatsDial {
                     .as_nanos()
             ),
             sent: AtomicU64::new(0),
-            writer: tokio::sync::Mutex::new(Writer {
-                pending_content: Vec::new(),
-                last_master: replica.last_master,
+            writer: tokio::sync::Mutex::new(Pending {
+                content: Vec::new(),
+                claim: replica.last_join,
             }),
+            outbox: Outbox::new(js.clone()),
             replica: Mutex::new(replica),
             reader: tokio::sync::Mutex::new(reader),
             leases: tokio::sync::Mutex::new(leases),
         };
         if !(hello.quiet && hello.role == Role::Listener) {
-            let reply = link.send(join, false).await?;
-            reply.await?;
+            let seq = link.send(join, false).await?.await?;
+            if hello.role == Role::Master {
+                // This master's claim: every later event of its names it.
+                link.writer.lock().await.claim = seq;
+            }
         }
         Ok((Arc::new(NatsLink(Arc::new(link))), welcome))
     }
@@ -256,21 +266,21 @@ struct Replica {
     rules: Rules,
     /// The newest `seq` taken in.
     seen: u64,
-    /// The newest master event's `seq`: what a master's next publish expects.
-    last_master: u64,
+    /// The newest master join's `seq`: the claim a master joining next expects.
+    last_join: u64,
     /// Recent notifies' changes, by `seq`.
     changes: BTreeMap<u64, Change>,
 }
 
 impl Replica {
     /// Takes `event` in (published by `author`, from its subject), once.
-    fn observe(&mut self, event: &Event, author: Option<(Role, String)>) {
+    fn observe(&mut self, event: &Event, author: Option<Author>) {
         if event.seq <= self.seen {
             return;
         }
         self.seen = event.seq;
-        if matches!(author, Some((Role::Master, _))) {
-            self.last_master = event.seq;
+        if author.is_some_and(|a| a.join) {
+            self.last_join = event.seq;
         }
         if event.body.tag == Some(Tag::Notify) {
             if let Ok(change) = event.body.change() {
@@ -286,12 +296,13 @@ impl Replica {
     }
 }
 
-/// What a link's publishes wait on, one at a time.
-struct Writer {
-    /// Content sent and not yet acknowledged: stored before any event naming it is sent.
-    pending_content: Vec<jetstream::context::PublishAckFuture>,
-    /// For a master: the `seq` of the newest master event, which its next one expects.
-    last_master: u64,
+/// What a link's next event waits on.
+struct Pending {
+    /// Content sent since the last event: stored before the next event is sent.
+    content: Vec<jetstream::context::PublishAckFuture>,
+    /// For a master: the `seq` of its join (before it joined, of the last master's), which
+    /// each of its events expects to be the newest join in the log.
+    claim: u64,
 }
 
 /// One agent's link to a NATS bus.
@@ -309,7 +320,8 @@ struct Inner {
     /// Unique per dial, for the publishes' `Nats-Msg-Id`.
     session: String,
     sent: AtomicU64,
-    writer: tokio::sync::Mutex<Writer>,
+    writer: tokio::sync::Mutex<Pending>,
+    outbox: Outbox,
     replica: Mutex<Replica>,
     reader: tokio::sync::Mutex<Reader>,
     /// Held for as long as the link lives, given up when the agent says `leave`.
@@ -321,15 +333,11 @@ impl Inner {
         self.replica.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Sends `draft` (checked by the rules unless `checked` already), after every content
-    /// acknowledgement this link awaits. A master's waits for its acknowledgement (the next
-    /// one expects its `seq`); others' are pipelined.
+    /// Queues `draft` (checked by the rules when `check`) behind the content sent before
+    /// it; the reply is its `seq`. A master's events name its claim (its join), so once
+    /// another master has joined, the server refuses them.
     async fn send(&self, draft: Draft, check: bool) -> Result<api::Reply<u64>, ClientError> {
-        let mut writer = self.writer.lock().await;
-        for ack in writer.pending_content.drain(..) {
-            ack.await
-                .map_err(|err| ClientError::Refused(format!("content not stored: {err}")))?;
-        }
+        let mut pending = self.writer.lock().await;
         if check {
             self.replica()
                 .rules
@@ -339,49 +347,44 @@ impl Inner {
         let payload = serde_json::to_vec(&draft).map_err(protocol)?;
         let mut headers = HeaderMap::new();
         let n = self.sent.fetch_add(1, Ordering::Relaxed);
-        headers.insert(
-            "Nats-Msg-Id",
-            format!("{}.{}.{n}", hex::encode(&self.name), self.session).as_str(),
-        );
+        let id = format!("{}.{}.{n}", hex::encode(&self.name), self.session);
+        headers.insert("Nats-Msg-Id", id.as_str());
+        let join = draft.tag == Some(Tag::Join);
+        let mut subject = self.subject.clone();
         if self.role == Role::Master {
-            headers.insert(
-                "Nats-Expected-Last-Subject-Sequence",
-                writer.last_master.to_string().as_str(),
-            );
+            let claim = pending.claim.to_string();
+            headers.insert("Nats-Expected-Last-Subject-Sequence", claim.as_str());
+            let joins = self.address.joins();
             headers.insert(
                 "Nats-Expected-Last-Subject-Sequence-Subject",
-                format!("{}.log.master.*", self.address.prefix).as_str(),
+                joins.as_str(),
             );
-        }
-        let ack = self
-            .js
-            .publish_with_headers(self.subject.clone(), headers, payload.into())
-            .await
-            .map_err(lost)?;
-        if draft.tag == Some(Tag::Leave) {
-            // Its last word: the name is free once the leave is in the log.
-            let seq = ack.await.map_err(publish_error)?.sequence;
-            if let Some(leases) = self.leases.lock().await.as_mut() {
-                leases.release().await;
+            if join {
+                subject = self.address.join_subject(&self.name);
             }
-            return Ok(api::Reply::ready(Ok(seq)));
+            // The master reads nothing back: its rules learn its own events as it sends
+            // them (only their effect on the tree matters to its next check).
+            let mut replica = self.replica();
+            let event = Event {
+                seq: replica.seen + 1,
+                time: crate::event::now_rfc3339(),
+                agent: self.name.clone(),
+                body: draft,
+            };
+            replica.observe(&event, None);
         }
-        if self.role != Role::Master {
-            return Ok(api::Reply::new(async move {
-                ack.await.map(|ack| ack.sequence).map_err(publish_error)
-            }));
-        }
-        let seq = ack.await.map_err(publish_error)?.sequence;
-        writer.last_master = seq;
-        let event = Event {
-            seq,
-            time: crate::event::now_rfc3339(),
-            agent: self.name.clone(),
-            body: draft,
-        };
-        self.replica()
-            .observe(&event, Some((Role::Master, self.name.clone())));
-        Ok(api::Reply::ready(Ok(seq)))
+        let (sent, ack) = tokio::sync::oneshot::channel();
+        self.outbox.send(Outgoing {
+            subject,
+            headers,
+            payload,
+            content: std::mem::take(&mut pending.content),
+            sent,
+        })?;
+        Ok(api::Reply::new(async move {
+            let ack = ack.await.map_err(|_| ClientError::Lost)??;
+            ack.await.map(|ack| ack.sequence).map_err(publish_error)
+        }))
     }
 }
 
@@ -389,8 +392,8 @@ impl Inner {
 fn publish_error(err: jetstream::context::PublishError) -> ClientError {
     use jetstream::context::PublishErrorKind;
     match err.kind() {
-        PublishErrorKind::WrongLastSequence => ClientError::Refused(
-            "another master wrote to this log since this one read it: one master per log".into(),
+        PublishErrorKind::WrongLastSequence => ClientError::Rejected(
+            "another master joined this log since this one did: one master per log".into(),
         ),
         PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe => ClientError::Lost,
         _ => ClientError::Refused(err.to_string()),
@@ -403,7 +406,7 @@ impl Inner {
         let events = reader.read(from.max(1)).await?;
         let mut replica = self.replica();
         for event in &events {
-            replica.observe(event, self.address.agent_of(&reader.subject_of(event)));
+            replica.observe(event, reader.author(event));
         }
         Ok(api::Reply::ready(Ok(events)))
     }
@@ -444,7 +447,7 @@ impl Inner {
             )
             .await
             .map_err(|err| ClientError::Refused(format!("cannot store {address}: {err}")))?;
-        writer.pending_content.push(ack);
+        writer.content.push(ack);
         Ok(api::Reply::ready(Ok(())))
     }
 
@@ -485,7 +488,22 @@ impl Inner {
 
 impl BusApi for NatsLink {
     fn publish(&self, event: Draft) -> Sending<'_, u64> {
-        Box::pin(self.0.send(event, true))
+        let inner = self.0.clone();
+        Box::pin(async move {
+            let leave = event.tag == Some(Tag::Leave);
+            let reply = inner.send(event, true).await?;
+            if !leave {
+                return Ok(reply);
+            }
+            // Its last word: the name is free once the leave is in the log.
+            Ok(api::Reply::new(async move {
+                let seq = reply.await?;
+                if let Some(leases) = inner.leases.lock().await.as_mut() {
+                    leases.release().await;
+                }
+                Ok(seq)
+            }))
+        })
     }
 
     fn poll(&self, from: u64) -> Sending<'_, Vec<Event>> {

@@ -6,6 +6,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use async_nats::jetstream::{self, consumer, stream};
 use futures_util::{FutureExt, StreamExt};
 
+use super::address::Author;
 use super::{lost, protocol, NatsAddress};
 use crate::bus::client::ClientError;
 use crate::event::{Draft, Event};
@@ -20,8 +21,8 @@ pub(super) struct Reader {
     address: NatsAddress,
     next: u64,
     messages: Option<consumer::pull::Ordered>,
-    /// The subject of each event read, newest few (a link learns authors from them).
-    subjects: BTreeMap<u64, String>,
+    /// Who published each event read, newest few (a link's rules learn from them).
+    authors: BTreeMap<u64, Author>,
 }
 
 impl Reader {
@@ -31,12 +32,13 @@ impl Reader {
             address,
             next: 0,
             messages: None,
-            subjects: BTreeMap::new(),
+            authors: BTreeMap::new(),
         }
     }
 
-    pub(super) fn subject_of(&self, event: &Event) -> String {
-        self.subjects.get(&event.seq).cloned().unwrap_or_default()
+    /// Who published `event`, one of those read last.
+    pub(super) fn author(&self, event: &Event) -> Option<Author> {
+        self.authors.get(&event.seq).cloned()
     }
 
     /// Events from `from` on: at least one (waiting for it), at most `POLL_BATCH`.
@@ -88,7 +90,7 @@ impl Reader {
             )));
         }
         let subject = message.subject.to_string();
-        let (_, agent) = self.address.agent_of(&subject).ok_or_else(|| {
+        let author = self.address.author_of(&subject).ok_or_else(|| {
             ClientError::Protocol(format!(
                 "#{seq} was published on {subject}, not an agent's subject"
             ))
@@ -97,9 +99,10 @@ impl Reader {
             .map_err(|err| ClientError::Protocol(format!("#{seq} is not an event: {err}")))?;
         let nanos = u64::try_from(info.published.unix_timestamp_nanos()).unwrap_or(0);
         let time = humantime::format_rfc3339_micros(UNIX_EPOCH + Duration::from_nanos(nanos));
-        self.subjects.insert(seq, subject);
-        while self.subjects.len() > 2 * POLL_BATCH {
-            self.subjects.pop_first();
+        let agent = author.name.clone();
+        self.authors.insert(seq, author);
+        while self.authors.len() > 2 * POLL_BATCH {
+            self.authors.pop_first();
         }
         Ok(Event {
             seq,

@@ -1,0 +1,64 @@
+//! `Outbox`: a link's events, sent to the log in the order published, each only once the
+//! content it names is stored. Publishing queues an event and returns at once (pipelining,
+//! as the API promises); a task of the link's own awaits each event's content
+//! acknowledgements, then sends it, so later content keeps flowing meanwhile.
+
+use async_nats::jetstream::{self, context::PublishAckFuture};
+use async_nats::HeaderMap;
+use tokio::sync::{mpsc, oneshot};
+
+use super::lost;
+use crate::bus::client::ClientError;
+
+/// One event to send.
+pub(super) struct Outgoing {
+    pub subject: String,
+    pub headers: HeaderMap,
+    pub payload: Vec<u8>,
+    /// Acknowledgements of the content sent before it: awaited first.
+    pub content: Vec<PublishAckFuture>,
+    /// The event's own acknowledgement, once sent.
+    pub sent: oneshot::Sender<Result<PublishAckFuture, ClientError>>,
+}
+
+/// The queue of a link's events, and the task that sends them; the task ends with the link.
+pub(super) struct Outbox {
+    queue: mpsc::UnboundedSender<Outgoing>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Outbox {
+    pub(super) fn new(js: jetstream::Context) -> Outbox {
+        let (queue, mut next) = mpsc::unbounded_channel::<Outgoing>();
+        let task = tokio::spawn(async move {
+            while let Some(out) = next.recv().await {
+                let mut stored = Ok(());
+                for ack in out.content {
+                    if let Err(err) = ack.await {
+                        stored = Err(ClientError::Refused(format!("content not stored: {err}")));
+                    }
+                }
+                let sent = match stored {
+                    Ok(()) => js
+                        .publish_with_headers(out.subject, out.headers, out.payload.into())
+                        .await
+                        .map_err(lost),
+                    Err(err) => Err(err),
+                };
+                let _ = out.sent.send(sent);
+            }
+        });
+        Outbox { queue, task }
+    }
+
+    /// Queues `out`; a link whose task ended is lost.
+    pub(super) fn send(&self, out: Outgoing) -> Result<(), ClientError> {
+        self.queue.send(out).map_err(|_| ClientError::Lost)
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

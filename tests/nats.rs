@@ -1,0 +1,123 @@
+//! What only the NATS backend has to prove: one writer without a bus in the middle (a
+//! second master refused at its start, and a master whose claim another master took is
+//! refused by the server, never interleaved), one connection per name, and the log read
+//! back whole by `export`.
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use filesync::check::CheckOptions;
+use filesync::testkit::{Backend, Exit, Pattern};
+
+use crate::util::{bin, cluster_on, must};
+
+fn run(args: &[&str], extra: &[&Path]) -> Output {
+    let mut command = Command::new(bin());
+    command.args(args).args(extra).stdin(Stdio::null());
+    command.output().expect("run filesync")
+}
+
+/// Exit 2 and one line on stderr that says `why`.
+fn assert_refused(out: &Output, why: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line: {stderr}");
+    assert!(lines[0].contains(why), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_master_or_a_taken_name_is_refused_at_its_start() {
+    let mut c = cluster_on(Backend::Nats, "nats-two-masters", 1).await;
+    let other = c.dir().join("other");
+    fs::create_dir(&other).expect("mkdir");
+    let seen = c.events.seen().len();
+    // On the same directory (the log's own), under another name: the master's lease.
+    let state = c.dir().join("state/master-2");
+    let out = run(
+        &["master", "--name", "master-2", "--bus", &c.addr, "--dir"],
+        &[&c.master_dir(), Path::new("--state"), &state],
+    );
+    assert_refused(&out, "is already connected: one master per log");
+    // On another directory: the log is the first master's.
+    let out = run(
+        &["master", "--name", "master-2", "--bus", &c.addr, "--dir"],
+        &[&other, Path::new("--state"), &state],
+    );
+    assert_refused(&out, "this log belongs to master \"master\"");
+    let state = c.dir().join("state/second");
+    let out = run(
+        &[
+            "slave",
+            "--name",
+            "slave",
+            "--wait-for-bus",
+            "1s",
+            "--bus",
+            &c.addr,
+            "--dir",
+        ],
+        &[&other, Path::new("--state"), &state],
+    );
+    assert_refused(&out, "one connection per name");
+    fs::write(c.master_dir().join("after.txt"), "after").expect("write");
+    must(
+        c.events
+            .expect(Pattern::consume().by("slave").put().path("after.txt"))
+            .await,
+    );
+    assert!(
+        c.events.seen()[seen..]
+            .iter()
+            .all(|e| e.agent == "master" || e.agent == "slave"),
+        "nothing the refused agents did reached the log"
+    );
+    c.assert_checks(CheckOptions::default());
+}
+
+/// A master's claim taken behind its back (a master that joined while this one's lease had
+/// lapsed, say): the server refuses this one's next notify, and the log holds none of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_whose_claim_was_taken_is_refused_by_the_server() {
+    let mut c = cluster_on(Backend::Nats, "nats-fenced", 1).await;
+    let client = async_nats::connect(c.addr.trim_start_matches("nats://"))
+        .await
+        .expect("connect");
+    let js = async_nats::jetstream::new(client);
+    let head = c.events.seen().last().map_or(0, |e| e.seq);
+    let claim = c
+        .events
+        .seen()
+        .iter()
+        .filter(|e| e.agent == "master" && e.body.tag == Some(filesync::event::Tag::Join))
+        .map(|e| e.seq)
+        .next_back()
+        .expect("the master's join");
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(
+        "Nats-Expected-Last-Subject-Sequence",
+        claim.to_string().as_str(),
+    );
+    headers.insert(
+        "Nats-Expected-Last-Subject-Sequence-Subject",
+        "filesync.log.master.*.join",
+    );
+    let join = r#"{"tag":"join","role":"master","host":"elsewhere","dir":"/elsewhere"}"#;
+    let subject = format!("filesync.log.master.{}.join", hex::encode("intruder"));
+    js.publish_with_headers(subject, headers, join.into())
+        .await
+        .expect("send")
+        .await
+        .expect("the intruder's join is appended");
+    must(c.events.expect(Pattern::join().by("intruder")).await);
+    fs::write(c.master_dir().join("late.txt"), "late").expect("write");
+    must(c.master_exits(Exit::Code(2), Duration::from_secs(10)));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after: Vec<_> = c.events.seen().iter().filter(|e| e.seq > head).collect();
+    assert!(
+        after.iter().all(|e| e.agent != "master"),
+        "the fenced master wrote nothing: {after:?}"
+    );
+}
