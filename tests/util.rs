@@ -26,6 +26,7 @@ pub fn backend_name(backend: Backend) -> &'static str {
     match backend {
         Backend::Embedded => "embedded",
         Backend::Nats => "nats",
+        Backend::NatsCluster => "nats-cluster",
     }
 }
 

@@ -50,6 +50,8 @@ pub struct Cluster {
     /// Present when every connection is mutual TLS (`ClusterBuilder::tls`).
     tls: Option<ClusterTls>,
     pub backend: Backend,
+    /// The servers of a `Backend::NatsCluster`, to kill and restart.
+    pub nats_nodes: Vec<super::nats::Node>,
 }
 
 /// A cluster over mutual TLS: the bus's ID (the master's), the test kit's own identity
@@ -106,6 +108,15 @@ pub enum Backend {
     /// A `nats-server` with JetStream, started for the test on a free port
     /// (`testkit::nats`); the master and slaves use it with `--bus nats://...`.
     Nats,
+    /// Three `nats-server`s in one JetStream cluster on loopback, the mirror's streams
+    /// replicated on all three (`?replicas=3` in the address); the agents know every node.
+    NatsCluster,
+}
+
+impl Backend {
+    fn is_nats(self) -> bool {
+        matches!(self, Backend::Nats | Backend::NatsCluster)
+    }
 }
 
 /// How much the agents log into their per-process logs.
@@ -205,12 +216,19 @@ impl<'a> ClusterBuilder<'a> {
             }
             false => None,
         };
+        let mut nats_nodes = Vec::new();
         let bus = match self.backend {
             Backend::Embedded => BusPlace::Host("127.0.0.1:0".into()),
-            Backend::Nats if tls.is_some() => {
+            Backend::Nats | Backend::NatsCluster if tls.is_some() => {
                 return Err("a NATS cluster's TLS is the NATS server's: no --tls".into())
             }
             Backend::Nats => BusPlace::Join(super::nats::start(&mut plan)?),
+            Backend::NatsCluster => {
+                let (nodes, addr) = super::nats::start_cluster(&mut plan, 3)?;
+                nats_nodes = nodes;
+                // Whoever comes first makes the streams: every agent asks for 3 replicas.
+                BusPlace::Join(format!("{addr}?replicas=3"))
+            }
         };
         let master = spawn_master(&mut plan, &self.bin, &bus, &master_args, self.agent_log)?;
         let addr = bus.address(&mut plan, master)?;
@@ -218,6 +236,12 @@ impl<'a> ClusterBuilder<'a> {
         let events = EventStream::connect_with(&addr, 1, None, client)
             .await
             .map_err(|e| e.to_string())?;
+        let mut events = events;
+        if self.backend == Backend::NatsCluster {
+            // A new cluster makes the mirror's replicated streams before the master is
+            // ready: slower than one server.
+            events.quiet = Duration::from_secs(20);
+        }
         let mut cluster = Cluster {
             bin: self.bin,
             plan,
@@ -229,6 +253,7 @@ impl<'a> ClusterBuilder<'a> {
             agent_log: self.agent_log,
             tls,
             backend: self.backend,
+            nats_nodes,
         };
         cluster.expect_ready("master").await?;
         for _ in 0..self.n_slaves {
@@ -378,7 +403,7 @@ impl Cluster {
     pub async fn spawn_master(&mut self) -> Result<(), String> {
         let bus = match self.backend {
             Backend::Embedded => BusPlace::Host(self.addr.clone()),
-            Backend::Nats => BusPlace::Join(self.addr.clone()),
+            Backend::Nats | Backend::NatsCluster => BusPlace::Join(self.addr.clone()),
         };
         let master = spawn_master(
             &mut self.plan,
@@ -389,7 +414,7 @@ impl Cluster {
         )?;
         self.master = Some(master);
         bus.address(&mut self.plan, master)?;
-        if self.backend == Backend::Nats {
+        if self.backend.is_nats() {
             // The bus did not go away with the master: the subscription goes on.
             return Ok(());
         }
@@ -571,7 +596,7 @@ impl Cluster {
     pub fn read_log(&self) -> std::io::Result<LogFile> {
         match self.backend {
             Backend::Embedded => LogFile::read(&self.log_path()),
-            Backend::Nats => Ok(LogFile {
+            Backend::Nats | Backend::NatsCluster => Ok(LogFile {
                 base: None,
                 events: self.events.seen().to_vec(),
             }),

@@ -15,10 +15,11 @@ use super::plan::Plan;
 /// How long the server may take to listen.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// The server's configuration: loopback only, a free port, JetStream with every write
-/// synced before it is acknowledged, and payloads up to 8 MiB (a put is at most 1 MiB of
-/// content and a manifest upload more; NATS's default limit is 1 MB).
-fn config(store: &std::path::Path) -> String {
+/// A server's configuration: loopback only, a free port, JetStream with every write synced
+/// before it is acknowledged, and payloads up to 8 MiB (a put is at most 1 MiB of content
+/// and a manifest upload more; NATS's default limit is 1 MB); `cluster`, a node's
+/// `cluster { }` block.
+fn config(store: &std::path::Path, cluster: &str) -> String {
     // `FILESYNC_NATS_SYNC=default` leaves NATS's own flushing (every 2 minutes), for
     // measuring what syncing every write costs (docs/BENCHMARKS.md).
     let sync = match std::env::var("FILESYNC_NATS_SYNC").as_deref() {
@@ -26,7 +27,7 @@ fn config(store: &std::path::Path) -> String {
         _ => "  sync_interval: always\n",
     };
     format!(
-        "listen: \"127.0.0.1:-1\"\nmax_payload: 8MB\njetstream {{\n  store_dir: {:?}\n{sync}}}\n",
+        "listen: \"127.0.0.1:-1\"\nmax_payload: 8MB\njetstream {{\n  store_dir: {:?}\n{sync}}}\n{cluster}",
         store.display().to_string()
     )
 }
@@ -91,15 +92,72 @@ fn find_or_install() -> Result<PathBuf, String> {
 
 /// Starts a server in `plan`'s directory; returns its `nats://` address.
 pub fn start(plan: &mut Plan) -> Result<String, String> {
-    let dir = plan.dir().join("nats");
+    let (_, addr) = start_node(plan, "nats", "")?;
+    Ok(format!("nats://{addr}"))
+}
+
+/// A running node of a test's NATS cluster.
+pub struct Node {
+    pub name: String,
+    pub proc: super::plan::ProcId,
+}
+
+/// Starts a JetStream cluster of `n` nodes on loopback (routes on free ports) and waits
+/// until it has elected its metadata leader; returns the nodes and the address naming
+/// every one (`nats://HOST:PORT,HOST:PORT,...`).
+pub fn start_cluster(plan: &mut Plan, n: usize) -> Result<(Vec<Node>, String), String> {
+    let route_ports: Vec<u16> = (0..n)
+        .map(|_| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map(|a| a.port())
+                .map_err(|e| e.to_string())
+        })
+        .collect::<Result<_, _>>()?;
+    let routes: Vec<String> = route_ports
+        .iter()
+        .map(|p| format!("nats://127.0.0.1:{p}"))
+        .collect();
+    let mut nodes = Vec::new();
+    let mut addrs = Vec::new();
+    for (idx, port) in route_ports.iter().enumerate() {
+        let name = format!("n{}", idx + 1);
+        let cluster = format!(
+            "server_name: {name}\ncluster {{\n  name: filesync\n  listen: \"127.0.0.1:{port}\"\n  routes: [{}]\n}}\n",
+            routes.join(", ")
+        );
+        let (proc, addr) = start_node(plan, &name, &cluster)?;
+        nodes.push(Node { name, proc });
+        addrs.push(addr);
+    }
+    if let Some(first) = nodes.first() {
+        let elected = plan
+            .proc(first.proc)
+            .wait_for_stderr("metadata leader", START_TIMEOUT);
+        if let Err(err) = elected {
+            let kept = plan.keep();
+            return Err(format!("{err}\n(kept: {})", kept.display()));
+        }
+    }
+    Ok((nodes, format!("nats://{}", addrs.join(","))))
+}
+
+/// Starts one server named `name` (its directory, its log) with `cluster` in its
+/// configuration; returns it and its `HOST:PORT`.
+fn start_node(
+    plan: &mut Plan,
+    name: &str,
+    cluster: &str,
+) -> Result<(super::plan::ProcId, String), String> {
+    let dir = plan.dir().join(name);
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let conf = dir.join("nats.conf");
-    std::fs::write(&conf, config(&dir.join("store"))).map_err(|e| e.to_string())?;
+    std::fs::write(&conf, config(&dir.join("store"), cluster)).map_err(|e| e.to_string())?;
     let mut command = Command::new(server_binary()?);
     command.arg("-c").arg(&conf);
-    let id = plan.spawn("nats", command).map_err(|e| e.to_string())?;
+    let id = plan.spawn(name, command).map_err(|e| e.to_string())?;
     let line = plan
         .proc(id)
         .wait_for_stderr("Listening for client connections on ", START_TIMEOUT)?;
-    Ok(format!("nats://{}", line.trim()))
+    Ok((id, line.trim().to_owned()))
 }

@@ -115,9 +115,22 @@ async fn renew(store: kv::Store, mut taken: Vec<(String, u64)>, holder: String) 
                 Ok(next) => *revision = next,
                 // Renewed, but the answer lost: the key still holds our value.
                 Err(err) => match store.entry(key.as_str()).await {
-                    Ok(Some(entry)) if entry.value == holder.as_bytes() => {
+                    Ok(Some(entry))
+                        if entry.value == holder.as_bytes()
+                            && entry.operation == kv::Operation::Put =>
+                    {
                         *revision = entry.revision
                     }
+                    // Expired while the bucket could not be written (an election): ours
+                    // again if nobody took it meanwhile.
+                    Ok(None)
+                    | Ok(Some(kv::Entry {
+                        operation: kv::Operation::Delete | kv::Operation::Purge,
+                        ..
+                    })) => match store.create(key.as_str(), holder.clone().into()).await {
+                        Ok(next) => *revision = next,
+                        Err(again) => tracing::warn!("lost the lease on {key}: {again}"),
+                    },
                     _ => tracing::warn!("cannot renew the lease on {key}: {err}"),
                 },
             }

@@ -181,9 +181,10 @@ impl NatsDial {
             num_replicas: address.replicas,
             ..Default::default()
         };
-        let log = js.get_or_create_stream(log).await.map_err(protocol)?;
-        let content = js.get_or_create_stream(content).await.map_err(protocol)?;
-        Ok((log, content))
+        Ok((
+            existing_or_new(js, log).await?,
+            existing_or_new(js, content).await?,
+        ))
     }
 
     async fn open(&self, hello: &Hello) -> Result<(Link, Welcome), ClientError> {
@@ -257,6 +258,25 @@ impl NatsDial {
             }
         }
         Ok((Arc::new(NatsLink(Arc::new(link))), welcome))
+    }
+}
+
+/// The stream `config` names, as it is (whoever made it decided its replicas), or made
+/// now; made meanwhile by another agent, it is read again.
+async fn existing_or_new(
+    js: &jetstream::Context,
+    config: stream::Config,
+) -> Result<stream::Stream, ClientError> {
+    if let Ok(stream) = js.get_stream(&config.name).await {
+        return Ok(stream);
+    }
+    let name = config.name.clone();
+    match js.create_stream(config).await {
+        Ok(stream) => Ok(stream),
+        Err(created) => js
+            .get_stream(&name)
+            .await
+            .map_err(|_| ClientError::Protocol(format!("cannot make stream {name}: {created}"))),
     }
 }
 
@@ -388,15 +408,37 @@ impl Inner {
     }
 }
 
-/// A refused publish: a second master's is the server's "wrong last sequence".
-fn publish_error(err: jetstream::context::PublishError) -> ClientError {
+/// A request that reads (content, its presence), sent at once and answered whenever it
+/// comes: such requests need no order among themselves, so a slave's reads ahead are
+/// in flight together, as on the embedded bus, not one round trip after another.
+fn in_flight<T: Send + 'static>(
+    request: impl std::future::Future<Output = Result<T, ClientError>> + Send + 'static,
+) -> Sending<'static, T> {
+    let task = tokio::spawn(request);
+    Box::pin(std::future::ready(Ok(api::Reply::new(async move {
+        task.await.map_err(|_| ClientError::Lost)?
+    }))))
+}
+
+/// What a failed publish means. The rules were asked before it was sent, so the server's
+/// refusals are of two kinds: a master fenced by another's join (the wrong last sequence:
+/// this master must stop), and a stream that cannot take it now (no leader during an
+/// election, an expectation the new leader cannot judge yet, no answer in time): nothing
+/// was appended, and the agent reconnects, reads the log again and goes on from it. Only
+/// content too large for the server is refused for good.
+pub(super) fn publish_error(err: jetstream::context::PublishError) -> ClientError {
     use jetstream::context::PublishErrorKind;
     match err.kind() {
         PublishErrorKind::WrongLastSequence => ClientError::Rejected(
             "another master joined this log since this one did: one master per log".into(),
         ),
-        PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe => ClientError::Lost,
-        _ => ClientError::Refused(err.to_string()),
+        PublishErrorKind::MaxPayloadExceeded => ClientError::Refused(format!(
+            "{err}: the NATS server's max_payload must be at least 2 MiB"
+        )),
+        _ => {
+            tracing::debug!("nats: {err}; reconnecting");
+            ClientError::Lost
+        }
     }
 }
 
@@ -511,7 +553,8 @@ impl BusApi for NatsLink {
     }
 
     fn has(&self, address: ContentHash) -> Sending<'_, bool> {
-        Box::pin(self.0.has(address))
+        let inner = self.0.clone();
+        in_flight(async move { inner.has(address).await?.await })
     }
 
     fn put(&self, address: ContentHash, content: Vec<u8>) -> Sending<'_, ()> {
@@ -519,7 +562,8 @@ impl BusApi for NatsLink {
     }
 
     fn get(&self, address: ContentHash, offset: u64) -> Sending<'_, Piece> {
-        Box::pin(self.0.get(address, offset))
+        let inner = self.0.clone();
+        in_flight(async move { inner.get(address, offset).await?.await })
     }
 
     fn begin_upload(&self) -> Box<dyn Upload + '_> {

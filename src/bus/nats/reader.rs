@@ -14,6 +14,30 @@ use crate::event::{Draft, Event};
 /// The most events one read returns.
 const POLL_BATCH: usize = 1000;
 
+/// How long a reader keeps making its consumer again before it counts the bus as lost (a
+/// JetStream cluster elects a stream's new leader within seconds).
+const STREAM_PATIENCE: Duration = Duration::from_secs(30);
+
+/// How long a reader waits for a message before it asks whether the log has one.
+const STALL_CHECK: Duration = Duration::from_secs(3);
+
+/// The wait between two attempts.
+const STREAM_RETRY: Duration = Duration::from_millis(250);
+
+/// Why a read failed.
+enum Failure {
+    /// The stream or its consumer, for now: worth another consumer.
+    Stream(String),
+    /// The log itself (out of order, not an event): no use trying again.
+    Broken(ClientError),
+}
+
+impl Failure {
+    fn stream(err: impl std::fmt::Display) -> Failure {
+        Failure::Stream(err.to_string())
+    }
+}
+
 /// The log in order, through an ordered consumer kept while reads go on where the last
 /// one ended.
 pub(super) struct Reader {
@@ -41,8 +65,29 @@ impl Reader {
         self.authors.get(&event.seq).cloned()
     }
 
-    /// Events from `from` on: at least one (waiting for it), at most `POLL_BATCH`.
+    /// Events from `from` on: at least one (waiting for it), at most `POLL_BATCH`. A
+    /// consumer that fails (its stream's leader lost, an election under way) is made again
+    /// from where the reading stopped, for up to `STREAM_PATIENCE`; a log out of order or
+    /// a line that is not an event fails at once.
     pub(super) async fn read(&mut self, from: u64) -> Result<Vec<Event>, ClientError> {
+        let started = tokio::time::Instant::now();
+        loop {
+            match self.try_read(from).await {
+                Ok(events) => return Ok(events),
+                Err(Failure::Broken(err)) => return Err(err),
+                Err(Failure::Stream(err)) if started.elapsed() >= STREAM_PATIENCE => {
+                    return Err(lost(err))
+                }
+                Err(Failure::Stream(err)) => {
+                    tracing::debug!("nats: reading the log: {err}; again from #{from}");
+                    self.messages = None;
+                    tokio::time::sleep(STREAM_RETRY).await;
+                }
+            }
+        }
+    }
+
+    async fn try_read(&mut self, from: u64) -> Result<Vec<Event>, Failure> {
         if self.next != from || self.messages.is_none() {
             let config = consumer::pull::OrderedConfig {
                 deliver_policy: consumer::DeliverPolicy::ByStartSequence {
@@ -50,27 +95,50 @@ impl Reader {
                 },
                 ..Default::default()
             };
-            let consumer = self.log.create_consumer(config).await.map_err(lost)?;
-            self.messages = Some(consumer.messages().await.map_err(lost)?);
+            let consumer = self
+                .log
+                .create_consumer(config)
+                .await
+                .map_err(Failure::stream)?;
+            self.messages = Some(consumer.messages().await.map_err(Failure::stream)?);
             self.next = from;
         }
         // Taken out while read: an error drops it, and the next read starts a new one.
         let Some(mut messages) = self.messages.take() else {
-            return Err(ClientError::Lost);
+            return Err(Failure::stream("no consumer"));
         };
-        let first = messages.next().await.ok_or(ClientError::Lost)?;
         let mut events = Vec::new();
-        let mut message = first;
+        let mut received = loop {
+            tokio::select! {
+                received = messages.next() => match received {
+                    Some(received) => break received,
+                    None => return Err(Failure::stream("the consumer ended")),
+                },
+                // An idle log is normal; a consumer that says nothing while the log holds
+                // what it waits for has lost its stream (a leader gone): make another.
+                _ = tokio::time::sleep(STALL_CHECK) => {
+                    let last = self.log.get_info().await.map_err(Failure::stream)?.state.last_sequence;
+                    if last >= from {
+                        return Err(Failure::stream(format!("the consumer stalled before #{from}")));
+                    }
+                }
+            }
+        };
         loop {
-            let message_ok = message.map_err(lost)?;
-            let event = self.decode(&message_ok)?;
+            let message = match received {
+                Ok(message) => message,
+                // What was read so far is good; the next read makes a new consumer.
+                Err(_) if !events.is_empty() => return Ok(events),
+                Err(err) => return Err(Failure::stream(err)),
+            };
+            let event = self.decode(&message).map_err(Failure::Broken)?;
             self.next = event.seq + 1;
             events.push(event);
             if events.len() >= POLL_BATCH {
                 break;
             }
             match messages.next().now_or_never() {
-                Some(Some(more)) => message = more,
+                Some(Some(more)) => received = more,
                 _ => break,
             }
         }

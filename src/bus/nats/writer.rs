@@ -7,7 +7,7 @@ use async_nats::jetstream::{self, context::PublishAckFuture};
 use async_nats::HeaderMap;
 use tokio::sync::{mpsc, oneshot};
 
-use super::lost;
+use super::{lost, publish_error};
 use crate::bus::client::ClientError;
 
 /// One event to send.
@@ -35,7 +35,9 @@ impl Outbox {
                 let mut stored = Ok(());
                 for ack in out.content {
                     if let Err(err) = ack.await {
-                        stored = Err(ClientError::Refused(format!("content not stored: {err}")));
+                        // As its event's own failure would be (a timeout: reconnect).
+                        stored = Err(publish_error(err));
+                        break;
                     }
                 }
                 let sent = match stored {
