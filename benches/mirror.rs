@@ -261,6 +261,26 @@ static OVER_TLS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::
 /// N1 and N2).
 static OVER_NATS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+/// W1 and W2 again with `flag` set (a bus over TLS, on NATS), their rows renamed by `name`.
+async fn again(
+    rows: &mut Vec<Row>,
+    rounds: usize,
+    flag: &std::sync::atomic::AtomicBool,
+    name: impl Fn(&str) -> String,
+) {
+    flag.store(true, std::sync::atomic::Ordering::Relaxed);
+    let before = rows.len();
+    w1(rows).await;
+    for _ in 0..rounds {
+        w2(rows).await;
+    }
+    push_median(rows, rounds, "cp -a");
+    for row in &mut rows[before..] {
+        row.id = name(&row.id);
+    }
+    flag.store(false, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Directories of finished workloads, removed after the table is printed (see the module
 /// comment for why not before).
 static LEFTOVERS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
@@ -1043,33 +1063,16 @@ fn main() {
         if want("w9") {
             w9(&mut rows).await;
         }
-        // W1 and W2 again over mutual TLS, in the same run as the plain ones above.
+        // W1 and W2 again over mutual TLS, then on NATS (N1, N2), in the same run as the
+        // plain ones above.
         if std::env::args().any(|a| a == "--tls") {
-            OVER_TLS.store(true, std::sync::atomic::Ordering::Relaxed);
-            let before = rows.len();
-            w1(&mut rows).await;
-            for _ in 0..rounds {
-                w2(&mut rows).await;
-            }
-            push_median(&mut rows, rounds, "cp -a");
-            for row in &mut rows[before..] {
-                row.id = format!("{} TLS", row.id);
-            }
-            OVER_TLS.store(false, std::sync::atomic::Ordering::Relaxed);
+            again(&mut rows, rounds, &OVER_TLS, |id| format!("{id} TLS")).await;
         }
-        // W1 and W2 again on NATS (N1, N2), in the same run as the embedded ones above.
         if std::env::args().any(|a| a == "--nats") {
-            OVER_NATS.store(true, std::sync::atomic::Ordering::Relaxed);
-            let before = rows.len();
-            w1(&mut rows).await;
-            for _ in 0..rounds {
-                w2(&mut rows).await;
-            }
-            push_median(&mut rows, rounds, "cp -a");
-            for row in &mut rows[before..] {
-                row.id = row.id.replacen('W', "N", 1) + " NATS";
-            }
-            OVER_NATS.store(false, std::sync::atomic::Ordering::Relaxed);
+            again(&mut rows, rounds, &OVER_NATS, |id| {
+                id.replacen('W', "N", 1) + " NATS"
+            })
+            .await;
         }
         if named("r1") {
             r1_r2(&mut rows, "R1", "0", minutes).await;

@@ -4,7 +4,7 @@
 
 use std::fs;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use filesync::bus::protocol::Reply;
@@ -13,23 +13,7 @@ use filesync::event::Role;
 use filesync::testkit::{Cluster, EventStream, Pattern, Proc};
 
 use crate::bus_input::still_works;
-use crate::util::{bin, cluster, must};
-
-/// Runs `filesync ARGS` to its end (it is expected to be refused quickly).
-fn run(args: &[&str], extra: &[&Path]) -> Output {
-    let mut command = Command::new(bin());
-    command.args(args).args(extra).stdin(Stdio::null());
-    command.output().expect("run filesync")
-}
-
-/// Asserts a refusal: exit 2 and one line on stderr that says `why`.
-fn assert_refused(out: &Output, why: &str) {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "one line: {stderr}");
-    assert!(lines[0].contains(why), "{stderr}");
-}
+use crate::util::{assert_refused, bin, cluster, must, run};
 
 fn log_lines(c: &Cluster) -> usize {
     fs::read_to_string(c.log_path())

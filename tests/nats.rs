@@ -5,28 +5,12 @@
 
 use std::fs;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use filesync::check::CheckOptions;
 use filesync::testkit::{Backend, Exit, Pattern};
 
-use crate::util::{bin, cluster_on, must};
-
-fn run(args: &[&str], extra: &[&Path]) -> Output {
-    let mut command = Command::new(bin());
-    command.args(args).args(extra).stdin(Stdio::null());
-    command.output().expect("run filesync")
-}
-
-/// Exit 2 and one line on stderr that says `why`.
-fn assert_refused(out: &Output, why: &str) {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "one line: {stderr}");
-    assert!(lines[0].contains(why), "{stderr}");
-}
+use crate::util::{assert_refused, cluster_on, must, run};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_master_or_a_taken_name_is_refused_at_its_start() {

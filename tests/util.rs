@@ -1,7 +1,8 @@
 //! Helpers shared by the suite.
 
 use std::fmt::Display;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
 
 use filesync::testkit::{Backend, Cluster};
 
@@ -13,6 +14,22 @@ pub fn bin() -> PathBuf {
 /// A master and `n` ready slaves.
 pub async fn cluster(label: &str, n_slaves: usize) -> Cluster {
     must(Cluster::start(&bin(), label, n_slaves).await)
+}
+
+/// Runs `filesync ARGS EXTRA...` to its end (it is expected to be refused quickly).
+pub fn run(args: &[&str], extra: &[&Path]) -> Output {
+    let mut command = Command::new(bin());
+    command.args(args).args(extra).stdin(Stdio::null());
+    command.output().expect("run filesync")
+}
+
+/// Asserts a refusal: exit 2 and one line on stderr that says `why`.
+pub fn assert_refused(out: &Output, why: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line: {stderr}");
+    assert!(lines[0].contains(why), "{stderr}");
 }
 
 /// A master and `n` ready slaves on `backend`.
