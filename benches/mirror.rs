@@ -21,7 +21,8 @@
 //! R1 to R3 run only when named (`cargo bench --bench mirror -- r1 --minutes=30`).
 //! With `--tls`, W1 and W2 run again over mutual TLS after the plain run, in the same
 //! process (`cargo bench --bench mirror -- w1 w2 --rounds=3 --tls`); with `--nats`, again
-//! on a nats-server started for them (rows N1 and N2: `-- w1 w2 --rounds=3 --nats`).
+//! on a nats-server started for them (rows N1 and N2: `-- w1 w2 --rounds=3 --nats`), and
+//! with `n3` W2 with ten slaves on it (`-- w2 n3 --nats`).
 //!
 //! W7 to W9 also say what moved, from the log: bytes the master uploaded and the slave
 //! fetched (the notify's `uploaded`, the consume's `fetched`), and what the bus's state
@@ -50,7 +51,7 @@ use std::sync::{mpsc, Mutex};
 use std::time::{Duration, Instant};
 
 use filesync::event::EntryKind;
-use filesync::testkit::{AgentLog, Backend, Cluster, Pattern};
+use filesync::testkit::{slave_name, AgentLog, Backend, Cluster, Pattern};
 use notify::{RecursiveMode, Watcher};
 
 /// The binary under test: this build's, or `FILESYNC_BENCH_BIN` (another build of filesync,
@@ -402,6 +403,66 @@ async fn w2(rows: &mut Vec<Row>) {
             "{:.1} / {:.1} MiB",
             peak_rss_mib(c.master_pid().unwrap_or(0)),
             peak_rss_mib(pid)
+        ),
+    });
+    leave(c);
+}
+
+/// N3: W2 with ten slaves on one NATS server, timed until each slave has every file;
+/// compared with one slave's time on NATS in the same run (N2, when it ran first).
+async fn n3(rows: &mut Vec<Row>) {
+    const SLAVES: usize = 10;
+    let mut c = Cluster::builder(&bin(), "bench-n3")
+        .agent_log(AgentLog::Default)
+        .backend(Backend::Nats)
+        .slaves(SLAVES)
+        .start()
+        .await
+        .expect("cluster");
+    c.events.deadline = Duration::from_secs(1800);
+    c.events.quiet = Duration::from_secs(120);
+    let stage = c.dir().join("stage");
+    make_tree(&stage.join("w2"), 100, 100, 4096);
+    let started = Instant::now();
+    fs::rename(stage.join("w2"), c.master_dir().join("w2")).expect("move in");
+    let mut converged = Vec::new();
+    for idx in 0..SLAVES {
+        let files = Pattern::consume()
+            .by(&slave_name(idx))
+            .put()
+            .kind(EntryKind::File)
+            .path_glob("w2/**");
+        c.events
+            .expect_count(files, 10_000, Duration::ZERO)
+            .await
+            .expect("all 10,000 mirrored by every slave");
+        converged.push(started.elapsed());
+    }
+    let last = converged.iter().max().copied().unwrap_or_default();
+    let one = rows
+        .iter()
+        .rev()
+        .find(|r| r.id.starts_with("N2"))
+        .and_then(|r| r.times.map(|t| t.0));
+    let ratio = match one {
+        Some(one) => format!(
+            "{:.2}x one slave (N2)",
+            last.as_secs_f64() / one.as_secs_f64()
+        ),
+        None => "run with w2 --nats for one slave's time".into(),
+    };
+    rows.push(Row {
+        id: "N3 NATS".into(),
+        times: None,
+        workload: format!("W2 with {SLAVES} slaves, the last one converged"),
+        filesync: secs(last),
+        cp: String::new(),
+        rsync: String::new(),
+        ratio,
+        slave_wrote: String::new(),
+        rss: format!(
+            "{:.1} MiB master",
+            peak_rss_mib(c.master_pid().unwrap_or(0))
         ),
     });
     leave(c);
@@ -1073,6 +1134,9 @@ fn main() {
                 id.replacen('W', "N", 1) + " NATS"
             })
             .await;
+        }
+        if named("n3") {
+            n3(&mut rows).await;
         }
         if named("r1") {
             r1_r2(&mut rows, "R1", "0", minutes).await;
