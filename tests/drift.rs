@@ -7,17 +7,17 @@ use std::time::Duration;
 
 use filesync::check::CheckOptions;
 use filesync::event::{Drift, Event};
-use filesync::testkit::{Cluster, Pattern};
+use filesync::testkit::{Backend, Cluster, Pattern};
 
-use crate::util::{cluster, must};
+use crate::util::{cluster_on, must};
 
 fn drift(kind: Drift) -> impl Fn(&Event) -> bool + Send + Sync + 'static {
     move |e: &Event| e.body.drift == Some(kind)
 }
 
 /// A master with a few files, mirrored by one slave.
-async fn mirrored(label: &str) -> Cluster {
-    let mut c = cluster(label, 1).await;
+async fn mirrored(backend: Backend, label: &str) -> Cluster {
+    let mut c = cluster_on(backend, label, 1).await;
     let m = c.master_dir();
     fs::create_dir(m.join("d")).expect("mkdir");
     fs::write(m.join("a.txt"), "the master's a").expect("write");
@@ -36,9 +36,9 @@ async fn mirrored(label: &str) -> Cluster {
     c
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn local_edits_are_restored_when_the_slave_starts() {
-    let mut c = mirrored("drift-restart").await;
+on_each_backend! {
+async fn local_edits_are_restored_when_the_slave_starts(backend) {
+    let mut c = mirrored(backend, "drift-restart").await;
     must(c.stop_slave(0));
     let s = c.slaves[0].dir.clone();
     fs::write(s.join("a.txt"), "edited on the slave").expect("edit");
@@ -102,10 +102,11 @@ async fn local_edits_are_restored_when_the_slave_starts() {
     must(c.settle().await);
     assert_eq!(c.events.count(&Pattern::consume().by("slave")), before);
 }
+}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_keep_local_drift_is_reported_and_left_alone() {
-    let mut c = mirrored("drift-keep").await;
+on_each_backend! {
+async fn with_keep_local_drift_is_reported_and_left_alone(backend) {
+    let mut c = mirrored(backend, "drift-keep").await;
     must(c.stop_slave(0));
     let s = c.slaves[0].dir.clone();
     fs::write(s.join("a.txt"), "mine").expect("edit");
@@ -132,10 +133,11 @@ async fn with_keep_local_drift_is_reported_and_left_alone() {
     );
     assert_eq!(fs::read_to_string(s.join("a.txt")).expect("read"), "mine");
 }
+}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_running_slave_with_verify_restores_within_the_interval() {
-    let mut c = mirrored("drift-verify").await;
+on_each_backend! {
+async fn a_running_slave_with_verify_restores_within_the_interval(backend) {
+    let mut c = mirrored(backend, "drift-verify").await;
     must(c.stop_slave(0));
     c.slaves[0].args = vec!["--verify".into(), "300ms".into()];
     must(c.start_slave(0).await);
@@ -155,4 +157,5 @@ async fn a_running_slave_with_verify_restores_within_the_interval() {
     assert!(s.join("d/c.txt").exists());
     must(c.settle().await);
     c.assert_checks(CheckOptions::default());
+}
 }

@@ -6,12 +6,12 @@ use std::fs;
 use std::time::Duration;
 
 use filesync::check::CheckOptions;
-use filesync::testkit::{Cluster, Pattern};
+use filesync::testkit::{Backend, Cluster, Pattern};
 
-use crate::util::{cluster, must};
+use crate::util::{cluster_on, must};
 
-async fn mirrored(label: &str) -> Cluster {
-    let mut c = cluster(label, 1).await;
+async fn mirrored(backend: Backend, label: &str) -> Cluster {
+    let mut c = cluster_on(backend, label, 1).await;
     let m = c.master_dir();
     fs::create_dir(m.join("D4")).expect("mkdir");
     fs::write(m.join("D4/x"), "x").expect("write");
@@ -30,9 +30,9 @@ async fn mirrored(label: &str) -> Cluster {
     c
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_vanished_master_directory_publishes_no_deletes() {
-    let mut c = mirrored("vanished").await;
+on_each_backend! {
+async fn a_vanished_master_directory_publishes_no_deletes(backend) {
+    let mut c = mirrored(backend, "vanished").await;
     let m = c.master_dir();
     let away = c.dir().join("master-away");
     fs::rename(&m, &away).expect("the directory goes away");
@@ -55,10 +55,11 @@ async fn a_vanished_master_directory_publishes_no_deletes() {
     must(c.settle().await);
     c.assert_checks(CheckOptions::default());
 }
+}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_master_started_on_an_empty_mount_point_waits_for_its_files() {
-    let mut c = mirrored("empty-mount").await;
+on_each_backend! {
+async fn a_master_started_on_an_empty_mount_point_waits_for_its_files(backend) {
+    let mut c = mirrored(backend, "empty-mount").await;
     must(c.stop_master());
     let m = c.master_dir();
     let real = c.dir().join("master-real");
@@ -84,4 +85,5 @@ async fn a_master_started_on_an_empty_mount_point_waits_for_its_files() {
     assert_eq!(c.events.count(&Pattern::notify().delete()), 0);
     must(c.settle().await);
     c.assert_checks(CheckOptions::default());
+}
 }

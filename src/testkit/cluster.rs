@@ -25,6 +25,9 @@ use std::sync::Arc;
 /// How long a process may take to print its address.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// How long `settle` waits for a quiet point before it gives up.
+const SETTLE_LIMIT: Duration = Duration::from_secs(120);
+
 /// One slave's place.
 pub struct SlaveAgent {
     pub name: String,
@@ -508,7 +511,10 @@ impl Cluster {
             .filter(|s| s.proc.is_some())
             .map(|s| s.name.clone())
             .collect();
-        for _ in 0..200 {
+        // By time, not by rounds: on a loaded machine (the suite's NATS cluster beside it)
+        // a slave may catch up slowly, with quiet moments all along.
+        let deadline = std::time::Instant::now() + SETTLE_LIMIT;
+        while std::time::Instant::now() < deadline {
             self.plan.check().map_err(|e| e.to_string())?;
             self.events
                 .wait_quiet(Duration::from_millis(150))

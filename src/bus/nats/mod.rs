@@ -64,6 +64,9 @@ use crate::checkpoint::Snapshot;
 use crate::event::{Draft, Event, Role, Tag};
 use crate::rules::{self, Place, Refusal, Rules};
 
+/// Readers a link keeps between polls.
+const MAX_READERS: usize = 4;
+
 /// How long a request to the server may take before the link counts as lost.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -247,7 +250,8 @@ impl NatsDial {
             }),
             outbox: Outbox::new(js.clone()),
             replica: Mutex::new(replica),
-            reader: tokio::sync::Mutex::new(reader),
+            readers: Mutex::new(vec![reader]),
+            log,
             leases: tokio::sync::Mutex::new(leases),
         };
         if !(hello.quiet && hello.role == Role::Listener) {
@@ -343,7 +347,11 @@ struct Inner {
     writer: tokio::sync::Mutex<Pending>,
     outbox: Outbox,
     replica: Mutex<Replica>,
-    reader: tokio::sync::Mutex<Reader>,
+    /// Readers of the log, each where its last read ended: a poll takes the one at its
+    /// `from` (or a new one) for as long as it waits, so that two readings (a slave's
+    /// subscription and its verification's replay) never wait for each other.
+    readers: Mutex<Vec<Reader>>,
+    log: stream::Stream,
     /// Held for as long as the link lives, given up when the agent says `leave`.
     leases: tokio::sync::Mutex<Option<Leases>>,
 }
@@ -444,11 +452,25 @@ pub(super) fn publish_error(err: jetstream::context::PublishError) -> ClientErro
 
 impl Inner {
     async fn poll(&self, from: u64) -> Result<api::Reply<Vec<Event>>, ClientError> {
-        let mut reader = self.reader.lock().await;
-        let events = reader.read(from.max(1)).await?;
-        let mut replica = self.replica();
-        for event in &events {
-            replica.observe(event, reader.author(event));
+        let from = from.max(1);
+        let mut reader = {
+            let mut readers = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+            match readers.iter().position(|r| r.at() == from) {
+                Some(idx) => readers.swap_remove(idx),
+                None => Reader::new(self.log.clone(), self.address.clone()),
+            }
+        };
+        let events = reader.read(from).await?;
+        {
+            let mut replica = self.replica();
+            for event in &events {
+                replica.observe(event, reader.author(event));
+            }
+        }
+        let mut readers = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+        readers.push(reader);
+        while readers.len() > MAX_READERS {
+            readers.remove(0);
         }
         Ok(api::Reply::ready(Ok(events)))
     }
@@ -549,7 +571,12 @@ impl BusApi for NatsLink {
     }
 
     fn poll(&self, from: u64) -> Sending<'_, Vec<Event>> {
-        Box::pin(self.0.poll(from))
+        // Sent at once; the reply is the wait for events, which a caller may abandon for
+        // something else (a slave's periodic verification) and take up again.
+        let inner = self.0.clone();
+        Box::pin(std::future::ready(Ok(api::Reply::new(async move {
+            inner.poll(from).await?.await
+        }))))
     }
 
     fn has(&self, address: ContentHash) -> Sending<'_, bool> {

@@ -60,6 +60,11 @@ impl Reader {
         }
     }
 
+    /// The `seq` its next read starts at, if it goes on where the last one ended.
+    pub(super) fn at(&self) -> u64 {
+        self.next
+    }
+
     /// Who published `event`, one of those read last.
     pub(super) fn author(&self, event: &Event) -> Option<Author> {
         self.authors.get(&event.seq).cloned()
