@@ -41,31 +41,7 @@ fn color(event: &Event) -> &'static str {
 /// Renders `events` (with the checker's `report` and a failed test's `unmet` expectations,
 /// when there are any) as one HTML document.
 pub fn render(events: &[Event], report: Option<&Report>, unmet: &[String]) -> String {
-    // Lanes: masters, then slaves, then listeners (narrow), each in order of appearance.
-    let mut roles: HashMap<&str, Role> = HashMap::new();
-    let mut order: Vec<&str> = Vec::new();
-    for event in events {
-        if let (Some(Tag::Join), Some(role)) = (event.body.tag, event.body.role) {
-            roles.entry(&event.agent).or_insert(role);
-        }
-        if !order.contains(&event.agent.as_str()) {
-            order.push(&event.agent);
-        }
-    }
-    let rank = |agent: &str| match roles.get(agent) {
-        Some(Role::Master) => 0,
-        Some(Role::Slave) => 1,
-        None => 2,
-        Some(Role::Listener) => 3,
-    };
-    order.sort_by_key(|agent| rank(agent));
-    let mut lanes: BTreeMap<String, (usize, usize)> = BTreeMap::new();
-    let mut x = LEFT;
-    for agent in &order {
-        let width = if rank(agent) == 3 { NARROW_LANE } else { LANE };
-        lanes.insert((*agent).to_owned(), (x + width / 2, width));
-        x += width;
-    }
+    let (order, lanes, x) = lanes(events);
     let lane_x = |agent: &str| lanes.get(agent).map(|(center, _)| *center).unwrap_or(LEFT);
     let flagged: HashSet<u64> = report
         .map(|r| {
@@ -191,36 +167,83 @@ pub fn render(events: &[Event], report: Option<&Report>, unmet: &[String]) -> St
         );
     }
     for (row, event) in drawn() {
-        let x = lane_x(&event.agent);
-        let y = TOP + ROW * row + ROW / 2;
-        let mut label = format!("{} {}", event.body.tag_name(), event.body.what());
-        if let Some(error) = &event.body.error {
-            label.push_str(&format!(": {error}"));
-        }
-        let label = label.split_whitespace().collect::<Vec<_>>().join(" ");
-        let short: String = label.chars().take(34).collect();
-        let short = if short.len() < label.len() {
-            format!("{short}…")
-        } else {
-            short
-        };
-        // An error, or any event a violation names (a bad consume), is drawn red.
         let bad = event.body.tag == Some(Tag::Error) || flagged.contains(&event.seq);
-        let _ = writeln!(
-            svg,
-            r##"<g id="e{}"><title>{}</title><circle cx="{x}" cy="{y}" r="5" fill="{}"/><text x="{}" y="{}" fill="{}" stroke="white" stroke-width="3" paint-order="stroke">{}</text></g>"##,
-            event.seq,
-            escape(&event.to_line()),
-            if bad { "#d1242f" } else { color(event) },
-            x + 9,
-            y + 4,
-            if bad { "#d1242f" } else { "#24292f" },
-            escape(&short)
+        dot(
+            &mut svg,
+            event,
+            lane_x(&event.agent),
+            TOP + ROW * row + ROW / 2,
+            bad,
         );
     }
     svg.push_str("</svg>");
     let bursts = bursts_listed(&rows, events);
 
+    let summary = summary(events, report, &rows, unmet);
+    page(&summary, &svg, &bursts)
+}
+
+/// The lanes, masters first, then slaves, then listeners (narrow), each in order of
+/// appearance: the agents in that order, each lane's centre and width, and where the last
+/// one ends.
+fn lanes(events: &[Event]) -> (Vec<&str>, BTreeMap<String, (usize, usize)>, usize) {
+    let mut roles: HashMap<&str, Role> = HashMap::new();
+    let mut order: Vec<&str> = Vec::new();
+    for event in events {
+        if let (Some(Tag::Join), Some(role)) = (event.body.tag, event.body.role) {
+            roles.entry(&event.agent).or_insert(role);
+        }
+        if !order.contains(&event.agent.as_str()) {
+            order.push(&event.agent);
+        }
+    }
+    let rank = |agent: &str| match roles.get(agent) {
+        Some(Role::Master) => 0,
+        Some(Role::Slave) => 1,
+        None => 2,
+        Some(Role::Listener) => 3,
+    };
+    order.sort_by_key(|agent| rank(agent));
+    let mut lanes: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    let mut x = LEFT;
+    for agent in &order {
+        let width = if rank(agent) == 3 { NARROW_LANE } else { LANE };
+        lanes.insert((*agent).to_owned(), (x + width / 2, width));
+        x += width;
+    }
+    (order, lanes, x)
+}
+
+/// One event's dot and label in its lane at height `y`, its log line on hover; red when
+/// `bad` (an error, or an event a violation names).
+fn dot(svg: &mut String, event: &Event, x: usize, y: usize, bad: bool) {
+    let mut label = format!("{} {}", event.body.tag_name(), event.body.what());
+    if let Some(error) = &event.body.error {
+        label.push_str(&format!(": {error}"));
+    }
+    let label = label.split_whitespace().collect::<Vec<_>>().join(" ");
+    let short: String = label.chars().take(34).collect();
+    let short = if short.len() < label.len() {
+        format!("{short}…")
+    } else {
+        short
+    };
+    let _ = writeln!(
+        svg,
+        r##"<g id="e{}"><title>{}</title><circle cx="{x}" cy="{y}" r="5" fill="{}"/><text x="{}" y="{}" fill="{}" stroke="white" stroke-width="3" paint-order="stroke">{}</text></g>"##,
+        event.seq,
+        escape(&event.to_line()),
+        if bad { "#d1242f" } else { color(event) },
+        x + 9,
+        y + 4,
+        if bad { "#d1242f" } else { "#24292f" },
+        escape(&short)
+    );
+}
+
+/// The verdict, the violations earliest first (linked to their rows), the counts, what
+/// the picture leaves out, and the expectations a failed test did not meet.
+fn summary(events: &[Event], report: Option<&Report>, rows: &[Row], unmet: &[String]) -> String {
     let mut summary = String::new();
     if let Some(report) = report {
         let verdict = if report.is_ok() {
@@ -288,6 +311,12 @@ pub fn render(events: &[Event], report: Option<&Report>, unmet: &[String]) -> St
         }
         summary.push_str("</ul>");
     }
+    summary
+}
+
+/// The whole page around the summary, the picture and the bursts' lines: the styles and
+/// the filter box's one inline script.
+fn page(summary: &str, svg: &str, bursts: &str) -> String {
     format!(
         r##"<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>filesync event log</title>
