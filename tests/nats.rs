@@ -172,3 +172,48 @@ async fn the_log_leader_killed_mid_burst_loses_nothing() {
     assert_eq!(consumed.len(), 300, "none applied twice");
     c.assert_checks(CheckOptions::default());
 }
+
+/// An event against the rules that gets into a NATS log anyway (here a notify published on
+/// a slave's subject, which the shipped permissions would refuse): the slave never applies
+/// it and answers it with an `error` saying why, and `check` flags the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_against_the_rules_is_never_applied_and_is_flagged() {
+    let mut c = cluster_on(Backend::Nats, "nats-bogus", 1).await;
+    c.events.allow_errors();
+    let client = async_nats::connect(c.addr.trim_start_matches("nats://"))
+        .await
+        .expect("connect");
+    let js = async_nats::jetstream::new(client);
+    let sha256 = filesync_master::hash::sha256_hex(b"evil");
+    let notify = format!(
+        r#"{{"tag":"notify","op":"put","path":"evil.txt","kind":"file","size":4,"sha256":"{sha256}","mode":420}}"#
+    );
+    let subject = format!("filesync.log.slave.{}", hex::encode("intruder"));
+    let seq = js
+        .publish(subject, notify.into())
+        .await
+        .expect("send")
+        .await
+        .expect("appended: NATS runs none of our rules")
+        .sequence;
+    let answer = must(
+        c.events
+            .expect(Pattern::error().by("slave").cause(seq))
+            .await,
+    );
+    let said = answer.body.error.unwrap_or_default();
+    assert!(said.contains("rules refuse"), "{said}");
+    assert!(!c.slaves[0].dir.join("evil.txt").exists(), "never applied");
+    fs::write(c.master_dir().join("after.txt"), "after").expect("write");
+    must(
+        c.events
+            .expect(Pattern::consume().by("slave").put().path("after.txt"))
+            .await,
+    );
+    let report = c.check(CheckOptions::default());
+    let named = report
+        .violations
+        .iter()
+        .any(|v| v.seqs.contains(&seq) || v.seqs.contains(&answer.seq));
+    assert!(named, "check flags the log at #{seq}: {report}");
+}

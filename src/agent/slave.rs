@@ -749,6 +749,22 @@ async fn answer(
 ) -> Result<Option<Sent>, ClientError> {
     let wanted = change.as_ref().ok().cloned();
     let manifest = event.body.manifest.as_deref();
+    if let Some(reason) = client.refusal(event.seq) {
+        // In the log, but against the bus's rules: never applied, answered with why.
+        let message = format!(
+            "not applied: the bus's rules refuse #{}: {reason}",
+            event.seq
+        );
+        tracing::warn!("{message}");
+        let reply = client
+            .publish(Draft::error(&event.body, event.seq, message))
+            .await?;
+        return Ok(Some(Sent {
+            cause: event.seq,
+            reply,
+            failed: None,
+        }));
+    }
     let outcome = apply(applier, client, Some(follower), change, content, manifest).await;
     let (reply, failed) = match outcome {
         Ok(done) => {

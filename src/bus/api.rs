@@ -126,6 +126,14 @@ pub trait BusApi: Send + Sync {
     /// What the bus knows of its agents and itself (`filesync status`).
     fn status(&self) -> Sending<'_, StatusReport>;
 
+    /// Why the bus's rules refuse event `seq`, read through this link: on a backend that
+    /// appends before anyone judges (NATS), an event that got in anyway. A reader never
+    /// applies it; a slave answers it with an `error` saying why. `None` on a backend
+    /// whose rules keep such events out of the log (the embedded bus).
+    fn refusal(&self, _seq: u64) -> Option<String> {
+        None
+    }
+
     /// Optional: a number for a new large file whose chunks this master announces as it
     /// stores them, for slaves that follow it ([`ClientError::Unsupported`] without).
     fn new_announcement(&self) -> Option<u64> {

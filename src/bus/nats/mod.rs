@@ -64,6 +64,9 @@ use crate::checkpoint::Snapshot;
 use crate::event::{Draft, Event, Role, Tag};
 use crate::rules::{self, Place, Refusal, Rules};
 
+/// Refused events a link remembers.
+const REMEMBERED_REFUSALS: usize = 10_000;
+
 /// Readers a link keeps between polls.
 const MAX_READERS: usize = 4;
 
@@ -197,12 +200,13 @@ impl NatsDial {
         let info = log.get_info().await.map_err(lost)?;
         let (start, head) = (info.state.first_sequence.max(1), info.state.last_sequence);
         let mut replica = Replica::default();
+        let mut refused = BTreeMap::new();
         let mut reader = Reader::new(log.clone(), self.address.clone());
         let mut next = start;
         while next <= head {
             for event in reader.read(next).await? {
                 next = event.seq + 1;
-                replica.observe(&event, reader.author(&event));
+                judge(&mut replica, &mut refused, &event, reader.author(&event));
             }
         }
         let asked = rules::Hello {
@@ -253,6 +257,7 @@ impl NatsDial {
             readers: Mutex::new(vec![reader]),
             log,
             leases: tokio::sync::Mutex::new(leases),
+            refused: Mutex::new(refused),
         };
         if !(hello.quiet && hello.role == Role::Listener) {
             let seq = link.send(join, false).await?.await?;
@@ -281,6 +286,41 @@ async fn existing_or_new(
             .get_stream(&name)
             .await
             .map_err(|_| ClientError::Protocol(format!("cannot make stream {name}: {created}"))),
+    }
+}
+
+/// Holds `event` (published by `author`) to the rules, as the embedded bus does before it
+/// appends: taken into `replica` when they allow it, recorded in `refused` (and never taken
+/// in) when not. Joins are the agents' own on NATS: allowed when the role is the subject's.
+fn judge(
+    replica: &mut Replica,
+    refused: &mut BTreeMap<u64, String>,
+    event: &Event,
+    author: Option<Author>,
+) {
+    if event.seq <= replica.seen {
+        return;
+    }
+    let verdict = match (&author, event.body.tag) {
+        (None, _) => Err("not published on an agent's subject".to_owned()),
+        (Some(author), Some(Tag::Join)) if event.body.role == Some(author.role) => Ok(()),
+        (Some(author), Some(Tag::Join)) => Err(format!("a join on a {} subject", author.role)),
+        (Some(author), _) => {
+            replica
+                .rules
+                .check(author.role, &event.agent, &event.body, &rules::Unseen)
+        }
+    };
+    match verdict {
+        Ok(()) => replica.observe(event, author),
+        Err(reason) => {
+            replica.seen = event.seq;
+            tracing::warn!("#{} is against the bus's rules: {reason}", event.seq);
+            refused.insert(event.seq, reason);
+            while refused.len() > REMEMBERED_REFUSALS {
+                refused.pop_first();
+            }
+        }
     }
 }
 
@@ -354,6 +394,8 @@ struct Inner {
     log: stream::Stream,
     /// Held for as long as the link lives, given up when the agent says `leave`.
     leases: tokio::sync::Mutex<Option<Leases>>,
+    /// Events read that the rules refuse, and why (the newest few).
+    refused: Mutex<BTreeMap<u64, String>>,
 }
 
 impl Inner {
@@ -366,7 +408,12 @@ impl Inner {
     /// another master has joined, the server refuses them.
     async fn send(&self, draft: Draft, check: bool) -> Result<api::Reply<u64>, ClientError> {
         let mut pending = self.writer.lock().await;
-        if check {
+        // An error answering an event the rules refuse names no notify they know of.
+        let answers_refused = draft.tag == Some(Tag::Error)
+            && draft
+                .cause
+                .is_some_and(|cause| self.refusal(cause).is_some());
+        if check && !answers_refused {
             self.replica()
                 .rules
                 .check(self.role, &self.name, &draft, &rules::Unseen)
@@ -461,11 +508,8 @@ impl Inner {
             }
         };
         let events = reader.read(from).await?;
-        {
-            let mut replica = self.replica();
-            for event in &events {
-                replica.observe(event, reader.author(event));
-            }
+        for event in &events {
+            self.judge(event, reader.author(event));
         }
         let mut readers = self.readers.lock().unwrap_or_else(|p| p.into_inner());
         readers.push(reader);
@@ -473,6 +517,18 @@ impl Inner {
             readers.remove(0);
         }
         Ok(api::Reply::ready(Ok(events)))
+    }
+
+    /// Holds `event` to the rules (see [`judge`]).
+    fn judge(&self, event: &Event, author: Option<Author>) {
+        let mut replica = self.replica();
+        let mut refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+        judge(&mut replica, &mut refused, event, author);
+    }
+
+    fn refusal(&self, seq: u64) -> Option<String> {
+        let refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+        refused.get(&seq).cloned()
     }
 
     async fn has(&self, address: ContentHash) -> Result<api::Reply<bool>, ClientError> {
@@ -610,6 +666,10 @@ impl BusApi for NatsLink {
 
     fn status(&self) -> Sending<'_, StatusReport> {
         Box::pin(async { Err(ClientError::Unsupported) })
+    }
+
+    fn refusal(&self, seq: u64) -> Option<String> {
+        self.0.refusal(seq)
     }
 }
 
