@@ -132,8 +132,8 @@ pub struct Selector {
 }
 
 /// Whether `value` is in `set`, an empty set allowing anything.
-fn in_set<T: PartialEq>(set: &[T], value: Option<&T>) -> bool {
-    set.is_empty() || value.is_some_and(|v| set.contains(v))
+fn in_set<T: PartialEq<U>, U: ?Sized>(set: &[T], value: Option<&U>) -> bool {
+    set.is_empty() || value.is_some_and(|v| set.iter().any(|item| item == v))
 }
 
 impl Selector {
@@ -149,7 +149,7 @@ impl Selector {
         };
         in_set(&self.tags, body.tag.as_ref())
             && in_set(&self.ops, body.op.as_ref())
-            && (self.agents.is_empty() || self.agents.iter().any(|a| a == agent))
+            && in_set(&self.agents, Some(agent))
             && self.kind.is_none_or(|kind| body.kind == Some(kind))
             && self.cause.is_none_or(|cause| body.cause == Some(cause))
             && self

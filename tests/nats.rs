@@ -7,10 +7,26 @@ use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
+use filesync::bus::nats::NatsAddress;
 use filesync::check::CheckOptions;
-use filesync::testkit::{Backend, Exit, Pattern};
+use filesync::testkit::{Backend, Cluster, Exit, Pattern};
 
 use crate::util::{assert_refused, cluster_on, must, run};
+
+/// A JetStream client of the test's own on its NATS servers: a peer outside filesync, which
+/// NATS lets write whatever its permissions allow.
+async fn jetstream(c: &Cluster) -> async_nats::jetstream::Context {
+    let address = NatsAddress::parse(&c.addr)
+        .expect("a NATS address")
+        .expect("well written");
+    let servers: Vec<async_nats::ServerAddr> = address
+        .servers
+        .iter()
+        .map(|s| s.parse().expect("a server address"))
+        .collect();
+    let client = async_nats::connect(servers).await.expect("connect");
+    async_nats::jetstream::new(client)
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_master_or_a_taken_name_is_refused_at_its_start() {
@@ -66,10 +82,7 @@ async fn a_second_master_or_a_taken_name_is_refused_at_its_start() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_master_whose_claim_was_taken_is_refused_by_the_server() {
     let mut c = cluster_on(Backend::Nats, "nats-fenced", 1).await;
-    let client = async_nats::connect(c.addr.trim_start_matches("nats://"))
-        .await
-        .expect("connect");
-    let js = async_nats::jetstream::new(client);
+    let js = jetstream(&c).await;
     let head = c.events.seen().last().map_or(0, |e| e.seq);
     let claim = c
         .events
@@ -98,7 +111,8 @@ async fn a_master_whose_claim_was_taken_is_refused_by_the_server() {
     must(c.events.expect(Pattern::join().by("intruder")).await);
     fs::write(c.master_dir().join("late.txt"), "late").expect("write");
     must(c.master_exits(Exit::Code(2), Duration::from_secs(10)));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Whatever reached the log has reached the kit's listener once it falls quiet.
+    must(c.events.wait_quiet(Duration::from_millis(300)).await);
     let after: Vec<_> = c.events.seen().iter().filter(|e| e.seq > head).collect();
     assert!(
         after.iter().all(|e| e.agent != "master"),
@@ -123,17 +137,7 @@ async fn the_log_leader_killed_mid_burst_loses_nothing() {
             .expect(Pattern::notify().by("master").put().path_glob("f*"))
             .await,
     );
-    let servers: Vec<async_nats::ServerAddr> = c
-        .addr
-        .trim_start_matches("nats://")
-        .split('?')
-        .next()
-        .unwrap_or_default()
-        .split(',')
-        .map(|s| s.parse().expect("a server"))
-        .collect();
-    let client = async_nats::connect(servers).await.expect("connect");
-    let js = async_nats::jetstream::new(client);
+    let js = jetstream(&c).await;
     let mut log = js
         .get_stream("filesync_LOG")
         .await
@@ -180,10 +184,7 @@ async fn the_log_leader_killed_mid_burst_loses_nothing() {
 async fn an_event_against_the_rules_is_never_applied_and_is_flagged() {
     let mut c = cluster_on(Backend::Nats, "nats-bogus", 1).await;
     c.events.allow_errors();
-    let client = async_nats::connect(c.addr.trim_start_matches("nats://"))
-        .await
-        .expect("connect");
-    let js = async_nats::jetstream::new(client);
+    let js = jetstream(&c).await;
     let sha256 = filesync_master::hash::sha256_hex(b"evil");
     let notify = format!(
         r#"{{"tag":"notify","op":"put","path":"evil.txt","kind":"file","size":4,"sha256":"{sha256}","mode":420}}"#

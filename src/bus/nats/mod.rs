@@ -248,7 +248,7 @@ impl NatsDial {
                     .as_nanos()
             ),
             sent: AtomicU64::new(0),
-            writer: tokio::sync::Mutex::new(Pending {
+            pending: tokio::sync::Mutex::new(Pending {
                 content: Vec::new(),
                 claim: replica.last_join,
             }),
@@ -263,7 +263,7 @@ impl NatsDial {
             let seq = link.send(join, false).await?.await?;
             if hello.role == Role::Master {
                 // This master's claim: every later event of its names it.
-                link.writer.lock().await.claim = seq;
+                link.pending.lock().await.claim = seq;
             }
         }
         Ok((Arc::new(NatsLink(Arc::new(link))), welcome))
@@ -384,7 +384,7 @@ struct Inner {
     /// Unique per dial, for the publishes' `Nats-Msg-Id`.
     session: String,
     sent: AtomicU64,
-    writer: tokio::sync::Mutex<Pending>,
+    pending: tokio::sync::Mutex<Pending>,
     outbox: Outbox,
     replica: Mutex<Replica>,
     /// Readers of the log, each where its last read ended: a poll takes the one at its
@@ -407,7 +407,7 @@ impl Inner {
     /// it; the reply is its `seq`. A master's events name its claim (its join), so once
     /// another master has joined, the server refuses them.
     async fn send(&self, draft: Draft, check: bool) -> Result<api::Reply<u64>, ClientError> {
-        let mut pending = self.writer.lock().await;
+        let mut pending = self.pending.lock().await;
         // An error answering an event the rules refuse names no notify they know of.
         let answers_refused = draft.tag == Some(Tag::Error)
             && draft
@@ -555,7 +555,7 @@ impl Inner {
                 "content hashes to {actual}, not {address}"
             )));
         }
-        let mut writer = self.writer.lock().await;
+        let mut pending = self.pending.lock().await;
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", address.to_string().as_str());
         let ack = self
@@ -567,7 +567,7 @@ impl Inner {
             )
             .await
             .map_err(|err| ClientError::Refused(format!("cannot store {address}: {err}")))?;
-        writer.content.push(ack);
+        pending.content.push(ack);
         Ok(api::Reply::ready(Ok(())))
     }
 
