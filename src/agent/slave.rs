@@ -750,7 +750,11 @@ async fn answer(
     let wanted = change.as_ref().ok().cloned();
     let manifest = event.body.manifest.as_deref();
     if let Some(reason) = client.refusal(event.seq) {
-        // In the log, but against the bus's rules: never applied, answered with why.
+        // In the log, but against the bus's rules: never applied, answered with why (once:
+        // not again after a reconnection that reads it anew).
+        if event.seq <= answered {
+            return Ok(None);
+        }
         let message = format!(
             "not applied: the bus's rules refuse #{}: {reason}",
             event.seq
