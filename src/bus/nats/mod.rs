@@ -36,7 +36,7 @@
 //! announcements of new large files (optional: slaves wait for the notify).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -94,11 +94,17 @@ impl Dial for Unreachable {
 /// Dials a NATS bus.
 pub struct NatsDial {
     address: NatsAddress,
+    /// Whether a master's events go one at a time (`Inner::one_at_a_time`), learnt once
+    /// for every link this dial makes.
+    one_at_a_time: Arc<AtomicBool>,
 }
 
 impl NatsDial {
     pub fn new(address: NatsAddress) -> NatsDial {
-        NatsDial { address }
+        NatsDial {
+            address,
+            one_at_a_time: Arc::new(AtomicBool::new(false)),
+        }
     }
 }
 
@@ -198,6 +204,9 @@ impl NatsDial {
         let js = jetstream::new(client);
         let (log, content) = self.streams(&js).await?;
         let info = log.get_info().await.map_err(lost)?;
+        if info.config.num_replicas > 1 {
+            self.one_at_a_time.store(true, Ordering::Relaxed);
+        }
         let (start, head) = (info.state.first_sequence.max(1), info.state.last_sequence);
         let mut replica = Replica::default();
         let mut refused = BTreeMap::new();
@@ -253,6 +262,7 @@ impl NatsDial {
                 claim: replica.last_join,
             }),
             outbox: Outbox::new(js.clone()),
+            one_at_a_time: self.one_at_a_time.clone(),
             replica: Mutex::new(replica),
             readers: Mutex::new(vec![reader]),
             log,
@@ -386,6 +396,11 @@ struct Inner {
     sent: AtomicU64,
     pending: tokio::sync::Mutex<Pending>,
     outbox: Outbox,
+    /// A replicated stream lets one event at a time carry a given expectation (the
+    /// server refuses the next one while the last is being agreed on, error 10164), so
+    /// there a master's events are sent one at a time; learnt from the stream's replicas,
+    /// or from the first such refusal.
+    one_at_a_time: Arc<AtomicBool>,
     replica: Mutex<Replica>,
     /// Readers of the log, each where its last read ended: a poll takes the one at its
     /// `from` (or a new one) for as long as it waits, so that two readings (a slave's
@@ -454,11 +469,19 @@ impl Inner {
             headers,
             payload,
             content: std::mem::take(&mut pending.content),
+            alone: self.role == Role::Master && self.one_at_a_time.load(Ordering::Relaxed),
             sent,
         })?;
+        let one_at_a_time = self.one_at_a_time.clone();
         Ok(api::Reply::new(async move {
-            let ack = ack.await.map_err(|_| ClientError::Lost)??;
-            ack.await.map(|ack| ack.sequence).map_err(publish_error)
+            let sent = ack.await.map_err(|_| ClientError::Lost)??;
+            sent.ack().await.map(|ack| ack.sequence).map_err(|err| {
+                if expectation_in_flight(&err) {
+                    tracing::debug!("nats: {err}: the log is replicated, one event at a time");
+                    one_at_a_time.store(true, Ordering::Relaxed);
+                }
+                publish_error(err)
+            })
         }))
     }
 }
@@ -473,6 +496,16 @@ fn in_flight<T: Send + 'static>(
     Box::pin(std::future::ready(Ok(api::Reply::new(async move {
         task.await.map_err(|_| ClientError::Lost)?
     }))))
+}
+
+/// Was `err` a replicated stream refusing an expectation while another with the same
+/// subject is being agreed on? (Nothing was appended: a reconnection sends it again.)
+fn expectation_in_flight(err: &jetstream::context::PublishError) -> bool {
+    std::error::Error::source(err)
+        .and_then(|source| source.downcast_ref::<jetstream::Error>())
+        .is_some_and(|js| {
+            js.error_code() == jetstream::ErrorCode::STREAM_WRONG_LAST_SEQUENCE_CONSTANT
+        })
 }
 
 /// What a failed publish means. The rules were asked before it was sent, so the server's
@@ -531,17 +564,30 @@ impl Inner {
         refused.get(&seq).cloned()
     }
 
-    async fn has(&self, address: ContentHash) -> Result<api::Reply<bool>, ClientError> {
-        let found = self
+    /// The content stored under `address`, if any. Any replica answers a direct get, and
+    /// one that has not caught up yet finds nothing: a miss is asked of the stream's
+    /// leader, which has everything acknowledged.
+    async fn fetch(&self, address: &ContentHash) -> Result<Option<bytes::Bytes>, ClientError> {
+        let subject = self.address.content_subject(address);
+        match self
             .content
-            .direct_get_last_for_subject(self.address.content_subject(&address))
-            .await;
-        let outcome = match found {
-            Ok(_) => Ok(true),
-            Err(err) if err.kind() == stream::DirectGetErrorKind::NotFound => Ok(false),
+            .direct_get_last_for_subject(subject.clone())
+            .await
+        {
+            Ok(message) => return Ok(Some(message.payload)),
+            Err(err) if err.kind() == stream::DirectGetErrorKind::NotFound => {}
+            Err(err) => return Err(lost(err)),
+        }
+        match self.content.get_last_raw_message_by_subject(&subject).await {
+            Ok(message) => Ok(Some(message.payload)),
+            Err(err) if err.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
             Err(err) => Err(lost(err)),
-        };
-        Ok(api::Reply::ready(outcome))
+        }
+    }
+
+    async fn has(&self, address: ContentHash) -> Result<api::Reply<bool>, ClientError> {
+        let found = self.fetch(&address).await?;
+        Ok(api::Reply::ready(Ok(found.is_some())))
     }
 
     async fn put(
@@ -576,20 +622,11 @@ impl Inner {
         address: ContentHash,
         offset: u64,
     ) -> Result<api::Reply<Piece>, ClientError> {
-        let found = self
-            .content
-            .direct_get_last_for_subject(self.address.content_subject(&address))
-            .await;
-        let message = match found {
-            Ok(message) => message,
-            Err(err) if err.kind() == stream::DirectGetErrorKind::NotFound => {
-                return Ok(api::Reply::ready(Err(ClientError::Refused(format!(
-                    "no blob {address}"
-                )))))
-            }
-            Err(err) => return Err(lost(err)),
+        let Some(content) = self.fetch(&address).await? else {
+            return Ok(api::Reply::ready(Err(ClientError::Refused(format!(
+                "no blob {address}"
+            )))));
         };
-        let content = message.payload;
         if ContentHash::of(&content) != address {
             return Ok(api::Reply::ready(Err(ClientError::Refused(format!(
                 "the content stored under {address} hashes otherwise"

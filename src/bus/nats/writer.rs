@@ -1,9 +1,13 @@
 //! `Outbox`: a link's events, sent to the log in the order published, each only once the
 //! content it names is stored. Publishing queues an event and returns at once (pipelining,
 //! as the API promises); a task of the link's own awaits each event's content
-//! acknowledgements, then sends it, so later content keeps flowing meanwhile.
+//! acknowledgements, then sends it, so later content keeps flowing meanwhile. An event
+//! marked `alone` is acknowledged before anything after it is sent (see
+//! `Inner::one_at_a_time`).
 
-use async_nats::jetstream::{self, context::PublishAckFuture};
+use async_nats::jetstream::context::{PublishAckFuture, PublishError};
+use async_nats::jetstream::publish::PublishAck;
+use async_nats::jetstream::{self};
 use async_nats::HeaderMap;
 use tokio::sync::{mpsc, oneshot};
 
@@ -17,8 +21,25 @@ pub(super) struct Outgoing {
     pub payload: Vec<u8>,
     /// Acknowledgements of the content sent before it: awaited first.
     pub content: Vec<PublishAckFuture>,
+    /// Sent alone: its acknowledgement awaited before the next event is sent.
+    pub alone: bool,
     /// The event's own acknowledgement, once sent.
-    pub sent: oneshot::Sender<Result<PublishAckFuture, ClientError>>,
+    pub sent: oneshot::Sender<Result<Sent, ClientError>>,
+}
+
+/// An event sent: its acknowledgement to come, or already come (an event sent alone).
+pub(super) enum Sent {
+    Pending(PublishAckFuture),
+    Acked(Result<PublishAck, PublishError>),
+}
+
+impl Sent {
+    pub(super) async fn ack(self) -> Result<PublishAck, PublishError> {
+        match self {
+            Sent::Pending(ack) => ack.await,
+            Sent::Acked(acked) => acked,
+        }
+    }
 }
 
 /// The queue of a link's events, and the task that sends them; the task ends with the link.
@@ -45,6 +66,11 @@ impl Outbox {
                         .publish_with_headers(out.subject, out.headers, out.payload.into())
                         .await
                         .map_err(lost),
+                    Err(err) => Err(err),
+                };
+                let sent = match sent {
+                    Ok(ack) if out.alone => Ok(Sent::Acked(ack.await)),
+                    Ok(ack) => Ok(Sent::Pending(ack)),
                     Err(err) => Err(err),
                 };
                 let _ = out.sent.send(sent);
