@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use filesync::check::CheckOptions;
 use filesync::event::Event;
-use filesync::testkit::{AgentLog, Cluster, Pattern, Proc};
+use filesync::testkit::{AgentLog, Backend, Cluster, Pattern, Proc};
 
-use crate::util::{bin, cluster, must};
+use crate::util::{bin, cluster, cluster_on, must};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listen_prints_filtered_events_readable_or_as_raw_log_lines() {
@@ -166,9 +166,26 @@ async fn listen_until_done(addr: &str, args: &[&str]) -> (Option<i32>, String, S
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn listen_ends_when_told_and_leaves_no_trace_unless_asked() {
-    let mut c = cluster("listen-ends", 1).await;
+/// The log's lines as the bus keeps them: the embedded bus's file as it is, or, on NATS,
+/// the events the test kit read from the stream, each written as a log line.
+fn log_lines(c: &Cluster) -> Vec<String> {
+    match c.backend {
+        Backend::Embedded => {
+            let log = fs::read_to_string(c.log_path()).expect("log");
+            log.lines().map(str::to_owned).collect()
+        }
+        Backend::Nats | Backend::NatsCluster => {
+            let log = c.read_log().expect("the log read");
+            log.events.iter().map(Event::to_line).collect()
+        }
+    }
+}
+
+on_each_backend! {
+/// `export` writes the log as it stands (and `check` accepts it); `listen` ends when told
+/// (`--to`, `--until-quiet`) and joins the log only when asked (`--announce`).
+async fn listen_ends_when_told_and_leaves_no_trace_unless_asked(backend) {
+    let mut c = cluster_on(backend, "listen-ends", 1).await;
     let m = c.master_dir();
     fs::create_dir_all(m.join("sub")).expect("mkdir");
     fs::write(m.join("a.txt"), "a").expect("write");
@@ -193,8 +210,7 @@ async fn listen_ends_when_told_and_leaves_no_trace_unless_asked() {
         .expect("run export");
     assert_eq!(exported.status.code(), Some(0), "{exported:?}");
     let text = String::from_utf8_lossy(&exported.stdout).into_owned();
-    let log = fs::read_to_string(c.log_path()).expect("log");
-    let logged: Vec<&str> = log.lines().take(head as usize).collect();
+    let logged: Vec<String> = log_lines(&c).into_iter().take(head as usize).collect();
     assert_eq!(text.lines().collect::<Vec<_>>(), logged);
     let copy = c.dir().join("exported.jsonl");
     fs::write(&copy, &text).expect("write");
@@ -242,18 +258,21 @@ async fn listen_ends_when_told_and_leaves_no_trace_unless_asked() {
     assert!(out.lines().count() as u64 >= head, "{out}");
 
     // Neither listener left a join in the log; one that asks to be announced does.
-    let listener_joins = || {
-        let log = fs::read_to_string(c.log_path()).expect("log");
-        log.lines()
+    let listener_joins = |c: &Cluster| {
+        log_lines(c)
+            .iter()
             .filter_map(|l| Event::parse(l).ok())
             .filter(|e| e.agent == "listener")
             .count()
     };
-    assert_eq!(listener_joins(), 0);
+    must(c.events.wait_quiet(Duration::from_millis(300)).await);
+    assert_eq!(listener_joins(&c), 0);
     let (code, _, err) = listen_until_done(&c.addr, &["--until-quiet", "0.3", "--announce"]).await;
     assert_eq!(code, Some(0), "{err}");
-    assert_eq!(listener_joins(), 1);
+    must(c.events.expect(Pattern::join().by("listener")).await);
+    assert_eq!(listener_joins(&c), 1);
     c.assert_checks(CheckOptions::default());
+}
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,7 +11,7 @@ use filesync::testkit::Pattern;
 use tokio::io::AsyncWriteExt;
 
 use crate::bus_input::{assert_dropped, hello, reply, send, still_works};
-use crate::util::{cluster, must};
+use crate::util::{cluster, cluster_on, must};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_events_are_refused_and_never_logged() {
@@ -127,12 +127,12 @@ async fn hostile_events_are_refused_and_never_logged() {
     });
 }
 
+on_each_backend! {
 /// Someone on the slave's machine replaces a mirrored directory with a symlink pointing
 /// outside: the slave refuses to write through it (an error event), writes nothing outside,
 /// and keeps mirroring everything else.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_symlink_planted_on_the_slave_is_never_written_through() {
-    let mut c = cluster("planted", 1).await;
+async fn a_symlink_planted_on_the_slave_is_never_written_through(backend) {
+    let mut c = cluster_on(backend, "planted", 1).await;
     c.events.allow_errors();
     let m = c.master_dir();
     fs::create_dir(m.join("data")).expect("mkdir");
@@ -172,4 +172,5 @@ async fn a_symlink_planted_on_the_slave_is_never_written_through() {
         "nothing written outside the root"
     );
     still_works(&mut c, "unrelated.txt").await;
+}
 }

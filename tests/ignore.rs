@@ -6,15 +6,17 @@ use std::time::Duration;
 use filesync::check::CheckOptions;
 use filesync::testkit::Pattern;
 
-use crate::util::must;
+use crate::util::{builder_on, must};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn filesyncignore_rules_keep_paths_out_of_the_log() {
+on_each_backend! {
+async fn filesyncignore_rules_keep_paths_out_of_the_log(backend) {
     let mut c = must(
-        filesync::testkit::Cluster::start_with(&crate::util::bin(), "ignore", 1, |m| {
-            fs::write(m.join(".filesyncignore"), "*.log\nbuild/\n").expect("write rules");
-        })
-        .await,
+        builder_on(backend, "ignore")
+            .prepare(|m| {
+                fs::write(m.join(".filesyncignore"), "*.log\nbuild/\n").expect("write rules")
+            })
+            .start()
+            .await,
     );
     let m = c.master_dir();
     fs::write(m.join("app.log"), "noise").expect("write");
@@ -36,11 +38,12 @@ async fn filesyncignore_rules_keep_paths_out_of_the_log() {
     );
     c.assert_checks(CheckOptions::default());
 }
+}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn exclude_patterns_keep_paths_out_beside_the_file_and_win_over_it() {
+on_each_backend! {
+async fn exclude_patterns_keep_paths_out_beside_the_file_and_win_over_it(backend) {
     let mut c = must(
-        filesync::testkit::Cluster::builder(&crate::util::bin(), "exclude")
+        builder_on(backend, "exclude")
             // The file would let `keep.tmp` through; --exclude wins.
             .prepare(|m| fs::write(m.join(".filesyncignore"), "!keep.tmp\n").expect("write"))
             .master_args(&["--exclude", "*.tmp", "--exclude", "cache/"])
@@ -88,4 +91,5 @@ async fn exclude_patterns_keep_paths_out_beside_the_file_and_win_over_it() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("--exclude: bad pattern"), "{stderr}");
     assert!(!state.exists());
+}
 }

@@ -7,7 +7,7 @@ use filesync::check::CheckOptions;
 use filesync::event::EntryKind;
 use filesync::testkit::Pattern;
 
-use crate::util::{cluster_on, must};
+use crate::util::{builder_on, cluster_on, must};
 
 on_each_backend! {
 async fn renaming_a_file_is_one_move(backend) {
@@ -49,21 +49,23 @@ async fn renaming_a_file_is_one_move(backend) {
 }
 }
 
+on_each_backend! {
 /// A directory of 2,000 files renamed: exactly one notify, no put for anything inside it,
 /// and the slave applies it as one rename.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn renaming_a_full_directory_is_one_move_and_copies_nothing() {
+async fn renaming_a_full_directory_is_one_move_and_copies_nothing(backend) {
     let mut c = must(
-        filesync::testkit::Cluster::start_with(&crate::util::bin(), "move-dir", 1, |m| {
-            fs::create_dir(m.join("project")).expect("mkdir");
-            // Siblings that sort between `project` and `project/...` in byte order.
-            fs::write(m.join("project.txt"), "sibling").expect("write");
-            fs::write(m.join("project-notes"), "sibling").expect("write");
-            for i in 0..2000 {
-                fs::write(m.join(format!("project/f{i}")), format!("{i}")).expect("write");
-            }
-        })
-        .await,
+        builder_on(backend, "move-dir")
+            .prepare(|m| {
+                fs::create_dir(m.join("project")).expect("mkdir");
+                // Siblings that sort between `project` and `project/...` in byte order.
+                fs::write(m.join("project.txt"), "sibling").expect("write");
+                fs::write(m.join("project-notes"), "sibling").expect("write");
+                for i in 0..2000 {
+                    fs::write(m.join(format!("project/f{i}")), format!("{i}")).expect("write");
+                }
+            })
+            .start()
+            .await,
     );
     let m = c.master_dir();
     let started = Instant::now();
@@ -102,4 +104,5 @@ async fn renaming_a_full_directory_is_one_move_and_copies_nothing() {
         pair[1].seq
     );
     c.assert_checks(CheckOptions::default());
+}
 }

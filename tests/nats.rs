@@ -1,11 +1,14 @@
 //! What only the NATS backend has to prove: one writer without a bus in the middle (a
 //! second master refused at its start, and a master whose claim another master took is
-//! refused by the server, never interleaved), one connection per name, and the log read
-//! back whole by `export`.
+//! refused by the server, never interleaved), one connection per name, events against the
+//! rules never applied, and, on a 3-node JetStream cluster, faults mid-burst (the log's
+//! leader killed, a slave's server killed, the master's server cut off) that lose nothing
+//! and apply nothing twice.
 
+use std::collections::HashSet;
 use std::fs;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use filesync::bus::nats::NatsAddress;
 use filesync::check::CheckOptions;
@@ -120,6 +123,56 @@ async fn a_master_whose_claim_was_taken_is_refused_by_the_server() {
     );
 }
 
+/// How many files the fault tests write in one burst.
+const BURST: usize = 300;
+
+/// Writes a burst of `BURST` files (`PREFIX000`...) into the master's directory and waits
+/// until the master has published the first of them, so that the fault lands mid-burst.
+async fn burst(c: &mut Cluster, prefix: &str) {
+    let m = c.master_dir();
+    for i in 0..BURST {
+        fs::write(m.join(format!("{prefix}{i:03}")), format!("{i}")).expect("write");
+    }
+    let first = Pattern::notify()
+        .by("master")
+        .put()
+        .path_glob(&format!("{prefix}*"));
+    must(c.events.expect(first).await);
+}
+
+/// Which of the cluster's nodes the client named `client` (`filesync ROLE NAME`) is on.
+fn node_of(c: &Cluster, client: &str) -> usize {
+    c.nats_nodes
+        .iter()
+        .position(|node| {
+            let clients = node.clients().expect("the node's clients");
+            clients.iter().any(|name| name == client)
+        })
+        .unwrap_or_else(|| panic!("{client:?} is on none of the nodes"))
+}
+
+/// After a fault: the mirror converges, and each of the `files` was applied once, by the
+/// one slave; the log checks out (gapless, every invariant). Reports, for N4, how long
+/// convergence took from `since`.
+async fn converges_each_once(c: &mut Cluster, files: usize, fault: &str, since: Instant) {
+    must(c.settle().await);
+    eprintln!(
+        "converged {:.1} s after {fault}",
+        since.elapsed().as_secs_f64()
+    );
+    let consumed: Vec<String> = c
+        .events
+        .seen()
+        .iter()
+        .filter(|e| Pattern::consume().by("slave").put().matches(e))
+        .filter_map(|e| e.body.path.clone())
+        .collect();
+    let once: HashSet<&String> = consumed.iter().collect();
+    assert_eq!(once.len(), files, "every file mirrored");
+    assert_eq!(consumed.len(), files, "none applied twice");
+    c.assert_checks(CheckOptions::default());
+}
+
 /// N4's fault: on a 3-node JetStream cluster (streams replicated on all three), the log
 /// stream's leader is killed in the middle of a burst. The cluster elects another, the
 /// agents go on through the nodes left, and the mirror converges: the log gapless and
@@ -128,15 +181,7 @@ async fn a_master_whose_claim_was_taken_is_refused_by_the_server() {
 async fn the_log_leader_killed_mid_burst_loses_nothing() {
     let mut c = cluster_on(Backend::NatsCluster, "nats-leader-kill", 1).await;
     c.events.quiet = Duration::from_secs(20);
-    let m = c.master_dir();
-    for i in 0..300 {
-        fs::write(m.join(format!("f{i:03}")), format!("{i}")).expect("write");
-    }
-    must(
-        c.events
-            .expect(Pattern::notify().by("master").put().path_glob("f*"))
-            .await,
-    );
+    burst(&mut c, "f").await;
     let js = jetstream(&c).await;
     let mut log = js
         .get_stream("filesync_LOG")
@@ -156,25 +201,59 @@ async fn the_log_leader_killed_mid_burst_loses_nothing() {
         .position(|n| n.name == leader)
         .expect("the leader is one of ours");
     let proc = c.nats_nodes.remove(node).proc;
-    let killed = std::time::Instant::now();
+    let killed = Instant::now();
     must(c.plan.crash(proc));
-    must(c.settle().await);
     // N4 in docs/BENCHMARKS.md: the time to recover, as this test saw it.
-    eprintln!(
-        "N4: converged {:.1} s after the log's leader ({leader}) was killed",
-        killed.elapsed().as_secs_f64()
-    );
-    let consumed: Vec<String> = c
+    let fault = format!("the log's leader ({leader}) was killed");
+    converges_each_once(&mut c, BURST, &fault, killed).await;
+}
+
+/// The node a slave is connected to is killed mid-burst: the slave goes on through another
+/// node, from where its answers stop, applying nothing twice and missing nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slaves_server_killed_mid_burst_loses_nothing() {
+    let mut c = cluster_on(Backend::NatsCluster, "nats-slave-node-kill", 1).await;
+    c.events.quiet = Duration::from_secs(20);
+    burst(&mut c, "f").await;
+    let node = node_of(&c, &format!("filesync slave {}", c.slaves[0].name));
+    let killed = c.nats_nodes.remove(node);
+    let since = Instant::now();
+    must(c.plan.crash(killed.proc));
+    let fault = format!("the slave's server ({}) was killed", killed.name);
+    converges_each_once(&mut c, BURST, &fault, since).await;
+}
+
+/// A partition: the node the master is connected to is cut off (frozen: its sockets open,
+/// answering nothing) mid-burst. The two nodes left are a majority: the master goes on
+/// through them, and changes made while the node is away reach the slave before it comes
+/// back. It then rejoins, and the log is the same on every node: gapless, checking out,
+/// every file applied once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_mid_burst_loses_nothing() {
+    let mut c = cluster_on(Backend::NatsCluster, "nats-partition", 1).await;
+    // The two nodes left elect new leaders only after NATS's election timeout (4 to 9 s),
+    // and the agents on the node cut off notice by their own timeouts.
+    c.events.quiet = Duration::from_secs(30);
+    c.events.deadline = Duration::from_secs(90);
+    burst(&mut c, "f").await;
+    let node = node_of(&c, "filesync master master");
+    let cut = c.nats_nodes[node].proc;
+    let name = c.nats_nodes[node].name.clone();
+    let since = Instant::now();
+    must(c.plan.freeze(cut, true));
+    fs::write(c.master_dir().join("while-away.txt"), "away").expect("write");
+    let away = c
         .events
-        .seen()
-        .iter()
-        .filter(|e| Pattern::consume().by("slave").put().matches(e))
-        .filter_map(|e| e.body.path.clone())
-        .collect();
-    let once: std::collections::HashSet<&String> = consumed.iter().collect();
-    assert_eq!(once.len(), 300, "every file mirrored");
-    assert_eq!(consumed.len(), 300, "none applied twice");
-    c.assert_checks(CheckOptions::default());
+        .expect(Pattern::consume().by("slave").put().path("while-away.txt"))
+        .await;
+    must(c.plan.freeze(cut, false));
+    must(away);
+    eprintln!(
+        "a change made while {name} was cut off reached the slave in {:.1} s",
+        since.elapsed().as_secs_f64()
+    );
+    let fault = format!("the master's server ({name}) was cut off");
+    converges_each_once(&mut c, BURST + 1, &fault, since).await;
 }
 
 /// An event against the rules that gets into a NATS log anyway (here a notify published on

@@ -4,7 +4,7 @@ use std::fmt::Display;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use filesync::testkit::{Backend, Cluster};
+use filesync::testkit::{Backend, Cluster, ClusterBuilder};
 
 /// The binary under test.
 pub fn bin() -> PathBuf {
@@ -34,9 +34,13 @@ pub fn assert_refused(out: &Output, why: &str) {
 
 /// A master and `n` ready slaves on `backend`.
 pub async fn cluster_on(backend: Backend, label: &str, n_slaves: usize) -> Cluster {
+    must(builder_on(backend, label).slaves(n_slaves).start().await)
+}
+
+/// A cluster to build on `backend`, its directory named after the test and the backend.
+pub fn builder_on(backend: Backend, label: &str) -> ClusterBuilder<'static> {
     let label = format!("{label}-{}", backend_name(backend));
-    let builder = Cluster::builder(&bin(), &label).backend(backend);
-    must(builder.slaves(n_slaves).start().await)
+    Cluster::builder(&bin(), &label).backend(backend)
 }
 
 pub fn backend_name(backend: Backend) -> &'static str {

@@ -100,20 +100,52 @@ pub fn start(plan: &mut Plan) -> Result<String, String> {
 pub struct Node {
     pub name: String,
     pub proc: super::plan::ProcId,
+    /// Its monitoring port, where `clients` asks who is connected.
+    monitor: u16,
+}
+
+impl Node {
+    /// The names of the clients connected to this node (its `/connz`): an agent's is
+    /// `filesync ROLE NAME`, so a test can find, and kill, the node an agent is on.
+    pub fn clients(&self) -> Result<Vec<String>, String> {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.monitor))
+            .map_err(|e| format!("{}'s monitoring port: {e}", self.name))?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .map_err(|e| e.to_string())?;
+        stream
+            .write_all(b"GET /connz?limit=4096 HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            .map_err(|e| e.to_string())?;
+        let mut reply = String::new();
+        stream
+            .read_to_string(&mut reply)
+            .map_err(|e| e.to_string())?;
+        let body = reply.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+        let connz: serde_json::Value = serde_json::from_str(body)
+            .map_err(|e| format!("{}'s /connz: {e}: {body}", self.name))?;
+        let connections = connz["connections"].as_array().cloned().unwrap_or_default();
+        Ok(connections
+            .iter()
+            .filter_map(|c| c["name"].as_str().map(str::to_owned))
+            .collect())
+    }
+}
+
+/// A free port on loopback (bound, read and let go: a route or monitoring port must be
+/// known before its server starts).
+fn free_port() -> Result<u16, String> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| e.to_string())
 }
 
 /// Starts a JetStream cluster of `n` nodes on loopback (routes on free ports) and waits
 /// until it has elected its metadata leader; returns the nodes and the address naming
 /// every one (`nats://HOST:PORT,HOST:PORT,...`).
 pub fn start_cluster(plan: &mut Plan, n: usize) -> Result<(Vec<Node>, String), String> {
-    let route_ports: Vec<u16> = (0..n)
-        .map(|_| {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .map(|a| a.port())
-                .map_err(|e| e.to_string())
-        })
-        .collect::<Result<_, _>>()?;
+    let route_ports: Vec<u16> = (0..n).map(|_| free_port()).collect::<Result<_, _>>()?;
     let routes: Vec<String> = route_ports
         .iter()
         .map(|p| format!("nats://127.0.0.1:{p}"))
@@ -122,12 +154,17 @@ pub fn start_cluster(plan: &mut Plan, n: usize) -> Result<(Vec<Node>, String), S
     let mut addrs = Vec::new();
     for (idx, port) in route_ports.iter().enumerate() {
         let name = format!("n{}", idx + 1);
+        let monitor = free_port()?;
         let cluster = format!(
-            "server_name: {name}\ncluster {{\n  name: filesync\n  listen: \"127.0.0.1:{port}\"\n  routes: [{}]\n}}\n",
+            "server_name: {name}\nhttp: \"127.0.0.1:{monitor}\"\ncluster {{\n  name: filesync\n  listen: \"127.0.0.1:{port}\"\n  routes: [{}]\n}}\n",
             routes.join(", ")
         );
         let (proc, addr) = start_node(plan, &name, &cluster)?;
-        nodes.push(Node { name, proc });
+        nodes.push(Node {
+            name,
+            proc,
+            monitor,
+        });
         addrs.push(addr);
     }
     if let Some(first) = nodes.first() {

@@ -258,6 +258,13 @@ impl Plan {
         })
     }
 
+    /// Freezes a process (SIGSTOP) or thaws it (SIGCONT): see `Proc::freeze`.
+    pub fn freeze(&mut self, id: ProcId, frozen: bool) -> Result<(), PlanError> {
+        self.check()?;
+        self.slots[id.0].proc.freeze(frozen);
+        Ok(())
+    }
+
     /// SIGKILL: the process dies at whatever instant it is at.
     pub fn crash(&mut self, id: ProcId) -> Result<(), PlanError> {
         self.slots[id.0].anticipated = true;

@@ -155,6 +155,20 @@ impl Proc {
         self.crash()
     }
 
+    /// SIGSTOP (`frozen`) or SIGCONT (not): a process frozen where it is, its sockets
+    /// open but answering nothing (a machine cut off from the network, to its peers), and
+    /// then thawed.
+    pub fn freeze(&mut self, frozen: bool) {
+        let signal = if frozen {
+            Signal::SIGSTOP
+        } else {
+            Signal::SIGCONT
+        };
+        if self.try_status().is_none() {
+            let _ = kill(Pid::from_raw(self.child.id() as i32), signal);
+        }
+    }
+
     /// SIGKILL: the process dies at whatever instant it is at.
     pub fn crash(&mut self) -> Option<ExitStatus> {
         if self.try_status().is_none() {
