@@ -22,7 +22,8 @@
 //! With `--tls`, W1 and W2 run again over mutual TLS after the plain run, in the same
 //! process (`cargo bench --bench mirror -- w1 w2 --rounds=3 --tls`); with `--nats`, again
 //! on a nats-server started for them (rows N1 and N2: `-- w1 w2 --rounds=3 --nats`), and
-//! with `n3` W2 with ten slaves on it (`-- w2 n3 --nats`).
+//! with `n3` W2 with ten slaves on it (`-- w2 n3 --nats`); with `--nats-cluster`, W1 and W2
+//! again on a 3-node NATS cluster, every stream replicated on all three.
 //!
 //! W7 to W9 also say what moved, from the log: bytes the master uploaded and the slave
 //! fetched (the notify's `uploaded`, the consume's `fetched`), and what the bus's state
@@ -249,6 +250,9 @@ async fn cluster_with(label: &str, prepare: impl FnOnce(&Path)) -> Cluster {
     if OVER_NATS.load(std::sync::atomic::Ordering::Relaxed) {
         builder = builder.backend(Backend::Nats);
     }
+    if OVER_NATS_CLUSTER.load(std::sync::atomic::Ordering::Relaxed) {
+        builder = builder.backend(Backend::NatsCluster);
+    }
     let mut c = builder.start().await.expect("cluster");
     c.events.deadline = Duration::from_secs(1800);
     c.events.quiet = Duration::from_secs(120);
@@ -261,6 +265,10 @@ static OVER_TLS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::
 /// Whether clusters run on a NATS server started for them (`--nats`: W1 and W2 again, as
 /// N1 and N2).
 static OVER_NATS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether clusters run on a 3-node NATS cluster started for them, the mirror's streams
+/// with 3 replicas (`--nats-cluster`: W1 and W2 again, as N1 and N2 "x3").
+static OVER_NATS_CLUSTER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// W1 and W2 again with `flag` set (a bus over TLS, on NATS), their rows renamed by `name`.
 async fn again(
@@ -1132,6 +1140,12 @@ fn main() {
         if std::env::args().any(|a| a == "--nats") {
             again(&mut rows, rounds, &OVER_NATS, |id| {
                 id.replacen('W', "N", 1) + " NATS"
+            })
+            .await;
+        }
+        if std::env::args().any(|a| a == "--nats-cluster") {
+            again(&mut rows, rounds, &OVER_NATS_CLUSTER, |id| {
+                id.replacen('W', "N", 1) + " NATS x3"
             })
             .await;
         }

@@ -44,7 +44,7 @@ use super::gc;
 use super::log::{self, read_lines, EventLog, Head, LogOptions};
 use super::protocol::{Reply, Request, PROTOCOL_VERSION};
 use super::retention::{self, Retention};
-use super::status::{AgentStatus, Backlog, StatusReport};
+use super::status::{self, Backlog, StatusReport};
 use crate::checkpoint::{self, Snapshot};
 use crate::event::{Draft, Event, Role};
 use crate::identity::Identity;
@@ -1275,63 +1275,25 @@ async fn write_checkpoint(shared: &Arc<Shared>, last: u64) -> Result<(), String>
 /// the log knows, how far behind each is (the log's tail read once, from the lowest
 /// position), the log's and the state's size.
 fn status(shared: &Arc<Shared>, asking: u64) -> std::io::Result<StatusReport> {
-    let connected: Vec<Connected> = lock(&shared.sessions)
+    let connected: Vec<(String, Role)> = lock(&shared.sessions)
         .agents
         .iter()
         .filter(|(session, _)| **session != asking)
-        .map(|(_, agent)| agent.clone())
+        .map(|(_, agent)| (agent.name.clone(), agent.role))
         .collect();
     let (mut agents, start, head, ranges) = {
         let ledger = lock(&shared.ledger);
-        let rules = &ledger.rules;
         let start = ledger.log.start();
         let head = ledger.log.head().seq;
-        let mut agents: Vec<AgentStatus> = Vec::new();
-        let mut add = |name: &str, role: Role, connected: bool| {
-            if agents.iter().any(|a| a.name == name && a.role == role) {
-                return;
-            }
-            let record = rules
-                .agents()
-                .find(|(n, _)| n.as_str() == name)
-                .map(|(_, r)| r);
-            let mut open_errors: Vec<(u64, u64)> = rules
-                .open_errors()
-                .of(name)
-                .map(|e| (e.seq, e.cause))
-                .collect();
-            open_errors.sort_unstable();
-            let last_error = open_errors
+        let mut agents = status::agents_of(&ledger.rules, &connected);
+        for agent in &mut agents {
+            agent.last_error = agent
+                .open_errors
                 .last()
                 .and_then(|(seq, _)| ledger.log.read_event(*seq))
                 .and_then(|event| event.body.error);
-            agents.push(AgentStatus {
-                name: name.to_owned(),
-                role,
-                connected,
-                answered: rules.answered(name),
-                behind: 0,
-                behind_bytes: 0,
-                open_errors,
-                last_error,
-                seen: record.and_then(|r| r.seen.clone()),
-            });
-        };
-        for agent in &connected {
-            add(&agent.name, agent.role, true);
         }
-        for (name, record) in rules.agents() {
-            if record.role == Some(Role::Slave) {
-                add(name, Role::Slave, false);
-            }
-        }
-        let lowest = agents
-            .iter()
-            .filter(|a| a.role == Role::Slave)
-            .map(|a| a.answered + 1)
-            .min()
-            .unwrap_or(head + 1)
-            .max(start);
+        let lowest = status::backlog_start(&agents, start, head);
         (agents, start, head, ledger.log.ranges(lowest, head))
     };
     let mut backlog = Backlog::default();
@@ -1339,10 +1301,7 @@ fn status(shared: &Arc<Shared>, asking: u64) -> std::io::Result<StatusReport> {
         backlog.observe(&event);
         true
     })?;
-    for agent in agents.iter_mut().filter(|a| a.role == Role::Slave) {
-        (agent.behind, agent.behind_bytes) = backlog.behind(agent.answered);
-    }
-    agents.sort_by(|a, b| (a.role, &a.name).cmp(&(b.role, &b.name)));
+    backlog.fill(&mut agents);
     let log_bytes = std::fs::metadata(&shared.log_path).map_or(0, |m| m.len())
         + dir_bytes(&shared.state_dir.join("log"));
     Ok(StatusReport {

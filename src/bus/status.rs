@@ -1,10 +1,11 @@
 //! `filesync status`: what the bus knows about its agents and itself, as one report, and
 //! the health verdict a monitoring check reads from it.
 //!
-//! The bus builds the report (`server.rs`, on a `status` request) from what it already
-//! holds: the connected agents, each name's position in the log (`rules`), the slaves'
-//! open errors, the log's extent; it reads the log's tail once to say how far behind each
-//! slave is, in notifies and in bytes of content. Health is decided here, from the report
+//! The bus builds the report (`server.rs`, on a `status` request; on NATS the link,
+//! `nats/status.rs`) from what it already holds: the connected agents, each name's
+//! position in the log (`rules`), the slaves' open errors, the log's extent; it reads the
+//! log's tail once to say how far behind each slave is, in notifies and in bytes of
+//! content. Health is decided here, from the report
 //! alone, so that the text, the JSON and the exit code cannot disagree.
 
 use std::fmt;
@@ -12,6 +13,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::event::{Event, Role, Tag};
+use crate::rules::Rules;
 
 /// Everything `filesync status` shows.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -161,6 +163,59 @@ impl StatusReport {
     }
 }
 
+/// The agents a report lists: those `connected` (but the one asking), then every slave the
+/// log knows; each with what `rules` say of it (its position, its open errors, when it was
+/// last seen). How far behind each is comes from [`Backlog::fill`]; the text of its last
+/// error is the backend's to read.
+pub fn agents_of(rules: &Rules, connected: &[(String, Role)]) -> Vec<AgentStatus> {
+    let mut agents: Vec<AgentStatus> = Vec::new();
+    let known = rules
+        .agents()
+        .filter(|(_, record)| record.role == Some(Role::Slave))
+        .map(|(name, _)| (name.as_str(), Role::Slave, false));
+    let connected = connected
+        .iter()
+        .map(|(name, role)| (name.as_str(), *role, true));
+    for (name, role, connected) in connected.chain(known) {
+        if agents.iter().any(|a| a.name == name && a.role == role) {
+            continue;
+        }
+        let record = rules
+            .agents()
+            .find(|(n, _)| n.as_str() == name)
+            .map(|(_, r)| r);
+        let mut open_errors: Vec<(u64, u64)> = rules
+            .open_errors()
+            .of(name)
+            .map(|e| (e.seq, e.cause))
+            .collect();
+        open_errors.sort_unstable();
+        agents.push(AgentStatus {
+            name: name.to_owned(),
+            role,
+            connected,
+            answered: rules.answered(name),
+            behind: 0,
+            behind_bytes: 0,
+            open_errors,
+            last_error: None,
+            seen: record.and_then(|r| r.seen.clone()),
+        });
+    }
+    agents
+}
+
+/// Where the backlog is read from: the lowest slave's next notify, within the log.
+pub fn backlog_start(agents: &[AgentStatus], start: u64, head: u64) -> u64 {
+    agents
+        .iter()
+        .filter(|a| a.role == Role::Slave)
+        .map(|a| a.answered + 1)
+        .min()
+        .unwrap_or(head + 1)
+        .max(start)
+}
+
 /// How far behind each position is: fed the notifies after the lowest position, in order.
 #[derive(Debug, Default)]
 pub struct Backlog {
@@ -174,6 +229,14 @@ impl Backlog {
             self.notifies
                 .push((event.seq, event.body.size.unwrap_or(0)));
         }
+    }
+
+    /// Sets how far behind each slave of `agents` is, and sorts them (masters first).
+    pub fn fill(&self, agents: &mut [AgentStatus]) {
+        for agent in agents.iter_mut().filter(|a| a.role == Role::Slave) {
+            (agent.behind, agent.behind_bytes) = self.behind(agent.answered);
+        }
+        agents.sort_by(|a, b| (a.role, &a.name).cmp(&(b.role, &b.name)));
     }
 
     /// Notifies after `answered`, and the bytes they put.

@@ -42,7 +42,7 @@ impl Leases {
             ],
         };
         let config = kv::Config {
-            bucket: format!("{}_AGENTS", address.prefix),
+            bucket: bucket(address),
             history: 1,
             max_age: LEASE_TTL,
             num_replicas: address.replicas,
@@ -93,6 +93,47 @@ impl Leases {
             renewing,
         }))
     }
+}
+
+/// The leases' bucket.
+fn bucket(address: &NatsAddress) -> String {
+    format!("{}_AGENTS", address.prefix)
+}
+
+/// Who holds a name's lease now: each master and slave connected (a listener holds none).
+pub(super) async fn holders(
+    js: &jetstream::Context,
+    address: &NatsAddress,
+) -> Result<Vec<(String, Role)>, ClientError> {
+    use futures_util::StreamExt;
+    // No bucket: no master or slave ever connected.
+    let Ok(store) = js.get_key_value(bucket(address)).await else {
+        return Ok(Vec::new());
+    };
+    let mut keys = store.keys().await.map_err(lost)?;
+    let mut holders = Vec::new();
+    while let Some(key) = keys.next().await {
+        let key = key.map_err(lost)?;
+        let Some(name) = key
+            .strip_prefix("agent.")
+            .and_then(|hex| hex::decode(hex).ok())
+            .and_then(|name| String::from_utf8(name).ok())
+        else {
+            continue;
+        };
+        // Its value is the holder, its role first (`Leases::take`); gone meanwhile: away.
+        let Ok(Some(holder)) = store.get(&key).await else {
+            continue;
+        };
+        let role = String::from_utf8_lossy(&holder)
+            .split_whitespace()
+            .next()
+            .and_then(|role| serde_json::from_value(role.into()).ok());
+        if let Some(role) = role {
+            holders.push((name, role));
+        }
+    }
+    Ok(holders)
 }
 
 /// The key of an agent name (names may hold a `.`, which a key may not start a token with).

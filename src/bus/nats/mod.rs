@@ -32,8 +32,8 @@
 //!
 //! # Not offered
 //!
-//! Checkpoints (the log is never truncated: a NATS log starts at 1), `status`, and the
-//! announcements of new large files (optional: slaves wait for the notify).
+//! Checkpoints (the log is never truncated: a NATS log starts at 1) and the announcements
+//! of new large files (optional: slaves wait for the notify).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -48,6 +48,7 @@ use filesync_master::Change;
 mod address;
 mod lease;
 mod reader;
+mod status;
 mod writer;
 
 use address::Author;
@@ -702,7 +703,8 @@ impl BusApi for NatsLink {
     }
 
     fn status(&self) -> Sending<'_, StatusReport> {
-        Box::pin(async { Err(ClientError::Unsupported) })
+        let inner = self.0.clone();
+        in_flight(async move { status::report(&inner).await })
     }
 
     fn refusal(&self, seq: u64) -> Option<String> {
