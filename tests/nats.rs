@@ -129,6 +129,7 @@ const BURST: usize = 300;
 /// Writes a burst of `BURST` files (`PREFIX000`...) into the master's directory and waits
 /// until the master has published the first of them, so that the fault lands mid-burst.
 async fn burst(c: &mut Cluster, prefix: &str) {
+    replicated(c).await;
     let m = c.master_dir();
     for i in 0..BURST {
         fs::write(m.join(format!("{prefix}{i:03}")), format!("{i}")).expect("write");
@@ -138,6 +139,36 @@ async fn burst(c: &mut Cluster, prefix: &str) {
         .put()
         .path_glob(&format!("{prefix}*"));
     must(c.events.expect(first).await);
+}
+
+/// Waits until the mirror's streams (the log, the content, the leases) each have a leader
+/// and both followers current: a fault test strikes a healthy cluster, not one still
+/// forming its groups (a follower not yet current does not stand for leader).
+async fn replicated(c: &Cluster) {
+    let js = jetstream(c).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for name in ["filesync_LOG", "filesync_CONTENT", "KV_filesync_AGENTS"] {
+        loop {
+            let healthy = match js.get_stream(name).await {
+                Ok(mut stream) => stream.info().await.is_ok_and(|info| {
+                    info.cluster.as_ref().is_some_and(|cluster| {
+                        cluster.leader.is_some()
+                            && cluster.replicas.len() == 2
+                            && cluster.replicas.iter().all(|r| r.current && !r.offline)
+                    })
+                }),
+                Err(_) => false,
+            };
+            if healthy {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} not replicated within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }
 
 /// Which of the cluster's nodes the client named `client` (`filesync ROLE NAME`) is on.

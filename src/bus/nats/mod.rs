@@ -55,7 +55,7 @@ use address::Author;
 pub use address::{NatsAddress, DEFAULT_PREFIX};
 use lease::Leases;
 use reader::Reader;
-use writer::{Outbox, Outgoing};
+use writer::{Expectation, Outbox, Outgoing, Pace};
 
 use crate::bus::api::{self, BusApi, Dial, Dialing, Link, Piece, Sending, Upload};
 use crate::bus::client::{ClientError, Hello, Welcome};
@@ -73,6 +73,16 @@ const MAX_READERS: usize = 4;
 
 /// How long a request to the server may take before the link counts as lost.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a direct get of content may go unanswered before the stream's leader is asked
+/// instead (`Inner::fetch`).
+const DIRECT_PATIENCE: Duration = Duration::from_secs(2);
+
+/// How often a connection asks its server whether it is there. The client gives a server
+/// up after three unanswered pings and goes to another of the cluster's: a server cut off
+/// (its socket open, answering nothing) is left within about 3 s, not the two minutes of
+/// the client's default interval.
+const PING_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Notifies whose changes a link remembers, for the rules' record of an error that names
 /// one (older ones are looked up nowhere: such an error is recorded without its change).
@@ -142,6 +152,7 @@ impl NatsDial {
         let mut options = async_nats::ConnectOptions::new()
             .name(format!("filesync {} {}", hello.role, hello.name))
             .connection_timeout(Duration::from_secs(5))
+            .ping_interval(PING_INTERVAL)
             .request_timeout(Some(REQUEST_TIMEOUT));
         if let Some((user, password)) = &address.login {
             options = options.user_and_password(user.clone(), password.clone());
@@ -183,6 +194,8 @@ impl NatsDial {
             deny_delete: true,
             deny_purge: true,
             allow_direct: true,
+            // A master's events on a replicated log go in atomic batches (`writer.rs`).
+            allow_atomic_publish: address.replicas > 1,
             num_replicas: address.replicas,
             ..Default::default()
         };
@@ -262,8 +275,9 @@ impl NatsDial {
                 content: Vec::new(),
                 claim: replica.last_join,
             }),
-            outbox: Outbox::new(js.clone()),
+            outbox: Outbox::new(js.clone(), self.one_at_a_time.clone()),
             one_at_a_time: self.one_at_a_time.clone(),
+            atomic: info.config.allow_atomic_publish,
             replica: Mutex::new(replica),
             readers: Mutex::new(vec![reader]),
             log,
@@ -402,6 +416,9 @@ struct Inner {
     /// there a master's events are sent one at a time; learnt from the stream's replicas,
     /// or from the first such refusal.
     one_at_a_time: Arc<AtomicBool>,
+    /// The log takes atomic batches (made so when replicated, on NATS 2.12 or later): a
+    /// master's events then go one batch at a time rather than one event at a time.
+    atomic: bool,
     replica: Mutex<Replica>,
     /// Readers of the log, each where its last read ended: a poll takes the one at its
     /// `from` (or a new one) for as long as it waits, so that two readings (a slave's
@@ -417,6 +434,29 @@ struct Inner {
 impl Inner {
     fn replica(&self) -> MutexGuard<'_, Replica> {
         self.replica.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The `Nats-Msg-Id` of `draft`, by which the server drops a second copy. A slave's
+    /// first answer to a notify (a consume or error, one per notify by SPEC's invariant 2)
+    /// and a repair of one of its errors are named by what they answer, whatever the
+    /// session: such an answer sent through a server that was cut off may reach the log
+    /// once that server is back, after the slave (its acknowledgement never come)
+    /// reconnected elsewhere and answered again; the second to arrive is dropped. Anything
+    /// else (a restore after drift or a resync may answer the same `cause` many times) is
+    /// named by its session and its place in it.
+    fn msg_id(&self, draft: &Draft) -> String {
+        let name = hex::encode(&self.name);
+        let first_answer = draft.drift.is_none() && draft.resync.is_none();
+        match (self.role, draft.tag, draft.cause) {
+            (Role::Slave, Some(tag), Some(cause)) if first_answer => match draft.repairs {
+                Some(error) => format!("{name}.{tag}.{cause}.{error}"),
+                None => format!("{name}.{tag}.{cause}"),
+            },
+            _ => {
+                let n = self.sent.fetch_add(1, Ordering::Relaxed);
+                format!("{name}.{}.{n}", self.session)
+            }
+        }
     }
 
     /// Queues `draft` (checked by the rules when `check`) behind the content sent before
@@ -437,19 +477,15 @@ impl Inner {
         }
         let payload = serde_json::to_vec(&draft).map_err(protocol)?;
         let mut headers = HeaderMap::new();
-        let n = self.sent.fetch_add(1, Ordering::Relaxed);
-        let id = format!("{}.{}.{n}", hex::encode(&self.name), self.session);
-        headers.insert("Nats-Msg-Id", id.as_str());
+        headers.insert("Nats-Msg-Id", self.msg_id(&draft).as_str());
         let join = draft.tag == Some(Tag::Join);
         let mut subject = self.subject.clone();
+        let mut expects = None;
         if self.role == Role::Master {
-            let claim = pending.claim.to_string();
-            headers.insert("Nats-Expected-Last-Subject-Sequence", claim.as_str());
-            let joins = self.address.joins();
-            headers.insert(
-                "Nats-Expected-Last-Subject-Sequence-Subject",
-                joins.as_str(),
-            );
+            expects = Some(Expectation {
+                claim: pending.claim,
+                joins: self.address.joins(),
+            });
             if join {
                 subject = self.address.join_subject(&self.name);
             }
@@ -464,25 +500,25 @@ impl Inner {
             };
             replica.observe(&event, None);
         }
+        let pace = match (self.role, self.one_at_a_time.load(Ordering::Relaxed)) {
+            (Role::Master, true) if self.atomic => Pace::Batched,
+            (Role::Master, true) => Pace::Alone,
+            _ => Pace::Pipelined,
+        };
         let (sent, ack) = tokio::sync::oneshot::channel();
         self.outbox.send(Outgoing {
             subject,
             headers,
             payload,
+            expects,
             content: std::mem::take(&mut pending.content),
-            alone: self.role == Role::Master && self.one_at_a_time.load(Ordering::Relaxed),
+            pace,
             sent,
         })?;
         let one_at_a_time = self.one_at_a_time.clone();
         Ok(api::Reply::new(async move {
             let sent = ack.await.map_err(|_| ClientError::Lost)??;
-            sent.ack().await.map(|ack| ack.sequence).map_err(|err| {
-                if expectation_in_flight(&err) {
-                    tracing::debug!("nats: {err}: the log is replicated, one event at a time");
-                    one_at_a_time.store(true, Ordering::Relaxed);
-                }
-                publish_error(err)
-            })
+            sent.seq(&one_at_a_time).await
         }))
     }
 }
@@ -497,16 +533,6 @@ fn in_flight<T: Send + 'static>(
     Box::pin(std::future::ready(Ok(api::Reply::new(async move {
         task.await.map_err(|_| ClientError::Lost)?
     }))))
-}
-
-/// Was `err` a replicated stream refusing an expectation while another with the same
-/// subject is being agreed on? (Nothing was appended: a reconnection sends it again.)
-fn expectation_in_flight(err: &jetstream::context::PublishError) -> bool {
-    std::error::Error::source(err)
-        .and_then(|source| source.downcast_ref::<jetstream::Error>())
-        .is_some_and(|js| {
-            js.error_code() == jetstream::ErrorCode::STREAM_WRONG_LAST_SEQUENCE_CONSTANT
-        })
 }
 
 /// What a failed publish means. The rules were asked before it was sent, so the server's
@@ -566,18 +592,18 @@ impl Inner {
     }
 
     /// The content stored under `address`, if any. Any replica answers a direct get, and
-    /// one that has not caught up yet finds nothing: a miss is asked of the stream's
-    /// leader, which has everything acknowledged.
+    /// one that has not caught up yet finds nothing, while one cut off from the cluster
+    /// answers nothing until its routes time out (minutes): a miss, or no answer within
+    /// `DIRECT_PATIENCE`, is asked of the stream's leader, which has everything
+    /// acknowledged.
     async fn fetch(&self, address: &ContentHash) -> Result<Option<bytes::Bytes>, ClientError> {
         let subject = self.address.content_subject(address);
-        match self
-            .content
-            .direct_get_last_for_subject(subject.clone())
-            .await
-        {
-            Ok(message) => return Ok(Some(message.payload)),
-            Err(err) if err.kind() == stream::DirectGetErrorKind::NotFound => {}
-            Err(err) => return Err(lost(err)),
+        let direct = self.content.direct_get_last_for_subject(subject.clone());
+        match tokio::time::timeout(DIRECT_PATIENCE, direct).await {
+            Ok(Ok(message)) => return Ok(Some(message.payload)),
+            Ok(Err(err)) if err.kind() == stream::DirectGetErrorKind::NotFound => {}
+            Ok(Err(err)) => return Err(lost(err)),
+            Err(_) => tracing::debug!("nats: no direct answer for {address}; asking the leader"),
         }
         match self.content.get_last_raw_message_by_subject(&subject).await {
             Ok(message) => Ok(Some(message.payload)),
