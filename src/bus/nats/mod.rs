@@ -194,8 +194,8 @@ impl NatsDial {
             deny_delete: true,
             deny_purge: true,
             allow_direct: true,
-            // A master's events on a replicated log go in atomic batches (`writer.rs`).
-            allow_atomic_publish: address.replicas > 1,
+            // Events go in atomic batches (`writer.rs`).
+            allow_atomic_publish: true,
             num_replicas: address.replicas,
             ..Default::default()
         };
@@ -305,13 +305,26 @@ async fn existing_or_new(
         return Ok(stream);
     }
     let name = config.name.clone();
-    match js.create_stream(config).await {
-        Ok(stream) => Ok(stream),
-        Err(created) => js
-            .get_stream(&name)
-            .await
-            .map_err(|_| ClientError::Protocol(format!("cannot make stream {name}: {created}"))),
+    let created = match js.create_stream(config.clone()).await {
+        Ok(stream) => return Ok(stream),
+        Err(created) => created,
+    };
+    if let Ok(stream) = js.get_stream(&name).await {
+        return Ok(stream);
     }
+    // A server older than 2.12 knows no atomic batches: the stream without them.
+    if config.allow_atomic_publish {
+        let plain = stream::Config {
+            allow_atomic_publish: false,
+            ..config
+        };
+        if let Ok(stream) = js.create_stream(plain).await {
+            return Ok(stream);
+        }
+    }
+    Err(ClientError::Protocol(format!(
+        "cannot make stream {name}: {created}"
+    )))
 }
 
 /// Holds `event` (published by `author`) to the rules, as the embedded bus does before it
@@ -416,8 +429,9 @@ struct Inner {
     /// there a master's events are sent one at a time; learnt from the stream's replicas,
     /// or from the first such refusal.
     one_at_a_time: Arc<AtomicBool>,
-    /// The log takes atomic batches (made so when replicated, on NATS 2.12 or later): a
-    /// master's events then go one batch at a time rather than one event at a time.
+    /// The log takes atomic batches (NATS 2.12 or later): events then go in batches, each
+    /// made of what was queued while the last was being stored, one synced write (and, on
+    /// a replicated log, one round of agreement) for many events.
     atomic: bool,
     replica: Mutex<Replica>,
     /// Readers of the log, each where its last read ended: a poll takes the one at its
@@ -501,7 +515,7 @@ impl Inner {
             replica.observe(&event, None);
         }
         let pace = match (self.role, self.one_at_a_time.load(Ordering::Relaxed)) {
-            (Role::Master, true) if self.atomic => Pace::Batched,
+            _ if self.atomic => Pace::Batched,
             (Role::Master, true) => Pace::Alone,
             _ => Pace::Pipelined,
         };

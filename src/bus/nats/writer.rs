@@ -3,11 +3,13 @@
 //! as the API promises); a task of the link's own awaits each event's content
 //! acknowledgements, then sends it, so later content keeps flowing meanwhile.
 //!
-//! A master's events on a replicated log cannot be pipelined (`Inner::one_at_a_time`):
-//! there they go `Alone` (each acknowledged before the next is sent) or, on a stream that
-//! allows atomic batches (NATS 2.12 or later), `Batched`: the events waiting when the last
-//! batch was acknowledged go as one atomic batch, all appended or none, contiguous, with
-//! the expectation on its first message only (the batch is judged whole when committed).
+//! On a log that allows atomic batches (NATS 2.12 or later), events go `Batched`: those
+//! queued while the last batch was being stored go as one atomic batch (ADR-50), all
+//! appended or none, contiguous, a master's expectation on its first message only (the
+//! batch is judged whole when committed). One batch is one synced write, and on a
+//! replicated log one round of agreement, for up to `MAX_BATCH` events. Without them a
+//! master's events on a replicated log go `Alone`, each acknowledged before the next is
+//! sent (`Inner::one_at_a_time`), and everything else is `Pipelined`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
