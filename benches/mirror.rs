@@ -301,9 +301,17 @@ fn leave(mut c: Cluster) {
     LEFTOVERS.lock().expect("leftovers").push(kept);
 }
 
+/// Removes them, unless `FILESYNC_BENCH_KEEP` is set: then each is listed, its agents' and
+/// servers' logs in `logs/`, for a look at a round that stands out.
 fn remove_leftovers() {
+    let keep = std::env::var_os("FILESYNC_BENCH_KEEP").is_some();
     for dir in LEFTOVERS.lock().expect("leftovers").drain(..) {
-        let _ = fs::remove_dir_all(dir);
+        match keep {
+            true => eprintln!("kept: {}", dir.display()),
+            false => {
+                let _ = fs::remove_dir_all(dir);
+            }
+        }
     }
 }
 

@@ -138,6 +138,16 @@ impl NatsAddress {
         format!("{}.{JOIN}", self.log_subject(Role::Master, name))
     }
 
+    /// The subjects a link's batches are ordered by (`writer::Order`): every master's
+    /// events for a master (so another master's join breaks the order too), its own
+    /// subject for anyone else.
+    pub(super) fn order_subjects(&self, role: Role, name: &str) -> String {
+        match role {
+            Role::Master => format!("{}.log.master.>", self.prefix),
+            _ => self.log_subject(role, name),
+        }
+    }
+
     /// Every master's join subject, for `Nats-Expected-Last-Subject-Sequence-Subject`.
     pub(super) fn joins(&self) -> String {
         format!("{}.log.master.*.{JOIN}", self.prefix)

@@ -55,7 +55,7 @@ use address::Author;
 pub use address::{NatsAddress, DEFAULT_PREFIX};
 use lease::Leases;
 use reader::Reader;
-use writer::{Expectation, Outbox, Outgoing, Pace};
+use writer::{Expectation, Order, Outbox, Outgoing, Pace, Stored};
 
 use crate::bus::api::{self, BusApi, Dial, Dialing, Link, Piece, Sending, Upload};
 use crate::bus::client::{ClientError, Hello, Welcome};
@@ -204,6 +204,7 @@ impl NatsDial {
             subjects: vec![format!("{}.content.*", address.prefix)],
             max_messages_per_subject: 1,
             allow_direct: true,
+            allow_atomic_publish: true,
             num_replicas: address.replicas,
             ..Default::default()
         };
@@ -217,6 +218,7 @@ impl NatsDial {
         let client = self.connect(hello).await?;
         let js = jetstream::new(client);
         let (log, content) = self.streams(&js).await?;
+        let content_atomic = content.cached_info().config.allow_atomic_publish;
         let info = log.get_info().await.map_err(lost)?;
         if info.config.num_replicas > 1 {
             self.one_at_a_time.store(true, Ordering::Relaxed);
@@ -226,10 +228,20 @@ impl NatsDial {
         let mut refused = BTreeMap::new();
         let mut reader = Reader::new(log.clone(), self.address.clone());
         let mut next = start;
+        // The newest event on the subjects this link's batches are ordered by.
+        let mut ordered_last = 0;
+        let in_order = |author: &Author| match hello.role {
+            Role::Master => author.role == Role::Master,
+            role => author.role == role && author.name == hello.name,
+        };
         while next <= head {
             for event in reader.read(next).await? {
                 next = event.seq + 1;
-                judge(&mut replica, &mut refused, &event, reader.author(&event));
+                let author = reader.author(&event);
+                if author.as_ref().is_some_and(in_order) {
+                    ordered_last = event.seq;
+                }
+                judge(&mut replica, &mut refused, &event, author);
             }
         }
         let asked = rules::Hello {
@@ -275,7 +287,16 @@ impl NatsDial {
                 content: Vec::new(),
                 claim: replica.last_join,
             }),
-            outbox: Outbox::new(js.clone(), self.one_at_a_time.clone()),
+            outbox: Outbox::new(
+                js.clone(),
+                self.one_at_a_time.clone(),
+                Some(Order {
+                    subjects: self.address.order_subjects(hello.role, &hello.name),
+                    last: ordered_last,
+                }),
+            ),
+            content_outbox: Outbox::new(js.clone(), Arc::new(AtomicBool::new(false)), None),
+            content_atomic,
             one_at_a_time: self.one_at_a_time.clone(),
             atomic: info.config.allow_atomic_publish,
             replica: Mutex::new(replica),
@@ -401,7 +422,7 @@ impl Replica {
 /// What a link's next event waits on.
 struct Pending {
     /// Content sent since the last event: stored before the next event is sent.
-    content: Vec<jetstream::context::PublishAckFuture>,
+    content: Vec<Stored>,
     /// For a master: the `seq` of its join (before it joined, of the last master's), which
     /// each of its events expects to be the newest join in the log.
     claim: u64,
@@ -429,6 +450,9 @@ struct Inner {
     /// there a master's events are sent one at a time; learnt from the stream's replicas,
     /// or from the first such refusal.
     one_at_a_time: Arc<AtomicBool>,
+    /// Content to store, batched as events are when the content's stream allows it.
+    content_outbox: Outbox,
+    content_atomic: bool,
     /// The log takes atomic batches (NATS 2.12 or later): events then go in batches, each
     /// made of what was queued while the last was being stored, one synced write (and, on
     /// a replicated log, one round of agreement) for many events.
@@ -643,18 +667,22 @@ impl Inner {
             )));
         }
         let mut pending = self.pending.lock().await;
+        // Content stored again replaces itself (one message per address). Sent alone, a
+        // copy is dropped by its `Nats-Msg-Id`; in a batch, a copy would fail the batch
+        // (error 10201), so there it goes without one.
         let mut headers = HeaderMap::new();
-        headers.insert("Nats-Msg-Id", address.to_string().as_str());
-        let ack = self
-            .js
-            .publish_with_headers(
-                self.address.content_subject(&address),
-                headers,
-                content.into(),
-            )
-            .await
-            .map_err(|err| ClientError::Refused(format!("cannot store {address}: {err}")))?;
-        pending.content.push(ack);
+        let pace = match self.content_atomic {
+            true => Pace::Batched,
+            false => {
+                headers.insert("Nats-Msg-Id", address.to_string().as_str());
+                Pace::Pipelined
+            }
+        };
+        let subject = self.address.content_subject(&address);
+        let stored = self
+            .content_outbox
+            .send_plain(subject, headers, content, pace)?;
+        pending.content.push(stored);
         Ok(api::Reply::ready(Ok(())))
     }
 

@@ -14,7 +14,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use async_nats::jetstream::context::{PublishAckFuture, PublishError};
+use async_nats::jetstream::context::{PublishAckFuture, PublishError, PublishErrorKind};
 use async_nats::jetstream::{self};
 use async_nats::HeaderMap;
 use tokio::sync::{mpsc, oneshot};
@@ -22,8 +22,11 @@ use tokio::sync::{mpsc, oneshot};
 use super::{lost, publish_error};
 use crate::bus::client::ClientError;
 
-/// The most events in one atomic batch (NATS allows 1,000).
+/// The most messages in one atomic batch (NATS allows 1,000).
 const MAX_BATCH: usize = 256;
+
+/// The most payload bytes in one atomic batch (the server stages a batch whole).
+const MAX_BATCH_BYTES: usize = 4 << 20;
 
 /// How an event goes to the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,14 +47,25 @@ pub(super) struct Expectation {
     pub joins: String,
 }
 
+/// The order a link's batches keep on the server: each batch's first message expects the
+/// newest message on `subjects` to be `last`, the last message of the link's previous
+/// batch (or, for its first, the newest when the link read the log). A batch lost with a
+/// connection that broke, followed by one sent through the server the client went on to,
+/// is then refused instead of appended out of order and with a hole; so is a master's
+/// batch after another master joined (its subjects are every master's).
+pub(super) struct Order {
+    pub subjects: String,
+    pub last: u64,
+}
+
 /// One event to send.
 pub(super) struct Outgoing {
     pub subject: String,
     pub headers: HeaderMap,
     pub payload: Vec<u8>,
     pub expects: Option<Expectation>,
-    /// Acknowledgements of the content sent before it: awaited first.
-    pub content: Vec<PublishAckFuture>,
+    /// The content sent before it (through the content's own outbox): stored first.
+    pub content: Vec<Stored>,
     pub pace: Pace,
     /// The event's own acknowledgement, once sent.
     pub sent: oneshot::Sender<Result<Sent, ClientError>>,
@@ -72,6 +86,9 @@ impl Outgoing {
     }
 }
 
+/// A message's fate, told by its outbox once it is sent.
+pub(super) type Stored = oneshot::Receiver<Result<Sent, ClientError>>;
+
 /// An event sent: its acknowledgement to come, or already come (an event not pipelined).
 pub(super) enum Sent {
     Pending(PublishAckFuture),
@@ -85,16 +102,43 @@ pub(super) struct Outbox {
 }
 
 impl Outbox {
-    /// `one_at_a_time` is set once the server refuses pipelined expectations (error 10164).
-    pub(super) fn new(js: jetstream::Context, one_at_a_time: Arc<AtomicBool>) -> Outbox {
+    /// `one_at_a_time` is set once the server refuses pipelined expectations (error 10164);
+    /// `order`, the order batches keep (none for content, which needs none).
+    pub(super) fn new(
+        js: jetstream::Context,
+        one_at_a_time: Arc<AtomicBool>,
+        order: Option<Order>,
+    ) -> Outbox {
         let (queue, next) = mpsc::unbounded_channel::<Outgoing>();
-        let task = tokio::spawn(send_all(js, next, one_at_a_time));
+        let task = tokio::spawn(send_all(js, next, one_at_a_time, order));
         Outbox { queue, task }
     }
 
     /// Queues `out`; a link whose task ended is lost.
     pub(super) fn send(&self, out: Outgoing) -> Result<(), ClientError> {
         self.queue.send(out).map_err(|_| ClientError::Lost)
+    }
+
+    /// Queues a message that expects nothing and follows nothing (content); its fate comes
+    /// through what is returned.
+    pub(super) fn send_plain(
+        &self,
+        subject: String,
+        headers: HeaderMap,
+        payload: Vec<u8>,
+        pace: Pace,
+    ) -> Result<Stored, ClientError> {
+        let (sent, stored) = oneshot::channel();
+        self.send(Outgoing {
+            subject,
+            headers,
+            payload,
+            expects: None,
+            content: Vec::new(),
+            pace,
+            sent,
+        })?;
+        Ok(stored)
     }
 }
 
@@ -120,20 +164,32 @@ async fn send_all(
     js: jetstream::Context,
     mut next: mpsc::UnboundedReceiver<Outgoing>,
     one_at_a_time: Arc<AtomicBool>,
+    mut order: Option<Order>,
 ) {
     let mut held = None;
+    // Once a batch is lost, nothing after it is sent: the link is done (its agent connects
+    // again and reads the log), so no later batch can land after a hole.
+    let mut broken = false;
     while let Some(first) = match held.take() {
         Some(out) => Some(out),
         None => next.recv().await,
     } {
+        if broken {
+            let _ = first.sent.send(Err(ClientError::Lost));
+            continue;
+        }
         if first.pace != Pace::Batched {
             send_one(&js, first, &one_at_a_time).await;
             continue;
         }
+        let mut bytes = first.payload.len();
         let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
+        while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
             match next.try_recv() {
-                Ok(out) if out.pace == Pace::Batched => batch.push(out),
+                Ok(out) if out.pace == Pace::Batched => {
+                    bytes += out.payload.len();
+                    batch.push(out);
+                }
                 Ok(out) => {
                     held = Some(out);
                     break;
@@ -141,19 +197,19 @@ async fn send_all(
                 Err(_) => break,
             }
         }
-        match batch.len() {
-            1 => send_one(&js, batch.remove(0), &one_at_a_time).await,
-            _ => send_batch(&js, batch, &one_at_a_time).await,
-        }
+        broken = !send_batch(&js, batch, &one_at_a_time, order.as_mut()).await;
     }
 }
 
-/// Awaits every content acknowledgement of `outs`.
+/// Awaits the storing of every content `outs` name (a failure is their events' own: a
+/// timeout, say, is a lost link).
 async fn stored(outs: &mut [Outgoing]) -> Result<(), ClientError> {
+    // Content expects nothing: no refusal of an expectation to learn from.
+    let unused = AtomicBool::new(false);
     for out in outs {
-        for ack in std::mem::take(&mut out.content) {
-            // As its event's own failure would be (a timeout: reconnect).
-            ack.await.map_err(publish_error)?;
+        for stored in std::mem::take(&mut out.content) {
+            let sent = stored.await.map_err(|_| ClientError::Lost)??;
+            sent.seq(&unused).await?;
         }
     }
     Ok(())
@@ -179,10 +235,16 @@ async fn send_one(js: &jetstream::Context, mut out: Outgoing, one_at_a_time: &At
 
 /// `batch` as one atomic batch (ADR-50): every message but the last sent without a reply,
 /// the last committing it; the commit's acknowledgement names the last `seq`, and the
-/// batch is contiguous. Every event gets the batch's outcome.
-async fn send_batch(js: &jetstream::Context, mut batch: Vec<Outgoing>, one_at_a_time: &AtomicBool) {
+/// batch is contiguous. Every event gets the batch's outcome; false when the link is lost
+/// (the batch may or may not have been appended).
+async fn send_batch(
+    js: &jetstream::Context,
+    mut batch: Vec<Outgoing>,
+    one_at_a_time: &AtomicBool,
+    order: Option<&mut Order>,
+) -> bool {
     let outcome = match stored(&mut batch).await {
-        Ok(()) => publish_batch(js, &mut batch, one_at_a_time).await,
+        Ok(()) => publish_batch(js, &mut batch, one_at_a_time, order).await,
         Err(err) => Err(err),
     };
     let n = batch.len() as u64;
@@ -193,19 +255,32 @@ async fn send_batch(js: &jetstream::Context, mut batch: Vec<Outgoing>, one_at_a_
         };
         let _ = out.sent.send(Ok(Sent::Acked(mine)));
     }
+    !matches!(&outcome, Err(err) if err.is_connection())
 }
 
 async fn publish_batch(
     js: &jetstream::Context,
     batch: &mut [Outgoing],
     one_at_a_time: &AtomicBool,
+    mut order: Option<&mut Order>,
 ) -> Result<u64, ClientError> {
     let id = format!("{:x}", rand_id());
     let last = batch.len() - 1;
     let client = js.client();
     for (idx, out) in batch.iter_mut().enumerate() {
-        if idx == 0 {
-            out.expect();
+        match (idx, order.as_deref()) {
+            (0, Some(order)) => {
+                out.headers.insert(
+                    "Nats-Expected-Last-Subject-Sequence",
+                    order.last.to_string().as_str(),
+                );
+                out.headers.insert(
+                    "Nats-Expected-Last-Subject-Sequence-Subject",
+                    order.subjects.as_str(),
+                );
+            }
+            (0, None) => out.expect(),
+            _ => {}
         }
         let mut headers = std::mem::take(&mut out.headers);
         headers.insert("Nats-Batch-Id", id.as_str());
@@ -223,7 +298,20 @@ async fn publish_batch(
                 .publish_with_headers(subject, headers, payload)
                 .await
                 .map_err(lost)?;
-            return acked(ack.await, one_at_a_time);
+            let ack = ack.await;
+            if let (Err(err), Some(_)) = (&ack, &order) {
+                if err.kind() == PublishErrorKind::WrongLastSequence {
+                    // Out of order, or another master joined: the link is done, and a
+                    // new one reads the log again (and is refused if it is not ours).
+                    tracing::debug!("nats: {err}; reconnecting");
+                    return Err(ClientError::Lost);
+                }
+            }
+            let seq = acked(ack, one_at_a_time)?;
+            if let Some(order) = order.as_deref_mut() {
+                order.last = seq;
+            }
+            return Ok(seq);
         }
     }
     Err(ClientError::Lost)
