@@ -283,8 +283,12 @@ async fn publish_batch(
             _ => {}
         }
         let mut headers = std::mem::take(&mut out.headers);
-        headers.insert("Nats-Batch-Id", id.as_str());
-        headers.insert("Nats-Batch-Sequence", (idx + 1).to_string().as_str());
+        // One message needs no batch, and goes faster without (the server stages a batch
+        // apart: W1's latency on one server went from about 3.5 to 9 ms).
+        if last > 0 {
+            headers.insert("Nats-Batch-Id", id.as_str());
+            headers.insert("Nats-Batch-Sequence", (idx + 1).to_string().as_str());
+        }
         let payload = std::mem::take(&mut out.payload).into();
         let subject = std::mem::take(&mut out.subject);
         if idx < last {
@@ -293,7 +297,9 @@ async fn publish_batch(
                 .await
                 .map_err(lost)?;
         } else {
-            headers.insert("Nats-Batch-Commit", "1");
+            if last > 0 {
+                headers.insert("Nats-Batch-Commit", "1");
+            }
             let ack = js
                 .publish_with_headers(subject, headers, payload)
                 .await
