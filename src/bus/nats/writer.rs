@@ -72,18 +72,21 @@ pub(super) struct Outgoing {
 }
 
 impl Outgoing {
+    /// Its own expectation, if it has one (a master's claim).
     fn expect(&mut self) {
         if let Some(expects) = &self.expects {
-            self.headers.insert(
-                "Nats-Expected-Last-Subject-Sequence",
-                expects.claim.to_string().as_str(),
-            );
-            self.headers.insert(
-                "Nats-Expected-Last-Subject-Sequence-Subject",
-                expects.joins.as_str(),
-            );
+            expect_last(&mut self.headers, expects.claim, &expects.joins);
         }
     }
+}
+
+/// Headers asking the server to append only if the newest message on `subjects` is `seq`.
+fn expect_last(headers: &mut HeaderMap, seq: u64, subjects: &str) {
+    headers.insert(
+        "Nats-Expected-Last-Subject-Sequence",
+        seq.to_string().as_str(),
+    );
+    headers.insert("Nats-Expected-Last-Subject-Sequence-Subject", subjects);
 }
 
 /// A message's fate, told by its outbox once it is sent.
@@ -269,16 +272,7 @@ async fn publish_batch(
     let client = js.client();
     for (idx, out) in batch.iter_mut().enumerate() {
         match (idx, order.as_deref()) {
-            (0, Some(order)) => {
-                out.headers.insert(
-                    "Nats-Expected-Last-Subject-Sequence",
-                    order.last.to_string().as_str(),
-                );
-                out.headers.insert(
-                    "Nats-Expected-Last-Subject-Sequence-Subject",
-                    order.subjects.as_str(),
-                );
-            }
+            (0, Some(order)) => expect_last(&mut out.headers, order.last, &order.subjects),
             (0, None) => out.expect(),
             _ => {}
         }
