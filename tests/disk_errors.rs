@@ -3,15 +3,15 @@
 use std::fs;
 
 use filesync::check::CheckOptions;
-use filesync::testkit::Pattern;
+use filesync::testkit::{Backend, Pattern};
 
-use crate::util::{bin, cluster, cluster_on, must};
+use crate::util::{backend_name, bin, cluster_on, must};
 
 on_each_backend! {
 /// A slave whose disk is full: an error event for the file that does not fit, nothing
 /// already synced lost, no temporary file left, and the slave goes on once space is back.
 async fn a_full_disk_is_an_error_event_and_the_slave_keeps_going(backend) {
-    if ran_in_a_namespace("a_full_disk_is_an_error_event_and_the_slave_keeps_going") {
+    if ran_in_a_namespace("a_full_disk_is_an_error_event_and_the_slave_keeps_going", backend) {
         return;
     }
     let mut c = cluster_on(backend, "full-disk", 0).await;
@@ -102,7 +102,7 @@ async fn a_full_disk_is_an_error_event_and_the_slave_keeps_going(backend) {
 /// runs again in a user and mount namespace of its own (`unshare`, where the kernel allows
 /// unprivileged ones), root over its own mounts there, and this run asserts that run's
 /// verdict. Returns whether it ran there.
-fn ran_in_a_namespace(test: &str) -> bool {
+fn ran_in_a_namespace(test: &str, backend: Backend) -> bool {
     // The effective uid, the second field of /proc's `Uid:` line.
     let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
     let euid = status
@@ -113,7 +113,8 @@ fn ran_in_a_namespace(test: &str) -> bool {
         return false;
     }
     let exe = std::env::current_exe().expect("the test binary");
-    let name = format!("disk_errors::{test}");
+    // The test as `on_each_backend!` names it: `disk_errors::TEST::BACKEND`.
+    let name = format!("disk_errors::{test}::{}", backend_name(backend));
     let out = std::process::Command::new("unshare")
         .args(["--user", "--map-root-user", "--mount", "--"])
         .arg(exe)
@@ -155,7 +156,7 @@ on_each_backend! {
 /// A full disk on the slave, freed by its user: the failed file arrives by itself, as a
 /// consume that names the error it repairs, and the log checks out (the error is closed).
 async fn a_full_disk_once_freed_is_repaired_by_a_retry(backend) {
-    if ran_in_a_namespace("a_full_disk_once_freed_is_repaired_by_a_retry") {
+    if ran_in_a_namespace("a_full_disk_once_freed_is_repaired_by_a_retry", backend) {
         return;
     }
     let mut c = cluster_on(backend, "disk-freed", 0).await;
@@ -198,14 +199,14 @@ async fn a_full_disk_once_freed_is_repaired_by_a_retry(backend) {
 }
 }
 
+on_each_backend! {
 /// A directory the slave cannot write (read-only) makes its files fail; fixed while the
 /// slave is down, they are retried when it starts again and the repairs are in the log.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_read_only_directory_fixed_converges_when_the_slave_restarts() {
-    if ran_in_a_namespace("a_read_only_directory_fixed_converges_when_the_slave_restarts") {
+async fn a_read_only_directory_fixed_converges_when_the_slave_restarts(backend) {
+    if ran_in_a_namespace("a_read_only_directory_fixed_converges_when_the_slave_restarts", backend) {
         return;
     }
-    let mut c = cluster("read-only-dir", 1).await;
+    let mut c = cluster_on(backend, "read-only-dir", 1).await;
     c.events.allow_errors();
     let m = c.master_dir();
     fs::create_dir(m.join("d")).expect("mkdir");
@@ -260,4 +261,5 @@ async fn a_read_only_directory_fixed_converges_when_the_slave_restarts() {
     assert_eq!(fs::read(c.slaves[0].dir.join("d/x")).expect("read"), b"x");
     must(c.settle().await);
     c.assert_checks(CheckOptions::default());
+}
 }
