@@ -899,6 +899,7 @@ async fn run_scenario(command: ScenarioCommand) -> anyhow::Result<i32> {
                 duration,
                 keep,
                 progress: terminal.then_some(show_progress as fn(f64, f64, u64)),
+                ..scenario::RunOptions::default()
             };
             let result = scenario::run_with(&scenario, &bin, &options)
                 .await

@@ -104,9 +104,10 @@ impl ClusterTls {
 }
 
 /// Which bus a cluster runs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Backend {
     /// The master hosts the embedded bus on a free port.
+    #[default]
     Embedded,
     /// A `nats-server` with JetStream, started for the test on a free port
     /// (`testkit::nats`); the master and slaves use it with `--bus nats://...`.

@@ -271,6 +271,8 @@ pub struct RunOptions {
     /// Called about twice a second while the actions run: seconds elapsed, seconds in all,
     /// actions run so far.
     pub progress: Option<fn(f64, f64, u64)>,
+    /// The bus the run's cluster is on (the embedded bus unless told).
+    pub backend: super::super::Backend,
 }
 
 /// `run`, with the options of `filesync scenario run`.
@@ -282,6 +284,7 @@ pub async fn run_with(
     let duration_s = options.duration.unwrap_or(scenario.duration_s);
     let bus_args: Vec<&str> = scenario.bus_args.iter().map(String::as_str).collect();
     let mut cluster = Cluster::builder(bin, &format!("scenario-{}", scenario.name))
+        .backend(options.backend)
         .slaves(scenario.slaves)
         .master_args(&bus_args)
         .start()
