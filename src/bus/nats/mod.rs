@@ -74,6 +74,10 @@ const MAX_READERS: usize = 4;
 /// How long a request to the server may take before the link counts as lost.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long one request about a stream may go unanswered before it is asked again
+/// (`existing_or_new`).
+const CREATE_PATIENCE: Duration = Duration::from_secs(2);
+
 /// How long a direct get of content may go unanswered before the stream's leader is asked
 /// instead (`Inner::fetch`).
 const DIRECT_PATIENCE: Duration = Duration::from_secs(2);
@@ -317,35 +321,38 @@ impl NatsDial {
 }
 
 /// The stream `config` names, as it is (whoever made it decided its replicas), or made
-/// now; made meanwhile by another agent, it is read again.
+/// now; made meanwhile by another agent, it is read again. A cluster may leave a request
+/// about a stream unanswered while another client's request to make it is being agreed
+/// on (a mirror's first agents start together: the loser waited the client's 10 s), so
+/// each request waits at most `CREATE_PATIENCE` and is asked again, for up to
+/// `REQUEST_TIMEOUT` in all.
 async fn existing_or_new(
     js: &jetstream::Context,
     config: stream::Config,
 ) -> Result<stream::Stream, ClientError> {
-    if let Ok(stream) = js.get_stream(&config.name).await {
-        return Ok(stream);
-    }
     let name = config.name.clone();
-    let created = match js.create_stream(config.clone()).await {
-        Ok(stream) => return Ok(stream),
-        Err(created) => created,
-    };
-    if let Ok(stream) = js.get_stream(&name).await {
-        return Ok(stream);
-    }
-    // A server older than 2.12 knows no atomic batches: the stream without them.
-    if config.allow_atomic_publish {
-        let plain = stream::Config {
-            allow_atomic_publish: false,
-            ..config
-        };
-        if let Ok(stream) = js.create_stream(plain).await {
+    let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
+    let mut config = config;
+    loop {
+        if let Ok(Ok(stream)) = tokio::time::timeout(CREATE_PATIENCE, js.get_stream(&name)).await {
             return Ok(stream);
         }
+        let made = tokio::time::timeout(CREATE_PATIENCE, js.create_stream(config.clone())).await;
+        let refused = match made {
+            Ok(Ok(stream)) => return Ok(stream),
+            Ok(Err(err)) => err.to_string(),
+            Err(_) => "no answer".to_owned(),
+        };
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ClientError::Protocol(format!(
+                "cannot make stream {name}: {refused}"
+            )));
+        }
+        // A server older than 2.12 knows no atomic batches: the stream without them.
+        if config.allow_atomic_publish && refused != "no answer" && !refused.contains("in use") {
+            config.allow_atomic_publish = false;
+        }
     }
-    Err(ClientError::Protocol(format!(
-        "cannot make stream {name}: {created}"
-    )))
 }
 
 /// Holds `event` (published by `author`) to the rules, as the embedded bus does before it
