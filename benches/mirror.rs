@@ -236,48 +236,47 @@ fn os(path: &Path) -> &std::ffi::OsStr {
     path.as_os_str()
 }
 
-/// A master and one slave, the master directory filled by `prepare` first, with timeouts
-/// long enough for the big workloads.
+/// A master and one slave, the master directory filled by `prepare` first, over TLS and
+/// on the bus that `OVER` names, with timeouts long enough for the big workloads.
 async fn cluster_with(label: &str, prepare: impl FnOnce(&Path)) -> Cluster {
-    // Agents log as a user's do: the kit's default, a debug line per event for a failed
-    // test's logs, is work the tools compared with do not do.
-    let mut builder = Cluster::builder(&bin(), label)
-        .agent_log(AgentLog::Default)
-        .prepare(prepare);
-    if OVER_TLS.load(std::sync::atomic::Ordering::Relaxed) {
+    let over = *OVER.lock().expect("over");
+    let mut builder = bench_builder(label).prepare(prepare).backend(over.backend);
+    if over.tls {
         builder = builder.tls();
     }
-    if OVER_NATS.load(std::sync::atomic::Ordering::Relaxed) {
-        builder = builder.backend(Backend::Nats);
-    }
-    if OVER_NATS_CLUSTER.load(std::sync::atomic::Ordering::Relaxed) {
-        builder = builder.backend(Backend::NatsCluster);
-    }
+    start(builder).await
+}
+
+/// A cluster as the bench runs it: agents log as a user's do (the kit's default, a debug
+/// line per event for a failed test's logs, is work the tools compared with do not do).
+fn bench_builder(label: &str) -> filesync::testkit::ClusterBuilder<'static> {
+    Cluster::builder(&bin(), label).agent_log(AgentLog::Default)
+}
+
+/// Starts `builder`'s cluster with timeouts long enough for the big workloads.
+async fn start(builder: filesync::testkit::ClusterBuilder<'_>) -> Cluster {
     let mut c = builder.start().await.expect("cluster");
     c.events.deadline = Duration::from_secs(1800);
     c.events.quiet = Duration::from_secs(120);
     c
 }
 
-/// Whether clusters are started over mutual TLS (`--tls`: W1 and W2 again, over TLS).
-static OVER_TLS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// How W1 and W2 run again after the plain run: over mutual TLS (`--tls`), on a NATS
+/// server (`--nats`: N1 and N2), on a 3-node NATS cluster (`--nats-cluster`: "x3").
+#[derive(Debug, Clone, Copy, Default)]
+struct Over {
+    tls: bool,
+    backend: Backend,
+}
 
-/// Whether clusters run on a NATS server started for them (`--nats`: W1 and W2 again, as
-/// N1 and N2).
-static OVER_NATS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static OVER: Mutex<Over> = Mutex::new(Over {
+    tls: false,
+    backend: Backend::Embedded,
+});
 
-/// Whether clusters run on a 3-node NATS cluster started for them, the mirror's streams
-/// with 3 replicas (`--nats-cluster`: W1 and W2 again, as N1 and N2 "x3").
-static OVER_NATS_CLUSTER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// W1 and W2 again with `flag` set (a bus over TLS, on NATS), their rows renamed by `name`.
-async fn again(
-    rows: &mut Vec<Row>,
-    rounds: usize,
-    flag: &std::sync::atomic::AtomicBool,
-    name: impl Fn(&str) -> String,
-) {
-    flag.store(true, std::sync::atomic::Ordering::Relaxed);
+/// W1 and W2 again `over` TLS or another bus, their rows renamed by `name`.
+async fn again(rows: &mut Vec<Row>, rounds: usize, over: Over, name: impl Fn(&str) -> String) {
+    *OVER.lock().expect("over") = over;
     let before = rows.len();
     w1(rows).await;
     for _ in 0..rounds {
@@ -287,7 +286,7 @@ async fn again(
     for row in &mut rows[before..] {
         row.id = name(&row.id);
     }
-    flag.store(false, std::sync::atomic::Ordering::Relaxed);
+    *OVER.lock().expect("over") = Over::default();
 }
 
 /// Directories of finished workloads, removed after the table is printed (see the module
@@ -428,15 +427,12 @@ async fn w2(rows: &mut Vec<Row>) {
 /// compared with one slave's time on NATS in the same run (N2, when it ran first).
 async fn n3(rows: &mut Vec<Row>) {
     const SLAVES: usize = 10;
-    let mut c = Cluster::builder(&bin(), "bench-n3")
-        .agent_log(AgentLog::Default)
-        .backend(Backend::Nats)
-        .slaves(SLAVES)
-        .start()
-        .await
-        .expect("cluster");
-    c.events.deadline = Duration::from_secs(1800);
-    c.events.quiet = Duration::from_secs(120);
+    let mut c = start(
+        bench_builder("bench-n3")
+            .backend(Backend::Nats)
+            .slaves(SLAVES),
+    )
+    .await;
     let stage = c.dir().join("stage");
     make_tree(&stage.join("w2"), 100, 100, 4096);
     let started = Instant::now();
@@ -927,23 +923,17 @@ fn window_verdict(state: &filesync::testkit::scenario::run::StateStats, window: 
 /// long the pass took (the bus's log says), the bus's resident memory while it ran, and the
 /// latency of those writes against the same writes before.
 async fn r3(rows: &mut Vec<Row>) {
-    let mut c = Cluster::builder(&bin(), "bench-r3")
-        .agent_log(AgentLog::Default)
-        // -v: the bus says what each collection pass removed and how long it took.
-        .master_args(&[
-            "-v",
-            "--keep-history",
-            "0",
-            "--gc-interval",
-            "3s",
-            "--gc-grace",
-            "0s",
-        ])
-        .start()
-        .await
-        .expect("cluster");
-    c.events.deadline = Duration::from_secs(1800);
-    c.events.quiet = Duration::from_secs(120);
+    // -v: the bus says what each collection pass removed and how long it took.
+    let mut c = start(bench_builder("bench-r3").master_args(&[
+        "-v",
+        "--keep-history",
+        "0",
+        "--gc-interval",
+        "3s",
+        "--gc-grace",
+        "0s",
+    ]))
+    .await;
     // Moved in once the slave is ready: a slave that has to catch up on 100,000 files
     // before it is ready would outlast the kit's start timeout.
     let stage = c.dir().join("stage");
@@ -1143,16 +1133,28 @@ fn main() {
         // W1 and W2 again over mutual TLS, then on NATS (N1, N2), in the same run as the
         // plain ones above.
         if std::env::args().any(|a| a == "--tls") {
-            again(&mut rows, rounds, &OVER_TLS, |id| format!("{id} TLS")).await;
+            let tls = Over {
+                tls: true,
+                ..Over::default()
+            };
+            again(&mut rows, rounds, tls, |id| format!("{id} TLS")).await;
         }
         if std::env::args().any(|a| a == "--nats") {
-            again(&mut rows, rounds, &OVER_NATS, |id| {
+            let nats = Over {
+                backend: Backend::Nats,
+                ..Over::default()
+            };
+            again(&mut rows, rounds, nats, |id| {
                 id.replacen('W', "N", 1) + " NATS"
             })
             .await;
         }
         if std::env::args().any(|a| a == "--nats-cluster") {
-            again(&mut rows, rounds, &OVER_NATS_CLUSTER, |id| {
+            let cluster = Over {
+                backend: Backend::NatsCluster,
+                ..Over::default()
+            };
+            again(&mut rows, rounds, cluster, |id| {
                 id.replacen('W', "N", 1) + " NATS x3"
             })
             .await;

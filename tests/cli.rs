@@ -9,7 +9,7 @@ use filesync::check::CheckOptions;
 use filesync::event::Event;
 use filesync::testkit::{AgentLog, Backend, Cluster, Pattern, Proc};
 
-use crate::util::{bin, cluster, cluster_on, must};
+use crate::util::{bin, cluster, cluster_on, exported, must};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listen_prints_filtered_events_readable_or_as_raw_log_lines() {
@@ -166,8 +166,8 @@ async fn listen_until_done(addr: &str, args: &[&str]) -> (Option<i32>, String, S
     }
 }
 
-/// The log's lines as the bus keeps them: the embedded bus's file as it is, or, on NATS,
-/// the events the test kit read from the stream, each written as a log line.
+/// The log's lines as the test kit knows them apart from `export`: the embedded bus's file
+/// as it is, or, on NATS, the events the kit's listener read, each written as a log line.
 fn log_lines(c: &Cluster) -> Vec<String> {
     match c.backend {
         Backend::Embedded => {
@@ -204,12 +204,7 @@ async fn listen_ends_when_told_and_leaves_no_trace_unless_asked(backend) {
     let head = c.events.seen().last().map_or(0, |e| e.seq);
 
     // export: the log as it stands, unchanged, and `check` accepts it.
-    let exported = Command::new(bin())
-        .args(["export", "--bus", &c.addr])
-        .output()
-        .expect("run export");
-    assert_eq!(exported.status.code(), Some(0), "{exported:?}");
-    let text = String::from_utf8_lossy(&exported.stdout).into_owned();
+    let text = exported(&c);
     let logged: Vec<String> = log_lines(&c).into_iter().take(head as usize).collect();
     assert_eq!(text.lines().collect::<Vec<_>>(), logged);
     let copy = c.dir().join("exported.jsonl");
@@ -257,15 +252,15 @@ async fn listen_ends_when_told_and_leaves_no_trace_unless_asked(backend) {
     assert_eq!(code, Some(0), "{err}");
     assert!(out.lines().count() as u64 >= head, "{out}");
 
-    // Neither listener left a join in the log; one that asks to be announced does.
+    // Neither listener left a join in the log (as the bus holds it now, read whole); one
+    // that asks to be announced does.
     let listener_joins = |c: &Cluster| {
-        log_lines(c)
-            .iter()
+        exported(c)
+            .lines()
             .filter_map(|l| Event::parse(l).ok())
             .filter(|e| e.agent == "listener")
             .count()
     };
-    must(c.events.wait_quiet(Duration::from_millis(300)).await);
     assert_eq!(listener_joins(&c), 0);
     let (code, _, err) = listen_until_done(&c.addr, &["--until-quiet", "0.3", "--announce"]).await;
     assert_eq!(code, Some(0), "{err}");
@@ -472,10 +467,9 @@ async fn status_reports_each_agent_its_lag_and_a_health_exit_code(backend) {
     assert_eq!(slave["connected"], false, "{json}");
     assert_eq!(slave["behind"], 3, "{json}");
     assert_eq!(slave["behind_bytes"], 3000, "{json}");
-    // The status reader left no trace in the log.
-    must(c.events.wait_quiet(Duration::from_millis(300)).await);
-    assert!(log_lines(&c)
-        .iter()
+    // The status reader left no trace in the log (as the bus holds it now, read whole).
+    assert!(exported(&c)
+        .lines()
         .all(|l| !l.contains("\"agent\":\"status\"")));
 
     must(c.stop_master());

@@ -23,6 +23,16 @@ pub fn run(args: &[&str], extra: &[&Path]) -> Output {
     command.output().expect("run filesync")
 }
 
+/// `filesync export`: the whole log as the bus holds it now, as log lines.
+pub fn exported(c: &Cluster) -> String {
+    let out = Command::new(bin())
+        .args(["export", "--bus", &c.addr])
+        .output()
+        .expect("run export");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Asserts a refusal: exit 2 and one line on stderr that says `why`.
 pub fn assert_refused(out: &Output, why: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
