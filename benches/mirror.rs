@@ -1132,32 +1132,21 @@ fn main() {
         }
         // W1 and W2 again over mutual TLS, then on NATS (N1, N2), in the same run as the
         // plain ones above.
-        if std::env::args().any(|a| a == "--tls") {
-            let tls = Over {
-                tls: true,
-                ..Over::default()
-            };
-            again(&mut rows, rounds, tls, |id| format!("{id} TLS")).await;
-        }
-        if std::env::args().any(|a| a == "--nats") {
-            let nats = Over {
-                backend: Backend::Nats,
-                ..Over::default()
-            };
-            again(&mut rows, rounds, nats, |id| {
-                id.replacen('W', "N", 1) + " NATS"
-            })
-            .await;
-        }
-        if std::env::args().any(|a| a == "--nats-cluster") {
-            let cluster = Over {
-                backend: Backend::NatsCluster,
-                ..Over::default()
-            };
-            again(&mut rows, rounds, cluster, |id| {
-                id.replacen('W', "N", 1) + " NATS x3"
-            })
-            .await;
+        for (flag, tls, backend, suffix) in [
+            ("--tls", true, Backend::Embedded, " TLS"),
+            ("--nats", false, Backend::Nats, " NATS"),
+            ("--nats-cluster", false, Backend::NatsCluster, " NATS x3"),
+        ] {
+            if std::env::args().any(|a| a == flag) {
+                let over = Over { tls, backend };
+                // Rows on NATS are N1 and N2 (issue 16's names); over TLS, W1 and W2.
+                let on_nats = backend != Backend::Embedded;
+                again(&mut rows, rounds, over, |id| match on_nats {
+                    true => id.replacen('W', "N", 1) + suffix,
+                    false => format!("{id}{suffix}"),
+                })
+                .await;
+            }
         }
         if named("n3") {
             n3(&mut rows).await;
