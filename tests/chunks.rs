@@ -286,9 +286,11 @@ async fn content_missing_on_the_bus_is_an_error_until_it_is_uploaded_again() {
         c.master_dir().join("copy.bin"),
     )
     .expect("cp");
+    // The master may see the copy half written first: its notify of the whole copy counts.
+    let sha256 = filesync_master::hash::sha256_hex(&data);
     let copied = must(
         c.events
-            .expect(Pattern::notify().put().path("copy.bin"))
+            .expect(Pattern::notify().put().path("copy.bin").sha256(&sha256))
             .await,
     );
     assert_eq!(
