@@ -291,44 +291,62 @@ async fn a_node_cut_off_mid_burst_loses_nothing() {
     converges_each_once(&mut c, BURST + 1, &fault, since).await;
 }
 
-/// An event against the rules that gets into a NATS log anyway (here a notify published on
-/// a slave's subject, which the shipped permissions would refuse): the slave never applies
-/// it and answers it with an `error` saying why, and `check` flags the log.
+/// Events against the rules that get into a NATS log anyway, which the shipped permissions
+/// would refuse: a notify published on a slave's subject, which no slave reads (a slave
+/// reads the masters' events and its own), and a notify of a path outside the mirror on
+/// the master's subject (a stolen master credential), which the slave reads and answers
+/// with an `error` saying why. Neither is applied, and `check` flags both.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_against_the_rules_is_never_applied_and_is_flagged() {
     let mut c = cluster_on(Backend::Nats, "nats-bogus", 1).await;
     c.events.allow_errors();
     let js = jetstream(&c).await;
     let sha256 = filesync_master::hash::sha256_hex(b"evil");
-    let notify = format!(
-        r#"{{"tag":"notify","op":"put","path":"evil.txt","kind":"file","size":4,"sha256":"{sha256}","mode":420}}"#
-    );
-    let subject = format!("filesync.log.slave.{}", hex::encode("intruder"));
-    let seq = js
-        .publish(subject, notify.into())
-        .await
-        .expect("send")
-        .await
-        .expect("appended: NATS runs none of our rules")
-        .sequence;
+    let notify = |path: &str| {
+        format!(
+            r#"{{"tag":"notify","op":"put","path":"{path}","kind":"file","size":4,"sha256":"{sha256}","mode":420}}"#
+        )
+    };
+    let mut seqs = Vec::new();
+    for (agent, path) in [
+        ("slave.696e747275646572", "evil.txt"),
+        ("master.6d6173746572", "../evil.txt"),
+    ] {
+        let ack = js
+            .publish(format!("filesync.log.{agent}"), notify(path).into())
+            .await
+            .expect("send")
+            .await
+            .expect("appended: NATS runs none of our rules");
+        seqs.push(ack.sequence);
+    }
     let answer = must(
         c.events
-            .expect(Pattern::error().by("slave").cause(seq))
+            .expect(Pattern::error().by("slave").cause(seqs[1]))
             .await,
     );
     let said = answer.body.error.unwrap_or_default();
     assert!(said.contains("rules refuse"), "{said}");
-    assert!(!c.slaves[0].dir.join("evil.txt").exists(), "never applied");
     fs::write(c.master_dir().join("after.txt"), "after").expect("write");
     must(
         c.events
             .expect(Pattern::consume().by("slave").put().path("after.txt"))
             .await,
     );
+    must(
+        c.events
+            .expect_none(
+                Pattern::any().by("slave").cause(seqs[0]),
+                Duration::from_millis(50),
+            )
+            .await,
+    );
+    assert!(!c.slaves[0].dir.join("evil.txt").exists(), "never applied");
+    let beside = c.slaves[0].dir.parent().map(|up| up.join("evil.txt"));
+    assert!(beside.is_some_and(|path| !path.exists()), "never applied");
     let report = c.check(CheckOptions::default());
-    let named = report
-        .violations
-        .iter()
-        .any(|v| v.seqs.contains(&seq) || v.seqs.contains(&answer.seq));
-    assert!(named, "check flags the log at #{seq}: {report}");
+    for seq in seqs {
+        let named = report.violations.iter().any(|v| v.seqs.contains(&seq));
+        assert!(named, "check flags the log at #{seq}: {report}");
+    }
 }

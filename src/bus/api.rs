@@ -20,7 +20,11 @@
 //!    content when it checks the notify.
 //! 2. **One total order.** Every event is numbered (`seq`, gapless from the log's start) and
 //!    appended before any reader sees it; [`BusApi::poll`] returns events from the asked
-//!    `seq` on, contiguous, in order, waiting until there is at least one.
+//!    `seq` on, in order, waiting until there is at least one: contiguous, unless the link
+//!    reads a view of the log ([`BusApi::reads_whole_log`]: a slave on NATS reads the
+//!    masters' events and its own, not the other slaves' answers), whose events come in
+//!    order with the others' left out. The [`Welcome`]'s `head` is then the newest event
+//!    of the view.
 //! 3. **Refused means absent.** A publish the rules refuse appends nothing; its reply is
 //!    [`ClientError::Refused`] with the rule's sentence.
 //! 4. **Content is verified before it can be named.** A put or upload whose bytes do not hash
@@ -98,7 +102,8 @@ pub trait BusApi: Send + Sync {
     /// Appends an event, once the rules let it; the reply is its `seq`.
     fn publish(&self, event: Draft) -> Sending<'_, u64>;
 
-    /// Events from `from` on, at least one (waits until one exists), contiguous.
+    /// Events from `from` on, at least one (waits until one exists), in order; contiguous
+    /// when the link reads the whole log.
     /// [`ClientError::Truncated`] when retention removed `from`: the reply names the log's
     /// start, and the state before it is [`BusApi::checkpoint`] at `start - 1`.
     fn poll(&self, from: u64) -> Sending<'_, Vec<Event>>;
@@ -132,6 +137,12 @@ pub trait BusApi: Send + Sync {
     /// whose rules keep such events out of the log (the embedded bus).
     fn refusal(&self, _seq: u64) -> Option<String> {
         None
+    }
+
+    /// Whether [`BusApi::poll`] reads the whole log (contiguous) or a view of it, in order
+    /// with gaps: what a reader may check of the `seq`s it is given.
+    fn reads_whole_log(&self) -> bool {
+        true
     }
 
     /// Optional: a number for a new large file whose chunks this master announces as it

@@ -750,10 +750,17 @@ impl Subscription {
                 return Ok(event);
             }
             let events = api::call(self.client.poll(self.next)).await?;
-            // Guard against a confused bus: only the exact next seq is accepted.
+            // Guard against a confused bus: only the exact next seq is accepted (in a view
+            // of the log, a later one).
+            let whole = self.client.reads_whole_log();
             for event in events {
-                let expected = self.next + self.buffered.len() as u64;
-                if event.seq != expected {
+                let expected = self.buffered.back().map_or(self.next, |last| last.seq + 1);
+                let in_order = if whole {
+                    event.seq == expected
+                } else {
+                    event.seq >= expected
+                };
+                if !in_order {
                     return Err(ClientError::Protocol(format!(
                         "expected seq {expected}, got {}",
                         event.seq

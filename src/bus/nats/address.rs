@@ -148,6 +148,30 @@ impl NatsAddress {
         }
     }
 
+    /// The subjects a link reads (`api::BusApi::reads_whole_log`): a slave reads the
+    /// masters' events and its own, nothing of the other slaves (with ten slaves, each
+    /// would otherwise read ten answers for every notify); anyone else reads the whole log
+    /// (none).
+    pub(super) fn view(&self, role: Role, name: &str) -> Vec<String> {
+        match role {
+            Role::Slave => vec![
+                self.order_subjects(Role::Master, name),
+                self.log_subject(role, name),
+            ],
+            _ => Vec::new(),
+        }
+    }
+
+    /// Whether an event by `author` is in the view of `role` `name` (see [`Self::view`]).
+    pub(super) fn in_view(role: Role, name: &str, author: &Author) -> bool {
+        match role {
+            Role::Slave => {
+                author.role == Role::Master || (author.role == role && author.name == name)
+            }
+            _ => true,
+        }
+    }
+
     /// Every master's join subject, for `Nats-Expected-Last-Subject-Sequence-Subject`.
     pub(super) fn joins(&self) -> String {
         format!("{}.log.master.*.{JOIN}", self.prefix)
@@ -242,5 +266,30 @@ mod tests {
         assert!(refused("nats://127.0.0.1").contains("HOST:PORT"));
         assert!(refused("nats://127.0.0.1:4222?prefix=a.b").contains("mirror name"));
         assert!(refused("nats://127.0.0.1:4222?colour=red").contains("unknown option"));
+    }
+
+    #[test]
+    fn a_slave_reads_the_masters_events_and_its_own_and_anyone_else_all() {
+        let address = NatsAddress::parse("nats://127.0.0.1:4222?prefix=docs")
+            .expect("a NATS address")
+            .expect("well written");
+        assert_eq!(
+            address.view(Role::Slave, "s.1"),
+            ["docs.log.master.>", "docs.log.slave.732e31"]
+        );
+        assert!(address.view(Role::Listener, "l").is_empty());
+        assert!(address.view(Role::Master, "m").is_empty());
+        let by = |subject: &str| address.author_of(subject).expect("an agent's subject");
+        let seen = |subject: &str| NatsAddress::in_view(Role::Slave, "s.1", &by(subject));
+        assert!(seen("docs.log.slave.732e31"));
+        assert!(seen(&address.join_subject("m")));
+        assert!(seen(&address.log_subject(Role::Master, "m")));
+        assert!(!seen(&address.log_subject(Role::Slave, "s.2")));
+        assert!(!seen(&address.log_subject(Role::Listener, "s.1")));
+        assert!(NatsAddress::in_view(
+            Role::Listener,
+            "l",
+            &by("docs.log.slave.732e32")
+        ));
     }
 }

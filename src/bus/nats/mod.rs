@@ -230,20 +230,26 @@ impl NatsDial {
         let (start, head) = (info.state.first_sequence.max(1), info.state.last_sequence);
         let mut replica = Replica::default();
         let mut refused = BTreeMap::new();
-        let mut reader = Reader::new(log.clone(), self.address.clone());
+        let mut reader = Reader::new(log.clone(), self.address.clone(), Vec::new());
         let mut next = start;
-        // The newest event on the subjects this link's batches are ordered by.
-        let mut ordered_last = 0;
+        // The newest event on the subjects this link's batches are ordered by, and in its
+        // view (the head this link's reader reaches).
+        let (mut ordered_last, mut view_head) = (0, 0);
         let in_order = |author: &Author| match hello.role {
             Role::Master => author.role == Role::Master,
             role => author.role == role && author.name == hello.name,
         };
+        let view = self.address.view(hello.role, &hello.name);
+        let in_view = |author: &Author| NatsAddress::in_view(hello.role, &hello.name, author);
         while next <= head {
             for event in reader.read(next).await? {
                 next = event.seq + 1;
                 let author = reader.author(&event);
                 if author.as_ref().is_some_and(in_order) {
                     ordered_last = event.seq;
+                }
+                if view.is_empty() || author.as_ref().is_some_and(in_view) {
+                    view_head = event.seq;
                 }
                 judge(&mut replica, &mut refused, &event, author);
             }
@@ -263,7 +269,7 @@ impl NatsDial {
             })?;
         let leases = Leases::take(&js, &self.address, hello).await?;
         let welcome = Welcome {
-            head,
+            head: view_head,
             start,
             answered: replica.rules.answered(&hello.name),
             retry: match hello.role {
@@ -304,7 +310,13 @@ impl NatsDial {
             one_at_a_time: self.one_at_a_time.clone(),
             atomic: info.config.allow_atomic_publish,
             replica: Mutex::new(replica),
-            readers: Mutex::new(vec![reader]),
+            // The reader of the whole log is where a read of it goes on; not of a view.
+            readers: Mutex::new(if view.is_empty() {
+                vec![reader]
+            } else {
+                Vec::new()
+            }),
+            view,
             log,
             leases: tokio::sync::Mutex::new(leases),
             refused: Mutex::new(refused),
@@ -469,6 +481,8 @@ struct Inner {
     /// `from` (or a new one) for as long as it waits, so that two readings (a slave's
     /// subscription and its verification's replay) never wait for each other.
     readers: Mutex<Vec<Reader>>,
+    /// What this link's reads read (`NatsAddress::view`): none, the whole log.
+    view: Vec<String>,
     log: stream::Stream,
     /// Held for as long as the link lives, given up when the agent says `leave`.
     leases: tokio::sync::Mutex<Option<Leases>>,
@@ -609,7 +623,7 @@ impl Inner {
             let mut readers = self.readers.lock().unwrap_or_else(|p| p.into_inner());
             match readers.iter().position(|r| r.at() == from) {
                 Some(idx) => readers.swap_remove(idx),
-                None => Reader::new(self.log.clone(), self.address.clone()),
+                None => Reader::new(self.log.clone(), self.address.clone(), self.view.clone()),
             }
         };
         let events = reader.read(from).await?;
@@ -784,6 +798,10 @@ impl BusApi for NatsLink {
 
     fn refusal(&self, seq: u64) -> Option<String> {
         self.0.refusal(seq)
+    }
+
+    fn reads_whole_log(&self) -> bool {
+        self.0.view.is_empty()
     }
 }
 

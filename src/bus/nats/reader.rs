@@ -1,4 +1,5 @@
-//! `Reader`: the log in order from any `seq`, read from the log's stream.
+//! `Reader`: the log in order from any `seq`, read from the log's stream: all of it, or
+//! the subjects of a link's view (`NatsAddress::view`).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, UNIX_EPOCH};
@@ -43,6 +44,8 @@ impl Failure {
 pub(super) struct Reader {
     log: stream::Stream,
     address: NatsAddress,
+    /// The subjects read; none: the whole log, whose events must then come contiguous.
+    view: Vec<String>,
     next: u64,
     messages: Option<consumer::pull::Ordered>,
     /// Who published each event read, newest few (a link's rules learn from them).
@@ -50,10 +53,12 @@ pub(super) struct Reader {
 }
 
 impl Reader {
-    pub(super) fn new(log: stream::Stream, address: NatsAddress) -> Reader {
+    /// A reader of `view`'s subjects (none: of the whole log).
+    pub(super) fn new(log: stream::Stream, address: NatsAddress, view: Vec<String>) -> Reader {
         Reader {
             log,
             address,
+            view,
             next: 0,
             messages: None,
             authors: BTreeMap::new(),
@@ -98,6 +103,7 @@ impl Reader {
                 deliver_policy: consumer::DeliverPolicy::ByStartSequence {
                     start_sequence: from,
                 },
+                filter_subjects: self.view.clone(),
                 ..Default::default()
             };
             let consumer = self
@@ -122,8 +128,7 @@ impl Reader {
                 // An idle log is normal; a consumer that says nothing while the log holds
                 // what it waits for has lost its stream (a leader gone): make another.
                 _ = tokio::time::sleep(STALL_CHECK) => {
-                    let last = self.log.get_info().await.map_err(Failure::stream)?.state.last_sequence;
-                    if last >= from {
+                    if holds_from(&self.log, &self.view, from).await? {
                         return Err(Failure::stream(format!("the consumer stalled before #{from}")));
                     }
                 }
@@ -152,11 +157,18 @@ impl Reader {
     }
 
     /// One message as a log line: `seq` and `time` from the stream, the agent from the
-    /// subject, the body from the payload. Out of order is a broken log.
+    /// subject, the body from the payload. Out of order is a broken log: a whole log's
+    /// events come contiguous, a view's in increasing order (its consumer, an ordered one,
+    /// starts again by itself where a message of the view went missing).
     fn decode(&mut self, message: &jetstream::Message) -> Result<Event, ClientError> {
         let info = message.info().map_err(protocol)?;
         let seq = info.stream_sequence;
-        if seq != self.next {
+        let in_order = if self.view.is_empty() {
+            seq == self.next
+        } else {
+            seq >= self.next
+        };
+        if !in_order {
             return Err(ClientError::Protocol(format!(
                 "the log's stream gave #{seq} where #{} comes next",
                 self.next
@@ -184,4 +196,21 @@ impl Reader {
             body,
         })
     }
+}
+
+/// Whether `log` holds an event of `view` (none: of the whole log) at `from` or after, asked
+/// of the stream's leader.
+async fn holds_from(log: &stream::Stream, view: &[String], from: u64) -> Result<bool, Failure> {
+    if view.is_empty() {
+        let info = log.get_info().await.map_err(Failure::stream)?;
+        return Ok(info.state.last_sequence >= from);
+    }
+    for subject in view {
+        match log.get_first_raw_message_by_subject(subject, from).await {
+            Ok(_) => return Ok(true),
+            Err(err) if err.kind() == stream::LastRawMessageErrorKind::NoMessageFound => {}
+            Err(err) => return Err(Failure::stream(err)),
+        }
+    }
+    Ok(false)
 }
