@@ -22,7 +22,8 @@
 //! With `--tls`, W1 and W2 run again over mutual TLS after the plain run, in the same
 //! process (`cargo bench --bench mirror -- w1 w2 --rounds=3 --tls`); with `--nats`, again
 //! on a nats-server started for them (rows N1 and N2: `-- w1 w2 --rounds=3 --nats`), and
-//! with `n3` W2 with ten slaves on it (`-- w2 n3 --nats`); with `--nats-cluster`, W1 and W2
+//! with `n3` W2 with ten slaves on it (`-- w2 n3 --nats`; compared with ten `cp -a` of the
+//! tree run at once, what ten copies cost the machine by themselves); with `--nats-cluster`, W1 and W2
 //! again on a 3-node NATS cluster, every stream replicated on all three.
 //!
 //! W7 to W9 also say what moved, from the log: bytes the master uploaded and the slave
@@ -451,6 +452,23 @@ async fn n3(rows: &mut Vec<Row>) {
         converged.push(started.elapsed());
     }
     let last = converged.iter().max().copied().unwrap_or_default();
+    // What ten copies of the tree cost this machine by themselves: ten `cp -a` at once, the
+    // floor of ten slaves on one machine (each writes every file).
+    let copies = Instant::now();
+    let mut running: Vec<_> = (0..SLAVES)
+        .map(|idx| {
+            Command::new("cp")
+                .arg("-a")
+                .arg(c.master_dir().join("w2"))
+                .arg(stage.join(format!("cp{idx}")))
+                .spawn()
+                .expect("cp")
+        })
+        .collect();
+    for cp in &mut running {
+        assert!(cp.wait().expect("cp").success(), "cp failed");
+    }
+    let copies = copies.elapsed();
     let one = rows
         .iter()
         .rev()
@@ -458,8 +476,9 @@ async fn n3(rows: &mut Vec<Row>) {
         .and_then(|r| r.times.map(|t| t.0));
     let ratio = match one {
         Some(one) => format!(
-            "{:.2}x one slave (N2)",
-            last.as_secs_f64() / one.as_secs_f64()
+            "{:.2}x one slave (N2), {:.2}x ten cp -a",
+            last.as_secs_f64() / one.as_secs_f64(),
+            last.as_secs_f64() / copies.as_secs_f64()
         ),
         None => "run with w2 --nats for one slave's time".into(),
     };
@@ -468,7 +487,7 @@ async fn n3(rows: &mut Vec<Row>) {
         times: None,
         workload: format!("W2 with {SLAVES} slaves, the last one converged"),
         filesync: secs(last),
-        cp: String::new(),
+        cp: format!("x{SLAVES} at once {}", secs(copies)),
         rsync: String::new(),
         ratio,
         slave_wrote: String::new(),

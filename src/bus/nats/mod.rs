@@ -44,6 +44,7 @@ use async_nats::jetstream::{self, stream};
 use async_nats::HeaderMap;
 use filesync_master::hash::ContentHash;
 use filesync_master::Change;
+use futures_util::StreamExt;
 
 mod address;
 mod lease;
@@ -671,9 +672,23 @@ impl Inner {
         }
     }
 
+    /// Whether the content stream holds `address`: asked of the stream's leader as the
+    /// subjects it holds under the address's subject, so that the answer carries no content
+    /// (a master asks about every chunk of a large file it changed, and fetching each held
+    /// chunk to say yes moved the whole file back to the master).
     async fn has(&self, address: ContentHash) -> Result<api::Reply<bool>, ClientError> {
-        let found = self.fetch(&address).await?;
-        Ok(api::Reply::ready(Ok(found.is_some())))
+        let subject = self.address.content_subject(&address);
+        let mut held = self
+            .content
+            .info_with_subjects(&subject)
+            .await
+            .map_err(lost)?;
+        let found = match held.next().await {
+            Some(Ok((held, count))) => held == subject && count > 0,
+            Some(Err(err)) => return Err(lost(err)),
+            None => false,
+        };
+        Ok(api::Reply::ready(Ok(found)))
     }
 
     async fn put(
