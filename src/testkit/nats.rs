@@ -15,11 +15,11 @@ use super::plan::Plan;
 /// How long the server may take to listen.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// A server's configuration: loopback only, a free port, JetStream with every write synced
-/// before it is acknowledged, and payloads up to 8 MiB (a put is at most 1 MiB of content
-/// and a manifest upload more; NATS's default limit is 1 MB); `cluster`, a node's
-/// `cluster { }` block.
-fn config(store: &std::path::Path, cluster: &str) -> String {
+/// A server's configuration: loopback only, on `port` (-1: a free one the server picks),
+/// JetStream with every write synced before it is acknowledged, and payloads up to 8 MiB
+/// (a put is at most 1 MiB of content and a manifest upload more; NATS's default limit is
+/// 1 MB); `cluster`, a node's `cluster { }` block.
+fn config(store: &std::path::Path, port: i32, cluster: &str) -> String {
     // `FILESYNC_NATS_SYNC=default` leaves NATS's own flushing (every 2 minutes), for
     // measuring what syncing every write costs (docs/BENCHMARKS.md).
     let sync = match std::env::var("FILESYNC_NATS_SYNC").as_deref() {
@@ -27,7 +27,7 @@ fn config(store: &std::path::Path, cluster: &str) -> String {
         _ => "  sync_interval: always\n",
     };
     format!(
-        "listen: \"127.0.0.1:-1\"\nmax_payload: 8MB\njetstream {{\n  store_dir: {:?}\n{sync}}}\n{cluster}",
+        "listen: \"127.0.0.1:{port}\"\nmax_payload: 8MB\njetstream {{\n  store_dir: {:?}\n{sync}}}\n{cluster}",
         store.display().to_string()
     )
 }
@@ -92,7 +92,7 @@ fn find_or_install() -> Result<PathBuf, String> {
 
 /// Starts a server in `plan`'s directory; returns its `nats://` address.
 pub fn start(plan: &mut Plan) -> Result<String, String> {
-    let (_, addr) = start_node(plan, "nats", "")?;
+    let (_, addr) = start_node(plan, "nats", -1, "")?;
     Ok(format!("nats://{addr}"))
 }
 
@@ -132,34 +132,69 @@ impl Node {
     }
 }
 
-/// A free port on loopback (bound, read and let go: a route or monitoring port must be
-/// known before its server starts).
-fn free_port() -> Result<u16, String> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
+/// `count` different free ports on loopback: bound together, read and let go (a route or
+/// monitoring port must be known before its server starts, and a node's client port too:
+/// one the server picked itself could be the route port meant for a node still to start).
+fn free_ports(count: usize) -> Result<Vec<u16>, String> {
+    let bound = (0..count)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    bound
+        .iter()
+        .map(|l| l.local_addr().map(|a| a.port()))
+        .collect::<Result<_, _>>()
         .map_err(|e| e.to_string())
 }
 
-/// Starts a JetStream cluster of `n` nodes on loopback (routes on free ports) and waits
-/// until it has elected its metadata leader; returns the nodes and the address naming
-/// every one (`nats://HOST:PORT,HOST:PORT,...`).
+/// How many times a cluster is started on other ports before its test fails: a port let go
+/// by `free_ports` can be taken by another process before its node binds it.
+const CLUSTER_ATTEMPTS: usize = 3;
+
+/// Starts a JetStream cluster of `n` nodes on loopback (every port chosen beforehand) and
+/// waits until it has elected its metadata leader; returns the nodes and the address naming
+/// every one (`nats://HOST:PORT,HOST:PORT,...`). A start that fails (a node that could
+/// not bind its port, no leader within `START_TIMEOUT`) is stopped and tried again on
+/// other ports, from empty stores.
 pub fn start_cluster(plan: &mut Plan, n: usize) -> Result<(Vec<Node>, String), String> {
-    let route_ports: Vec<u16> = (0..n).map(|_| free_port()).collect::<Result<_, _>>()?;
-    let routes: Vec<String> = route_ports
+    let mut failed = String::new();
+    for attempt in 1..=CLUSTER_ATTEMPTS {
+        let mut nodes = Vec::new();
+        match try_cluster(plan, n, &mut nodes) {
+            Ok(addr) => return Ok((nodes, addr)),
+            Err(err) => {
+                eprintln!("starting a {n}-node NATS cluster (attempt {attempt}): {err}");
+                for node in &nodes {
+                    plan.abandon(node.proc);
+                }
+                failed = err;
+            }
+        }
+    }
+    let kept = plan.keep();
+    Err(format!("{failed}\n(kept: {})", kept.display()))
+}
+
+/// One attempt of `start_cluster`: the nodes started so far go into `nodes`.
+fn try_cluster(plan: &mut Plan, n: usize, nodes: &mut Vec<Node>) -> Result<String, String> {
+    let ports = free_ports(3 * n)?;
+    let (routes, rest) = ports.split_at(n);
+    let (clients, monitors) = rest.split_at(n);
+    let named: Vec<String> = routes
         .iter()
         .map(|p| format!("nats://127.0.0.1:{p}"))
         .collect();
-    let mut nodes = Vec::new();
     let mut addrs = Vec::new();
-    for (idx, port) in route_ports.iter().enumerate() {
+    for idx in 0..n {
         let name = format!("n{}", idx + 1);
-        let monitor = free_port()?;
+        let _ = std::fs::remove_dir_all(plan.dir().join(&name));
+        let monitor = monitors[idx];
         let cluster = format!(
-            "server_name: {name}\nhttp: \"127.0.0.1:{monitor}\"\ncluster {{\n  name: filesync\n  listen: \"127.0.0.1:{port}\"\n  routes: [{}]\n}}\n",
-            routes.join(", ")
+            "server_name: {name}\nhttp: \"127.0.0.1:{monitor}\"\ncluster {{\n  name: filesync\n  listen: \"127.0.0.1:{}\"\n  routes: [{}]\n}}\n",
+            routes[idx],
+            named.join(", ")
         );
-        let (proc, addr) = start_node(plan, &name, &cluster)?;
+        let (proc, addr) = start_node(plan, &name, i32::from(clients[idx]), &cluster)?;
         nodes.push(Node {
             name,
             proc,
@@ -168,28 +203,24 @@ pub fn start_cluster(plan: &mut Plan, n: usize) -> Result<(Vec<Node>, String), S
         addrs.push(addr);
     }
     if let Some(first) = nodes.first() {
-        let elected = plan
-            .proc(first.proc)
-            .wait_for_stderr("metadata leader", START_TIMEOUT);
-        if let Err(err) = elected {
-            let kept = plan.keep();
-            return Err(format!("{err}\n(kept: {})", kept.display()));
-        }
+        plan.proc(first.proc)
+            .wait_for_stderr("metadata leader", START_TIMEOUT)?;
     }
-    Ok((nodes, format!("nats://{}", addrs.join(","))))
+    Ok(format!("nats://{}", addrs.join(",")))
 }
 
-/// Starts one server named `name` (its directory, its log) with `cluster` in its
-/// configuration; returns it and its `HOST:PORT`.
+/// Starts one server named `name` (its directory, its log) on `port` (-1: one it picks)
+/// with `cluster` in its configuration; returns it and its `HOST:PORT`.
 fn start_node(
     plan: &mut Plan,
     name: &str,
+    port: i32,
     cluster: &str,
 ) -> Result<(super::plan::ProcId, String), String> {
     let dir = plan.dir().join(name);
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let conf = dir.join("nats.conf");
-    std::fs::write(&conf, config(&dir.join("store"), cluster)).map_err(|e| e.to_string())?;
+    std::fs::write(&conf, config(&dir.join("store"), port, cluster)).map_err(|e| e.to_string())?;
     let mut command = Command::new(server_binary()?);
     command.arg("-c").arg(&conf);
     let id = plan.spawn(name, command).map_err(|e| e.to_string())?;

@@ -242,6 +242,14 @@ impl Plan {
         })
     }
 
+    /// Stops a process whatever became of it or of the others (a start to be tried again):
+    /// SIGTERM, then SIGKILL after `KILL_GRACE`; its exit, past or to come, is anticipated.
+    pub fn abandon(&mut self, id: ProcId) {
+        let slot = &mut self.slots[id.0];
+        slot.anticipated = true;
+        let _ = slot.proc.terminate(KILL_GRACE);
+    }
+
     /// SIGTERM and demand a clean exit (0) within `KILL_GRACE`: the agent's shutdown path.
     pub fn stop(&mut self, id: ProcId) -> Result<(), PlanError> {
         let status = self.kill(id)?;
