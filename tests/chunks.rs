@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use filesync::check::CheckOptions;
 use filesync::event::Event;
-use filesync::testkit::{Cluster, Pattern};
+use filesync::testkit::{Backend, Cluster, Pattern};
 
-use crate::util::{cluster, cluster_on, must};
+use crate::util::{cluster, cluster_on, jetstream, must};
 use filesync::testkit::noise;
 
 const MIB: u64 = 1 << 20;
@@ -237,19 +237,12 @@ fn pack_records(pack: &Path) -> Vec<(u64, String)> {
 
 /// Content missing on the bus (its store lost the file's manifest): the slave says so with
 /// an `error` event and writes nothing torn; once the same content is uploaded again (a
-/// copy of the file), its retry applies it, and the log says which error it repairs.
+/// copy of the file), its retry applies it, and the log says which error it repairs. On
+/// the embedded bus the manifest is cut off its pack while the master is stopped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn content_missing_on_the_bus_is_an_error_until_it_is_uploaded_again() {
     let mut c = cluster("chunks-missing", 0).await;
-    c.events.allow_errors();
-    let data = noise(4 << 20, 10);
-    save(&c.master_dir(), "big.bin", &data);
-    let notify = must(
-        c.events
-            .expect(Pattern::notify().put().path("big.bin"))
-            .await,
-    );
-    let manifest = notify.body.manifest.clone().expect("a manifest");
+    let (data, manifest) = a_large_file(&mut c).await;
     must(c.stop_master());
     // The manifest was the last thing stored: cut it off the pack.
     let pack = newest_pack(&c.master_state().join("blobs/packs"));
@@ -262,6 +255,55 @@ async fn content_missing_on_the_bus_is_an_error_until_it_is_uploaded_again() {
         .and_then(|f| f.set_len(*offset))
         .expect("truncate");
     must(c.start_master().await);
+    let manifest_bytes = 36 * (records.len() as u64 - 1);
+    repaired_once_uploaded_again(&mut c, &data, &manifest, manifest_bytes).await;
+}
+
+/// The same on NATS, the manifest's message deleted from the content stream: the master
+/// asking whether the bus holds it (`has`) must hear no, and upload it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_missing_on_nats_is_an_error_until_it_is_uploaded_again() {
+    let mut c = cluster_on(Backend::Nats, "chunks-missing", 0).await;
+    let (data, manifest) = a_large_file(&mut c).await;
+    let content = jetstream(&c)
+        .await
+        .get_stream("filesync_CONTENT")
+        .await
+        .expect("the content stream");
+    let stored = content
+        .get_last_raw_message_by_subject(&format!("filesync.content.{manifest}"))
+        .await
+        .expect("the manifest is stored");
+    content
+        .delete_message(stored.sequence)
+        .await
+        .expect("delete the manifest");
+    let manifest_bytes = stored.payload.len() as u64;
+    repaired_once_uploaded_again(&mut c, &data, &manifest, manifest_bytes).await;
+}
+
+/// A 4 MiB file, published: its bytes and its manifest's address.
+async fn a_large_file(c: &mut Cluster) -> (Vec<u8>, String) {
+    c.events.allow_errors();
+    let data = noise(4 << 20, 10);
+    save(&c.master_dir(), "big.bin", &data);
+    let notify = must(
+        c.events
+            .expect(Pattern::notify().put().path("big.bin"))
+            .await,
+    );
+    (data, notify.body.manifest.clone().expect("a manifest"))
+}
+
+/// With the manifest of big.bin (`data`) gone from the bus: a new slave's `error` names
+/// it and leaves nothing torn; a copy of the file uploads only the manifest
+/// (`manifest_bytes`), and the slave's retry repairs its error.
+async fn repaired_once_uploaded_again(
+    c: &mut Cluster,
+    data: &[u8],
+    manifest: &str,
+    manifest_bytes: u64,
+) {
     let idx = c.add_slave();
     must(c.start_slave(idx).await);
     let error = must(
@@ -274,7 +316,7 @@ async fn content_missing_on_the_bus_is_an_error_until_it_is_uploaded_again() {
             .body
             .error
             .as_deref()
-            .is_some_and(|e| e.contains(&manifest)),
+            .is_some_and(|e| e.contains(manifest)),
         "{error:?}"
     );
     assert!(
@@ -287,7 +329,7 @@ async fn content_missing_on_the_bus_is_an_error_until_it_is_uploaded_again() {
     )
     .expect("cp");
     // The master may see the copy half written first: its notify of the whole copy counts.
-    let sha256 = filesync_master::hash::sha256_hex(&data);
+    let sha256 = filesync_master::hash::sha256_hex(data);
     let copied = must(
         c.events
             .expect(Pattern::notify().put().path("copy.bin").sha256(&sha256))
@@ -295,7 +337,7 @@ async fn content_missing_on_the_bus_is_an_error_until_it_is_uploaded_again() {
     );
     assert_eq!(
         copied.body.uploaded,
-        Some(36 * (records.len() as u64 - 1)),
+        Some(manifest_bytes),
         "only the manifest was missing"
     );
     must(

@@ -10,27 +10,11 @@ use std::fs;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use filesync::bus::nats::NatsAddress;
 use filesync::check::CheckOptions;
 use filesync::event::Event;
 use filesync::testkit::{Backend, Cluster, Exit, Pattern};
 
-use crate::util::{assert_refused, cluster_on, exported, must, run};
-
-/// A JetStream client of the test's own on its NATS servers: a peer outside filesync, which
-/// NATS lets write whatever its permissions allow.
-async fn jetstream(c: &Cluster) -> async_nats::jetstream::Context {
-    let address = NatsAddress::parse(&c.addr)
-        .expect("a NATS address")
-        .expect("well written");
-    let servers: Vec<async_nats::ServerAddr> = address
-        .servers
-        .iter()
-        .map(|s| s.parse().expect("a server address"))
-        .collect();
-    let client = async_nats::connect(servers).await.expect("connect");
-    async_nats::jetstream::new(client)
-}
+use crate::util::{assert_refused, cluster_on, exported, jetstream, must, run};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_master_or_a_taken_name_is_refused_at_its_start() {

@@ -92,3 +92,18 @@ pub fn must<T, E: Display>(result: Result<T, E>) -> T {
         Err(err) => panic!("{err}"),
     }
 }
+
+/// A JetStream client of the test's own on its NATS servers: a peer outside filesync, which
+/// NATS lets write whatever its permissions allow.
+pub async fn jetstream(c: &Cluster) -> async_nats::jetstream::Context {
+    let address = filesync::bus::nats::NatsAddress::parse(&c.addr)
+        .expect("a NATS address")
+        .expect("well written");
+    let servers: Vec<async_nats::ServerAddr> = address
+        .servers
+        .iter()
+        .map(|s| s.parse().expect("a server address"))
+        .collect();
+    let client = async_nats::connect(servers).await.expect("connect");
+    async_nats::jetstream::new(client)
+}

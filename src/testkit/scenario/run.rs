@@ -273,6 +273,10 @@ pub struct RunOptions {
     pub progress: Option<fn(f64, f64, u64)>,
     /// The bus the run's cluster is on (the embedded bus unless told).
     pub backend: super::super::Backend,
+    /// Report the latency without holding it to the scenario's bounds: for the suite's
+    /// short runs, many at once on a shared machine (speed is for the bench to measure,
+    /// not for a test to time).
+    pub latency_reported_only: bool,
 }
 
 /// `run`, with the options of `filesync scenario run`.
@@ -382,6 +386,7 @@ pub async fn run_with(
         actions,
         check.violations.iter().map(|v| v.to_string()).collect(),
         settled.err(),
+        !options.latency_reported_only,
     );
     report.duration_s = elapsed;
     judge_state(scenario, sizes, &events, elapsed / 2.0, &mut report);
@@ -393,13 +398,15 @@ pub async fn run_with(
     Ok(report)
 }
 
-/// Evaluates `expect` over the log and the run's statistics.
+/// Evaluates `expect` over the log and the run's statistics (its latency bounds when
+/// `latency_judged`).
 pub fn judge(
     scenario: &Scenario,
     events: &[Event],
     actions: Vec<ActionReport>,
     violations: Vec<String>,
     settle_error: Option<String>,
+    latency_judged: bool,
 ) -> ScenarioReport {
     let times: BTreeMap<u64, std::time::SystemTime> = events
         .iter()
@@ -469,7 +476,7 @@ pub fn judge(
         ("p99", expect.latency_ms.p99, latency.p99),
         ("max", expect.latency_ms.max, latency.max),
     ] {
-        if let Some(bound) = bound.filter(|b| value > *b) {
+        if let Some(bound) = bound.filter(|b| latency_judged && value > *b) {
             failures.push(format!(
                 "latency {name} {value:.1} ms is over the bound of {bound} ms"
             ));
