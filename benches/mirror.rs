@@ -469,11 +469,13 @@ async fn n3(rows: &mut Vec<Row>) {
         assert!(cp.wait().expect("cp").success(), "cp failed");
     }
     let copies = copies.elapsed();
-    let one = rows
-        .iter()
-        .rev()
-        .find(|r| r.id.starts_with("N2"))
-        .and_then(|r| r.times.map(|t| t.0));
+    // One slave's time: N2's, the median of its rounds when there were several.
+    let one = median(
+        rows.iter()
+            .filter(|r| r.id.starts_with("N2"))
+            .filter_map(|r| r.times.map(|t| t.0))
+            .collect(),
+    );
     let ratio = match one {
         Some(one) => format!(
             "{:.2}x one slave (N2), {:.2}x ten cp -a",
