@@ -588,18 +588,23 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// Caught up with what the bus sent: settles, records, then waits for the next event,
-    /// retrying failed changes and verifying as they come due meanwhile. `None` on a stop.
+    /// Caught up with what the bus sent: waits for the next event, and once none came
+    /// within `IDLE_GRACE`, settles and records, then goes on waiting, retrying failed
+    /// changes and verifying as they come due meanwhile. `None` on a stop.
     async fn wait_for_next(
         &mut self,
         subscription: &mut Subscription,
         schedule: &Schedule,
         shutdown: &mut (impl Future<Output = ()> + Unpin),
     ) -> Result<Option<Event>, Interrupt> {
-        self.settle_and_save().await?;
-        self.follower.set_idle(true);
         let next = subscription.next();
         tokio::pin!(next);
+        // In a burst the next events are usually on their way: taken without settling first.
+        if let Ok(event) = tokio::time::timeout(IDLE_GRACE, &mut next).await {
+            return Ok(Some(event?));
+        }
+        self.settle_and_save().await?;
+        self.follower.set_idle(true);
         loop {
             let due = self.retries.next_due();
             let verify_due = schedule.verify_every.map(|every| self.verified_at + every);
@@ -953,6 +958,12 @@ pub(super) async fn write_piece(
             })
         })
 }
+
+/// How long a slave that has applied everything it was sent waits for more before it
+/// settles its answers and records its position. Settling at once stopped the slave for an
+/// acknowledgement's round trip (on NATS a synced write) every time it got ahead of the
+/// events arriving, which in a burst is every few events (N2, docs/BENCHMARKS.md).
+const IDLE_GRACE: Duration = Duration::from_millis(2);
 
 /// At most this many applied events go unrecorded in the position file.
 const POSITION_EVERY: u32 = 256;
