@@ -177,11 +177,17 @@ impl Connector {
             unreachable: None,
             busy: None,
         };
-        if let Some((_, welcome)) = &connected {
+        if let Some((link, welcome)) = &connected {
             let again = if self.sessions == 0 { "" } else { "re" };
+            // A link that reads a view of the log was told the newest event of its view.
+            let log = if link.reads_whole_log() {
+                "log"
+            } else {
+                "its view of the log"
+            };
             tracing::info!(
                 target: LIFECYCLE,
-                "{again}connected to the bus at {} as {} {} (log at #{})",
+                "{again}connected to the bus at {} as {} {} ({log} at #{})",
                 self.dial.describe(),
                 self.hello.role,
                 self.hello.name,

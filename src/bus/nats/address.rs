@@ -162,11 +162,19 @@ impl NatsAddress {
         }
     }
 
+    /// Whether an event by `author` is on the subjects of [`Self::order_subjects`].
+    pub(super) fn in_order(role: Role, name: &str, author: &Author) -> bool {
+        match role {
+            Role::Master => author.role == Role::Master,
+            _ => author.role == role && author.name == name,
+        }
+    }
+
     /// Whether an event by `author` is in the view of `role` `name` (see [`Self::view`]).
     pub(super) fn in_view(role: Role, name: &str, author: &Author) -> bool {
         match role {
             Role::Slave => {
-                author.role == Role::Master || (author.role == role && author.name == name)
+                Self::in_order(Role::Master, name, author) || Self::in_order(role, name, author)
             }
             _ => true,
         }

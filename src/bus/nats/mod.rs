@@ -236,12 +236,10 @@ impl NatsDial {
         // The newest event on the subjects this link's batches are ordered by, and in its
         // view (the head this link's reader reaches).
         let (mut ordered_last, mut view_head) = (0, 0);
-        let in_order = |author: &Author| match hello.role {
-            Role::Master => author.role == Role::Master,
-            role => author.role == role && author.name == hello.name,
-        };
-        let view = self.address.view(hello.role, &hello.name);
-        let in_view = |author: &Author| NatsAddress::in_view(hello.role, &hello.name, author);
+        let (role, name) = (hello.role, hello.name.as_str());
+        let in_order = |author: &Author| NatsAddress::in_order(role, name, author);
+        let view = self.address.view(role, name);
+        let in_view = |author: &Author| NatsAddress::in_view(role, name, author);
         while next <= head {
             for event in reader.read(next).await? {
                 next = event.seq + 1;
