@@ -16,7 +16,7 @@
 //!
 //! Format of a pack, `packs/<8 hex digits>.pack`: a 16-byte header `filesync-pack-1\n`, then
 //! records of `[32-byte SHA-256][u32 little-endian length][content]`. Records are only
-//! appended, each in one `write` call, after the content was verified against its address. A
+//! appended, each in one `writev` call, after the content was verified against its address. A
 //! record cut short by a crash is cut off when the pack is opened; nothing before it is
 //! affected. A state directory from before packs were split has one `blobs/small.pack` in
 //! the same format; it becomes pack 0.
@@ -316,14 +316,13 @@ impl Packs {
     /// full) and counts it live there; the caller indexes it.
     fn write_record(&mut self, address: &[u8; 32], content: &[u8]) -> io::Result<Loc> {
         let id = self.appending_pack()?;
-        let mut record = Vec::with_capacity(RECORD_HEADER as usize + content.len());
-        record.extend_from_slice(address);
-        record.extend_from_slice(&(content.len() as u32).to_le_bytes());
-        record.extend_from_slice(content);
+        let mut header = [0u8; RECORD_HEADER as usize];
+        header[..32].copy_from_slice(address);
+        header[32..].copy_from_slice(&(content.len() as u32).to_le_bytes());
         let (Some(pack), Some((_, file))) = (self.files.get_mut(&id), &mut self.appending) else {
             return Err(io::Error::other("no pack to append to"));
         };
-        if let Err(err) = file.write_all(&record) {
+        if let Err(err) = write_record_once(file, &header, content) {
             // Whatever part reached the file is cut off, so the next record starts clean.
             let _ = file.set_len(pack.end);
             return Err(err);
@@ -541,6 +540,17 @@ impl Packs {
     pub fn blobs(&self) -> usize {
         self.index.len()
     }
+}
+
+/// Writes a record's header and content in one `writev` (no copy of the content to join
+/// them), finishing with plain writes in the rare case the kernel takes only part.
+fn write_record_once(file: &mut File, header: &[u8], content: &[u8]) -> io::Result<()> {
+    let mut done = file.write_vectored(&[io::IoSlice::new(header), io::IoSlice::new(content)])?;
+    if done < header.len() {
+        file.write_all(&header[done..])?;
+        done = header.len();
+    }
+    file.write_all(&content[done - header.len()..])
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
