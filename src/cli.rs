@@ -811,15 +811,9 @@ async fn run_master(args: MasterArgs) -> anyhow::Result<()> {
         .map_err(anyhow::Error::msg)?;
     announce(&listener)?;
     options.bus = listener.local_addr()?.to_string();
-    // Over TLS, the master reaches the bus it hosts as any peer does, with the bus's own
-    // identity (the same state, so the same key).
-    if bus_options.tls.is_some() {
-        let identity = crate::identity::Identity::load_or_create(&state)?;
-        options.tls = Some(crate::bus::tls::ClientTls {
-            bus_id: identity.id,
-            identity: std::sync::Arc::new(identity),
-        });
-    }
+    // The master reaches the bus it hosts inside the process: no socket, no TLS, and its
+    // content is not hashed a second time.
+    options.dial = Some(std::sync::Arc::new(bus.local_dial(options.bus.clone())));
     let (stop_bus, bus_stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(bus.serve(listener, async move {
         let _ = bus_stopped.await;

@@ -29,6 +29,9 @@
 //!    [`ClientError::Refused`] with the rule's sentence.
 //! 4. **Content is verified before it can be named.** A put or upload whose bytes do not hash
 //!    to the address given is refused; [`BusApi::has`] says true only for verified content.
+//!    (A master's link to the bus it hosts is the one exception: the master computed each
+//!    address from the bytes it puts, in the same process, and the bus does not hash them a
+//!    second time; see `server::LocalDial`.)
 //! 5. **A link lost fails every reply still to come** with an error for which
 //!    [`ClientError::is_connection`] holds; the agent dials again and resumes from what the
 //!    [`Welcome`] says (its last answered notify, its errors to retry, the log's start).

@@ -161,9 +161,8 @@ async fn handshake(
     hello: Hello,
     tls: Option<&ClientTls>,
 ) -> Result<(BusClient, Welcome), ClientError> {
-    let mut verifier = None;
-    let (read_half, write_half) = match tls {
-        None => super::tls::split_plain(stream),
+    let (halves, verifier) = match tls {
+        None => (super::tls::split_plain(stream), None),
         Some(tls) => {
             let (connector, checked) = tls
                 .connector()
@@ -171,14 +170,21 @@ async fn handshake(
             let name = rustls::pki_types::ServerName::try_from("filesync")
                 .map_err(|err| ClientError::Protocol(err.to_string()))?;
             match connector.connect(name, stream).await {
-                Ok(stream) => {
-                    verifier = Some(checked);
-                    super::tls::split(stream)
-                }
+                Ok(stream) => (super::tls::split(stream), Some(checked)),
                 Err(err) => return Err(ClientError::Rejected(tls.explain(&err, &checked))),
             }
         }
     };
+    greet(halves, hello, tls.zip(verifier.as_deref())).await
+}
+
+/// Hello and welcome over a connection (plain, TLS, or in-process); then the connection's
+/// reader and writer tasks. `tls` explains a refusal the TLS layer reports.
+pub(crate) async fn greet(
+    (read_half, write_half): (super::tls::ReadHalf, super::tls::WriteHalf),
+    hello: Hello,
+    tls: Option<(&ClientTls, &super::tls::BusVerifier)>,
+) -> Result<(BusClient, Welcome), ClientError> {
     let mut reader = BufReader::new(read_half);
     let mut writer = BufWriter::new(write_half);
     let request = Request::Hello {
@@ -197,9 +203,9 @@ async fn handshake(
         // In TLS 1.3 the bus judges our certificate after we think the handshake done:
         // its refusal arrives as the first read's error.
         Err(FrameError::Io(err)) if super::tls::tls_error(&err).is_some() => {
-            let explained = match (tls, &verifier) {
-                (Some(tls), Some(verifier)) => tls.explain(&err, verifier),
-                _ => err.to_string(),
+            let explained = match tls {
+                Some((tls, verifier)) => tls.explain(&err, verifier),
+                None => err.to_string(),
             };
             return Err(ClientError::Rejected(explained));
         }

@@ -1,0 +1,61 @@
+#!/bin/bash
+# W3 outside the bench, for profiling and A/B runs of two builds: a master hosting its bus
+# and a slave run from the binary in $B; one 1 GiB file of random bytes is written and
+# synced, copied with `rsync -a` (the baseline, into memory as untouched as filesync's),
+# then moved into the master. Prints: rsync -a time, the time until the slave's consume
+# is in the bus's events.jsonl, when the notify came, and the CPU seconds of each thread
+# of the master (with its bus) and of the slave.
+#
+#   B=target/release/filesync benches/scripts/w3-phases.sh
+#   PERFSLAVE=1 (or PERFMASTER=1) ... records `perf` of that process into $OUT/<side>.data
+#
+# Nothing is deleted (see docs/BENCHMARKS.md): every run leaves about 4 GiB under $OUT.
+set -euo pipefail
+B=${B:-target/release/filesync}
+OUT=${OUT:-${TMPDIR:-/tmp}/filesync-w3}
+mkdir -p "$OUT"
+R=$(mktemp -d "$OUT/run.XXXX")
+mkdir -p "$R/m" "$R/s" "$R/stage"
+"$B" master --dir "$R/m" --listen 127.0.0.1:0 --state "$R/mstate" 2>"$R/master.log" &
+MP=$!
+for _ in $(seq 50); do grep -q "listening on" "$R/master.log" && break; sleep 0.1; done
+ADDR=$(grep -o "listening on [0-9.:]*" "$R/master.log" | awk '{print $3}')
+"$B" slave --dir "$R/s" --bus "$ADDR" --state "$R/sstate" 2>"$R/slave.log" &
+SP=$!
+for _ in $(seq 100); do
+  grep -q '"agent":"slave","tag":"ready"' "$R/mstate/events.jsonl" 2>/dev/null && break
+  sleep 0.1
+done
+head -c $((1 << 30)) /dev/urandom > "$R/stage/big.bin"
+sync
+T=$(date +%s.%N); rsync -a "$R/stage/big.bin" "$R/rsync.bin"; echo "rsync -a $(echo "$(date +%s.%N) - $T" | bc) s"
+sync
+PP=""
+if [ -n "${PERFMASTER:-}" ]; then perf record -p $MP --call-graph dwarf,16384 -F 497 -o "$OUT/master.data" 2>/dev/null & PP=$!; fi
+if [ -n "${PERFSLAVE:-}" ]; then perf record -p $SP --call-graph dwarf,16384 -F 497 -o "$OUT/slave.data" 2>/dev/null & PP=$!; fi
+python3 - "$R" <<'PY'
+import json, os, sys, time
+from datetime import datetime
+R = sys.argv[1]
+t0 = time.time()
+os.rename(R + "/stage/big.bin", R + "/m/big.bin")
+def has(tag):
+    with open(R + "/mstate/events.jsonl") as log:
+        return any(f'"{tag}"' in l and 'big.bin' in l for l in log)
+while not has("consume"):
+    time.sleep(0.02)
+print("total %.3f s" % (time.time() - t0))
+for l in open(R + "/mstate/events.jsonl"):
+    e = json.loads(l)
+    if e["tag"] in ("notify", "consume") and "big.bin" in l:
+        ts = datetime.fromisoformat(e["time"].replace("Z", "+00:00")).timestamp() - t0
+        print(e["tag"], "+%.3f" % ts)
+PY
+if [ -n "$PP" ]; then kill -INT $PP; sleep 2; fi
+for side in master:$MP slave:$SP; do
+  pid=${side#*:}
+  echo "cpu s ${side%:*}: $(awk '{print ($14+$15)/100}' /proc/$pid/stat) =" \
+    $(for t in /proc/$pid/task/*; do awk '{c=($14+$15)/100; if (c > 0.05) printf "%s %.2f, ", $2, c}' $t/stat; done)
+done
+kill $MP $SP
+wait 2>/dev/null || true
