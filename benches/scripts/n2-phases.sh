@@ -1,0 +1,52 @@
+#!/bin/bash
+# N2 (W2 over NATS) outside the bench, for profiling: a nats-server configured as the test
+# kit's (every write synced), a master and a slave on it from the binary in $B; a tree of
+# 10,000 files of 4 KiB in 100 dirs is moved into the master. Prints the time until the
+# slave holds all 10,000 files and each process's CPU seconds (nats-server's included).
+#
+#   B=target/release/filesync benches/scripts/n2-phases.sh
+#   PERFMASTER=1 (or PERFSLAVE=1) ... records `perf` of that process into $OUT/<side>.data
+#
+# Nothing is deleted; every run's directory stays under $OUT.
+set -euo pipefail
+B=${B:-target/release/filesync}
+OUT=${OUT:-${TMPDIR:-/tmp}/filesync-n2}
+mkdir -p "$OUT"
+R=$(mktemp -d "$OUT/run.XXXX")
+mkdir -p "$R/m" "$R/s" "$R/stage"
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+printf 'listen: "127.0.0.1:%s"\nmax_payload: 8MB\njetstream {\n  store_dir: "%s"\n  sync_interval: always\n}\n' \
+  "$PORT" "$R/nats" > "$R/nats.conf"
+nats-server -c "$R/nats.conf" 2>"$R/nats.log" &
+NP=$!
+for _ in $(seq 50); do grep -q "Server is ready" "$R/nats.log" && break; sleep 0.1; done
+BUS=nats://127.0.0.1:$PORT
+"$B" master --dir "$R/m" --bus "$BUS" --state "$R/mstate" 2>"$R/master.log" &
+MP=$!
+sleep 1
+"$B" slave --dir "$R/s" --bus "$BUS" --state "$R/sstate" 2>"$R/slave.log" &
+SP=$!
+for _ in $(seq 100); do grep -q "ready" "$R/slave.log" 2>/dev/null && break; sleep 0.1; done
+python3 - "$R" <<'PY'
+import os, sys
+R = sys.argv[1]
+for d in range(100):
+    os.makedirs(f"{R}/stage/w2/d{d:03}")
+    for f in range(100):
+        name = f"d{d:03}/f{f:04}\n".encode()
+        with open(f"{R}/stage/w2/d{d:03}/f{f:04}", "wb") as fh:
+            fh.write(name + b"x" * (4096 - len(name)))
+os.sync()
+PY
+PP=""
+if [ -n "${PERFMASTER:-}" ]; then perf record -p $MP --call-graph dwarf,16384 -F 997 -o "$OUT/master.data" 2>/dev/null & PP=$!; fi
+if [ -n "${PERFSLAVE:-}" ]; then perf record -p $SP --call-graph dwarf,16384 -F 997 -o "$OUT/slave.data" 2>/dev/null & PP=$!; fi
+T0=$(date +%s.%N)
+mv "$R/stage/w2" "$R/m/w2"
+while [ "$(find "$R/s/w2" -type f 2>/dev/null | wc -l)" -lt 10000 ]; do sleep 0.05; done
+echo "total $(echo "$(date +%s.%N) - $T0" | bc) s"
+if [ -n "$PP" ]; then kill -INT $PP; sleep 2; fi
+cpu() { awk '{print ($14+$15)/100}' /proc/$1/stat; }
+echo "cpu s: master $(cpu $MP) slave $(cpu $SP) nats-server $(cpu $NP)"
+kill $MP $SP; sleep 0.5; kill $NP
+wait 2>/dev/null || true
