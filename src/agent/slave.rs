@@ -10,6 +10,8 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::task::Poll;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -241,16 +243,50 @@ async fn settle_all(
 }
 
 async fn settle_one(sent: Sent, retries: &mut Retries) -> Result<(), ClientError> {
-    match sent.reply.await {
+    let Sent {
+        cause,
+        reply,
+        failed,
+    } = sent;
+    settled(cause, failed, reply.await, retries)
+}
+
+/// Takes the answers at the front whose acknowledgements have come, without waiting for
+/// any; returns the `seq` of the oldest notify whose answer is still on its way.
+async fn settle_arrived(
+    in_flight: &mut VecDeque<Sent>,
+    retries: &mut Retries,
+) -> Result<Option<u64>, ClientError> {
+    while let Some(front) = in_flight.front_mut() {
+        let arrived =
+            std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut front.reply).poll(cx))).await;
+        let Poll::Ready(outcome) = arrived else {
+            return Ok(Some(front.cause));
+        };
+        if let Some(sent) = in_flight.pop_front() {
+            settled(sent.cause, sent.failed, outcome, retries)?;
+        }
+    }
+    Ok(None)
+}
+
+/// What an acknowledgement (or refusal) of the answer to `cause` means.
+fn settled(
+    cause: u64,
+    failed: Option<Failed>,
+    outcome: Result<u64, ClientError>,
+    retries: &mut Retries,
+) -> Result<(), ClientError> {
+    match outcome {
         Ok(seq) => {
-            if let Some(failed) = sent.failed {
-                retries.add(seq, sent.cause, failed);
+            if let Some(failed) = failed {
+                retries.add(seq, cause, failed);
             }
             Ok(())
         }
         Err(err) if err.is_connection() => Err(err),
         Err(err) => {
-            tracing::error!("#{}: the bus refused our answer: {err}", sent.cause);
+            tracing::error!("#{cause}: the bus refused our answer: {err}");
             Ok(())
         }
     }
@@ -677,8 +713,27 @@ impl<'a> Session<'a> {
             }
         }
         if self.since_saved >= POSITION_EVERY {
-            self.settle_and_save().await?;
+            self.save_acknowledged().await?;
         }
+        Ok(())
+    }
+
+    /// Records the position as far as every answer is acknowledged, without waiting for
+    /// those still on their way: the events before the oldest unacknowledged answer's
+    /// notify. Waiting for them all stopped the slave for a round trip every
+    /// `POSITION_EVERY` events; on NATS a round trip is a batch's commit, and in N2 the
+    /// slave trailed the master by about a second (docs/BENCHMARKS.md).
+    async fn save_acknowledged(&mut self) -> Result<(), Interrupt> {
+        let waiting = settle_arrived(&mut self.in_flight, &mut self.retries).await?;
+        match waiting {
+            None => save(self.position_file, &mut self.unsaved)?,
+            Some(cause) if cause > 1 => {
+                let mut upto = self.unsaved.map(|at| at.min(cause - 1));
+                save(self.position_file, &mut upto)?;
+            }
+            Some(_) => {}
+        }
+        self.since_saved = 0;
         Ok(())
     }
 
@@ -1026,6 +1081,40 @@ mod tests {
             content: None,
             bytes,
         }
+    }
+
+    #[tokio::test]
+    async fn only_answers_acknowledged_in_order_are_settled_without_waiting() {
+        let answered = |cause: u64, reply: Reply<u64>| Sent {
+            cause,
+            reply,
+            failed: None,
+        };
+        let mut in_flight: VecDeque<Sent> = [
+            answered(3, Reply::ready(Ok(10))),
+            answered(5, Reply::ready(Ok(11))),
+            answered(8, Reply::new(std::future::pending())),
+            answered(9, Reply::ready(Ok(13))),
+        ]
+        .into();
+        let mut retries = Retries::default();
+        let waiting = settle_arrived(&mut in_flight, &mut retries)
+            .await
+            .expect("settled");
+        assert_eq!(waiting, Some(8), "the position may go up to 7, not past 8");
+        assert_eq!(
+            in_flight.iter().map(|sent| sent.cause).collect::<Vec<_>>(),
+            [8, 9],
+            "an acknowledgement behind one still awaited is left for later"
+        );
+        in_flight.pop_front();
+        assert_eq!(
+            settle_arrived(&mut in_flight, &mut retries)
+                .await
+                .expect("settled"),
+            None
+        );
+        assert!(in_flight.is_empty());
     }
 
     #[test]
