@@ -2,10 +2,13 @@
 # N2 (W2 over NATS) outside the bench, for profiling: a nats-server configured as the test
 # kit's (every write synced), a master and a slave on it from the binary in $B; a tree of
 # 10,000 files of 4 KiB in 100 dirs is moved into the master. Prints the time until the
-# slave holds all 10,000 files and each process's CPU seconds (nats-server's included).
+# slave holds all 10,000 files, when the notifies and consumes were appended (from
+# `filesync export`), a histogram per 100 ms, and each process's CPU seconds (nats-server's
+# included).
 #
 #   B=target/release/filesync benches/scripts/n2-phases.sh
-#   PERFMASTER=1 (or PERFSLAVE=1) ... records `perf` of that process into $OUT/<side>.data
+#   PERFMASTER=1 (or PERFSLAVE=1, PERFNATS=1) ... records `perf` of that process into
+#   $OUT/<side>.data (nats-server's with frame pointers, which Go keeps)
 #
 # Nothing is deleted; every run's directory stays under $OUT.
 set -euo pipefail
@@ -15,8 +18,11 @@ mkdir -p "$OUT"
 R=$(mktemp -d "$OUT/run.XXXX")
 mkdir -p "$R/m" "$R/s" "$R/stage"
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-printf 'listen: "127.0.0.1:%s"\nmax_payload: 8MB\njetstream {\n  store_dir: "%s"\n  sync_interval: always\n}\n' \
-  "$PORT" "$R/nats" > "$R/nats.conf"
+# NATS_SYNC=default leaves the server's own flushing (as FILESYNC_NATS_SYNC=default does).
+SYNC="  sync_interval: always"
+[ "${NATS_SYNC:-}" = default ] && SYNC=""
+printf 'listen: "127.0.0.1:%s"\nmax_payload: 8MB\njetstream {\n  store_dir: "%s"\n%s\n}\n' \
+  "$PORT" "$R/nats" "$SYNC" > "$R/nats.conf"
 nats-server -c "$R/nats.conf" 2>"$R/nats.log" &
 NP=$!
 for _ in $(seq 50); do grep -q "Server is ready" "$R/nats.log" && break; sleep 0.1; done
@@ -41,10 +47,29 @@ PY
 PP=""
 if [ -n "${PERFMASTER:-}" ]; then perf record -p $MP --call-graph dwarf,16384 -F 997 -o "$OUT/master.data" 2>/dev/null & PP=$!; fi
 if [ -n "${PERFSLAVE:-}" ]; then perf record -p $SP --call-graph dwarf,16384 -F 997 -o "$OUT/slave.data" 2>/dev/null & PP=$!; fi
+if [ -n "${PERFNATS:-}" ]; then perf record -p $NP -g -F 997 -o "$OUT/nats.data" 2>/dev/null & PP=$!; fi
 T0=$(date +%s.%N)
 mv "$R/stage/w2" "$R/m/w2"
 while [ "$(find "$R/s/w2" -type f 2>/dev/null | wc -l)" -lt 10000 ]; do sleep 0.05; done
 echo "total $(echo "$(date +%s.%N) - $T0" | bc) s"
+"$B" export --bus "$BUS" > "$R/events.jsonl"
+python3 - "$R/events.jsonl" "$T0" <<'PY'
+import json, sys
+from datetime import datetime
+t0 = float(sys.argv[2])
+first, last, hist = {}, {}, {}
+for l in open(sys.argv[1]):
+    e = json.loads(l)
+    if e["tag"] in ("notify", "consume"):
+        ts = datetime.fromisoformat(e["time"].replace("Z", "+00:00")).timestamp() - t0
+        first.setdefault(e["tag"], ts)
+        last[e["tag"]] = ts
+        bucket = hist.setdefault(int(ts * 10), {})
+        bucket[e["tag"]] = bucket.get(e["tag"], 0) + 1
+for tag in first:
+    print(tag, "first +%.3f last +%.3f" % (first[tag], last[tag]))
+print("per 100 ms, notifies/consumes:", " ".join("%d:%d/%d" % (b, hist[b].get("notify", 0), hist[b].get("consume", 0)) for b in sorted(hist)))
+PY
 if [ -n "$PP" ]; then kill -INT $PP; sleep 2; fi
 cpu() { awk '{print ($14+$15)/100}' /proc/$1/stat; }
 echo "cpu s: master $(cpu $MP) slave $(cpu $SP) nats-server $(cpu $NP)"
