@@ -53,23 +53,7 @@ mv "$R/stage/w2" "$R/m/w2"
 while [ "$(find "$R/s/w2" -type f 2>/dev/null | wc -l)" -lt 10000 ]; do sleep 0.05; done
 echo "total $(echo "$(date +%s.%N) - $T0" | bc) s"
 "$B" export --bus "$BUS" > "$R/events.jsonl"
-python3 - "$R/events.jsonl" "$T0" <<'PY'
-import json, sys
-from datetime import datetime
-t0 = float(sys.argv[2])
-first, last, hist = {}, {}, {}
-for l in open(sys.argv[1]):
-    e = json.loads(l)
-    if e["tag"] in ("notify", "consume"):
-        ts = datetime.fromisoformat(e["time"].replace("Z", "+00:00")).timestamp() - t0
-        first.setdefault(e["tag"], ts)
-        last[e["tag"]] = ts
-        bucket = hist.setdefault(int(ts * 10), {})
-        bucket[e["tag"]] = bucket.get(e["tag"], 0) + 1
-for tag in first:
-    print(tag, "first +%.3f last +%.3f" % (first[tag], last[tag]))
-print("per 100 ms, notifies/consumes:", " ".join("%d:%d/%d" % (b, hist[b].get("notify", 0), hist[b].get("consume", 0)) for b in sorted(hist)))
-PY
+python3 "$(dirname "$0")/phases.py" "$R/events.jsonl" "$T0"
 if [ -n "$PP" ]; then kill -INT $PP; sleep 2; fi
 cpu() { awk '{print ($14+$15)/100}' /proc/$1/stat; }
 echo "cpu s: master $(cpu $MP) slave $(cpu $SP) nats-server $(cpu $NP)"

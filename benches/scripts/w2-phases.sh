@@ -30,9 +30,8 @@ done
 PP=""
 if [ -n "${PERFMASTER:-}" ]; then perf record -p $MP --call-graph dwarf,16384 -F 997 -o "$OUT/master.data" 2>/dev/null & PP=$!; fi
 if [ -n "${PERFSLAVE:-}" ]; then perf record -p $SP --call-graph dwarf,16384 -F 997 -o "$OUT/slave.data" 2>/dev/null & PP=$!; fi
-python3 - "$R" <<'PY'
-import json, os, subprocess, sys, time
-from datetime import datetime
+SCRIPTS=$(dirname "$0") python3 - "$R" <<'PY'
+import os, subprocess, sys, time
 R = sys.argv[1]
 for d in range(100):
     os.makedirs(f"{R}/stage/w2/d{d:03}")
@@ -53,18 +52,9 @@ def consumed():
 while consumed() < 10000:
     time.sleep(0.05)
 print("total %.3f s" % (time.time() - t0))
-first, last, hist = {}, {}, {}
-for l in open(R + "/mstate/events.jsonl"):
-    e = json.loads(l)
-    if e["tag"] in ("notify", "consume"):
-        ts = datetime.fromisoformat(e["time"].replace("Z", "+00:00")).timestamp() - t0
-        first.setdefault(e["tag"], ts)
-        last[e["tag"]] = ts
-        bucket = hist.setdefault(int(ts * 10), {})
-        bucket[e["tag"]] = bucket.get(e["tag"], 0) + 1
-for tag in first:
-    print(tag, "first +%.3f last +%.3f" % (first[tag], last[tag]))
-print(" ".join("%d:%d/%d" % (b, hist[b].get("notify", 0), hist[b].get("consume", 0)) for b in sorted(hist)))
+sys.path.insert(0, os.environ["SCRIPTS"])
+import phases
+phases.report(R + "/mstate/events.jsonl", t0)
 PY
 if [ -n "$PP" ]; then kill -INT $PP; sleep 2; fi
 echo "cpu s: slave $(awk '{print ($14+$15)/100}' /proc/$SP/stat) master $(awk '{print ($14+$15)/100}' /proc/$MP/stat)"
