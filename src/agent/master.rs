@@ -133,7 +133,7 @@ async fn session(
             })
             .context("cannot start the master's worker thread")?
     };
-    let mut in_flight = InFlight::default();
+    let mut in_flight = InFlight::new(client.publish_window());
     // The chunks of the large file the worker is reading, on their way to the bus.
     let mut upload: Option<ChunkUpload> = None;
     // The first scan's progress, until the master is ready.
@@ -212,16 +212,10 @@ async fn session(
     end
 }
 
-/// How many notifies may be sent and not yet acknowledged. A burst of small files was bound
-/// by one round trip each (measured in W2: 0.97 s for 10,000 files, most of it waiting);
-/// with a window, they stream. Order is kept: one connection carries them, and the bus
-/// handles a connection's requests in order. Twice a NATS atomic batch
-/// (`bus/nats/writer.rs`), so that a whole batch gathers while the one before is stored:
-/// with 64, a batch held at most 64 events, and each batch waits for its content's synced
-/// write and then its own (N2 10.1-11.7x `cp -a`; 6.6-7.7x with 256; with 2,048 and
-/// batches of 1,000 the master's 10,000 notifies took 0.6 s instead of 1.3 s). The
-/// embedded bus's W2 did not change with either (docs/BENCHMARKS.md).
-const IN_FLIGHT: usize = 2048;
+// How many notifies may be sent and not yet acknowledged is the backend's to say
+// (`BusApi::publish_window`): a burst of small files was bound by one round trip each
+// (W2: 0.97 s for 10,000 files, most of it waiting); with a window, they stream. Order is
+// kept: one connection carries them, and the bus handles a connection's requests in order.
 
 /// A notify sent, with the upload of its content sent just before it, if any.
 struct Sent {
@@ -233,28 +227,37 @@ struct Sent {
     relook: Option<(RelPath, std_mpsc::Sender<RelPath>)>,
 }
 
-/// Notifies in flight, oldest first.
-#[derive(Default)]
-struct InFlight(VecDeque<Sent>);
+/// Notifies in flight, oldest first, and how many may be.
+struct InFlight {
+    sent: VecDeque<Sent>,
+    window: usize,
+}
 
 impl InFlight {
+    fn new(window: usize) -> InFlight {
+        InFlight {
+            sent: VecDeque::new(),
+            window: window.max(1),
+        }
+    }
+
     fn is_full(&self) -> bool {
-        self.0.len() >= IN_FLIGHT
+        self.sent.len() >= self.window
     }
 
     fn push(&mut self, sent: Sent) {
-        self.0.push_back(sent);
+        self.sent.push_back(sent);
     }
 
     /// Waits for the oldest notify's reply (forever when none is in flight); cancel-safe, so
     /// it can race new work in a `select!`. A refusal is logged, not returned: the bus said
     /// no to one change, and the rest go on (as when each was awaited in turn).
     async fn settle_oldest(&mut self) -> Result<(), ClientError> {
-        let Some(oldest) = self.0.front_mut() else {
+        let Some(oldest) = self.sent.front_mut() else {
             return std::future::pending().await;
         };
         let published = (&mut oldest.notify).await;
-        let Some(sent) = self.0.pop_front() else {
+        let Some(sent) = self.sent.pop_front() else {
             return Ok(());
         };
         // The content's reply came before the notify's, so this does not wait.
@@ -283,7 +286,7 @@ impl InFlight {
     }
 
     async fn settle_all(&mut self) -> Result<(), ClientError> {
-        while !self.0.is_empty() {
+        while !self.sent.is_empty() {
             self.settle_oldest().await?;
         }
         Ok(())

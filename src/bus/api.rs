@@ -57,6 +57,11 @@ use super::status::StatusReport;
 use crate::checkpoint::Snapshot;
 use crate::event::{Draft, Event};
 
+/// The default [`BusApi::publish_window`]. The embedded bus's W2 took the same time with 64
+/// and with 256; 2,048 (what NATS's batches want) raised W6's master peak from 44.7 to
+/// 48.7 MiB for nothing (docs/BENCHMARKS.md).
+pub const PUBLISH_WINDOW: usize = 256;
+
 /// The outcome of a request already sent, to be awaited whenever the caller likes.
 ///
 /// Awaiting it by `&mut` is cancel-safe (abandoned by a `select!`, it can be awaited
@@ -146,6 +151,14 @@ pub trait BusApi: Send + Sync {
     /// with gaps: what a reader may check of the `seq`s it is given.
     fn reads_whole_log(&self) -> bool {
         true
+    }
+
+    /// How many publishes a master keeps sent and not yet acknowledged to keep this
+    /// backend busy. A window lets a burst stream instead of waiting a round trip per
+    /// event; the embedded bus streams them with [`PUBLISH_WINDOW`], and a backend that
+    /// stores events in batches wants a whole batch gathering while the last is stored.
+    fn publish_window(&self) -> usize {
+        PUBLISH_WINDOW
     }
 
     /// Optional: a number for a new large file whose chunks this master announces as it

@@ -813,6 +813,14 @@ impl BusApi for NatsLink {
         self.0.refusal(seq)
     }
 
+    fn publish_window(&self) -> usize {
+        match self.0.atomic {
+            // A whole batch gathers while the one before is stored.
+            true => 2 * writer::MAX_BATCH,
+            false => api::PUBLISH_WINDOW,
+        }
+    }
+
     fn reads_whole_log(&self) -> bool {
         self.0.view.is_empty()
     }

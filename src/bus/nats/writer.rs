@@ -25,8 +25,10 @@ use crate::bus::client::ClientError;
 /// The most messages in one atomic batch: as many as NATS allows. Each batch has a cost
 /// of its own on the server (a single-replica file stream stages it in a file store made
 /// for it, `newBatchStore` in nats-server), so fewer, larger batches store a burst faster:
-/// N2's 10,000 notifies took 1.3 s in batches of 256 and 0.6 s in batches of 1,000.
-const MAX_BATCH: usize = 1000;
+/// N2's 10,000 notifies took 1.3 s in batches of 256 and 0.6 s in batches of 1,000 (with
+/// the master keeping twice as many in flight, `BusApi::publish_window`, so that a whole
+/// batch gathers while the one before is stored).
+pub(super) const MAX_BATCH: usize = 1000;
 
 /// The most payload bytes in one atomic batch (the server stages a batch whole).
 const MAX_BATCH_BYTES: usize = 4 << 20;
