@@ -33,17 +33,7 @@ sleep 1
 "$B" slave --dir "$R/s" --bus "$BUS" --state "$R/sstate" 2>"$R/slave.log" &
 SP=$!
 for _ in $(seq 100); do grep -q "ready" "$R/slave.log" 2>/dev/null && break; sleep 0.1; done
-python3 - "$R" <<'PY'
-import os, sys
-R = sys.argv[1]
-for d in range(100):
-    os.makedirs(f"{R}/stage/w2/d{d:03}")
-    for f in range(100):
-        name = f"d{d:03}/f{f:04}\n".encode()
-        with open(f"{R}/stage/w2/d{d:03}/f{f:04}", "wb") as fh:
-            fh.write(name + b"x" * (4096 - len(name)))
-os.sync()
-PY
+python3 "$(dirname "$0")/phases.py" --tree "$R/stage/w2"
 PP=""
 if [ -n "${PERFMASTER:-}" ]; then perf record -p $MP --call-graph dwarf,16384 -F 997 -o "$OUT/master.data" 2>/dev/null & PP=$!; fi
 if [ -n "${PERFSLAVE:-}" ]; then perf record -p $SP --call-graph dwarf,16384 -F 997 -o "$OUT/slave.data" 2>/dev/null & PP=$!; fi

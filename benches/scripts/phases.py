@@ -1,14 +1,27 @@
 #!/usr/bin/env python3
-"""When a run's notifies and consumes were appended, from an events.jsonl: the first and
-last of each, and how many per 100 ms after T0 (a Unix time in seconds).
+"""What w2-phases.sh and n2-phases.sh share: W2's tree, and when a run's notifies and
+consumes were appended, from an events.jsonl: the first and last of each, and how many per
+100 ms after T0 (a Unix time in seconds).
 
     benches/scripts/phases.py EVENTS.jsonl T0
-
-Shared by w2-phases.sh and n2-phases.sh.
+    benches/scripts/phases.py --tree DIR      # W2's 10,000 files of 4 KiB in 100 dirs
 """
 import json
 import sys
 from datetime import datetime
+
+
+def make_tree(root):
+    """W2's tree under `root`, synced: 100 dirs of 100 files of 4 KiB, each naming itself."""
+    import os
+
+    for d in range(100):
+        os.makedirs(f"{root}/d{d:03}")
+        for f in range(100):
+            name = f"d{d:03}/f{f:04}\n".encode()
+            with open(f"{root}/d{d:03}/f{f:04}", "wb") as fh:
+                fh.write(name + b"x" * (4096 - len(name)))
+    os.sync()
 
 
 def report(events, t0):
@@ -33,4 +46,7 @@ def report(events, t0):
 
 
 if __name__ == "__main__":
-    report(sys.argv[1], float(sys.argv[2]))
+    if sys.argv[1] == "--tree":
+        make_tree(sys.argv[2])
+    else:
+        report(sys.argv[1], float(sys.argv[2]))

@@ -13,19 +13,7 @@
 set -euo pipefail
 B=${B:-target/release/filesync}
 OUT=${OUT:-${TMPDIR:-/tmp}/filesync-w3}
-mkdir -p "$OUT"
-R=$(mktemp -d "$OUT/run.XXXX")
-mkdir -p "$R/m" "$R/s" "$R/stage"
-"$B" master --dir "$R/m" --listen 127.0.0.1:0 --state "$R/mstate" 2>"$R/master.log" &
-MP=$!
-for _ in $(seq 50); do grep -q "listening on" "$R/master.log" && break; sleep 0.1; done
-ADDR=$(grep -o "listening on [0-9.:]*" "$R/master.log" | awk '{print $3}')
-"$B" slave --dir "$R/s" --bus "$ADDR" --state "$R/sstate" 2>"$R/slave.log" &
-SP=$!
-for _ in $(seq 100); do
-  grep -q '"agent":"slave","tag":"ready"' "$R/mstate/events.jsonl" 2>/dev/null && break
-  sleep 0.1
-done
+. "$(dirname "$0")/hosted.sh"
 head -c $((1 << 30)) /dev/urandom > "$R/stage/big.bin"
 sync
 T=$(date +%s.%N); rsync -a "$R/stage/big.bin" "$R/rsync.bin"; echo "rsync -a $(echo "$(date +%s.%N) - $T" | bc) s"

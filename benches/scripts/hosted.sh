@@ -1,0 +1,17 @@
+# Sourced by w2-phases.sh and w3-phases.sh: a master hosting its bus and a slave beside it,
+# from the binary in $B, in a new run directory under $OUT (set by the caller). Sets R (the
+# run's directory: m/ the master's, s/ the slave's, stage/ for the workload), MP and SP
+# (the processes), and returns once the slave's `ready` is in the bus's log.
+mkdir -p "$OUT"
+R=$(mktemp -d "$OUT/run.XXXX")
+mkdir -p "$R/m" "$R/s" "$R/stage"
+"$B" master --dir "$R/m" --listen 127.0.0.1:0 --state "$R/mstate" 2>"$R/master.log" &
+MP=$!
+for _ in $(seq 50); do grep -q "listening on" "$R/master.log" && break; sleep 0.1; done
+ADDR=$(grep -o "listening on [0-9.:]*" "$R/master.log" | awk '{print $3}')
+"$B" slave --dir "$R/s" --bus "$ADDR" --state "$R/sstate" 2>"$R/slave.log" &
+SP=$!
+for _ in $(seq 100); do
+  grep -q '"agent":"slave","tag":"ready"' "$R/mstate/events.jsonl" 2>/dev/null && break
+  sleep 0.1
+done
