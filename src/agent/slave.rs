@@ -236,19 +236,26 @@ async fn settle_all(
     in_flight: &mut VecDeque<Sent>,
     retries: &mut Retries,
 ) -> Result<(), ClientError> {
-    while let Some(sent) = in_flight.pop_front() {
-        settle_one(sent, retries).await?;
+    while !in_flight.is_empty() {
+        settle_oldest(in_flight, retries).await?;
     }
     Ok(())
 }
 
-async fn settle_one(sent: Sent, retries: &mut Retries) -> Result<(), ClientError> {
-    let Sent {
-        cause,
-        reply,
-        failed,
-    } = sent;
-    settled(cause, failed, reply.await, retries)
+/// Waits for the oldest answer's acknowledgement and takes it; cancel-safe (the answer
+/// stays in flight until its acknowledgement has come), so it can race the next event.
+async fn settle_oldest(
+    in_flight: &mut VecDeque<Sent>,
+    retries: &mut Retries,
+) -> Result<(), ClientError> {
+    let Some(oldest) = in_flight.front_mut() else {
+        return Ok(());
+    };
+    let outcome = (&mut oldest.reply).await;
+    match in_flight.pop_front() {
+        Some(sent) => settled(sent.cause, sent.failed, outcome, retries),
+        None => Ok(()),
+    }
 }
 
 /// Takes the answers at the front whose acknowledgements have come, without waiting for
@@ -624,9 +631,12 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// Caught up with what the bus sent: waits for the next event, and once none came
-    /// within `IDLE_GRACE`, settles and records, then goes on waiting, retrying failed
-    /// changes and verifying as they come due meanwhile. `None` on a stop.
+    /// Caught up with what the bus sent: waits for the next event while the answers in
+    /// flight are acknowledged, one by one as they come (in a burst the next events are
+    /// usually on their way, and waiting for every acknowledgement first stopped the slave
+    /// for a round trip every few events: on NATS a batch's commit, N2 in
+    /// docs/BENCHMARKS.md). Once all are, it records the position and, still waiting,
+    /// retries failed changes and verifies as they come due. `None` on a stop.
     async fn wait_for_next(
         &mut self,
         subscription: &mut Subscription,
@@ -635,21 +645,28 @@ impl<'a> Session<'a> {
     ) -> Result<Option<Event>, Interrupt> {
         let next = subscription.next();
         tokio::pin!(next);
-        // In a burst the next events are usually on their way: taken without settling first.
-        if let Ok(event) = tokio::time::timeout(IDLE_GRACE, &mut next).await {
-            return Ok(Some(event?));
-        }
-        self.settle_and_save().await?;
-        self.follower.set_idle(true);
         loop {
-            let due = self.retries.next_due();
-            let verify_due = schedule.verify_every.map(|every| self.verified_at + every);
+            let settled = self.in_flight.is_empty();
+            if settled {
+                self.settle_and_save().await?;
+                self.follower.set_idle(true);
+            }
+            let due = self.retries.next_due().filter(|_| settled);
+            let verify_due = schedule
+                .verify_every
+                .map(|every| self.verified_at + every)
+                .filter(|_| settled);
             tokio::select! {
+                biased;
                 _ = &mut *shutdown => {
+                    self.settle_and_save().await?;
                     super::leave(&self.client).await;
                     return Ok(None);
                 }
                 event = &mut next => return Ok(Some(event?)),
+                oldest = settle_oldest(&mut self.in_flight, &mut self.retries), if !settled => {
+                    oldest?;
+                }
                 _ = sleep_until_due(due), if due.is_some() => self.run_retries().await?,
                 _ = sleep_until_due(verify_due), if verify_due.is_some() => {
                     self.verify(self.at).await?;
@@ -708,9 +725,7 @@ impl<'a> Session<'a> {
     /// `POSITION_EVERY` events.
     async fn bound_and_save(&mut self) -> Result<(), Interrupt> {
         while self.in_flight.len() > IN_FLIGHT {
-            if let Some(sent) = self.in_flight.pop_front() {
-                settle_one(sent, &mut self.retries).await?;
-            }
+            settle_oldest(&mut self.in_flight, &mut self.retries).await?;
         }
         if self.since_saved >= POSITION_EVERY {
             self.save_acknowledged().await?;
@@ -724,15 +739,14 @@ impl<'a> Session<'a> {
     /// `POSITION_EVERY` events; on NATS a round trip is a batch's commit, and in N2 the
     /// slave trailed the master by about a second (docs/BENCHMARKS.md).
     async fn save_acknowledged(&mut self) -> Result<(), Interrupt> {
-        let waiting = settle_arrived(&mut self.in_flight, &mut self.retries).await?;
-        match waiting {
-            None => save(self.position_file, &mut self.unsaved)?,
-            Some(cause) if cause > 1 => {
-                let mut upto = self.unsaved.map(|at| at.min(cause - 1));
-                save(self.position_file, &mut upto)?;
-            }
-            Some(_) => {}
-        }
+        let mut upto = match settle_arrived(&mut self.in_flight, &mut self.retries).await? {
+            None => self.unsaved.take(),
+            Some(cause) => self
+                .unsaved
+                .map(|at| at.min(cause - 1))
+                .filter(|&at| at > 0),
+        };
+        save(self.position_file, &mut upto)?;
         self.since_saved = 0;
         Ok(())
     }
@@ -1013,12 +1027,6 @@ pub(super) async fn write_piece(
             })
         })
 }
-
-/// How long a slave that has applied everything it was sent waits for more before it
-/// settles its answers and records its position. Settling at once stopped the slave for an
-/// acknowledgement's round trip (on NATS a synced write) every time it got ahead of the
-/// events arriving, which in a burst is every few events (N2, docs/BENCHMARKS.md).
-const IDLE_GRACE: Duration = Duration::from_millis(2);
 
 /// At most this many applied events go unrecorded in the position file.
 const POSITION_EVERY: u32 = 256;
