@@ -212,11 +212,6 @@ async fn session(
     end
 }
 
-// How many notifies may be sent and not yet acknowledged is the backend's to say
-// (`BusApi::publish_window`): a burst of small files was bound by one round trip each
-// (W2: 0.97 s for 10,000 files, most of it waiting); with a window, they stream. Order is
-// kept: one connection carries them, and the bus handles a connection's requests in order.
-
 /// A notify sent, with the upload of its content sent just before it, if any.
 struct Sent {
     what: String,
@@ -227,7 +222,11 @@ struct Sent {
     relook: Option<(RelPath, std_mpsc::Sender<RelPath>)>,
 }
 
-/// Notifies in flight, oldest first, and how many may be.
+/// Notifies in flight, oldest first, and how many may be: as many as the backend says
+/// keep it busy (`BusApi::publish_window`). A burst of small files was bound by one round
+/// trip each (W2: 0.97 s for 10,000 files, most of it waiting); with a window, they
+/// stream. Order is kept: one connection carries them, and the bus handles a connection's
+/// requests in order.
 struct InFlight {
     sent: VecDeque<Sent>,
     window: usize,

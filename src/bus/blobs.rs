@@ -277,24 +277,15 @@ impl BlobStore {
         Ok(self.pack().contains(&address)? || self.path_of(sha256)?.is_file())
     }
 
-    /// Stores content that arrived in one piece: verified, then packed when small enough,
+    /// Stores content that arrived in one piece: verified (see below), then packed when small enough,
     /// otherwise written as a file; content the store holds already is kept as it is.
     ///
     /// A small blob is not looked up first: the pack finds a duplicate as it appends, and a
     /// lookup of a new blob (the usual case) cost a `stat` of the file it might have been.
-    pub fn put_whole(&self, sha256: &str, content: &[u8]) -> Result<(), BlobError> {
-        self.put_whole_from(sha256, content, Origin::Peer)
-    }
-
-    /// [`put_whole`](Self::put_whole) for content from `origin`: a peer's is verified, this
-    /// process's own (the master hosting this bus, which hashed these very bytes) is not
-    /// hashed a second time.
-    pub fn put_whole_from(
-        &self,
-        sha256: &str,
-        content: &[u8],
-        origin: Origin,
-    ) -> Result<(), BlobError> {
+    ///
+    /// Content from a peer is verified; this process's own (`origin`: the master hosting
+    /// this bus, which hashed these very bytes) is not hashed a second time.
+    pub fn put_whole(&self, sha256: &str, content: &[u8], origin: Origin) -> Result<(), BlobError> {
         let address = Self::address_of(sha256)?;
         self.doomed().remove(&address);
         if content.len() > PACK_MAX && self.contains(sha256)? {
@@ -511,12 +502,12 @@ mod tests {
         let chunk = vec![9u8; 100_000];
         let sha = sha256_hex(&chunk);
         assert!(matches!(
-            store.put_whole_from(&sha, b"not the chunk", Origin::Peer),
+            store.put_whole(&sha, b"not the chunk", Origin::Peer),
             Err(BlobError::Mismatch { .. })
         ));
         assert!(!store.contains(&sha).expect("address"));
         store
-            .put_whole_from(&sha, &chunk, Origin::ThisProcess)
+            .put_whole(&sha, &chunk, Origin::ThisProcess)
             .expect("put");
         assert_eq!(store.read(&sha, 0, 1 << 20).expect("read"), (chunk, true));
     }
@@ -527,11 +518,13 @@ mod tests {
         let store = BlobStore::open(dir.path()).expect("open");
         let small = sha256_hex(b"small");
         assert!(matches!(
-            store.put_whole(&small, b"tampered"),
+            store.put_whole(&small, b"tampered", Origin::Peer),
             Err(BlobError::Mismatch { .. })
         ));
         assert!(!store.contains(&small).expect("address"));
-        store.put_whole(&small, b"small").expect("put");
+        store
+            .put_whole(&small, b"small", Origin::Peer)
+            .expect("put");
         assert!(store.contains(&small).expect("address"));
         assert!(
             !store.path_of(&small).expect("path").exists(),
@@ -543,15 +536,17 @@ mod tests {
         );
         let pack_size = || store.pack().size();
         let before = pack_size();
-        store.put_whole(&small, b"small").expect("put again");
+        store
+            .put_whole(&small, b"small", Origin::Peer)
+            .expect("put again");
         assert_eq!(pack_size(), before, "a duplicate is not appended twice");
 
         let big = vec![7u8; PACK_MAX + 1];
         let big_sha = sha256_hex(&big);
-        store.put_whole(&big_sha, &big).expect("put");
+        store.put_whole(&big_sha, &big, Origin::Peer).expect("put");
         assert!(store.path_of(&big_sha).expect("path").is_file(), "a file");
         store
-            .put_whole(&big_sha, &big)
+            .put_whole(&big_sha, &big, Origin::Peer)
             .expect("put again: kept as it is");
         drop(store);
         let store = BlobStore::open(dir.path()).expect("reopen");
@@ -567,7 +562,9 @@ mod tests {
         let small: Vec<Vec<u8>> = (0..5u8).map(|n| vec![n; 1000]).collect();
         let big = vec![7u8; PACK_MAX + 10];
         for blob in small.iter().chain([&big]) {
-            store.put_whole(&sha256_hex(blob), blob).expect("put");
+            store
+                .put_whole(&sha256_hex(blob), blob, Origin::Peer)
+                .expect("put");
         }
         let address = |b: &[u8]| ContentHash::of(b);
         store.doom([
@@ -583,7 +580,7 @@ mod tests {
         assert!(store.contains(&sha256_hex(&small[3])).expect("contains"));
         // Uploaded again meanwhile: spared.
         store
-            .put_whole(&sha256_hex(&small[1]), &small[1])
+            .put_whole(&sha256_hex(&small[1]), &small[1], Origin::Peer)
             .expect("put");
         let removed = store.remove_doomed().expect("remove");
         assert_eq!(removed.blobs, 3, "{removed:?}");

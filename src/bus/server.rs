@@ -352,7 +352,7 @@ pub struct LocalDial {
 }
 
 /// Bytes the in-process pipe holds in each direction: two of the largest frames.
-const LOCAL_PIPE: usize = 2 * (PIECE_SIZE + (64 << 10));
+const LOCAL_PIPE: usize = 2 * super::frame::MAX_FRAME;
 
 impl Bus {
     /// A way to this bus from inside the process, described as `describe` (its address).
@@ -1031,10 +1031,7 @@ impl Handler {
                 Err(err) => err_reply(id, err.to_string()),
             },
             Request::BlobPut { id, sha256 } => {
-                let stored = self
-                    .shared
-                    .blobs
-                    .put_whole_from(&sha256, &body, self.origin);
+                let stored = self.shared.blobs.put_whole(&sha256, &body, self.origin);
                 blob_reply(id, stored.map_err(|err| err.to_string()))
             }
             Request::BlobPiece { id, upload, offset } => {
