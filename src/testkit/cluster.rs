@@ -506,56 +506,69 @@ impl Cluster {
     /// busy hashing a large file publishes nothing for a while. Then a check of the log and
     /// the directories is meaningful.
     pub async fn settle(&mut self) -> Result<(), String> {
-        let running: Vec<String> = self
-            .slaves
-            .iter()
-            .filter(|s| s.proc.is_some())
-            .map(|s| s.name.clone())
-            .collect();
         // By time, not by rounds: on a loaded machine (the suite's NATS cluster beside it)
         // a slave may catch up slowly, with quiet moments all along.
         let deadline = std::time::Instant::now() + SETTLE_LIMIT;
+        let mut missing = String::new();
         while std::time::Instant::now() < deadline {
             self.plan.check().map_err(|e| e.to_string())?;
             self.events
                 .wait_quiet(Duration::from_millis(150))
                 .await
                 .map_err(|e| e.to_string())?;
-            let seen = self.events.seen();
-            // Indexed once a round: a long run's log has hundreds of thousands of events.
-            let mut answered: HashSet<(&str, u64)> = HashSet::new();
-            let mut resynced: HashMap<&str, u64> = HashMap::new();
-            for e in seen {
-                if let Some(cause) = e.body.cause {
-                    answered.insert((e.agent.as_str(), cause));
-                }
-                // A slave that resynced from a checkpoint holds every notify up to it.
-                if let (Some(Tag::Ready), Some(checkpoint)) = (e.tag(), e.body.resync) {
-                    let at = resynced.entry(e.agent.as_str()).or_default();
-                    *at = (*at).max(checkpoint);
-                }
-            }
-            let all_answered = seen
-                .iter()
-                .filter(|e| Pattern::notify().matches(e))
-                .all(|notify| {
-                    running.iter().all(|name| {
-                        notify.seq <= resynced.get(name.as_str()).copied().unwrap_or(0)
-                            || answered.contains(&(name.as_str(), notify.seq))
-                    })
-                });
-            if all_answered && (self.master.is_none() || self.master_dir_published()) {
-                return Ok(());
-            }
+            missing = match self.unanswered() {
+                Some(unanswered) => unanswered,
+                None if self.master.is_none() => return Ok(()),
+                None => match self.master_dir_unpublished() {
+                    Some(unpublished) => unpublished,
+                    None => return Ok(()),
+                },
+            };
         }
         Err(format!(
-            "the cluster never settled: notifies are still unanswered or unpublished\n{}",
+            "the cluster never settled within {} s: {missing}\n{}",
+            SETTLE_LIMIT.as_secs(),
             self.events.timeline()
         ))
     }
 
-    /// True when the master directory's paths, kinds and sizes are what the log implies.
-    fn master_dir_published(&self) -> bool {
+    /// Which running slave has not answered which notifies, if one has not (a slave that
+    /// resynced from a checkpoint holds every notify up to it).
+    fn unanswered(&self) -> Option<String> {
+        let seen = self.events.seen();
+        // Indexed once a round: a long run's log has hundreds of thousands of events.
+        let mut answered: HashSet<(&str, u64)> = HashSet::new();
+        let mut resynced: HashMap<&str, u64> = HashMap::new();
+        for e in seen {
+            if let Some(cause) = e.body.cause {
+                answered.insert((e.agent.as_str(), cause));
+            }
+            if let (Some(Tag::Ready), Some(checkpoint)) = (e.tag(), e.body.resync) {
+                let at = resynced.entry(e.agent.as_str()).or_default();
+                *at = (*at).max(checkpoint);
+            }
+        }
+        let mut running = self.slaves.iter().filter(|s| s.proc.is_some());
+        running.find_map(|slave| {
+            let name = slave.name.as_str();
+            let held = resynced.get(name).copied().unwrap_or(0);
+            let open: Vec<u64> = seen
+                .iter()
+                .filter(|e| Pattern::notify().matches(e))
+                .map(|e| e.seq)
+                .filter(|&seq| seq > held && !answered.contains(&(name, seq)))
+                .collect();
+            let first = open.first()?;
+            Some(format!(
+                "slave {name} has not answered {} notifies, the first #{first}",
+                open.len()
+            ))
+        })
+    }
+
+    /// What in the master directory the log does not imply (its paths, kinds and sizes
+    /// against the log's notifies), if anything.
+    fn master_dir_unpublished(&self) -> Option<String> {
         // From the bus's log (and the checkpoint a truncated one goes on from): the stream
         // may have missed what retention removed before it read it.
         let lenient = CheckOptions {
@@ -568,13 +581,18 @@ impl Cluster {
         let root = self.master_dir();
         let ignore = filesync_master::ignore::IgnoreRules::load_with(&root, &self.excludes());
         let mut on_disk = 0usize;
+        let mut differ = Vec::new();
         for item in walk_published(&root, &root, &ignore) {
-            let Ok(item) = item else { return false };
-            let Ok(rel) = filesync_master::RelPath::from_full(&root, item.path()) else {
-                return false;
+            let item = match item {
+                Ok(item) => item,
+                Err(err) => return Some(format!("the master directory cannot be read: {err}")),
             };
-            let Ok(meta) = item.path().symlink_metadata() else {
-                return false;
+            let path = item.path();
+            let (Ok(rel), Ok(meta)) = (
+                filesync_master::RelPath::from_full(&root, path),
+                path.symlink_metadata(),
+            ) else {
+                return Some(format!("{} cannot be read", path.display()));
             };
             let Some(kind) = Kind::of(&meta) else {
                 continue;
@@ -582,11 +600,21 @@ impl Cluster {
             match published.get(&rel) {
                 Some(entry)
                     if entry.kind == kind && (kind != Kind::File || entry.size == meta.len()) => {}
-                _ => return false,
+                _ => differ.push(rel),
             }
             on_disk += 1;
         }
-        on_disk == published.len()
+        match differ.first() {
+            Some(first) => Some(format!(
+                "{} paths of the master directory are not as the log says, the first {first}",
+                differ.len()
+            )),
+            None if on_disk != published.len() => Some(format!(
+                "the log implies {} paths, the master directory holds {on_disk}",
+                published.len()
+            )),
+            None => None,
+        }
     }
 
     /// What the master was told never to publish (`--exclude GLOB`, as it was started).

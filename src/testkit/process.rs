@@ -44,10 +44,40 @@ impl Drop for TestDir {
     fn drop(&mut self) {
         if std::thread::panicking() {
             let path = self.keep();
+            // CI keeps a failed run's output, not its directories: the last words of each
+            // process go there too.
+            print_log_tails(&path.join("logs"));
             eprintln!(
                 "test failed: its directory is kept at {} (logs in logs/)",
                 path.display()
             );
+        }
+    }
+}
+
+/// Lines of each process's log printed when a test fails.
+const TAIL_LINES: usize = 12;
+
+/// The longest line printed from a log's tail, in characters.
+const TAIL_LINE_CHARS: usize = 300;
+
+/// Prints the last `TAIL_LINES` lines of every log in `logs`, each under its name.
+fn print_log_tails(logs: &Path) {
+    let Ok(entries) = fs::read_dir(logs) else {
+        return;
+    };
+    let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+    paths.sort();
+    for path in paths {
+        let Ok(text) = fs::read(&path) else { continue };
+        let text = String::from_utf8_lossy(&text);
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = &lines[lines.len().saturating_sub(TAIL_LINES)..];
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        eprintln!("--- the last {} lines of logs/{name}:", tail.len());
+        for line in tail {
+            let line: String = line.chars().take(TAIL_LINE_CHARS).collect();
+            eprintln!("    {line}");
         }
     }
 }
