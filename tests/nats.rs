@@ -3,7 +3,8 @@
 //! refused by the server, never interleaved), one connection per name, events against the
 //! rules never applied, and, on a 3-node JetStream cluster, faults mid-burst (the log's
 //! leader killed, a slave's server killed, the master's server cut off) that lose nothing
-//! and apply nothing twice.
+//! and apply nothing twice; and the log's layout, where a small file's content rides with
+//! its notify.
 
 use std::collections::HashSet;
 use std::fs;
@@ -333,4 +334,46 @@ async fn an_event_against_the_rules_is_never_applied_and_is_flagged() {
         let named = report.violations.iter().any(|v| v.seqs.contains(&seq));
         assert!(named, "check flags the log at #{seq}: {report}");
     }
+}
+
+/// A small file's content rides with its notify: the log message's payload is the content,
+/// its header `Filesync-Event` the event, so the notify is one synced write and the slave
+/// asks for nothing. A file above 16 KiB leaves the payload empty (its content is only in
+/// the content stream). The log reads the same either way, and checks out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_files_content_rides_with_its_notify() {
+    let mut c = cluster_on(Backend::Nats, "nats-inline", 1).await;
+    let small = b"small enough to ride along".to_vec();
+    let large = vec![b'x'; 17 << 10];
+    fs::write(c.master_dir().join("small.txt"), &small).expect("write");
+    fs::write(c.master_dir().join("large.bin"), &large).expect("write");
+    let log = jetstream(&c)
+        .await
+        .get_stream("filesync_LOG")
+        .await
+        .expect("the log's stream");
+    for (path, content, carried) in [("small.txt", &small, true), ("large.bin", &large, false)] {
+        let notify = must(
+            c.events
+                .expect(Pattern::notify().by("master").put().path(path))
+                .await,
+        );
+        must(
+            c.events
+                .expect(Pattern::consume().by("slave").put().path(path))
+                .await,
+        );
+        let message = log.get_raw_message(notify.seq).await.expect("the notify");
+        let event = message
+            .headers
+            .get("Filesync-Event")
+            .map(|event| event.as_str().to_owned())
+            .expect("the event in its header");
+        assert!(event.contains(path), "{event}");
+        let payload = if carried { content.as_slice() } else { &[] };
+        assert_eq!(message.payload.as_ref(), payload, "{path}'s payload");
+        let mirrored = fs::read(c.slaves[0].dir.join(path)).expect("mirrored");
+        assert_eq!(&mirrored, content);
+    }
+    c.assert_checks(CheckOptions::default());
 }

@@ -8,12 +8,15 @@
 //! - Stream `P_LOG`, subjects `P.log.<role>.<hex of the agent's name>` (a master's join on
 //!   `P.log.master.<hex>.join`), deletes and purges
 //!   denied: the event log. The stream's sequence is `seq` and its timestamp `time`, so the
-//!   total order is the engine's own; the body is the event's `Draft` as JSON, the agent
-//!   and its role are read from the subject (which the account's permissions can tie to a
-//!   user). Every publish carries a `Nats-Msg-Id`, so a retried one is not appended twice.
+//!   total order is the engine's own; the event's `Draft` as JSON is the header
+//!   `Filesync-Event`, and the payload the content of a small file its notify puts
+//!   (`inline.rs`); the agent and its role are read from the subject (which the account's
+//!   permissions can tie to a user). Every publish carries a `Nats-Msg-Id`, so a retried
+//!   one is not appended twice.
 //! - Stream `P_CONTENT`, subjects `P.content.<sha256>`, one message per subject: content by
-//!   address (a small file, a chunk, a manifest), deduplicated by the subject and by
-//!   `Nats-Msg-Id` = the address, verified by whoever fetches it.
+//!   address (a file, a chunk, a manifest; a small file's too, though its notify carries
+//!   it), deduplicated by the subject and by `Nats-Msg-Id` = the address, verified by
+//!   whoever fetches it.
 //!
 //! # The rules without a bus in the middle
 //!
@@ -21,7 +24,8 @@
 //! dialled, into its own `Rules`, and checks what it publishes against them, so an honest
 //! agent meets the same refusals as on the embedded bus; content is left out of that
 //! verdict (`rules::Unseen`): a link awaits every content acknowledgement before it
-//! publishes the event naming it, and a reader verifies what it fetches. A master is the
+//! publishes the event naming it (content that rides with its notify is in the event's
+//! own message), and a reader verifies what it fetches. A master is the
 //! single writer of the log's master events: a lease refuses a second one at its start,
 //! and the server fences: a master's join (on `P.log.master.<hex>.join`) is its claim, and
 //! each of its later events expects (`Nats-Expected-Last-Subject-Sequence` over
@@ -47,6 +51,7 @@ use filesync_master::Change;
 use futures_util::StreamExt;
 
 mod address;
+mod inline;
 mod lease;
 mod reader;
 mod status;
@@ -231,7 +236,7 @@ impl NatsDial {
         let (start, head) = (info.state.first_sequence.max(1), info.state.last_sequence);
         let mut replica = Replica::default();
         let mut refused = BTreeMap::new();
-        let mut reader = Reader::new(log.clone(), self.address.clone(), Vec::new());
+        let mut reader = Reader::new(log.clone(), self.address.clone(), Vec::new(), false);
         let mut next = start;
         // The newest event on the subjects this link's batches are ordered by, and in its
         // view (the head this link's reader reaches).
@@ -294,6 +299,7 @@ impl NatsDial {
             sent: AtomicU64::new(0),
             pending: tokio::sync::Mutex::new(Pending {
                 content: Vec::new(),
+                inline: None,
                 claim: replica.last_join,
             }),
             outbox: Outbox::new(
@@ -319,6 +325,7 @@ impl NatsDial {
             log,
             leases: tokio::sync::Mutex::new(leases),
             refused: Mutex::new(refused),
+            recent: Mutex::new(inline::Recent::default()),
         };
         if !(hello.quiet && hello.role == Role::Listener) {
             let seq = link.send(join, false).await?.await?;
@@ -437,10 +444,12 @@ impl Replica {
     }
 }
 
-/// What a link's next event waits on.
+/// What a link's next event waits on, or takes along.
 struct Pending {
     /// Content sent since the last event: stored before the next event is sent.
     content: Vec<Stored>,
+    /// Small content put last, which rides with the next event if that is its notify.
+    inline: Option<(ContentHash, Vec<u8>)>,
     /// For a master: the `seq` of its join (before it joined, of the last master's), which
     /// each of its events expects to be the newest join in the log.
     claim: u64,
@@ -487,6 +496,8 @@ struct Inner {
     leases: tokio::sync::Mutex<Option<Leases>>,
     /// Events read that the rules refuse, and why (the newest few).
     refused: Mutex<BTreeMap<u64, String>>,
+    /// The content that notifies read by a slave carried (`inline.rs`).
+    recent: Mutex<inline::Recent>,
 }
 
 impl Inner {
@@ -533,8 +544,15 @@ impl Inner {
                 .check(self.role, &self.name, &draft, &rules::Unseen)
                 .map_err(ClientError::Refused)?;
         }
-        let payload = serde_json::to_vec(&draft).map_err(protocol)?;
+        let event = serde_json::to_string(&draft).map_err(protocol)?;
+        let event = event.parse::<async_nats::HeaderValue>().map_err(protocol)?;
+        // A small file's content rides with the notify naming it (`inline.rs`).
+        let payload = match pending.inline.take() {
+            Some((address, content)) if inline::rides(&draft, &address) => content,
+            _ => Vec::new(),
+        };
         let mut headers = HeaderMap::new();
+        headers.insert(inline::EVENT_HEADER, event);
         headers.insert("Nats-Msg-Id", self.msg_id(&draft).as_str());
         let join = draft.tag == Some(Tag::Join);
         let mut subject = self.subject.clone();
@@ -622,12 +640,32 @@ impl Inner {
             let mut readers = self.readers.lock().unwrap_or_else(|p| p.into_inner());
             match readers.iter().position(|r| r.at() == from) {
                 Some(idx) => readers.swap_remove(idx),
-                None => Reader::new(self.log.clone(), self.address.clone(), self.view.clone()),
+                None => Reader::new(
+                    self.log.clone(),
+                    self.address.clone(),
+                    self.view.clone(),
+                    // Only a slave applies what it reads.
+                    self.role == Role::Slave,
+                ),
             }
         };
         let events = reader.read(from).await?;
         for event in &events {
             self.judge(event, reader.author(event));
+        }
+        let carried = reader.take_carried();
+        if !carried.is_empty() {
+            let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+            for event in &events {
+                let address = event
+                    .body
+                    .sha256
+                    .as_deref()
+                    .and_then(ContentHash::parse_hex);
+                if let (Some(content), Some(address)) = (carried.get(&event.seq), address) {
+                    recent.keep(address, content.clone());
+                }
+            }
         }
         let mut readers = self.readers.lock().unwrap_or_else(|p| p.into_inner());
         readers.push(reader);
@@ -649,12 +687,21 @@ impl Inner {
         refused.get(&seq).cloned()
     }
 
-    /// The content stored under `address`, if any. Any replica answers a direct get, and
+    /// The content under `address`, if any: carried by a notify read lately (`inline.rs`),
+    /// or stored in the content stream. Any replica answers a direct get, and
     /// one that has not caught up yet finds nothing, while one cut off from the cluster
     /// answers nothing until its routes time out (minutes): a miss, or no answer within
     /// `DIRECT_PATIENCE`, is asked of the stream's leader, which has everything
     /// acknowledged.
     async fn fetch(&self, address: &ContentHash) -> Result<Option<bytes::Bytes>, ClientError> {
+        let recent = self
+            .recent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(address);
+        if let Some(content) = recent {
+            return Ok(Some(content));
+        }
         let subject = self.address.content_subject(address);
         let direct = self.content.direct_get_last_for_subject(subject.clone());
         match tokio::time::timeout(DIRECT_PATIENCE, direct).await {
@@ -713,11 +760,23 @@ impl Inner {
             }
         };
         let subject = self.address.content_subject(&address);
+        if content.len() > inline::INLINE_MAX {
+            let stored = self
+                .content_outbox
+                .send_plain(subject, headers, content, pace)?;
+            pending.content.push(stored);
+            return Ok(api::Reply::ready(Ok(())));
+        }
+        // Small: it rides with its notify, which need not wait for it; stored by address
+        // too (for whoever asks for it later), its acknowledgement the reply's.
         let stored = self
             .content_outbox
-            .send_plain(subject, headers, content, pace)?;
-        pending.content.push(stored);
-        Ok(api::Reply::ready(Ok(())))
+            .send_plain(subject, headers, content.clone(), pace)?;
+        pending.inline = Some((address, content));
+        Ok(api::Reply::new(async move {
+            let sent = stored.await.map_err(|_| ClientError::Lost)??;
+            sent.seq(&AtomicBool::new(false)).await.map(|_| ())
+        }))
     }
 
     async fn get(

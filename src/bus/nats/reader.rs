@@ -1,5 +1,6 @@
 //! `Reader`: the log in order from any `seq`, read from the log's stream: all of it, or
-//! the subjects of a link's view (`NatsAddress::view`).
+//! the subjects of a link's view (`NatsAddress::view`); with the content notifies carry
+//! (`inline.rs`), or headers only.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, UNIX_EPOCH};
@@ -8,6 +9,7 @@ use async_nats::jetstream::{self, consumer, stream};
 use futures_util::{FutureExt, StreamExt};
 
 use super::address::Author;
+use super::inline::Carrying;
 use super::{lost, protocol, NatsAddress};
 use crate::bus::client::ClientError;
 use crate::event::{Draft, Event};
@@ -50,11 +52,21 @@ pub(super) struct Reader {
     messages: Option<consumer::pull::Ordered>,
     /// Who published each event read, newest few (a link's rules learn from them).
     authors: BTreeMap<u64, Author>,
+    /// Whether it reads the content notifies carry; if not, headers only.
+    with_content: bool,
+    /// The content carried by events of the last read, by `seq`.
+    carried: BTreeMap<u64, bytes::Bytes>,
 }
 
 impl Reader {
-    /// A reader of `view`'s subjects (none: of the whole log).
-    pub(super) fn new(log: stream::Stream, address: NatsAddress, view: Vec<String>) -> Reader {
+    /// A reader of `view`'s subjects (none: of the whole log), `with_content` or headers
+    /// only.
+    pub(super) fn new(
+        log: stream::Stream,
+        address: NatsAddress,
+        view: Vec<String>,
+        with_content: bool,
+    ) -> Reader {
         Reader {
             log,
             address,
@@ -62,7 +74,15 @@ impl Reader {
             next: 0,
             messages: None,
             authors: BTreeMap::new(),
+            with_content,
+            carried: BTreeMap::new(),
         }
+    }
+
+    /// The content the events of the last read carried, by `seq` (none when reading
+    /// headers only).
+    pub(super) fn take_carried(&mut self) -> BTreeMap<u64, bytes::Bytes> {
+        std::mem::take(&mut self.carried)
     }
 
     /// The `seq` its next read starts at, if it goes on where the last one ended.
@@ -80,6 +100,7 @@ impl Reader {
     /// from where the reading stopped, for up to `STREAM_PATIENCE`; a log out of order or
     /// a line that is not an event fails at once.
     pub(super) async fn read(&mut self, from: u64) -> Result<Vec<Event>, ClientError> {
+        self.carried.clear();
         let started = tokio::time::Instant::now();
         loop {
             match self.try_read(from).await {
@@ -104,6 +125,7 @@ impl Reader {
                     start_sequence: from,
                 },
                 filter_subjects: self.view.clone(),
+                headers_only: !self.with_content,
                 ..Default::default()
             };
             let consumer = self
@@ -141,7 +163,7 @@ impl Reader {
                 Err(_) if !events.is_empty() => return Ok(events),
                 Err(err) => return Err(Failure::stream(err)),
             };
-            let event = self.decode(&message).map_err(Failure::Broken)?;
+            let event = self.decode(&message).await?;
             self.next = event.seq + 1;
             events.push(event);
             if events.len() >= POLL_BATCH {
@@ -157,11 +179,12 @@ impl Reader {
     }
 
     /// One message as a log line: `seq` and `time` from the stream, the agent from the
-    /// subject, the body from the payload. Out of order is a broken log: a whole log's
-    /// events come contiguous, a view's in increasing order (its consumer, an ordered one,
-    /// starts again by itself where a message of the view went missing).
-    fn decode(&mut self, message: &jetstream::Message) -> Result<Event, ClientError> {
-        let info = message.info().map_err(protocol)?;
+    /// subject, the body from the event header (or, in a log written before it, the
+    /// payload), and the content it carries kept aside. Out of order is a broken log: a
+    /// whole log's events come contiguous, a view's in increasing order (its consumer, an
+    /// ordered one, starts again by itself where a message of the view went missing).
+    async fn decode(&mut self, message: &jetstream::Message) -> Result<Event, Failure> {
+        let info = message.info().map_err(protocol).map_err(Failure::Broken)?;
         let seq = info.stream_sequence;
         let in_order = if self.view.is_empty() {
             seq == self.next
@@ -169,19 +192,37 @@ impl Reader {
             seq >= self.next
         };
         if !in_order {
-            return Err(ClientError::Protocol(format!(
+            return Err(Failure::Broken(ClientError::Protocol(format!(
                 "the log's stream gave #{seq} where #{} comes next",
                 self.next
-            )));
+            ))));
         }
         let subject = message.subject.to_string();
         let author = self.address.author_of(&subject).ok_or_else(|| {
-            ClientError::Protocol(format!(
+            Failure::Broken(ClientError::Protocol(format!(
                 "#{seq} was published on {subject}, not an agent's subject"
-            ))
+            )))
         })?;
-        let body: Draft = serde_json::from_slice(&message.payload)
-            .map_err(|err| ClientError::Protocol(format!("#{seq} is not an event: {err}")))?;
+        let body: Draft = match Carrying::of(message.headers.as_ref(), &message.payload) {
+            Carrying::Header { event, content } => {
+                if self.with_content && !content.is_empty() {
+                    self.carried.insert(seq, content.clone());
+                }
+                parse(seq, event.as_bytes())?
+            }
+            Carrying::HeaderOnly { event } => parse(seq, event.as_bytes())?,
+            // Written before the event moved to a header, and read headers only: the
+            // payload, the event, is read on its own.
+            Carrying::Payload(payload) if payload.is_empty() && !self.with_content => {
+                let whole = self
+                    .log
+                    .get_raw_message(seq)
+                    .await
+                    .map_err(Failure::stream)?;
+                parse(seq, &whole.payload)?
+            }
+            Carrying::Payload(payload) => parse(seq, payload)?,
+        };
         let nanos = u64::try_from(info.published.unix_timestamp_nanos()).unwrap_or(0);
         let time = humantime::format_rfc3339_micros(UNIX_EPOCH + Duration::from_nanos(nanos));
         let agent = author.name.clone();
@@ -196,6 +237,15 @@ impl Reader {
             body,
         })
     }
+}
+
+/// The event `#seq` holds as JSON.
+fn parse(seq: u64, json: &[u8]) -> Result<Draft, Failure> {
+    serde_json::from_slice(json).map_err(|err| {
+        Failure::Broken(ClientError::Protocol(format!(
+            "#{seq} is not an event: {err}"
+        )))
+    })
 }
 
 /// Whether `log` holds an event of `view` (none: of the whole log) at `from` or after, asked

@@ -30,7 +30,7 @@ pub(super) async fn report(link: &Inner) -> Result<StatusReport, ClientError> {
     };
     let mut backlog = Backlog::default();
     let mut errors: HashMap<u64, String> = HashMap::new();
-    let mut reader = Reader::new(link.log.clone(), link.address.clone(), Vec::new());
+    let mut reader = Reader::new(link.log.clone(), link.address.clone(), Vec::new(), false);
     let mut next = from;
     while next <= head {
         for event in reader.read(next).await? {

@@ -30,7 +30,8 @@ use crate::bus::client::ClientError;
 /// batch gathers while the one before is stored).
 pub(super) const MAX_BATCH: usize = 1000;
 
-/// The most payload bytes in one atomic batch (the server stages a batch whole).
+/// The most bytes (payloads and events) in one atomic batch (the server stages a batch
+/// whole).
 const MAX_BATCH_BYTES: usize = 4 << 20;
 
 /// How an event goes to the log.
@@ -77,6 +78,12 @@ pub(super) struct Outgoing {
 }
 
 impl Outgoing {
+    /// Its bytes on the server: its payload and the event its header holds.
+    fn size(&self) -> usize {
+        let event = self.headers.get(super::inline::EVENT_HEADER);
+        self.payload.len() + event.map_or(0, |event| event.as_str().len())
+    }
+
     /// Its own expectation, if it has one (a master's claim).
     fn expect(&mut self) {
         if let Some(expects) = &self.expects {
@@ -190,12 +197,12 @@ async fn send_all(
             send_one(&js, first, &one_at_a_time).await;
             continue;
         }
-        let mut bytes = first.payload.len();
+        let mut bytes = first.size();
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
             match next.try_recv() {
                 Ok(out) if out.pace == Pace::Batched => {
-                    bytes += out.payload.len();
+                    bytes += out.size();
                     batch.push(out);
                 }
                 Ok(out) => {
