@@ -448,8 +448,9 @@ impl Replica {
 struct Pending {
     /// Content sent since the last event: stored before the next event is sent.
     content: Vec<Stored>,
-    /// Small content put last, which rides with the next event if that is its notify.
-    inline: Option<(ContentHash, Vec<u8>)>,
+    /// Small content put last, which rides with the next event if that is its notify, and
+    /// its copy's fate in the content stream (awaited only if it does not ride).
+    inline: Option<(ContentHash, Vec<u8>, Stored)>,
     /// For a master: the `seq` of its join (before it joined, of the last master's), which
     /// each of its events expects to be the newest join in the log.
     claim: u64,
@@ -546,10 +547,16 @@ impl Inner {
         }
         let event = serde_json::to_string(&draft).map_err(protocol)?;
         let event = event.parse::<async_nats::HeaderValue>().map_err(protocol)?;
-        // A small file's content rides with the notify naming it (`inline.rs`).
+        // A small file's content rides with the notify naming it (`inline.rs`), which then
+        // need not wait for the content stream's copy; content that does not ride (the
+        // last small chunk of a large file, say) is waited for, as any other.
         let payload = match pending.inline.take() {
-            Some((address, content)) if inline::rides(&draft, &address) => content,
-            _ => Vec::new(),
+            Some((address, content, _)) if inline::rides(&draft, &address) => content,
+            Some((_, _, stored)) => {
+                pending.content.push(stored);
+                Vec::new()
+            }
+            None => Vec::new(),
         };
         let mut headers = HeaderMap::new();
         headers.insert(inline::EVENT_HEADER, event);
@@ -767,16 +774,16 @@ impl Inner {
             pending.content.push(stored);
             return Ok(api::Reply::ready(Ok(())));
         }
-        // Small: it rides with its notify, which need not wait for it; stored by address
-        // too (for whoever asks for it later), its acknowledgement the reply's.
+        // Small: it may ride with its notify (`send`); stored by address too, for whoever
+        // asks for it later.
+        if let Some((_, _, earlier)) = pending.inline.take() {
+            pending.content.push(earlier);
+        }
         let stored = self
             .content_outbox
             .send_plain(subject, headers, content.clone(), pace)?;
-        pending.inline = Some((address, content));
-        Ok(api::Reply::new(async move {
-            let sent = stored.await.map_err(|_| ClientError::Lost)??;
-            sent.seq(&AtomicBool::new(false)).await.map(|_| ())
-        }))
+        pending.inline = Some((address, content, stored));
+        Ok(api::Reply::ready(Ok(())))
     }
 
     async fn get(
