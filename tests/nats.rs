@@ -377,3 +377,52 @@ async fn a_small_files_content_rides_with_its_notify() {
     }
     c.assert_checks(CheckOptions::default());
 }
+
+/// A notify's payload is whatever its publisher sent: one that is not the content the
+/// notify names (a forged notify on the master's subject, a stolen credential) is never
+/// written; the slave, holding that content nowhere, takes it from the content stream,
+/// where it is stored by its address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notify_carrying_other_bytes_than_it_names_is_not_trusted() {
+    let mut c = cluster_on(Backend::Nats, "nats-inline-forged", 1).await;
+    // Above 16 KiB, so that only the content stream has it (no notify carried it).
+    let content = vec![b'r'; 20 << 10];
+    fs::write(c.master_dir().join("real.txt"), &content).expect("write");
+    must(
+        c.events
+            .expect(Pattern::consume().by("slave").put().path("real.txt"))
+            .await,
+    );
+    // Gone from the slave too: it cannot take the content from a file of its own.
+    fs::remove_file(c.master_dir().join("real.txt")).expect("remove");
+    must(
+        c.events
+            .expect(Pattern::consume().by("slave").delete().path("real.txt"))
+            .await,
+    );
+    let sha256 = filesync_master::hash::sha256_hex(&content);
+    let size = content.len();
+    let event = format!(
+        r#"{{"tag":"notify","op":"put","path":"forged.txt","kind":"file","size":{size},"sha256":"{sha256}","mode":420}}"#
+    );
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Filesync-Event", event.as_str());
+    let subject = format!("filesync.log.master.{}", hex::encode("master"));
+    jetstream(&c)
+        .await
+        .publish_with_headers(subject, headers, "other bytes".into())
+        .await
+        .expect("send")
+        .await
+        .expect("appended: NATS runs none of our rules");
+    must(
+        c.events
+            .expect(Pattern::consume().by("slave").put().path("forged.txt"))
+            .await,
+    );
+    let written = fs::read(c.slaves[0].dir.join("forged.txt")).expect("applied");
+    assert_eq!(
+        written, content,
+        "the content its address names, not the payload"
+    );
+}

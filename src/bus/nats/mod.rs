@@ -706,7 +706,8 @@ impl Inner {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(address);
-        if let Some(content) = recent {
+        // A notify's payload is whatever its publisher sent: taken only if it is the content.
+        if let Some(content) = recent.filter(|content| ContentHash::of(content) == *address) {
             return Ok(Some(content));
         }
         let subject = self.address.content_subject(address);
