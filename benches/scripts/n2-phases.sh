@@ -14,25 +14,7 @@
 set -euo pipefail
 B=${B:-target/release/filesync}
 OUT=${OUT:-${TMPDIR:-/tmp}/filesync-n2}
-mkdir -p "$OUT"
-R=$(mktemp -d "$OUT/run.XXXX")
-mkdir -p "$R/m" "$R/s" "$R/stage"
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-# NATS_SYNC=default leaves the server's own flushing (as FILESYNC_NATS_SYNC=default does).
-SYNC="  sync_interval: always"
-[ "${NATS_SYNC:-}" = default ] && SYNC=""
-printf 'listen: "127.0.0.1:%s"\nmax_payload: 8MB\njetstream {\n  store_dir: "%s"\n%s\n}\n' \
-  "$PORT" "$R/nats" "$SYNC" > "$R/nats.conf"
-nats-server -c "$R/nats.conf" 2>"$R/nats.log" &
-NP=$!
-for _ in $(seq 50); do grep -q "Server is ready" "$R/nats.log" && break; sleep 0.1; done
-BUS=nats://127.0.0.1:$PORT
-"$B" master --dir "$R/m" --bus "$BUS" --state "$R/mstate" 2>"$R/master.log" &
-MP=$!
-sleep 1
-"$B" slave --dir "$R/s" --bus "$BUS" --state "$R/sstate" 2>"$R/slave.log" &
-SP=$!
-for _ in $(seq 100); do grep -q "ready" "$R/slave.log" 2>/dev/null && break; sleep 0.1; done
+. "$(dirname "$0")/nats-hosted.sh"
 python3 "$(dirname "$0")/phases.py" --tree "$R/stage/w2"
 PP=""
 if [ -n "${PERFMASTER:-}" ]; then perf record -p $MP --call-graph dwarf,16384 -F 997 -o "$OUT/master.data" 2>/dev/null & PP=$!; fi
