@@ -448,9 +448,9 @@ impl Replica {
 struct Pending {
     /// Content sent since the last event: stored before the next event is sent.
     content: Vec<Stored>,
-    /// Small content put last, which rides with the next event if that is its notify, and
-    /// its copy's fate in the content stream (awaited only if it does not ride).
-    inline: Option<(ContentHash, Vec<u8>, Stored)>,
+    /// Small content put last, which rides with the next event if that is its notify
+    /// (stored by address after it; before it, and awaited, if it does not ride).
+    inline: Option<(ContentHash, Vec<u8>)>,
     /// For a master: the `seq` of its join (before it joined, of the last master's), which
     /// each of its events expects to be the newest join in the log.
     claim: u64,
@@ -547,12 +547,18 @@ impl Inner {
         }
         let event = serde_json::to_string(&draft).map_err(protocol)?;
         let event = event.parse::<async_nats::HeaderValue>().map_err(protocol)?;
-        // A small file's content rides with the notify naming it (`inline.rs`), which then
-        // need not wait for the content stream's copy; content that does not ride (the
-        // last small chunk of a large file, say) is waited for, as any other.
+        // A small file's content rides with the notify naming it (`inline.rs`), and is
+        // stored by address after it, so that the notify's synced write goes first;
+        // content that does not ride (the last small chunk of a large file, say) is
+        // stored first and waited for, as any other.
+        let mut copy = None;
         let payload = match pending.inline.take() {
-            Some((address, content, _)) if inline::rides(&draft, &address) => content,
-            Some((_, _, stored)) => {
+            Some((address, content)) if inline::rides(&draft, &address) => {
+                copy = Some((address, content.clone()));
+                content
+            }
+            Some((address, content)) => {
+                let stored = self.store(address, content)?;
                 pending.content.push(stored);
                 Vec::new()
             }
@@ -598,6 +604,10 @@ impl Inner {
             pace,
             sent,
         })?;
+        if let Some((address, content)) = copy {
+            // Its fate is not the notify's: the notify holds the content itself.
+            drop(self.store(address, content)?);
+        }
         let one_at_a_time = self.one_at_a_time.clone();
         Ok(api::Reply::new(async move {
             let sent = ack.await.map_err(|_| ClientError::Lost)??;
@@ -756,6 +766,22 @@ impl Inner {
             )));
         }
         let mut pending = self.pending.lock().await;
+        // Small: it may ride with its notify (`send`), and is stored by address then.
+        if let Some((earlier, held)) = pending.inline.take() {
+            let stored = self.store(earlier, held)?;
+            pending.content.push(stored);
+        }
+        if content.len() <= inline::INLINE_MAX {
+            pending.inline = Some((address, content));
+        } else {
+            let stored = self.store(address, content)?;
+            pending.content.push(stored);
+        }
+        Ok(api::Reply::ready(Ok(())))
+    }
+
+    /// Queues `content` for the content stream, under `address`.
+    fn store(&self, address: ContentHash, content: Vec<u8>) -> Result<Stored, ClientError> {
         // Content stored again replaces itself (one message per address). Sent alone, a
         // copy is dropped by its `Nats-Msg-Id`; in a batch, a copy would fail the batch
         // (error 10201), so there it goes without one.
@@ -768,23 +794,8 @@ impl Inner {
             }
         };
         let subject = self.address.content_subject(&address);
-        if content.len() > inline::INLINE_MAX {
-            let stored = self
-                .content_outbox
-                .send_plain(subject, headers, content, pace)?;
-            pending.content.push(stored);
-            return Ok(api::Reply::ready(Ok(())));
-        }
-        // Small: it may ride with its notify (`send`); stored by address too, for whoever
-        // asks for it later.
-        if let Some((_, _, earlier)) = pending.inline.take() {
-            pending.content.push(earlier);
-        }
-        let stored = self
-            .content_outbox
-            .send_plain(subject, headers, content.clone(), pace)?;
-        pending.inline = Some((address, content, stored));
-        Ok(api::Reply::ready(Ok(())))
+        self.content_outbox
+            .send_plain(subject, headers, content, pace)
     }
 
     async fn get(
