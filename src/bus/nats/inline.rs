@@ -10,10 +10,12 @@
 //!   The content is stored in the content stream too, as before (acknowledged on its own),
 //!   so that anything asked for by address later (a slave restoring a file edited behind
 //!   its back) is found there.
-//! - A slave following the log reads the content with the notify, and asks for nothing
-//!   (`Recent` keeps what it read until it is applied).
-//! - A reader that needs no content (a link's first reading of the whole log, a listener,
-//!   `export`, `status`) reads headers only: the log costs it its events, not its content.
+//! - A slave following the log as it comes reads the content with the notify, and asks
+//!   for nothing (`Recent` keeps what it read until it is applied).
+//! - Every other read is of headers only, so the log costs it its events, not its content:
+//!   a link's first reading of the whole log, listeners, `export`, `status`, and a slave's
+//!   reading of older events (catching up after time away, a verification's replay of
+//!   the log from its start), whose content, when applied, comes from the content stream.
 //!
 //! A log written before this layout (the event as the payload, no header) is still read.
 

@@ -236,7 +236,7 @@ impl NatsDial {
         let (start, head) = (info.state.first_sequence.max(1), info.state.last_sequence);
         let mut replica = Replica::default();
         let mut refused = BTreeMap::new();
-        let mut reader = Reader::new(log.clone(), self.address.clone(), Vec::new(), false);
+        let mut reader = Reader::new(log.clone(), self.address.clone(), Vec::new());
         let mut next = start;
         // The newest event on the subjects this link's batches are ordered by, and in its
         // view (the head this link's reader reaches).
@@ -246,7 +246,7 @@ impl NatsDial {
         let view = self.address.view(role, name);
         let in_view = |author: &Author| NatsAddress::in_view(role, name, author);
         while next <= head {
-            for event in reader.read(next).await? {
+            for event in reader.read(next, false).await? {
                 next = event.seq + 1;
                 let author = reader.author(&event);
                 if author.as_ref().is_some_and(in_order) {
@@ -326,6 +326,7 @@ impl NatsDial {
             leases: tokio::sync::Mutex::new(leases),
             refused: Mutex::new(refused),
             recent: Mutex::new(inline::Recent::default()),
+            frontier: AtomicU64::new(view_head + 1),
         };
         if !(hello.quiet && hello.role == Role::Listener) {
             let seq = link.send(join, false).await?.await?;
@@ -499,6 +500,9 @@ struct Inner {
     refused: Mutex<BTreeMap<u64, String>>,
     /// The content that notifies read by a slave carried (`inline.rs`).
     recent: Mutex<inline::Recent>,
+    /// The `seq` after the newest event of the link's view read so far (when dialled, its
+    /// view's head): a read from there on follows the log as it comes.
+    frontier: AtomicU64,
 }
 
 impl Inner {
@@ -657,16 +661,15 @@ impl Inner {
             let mut readers = self.readers.lock().unwrap_or_else(|p| p.into_inner());
             match readers.iter().position(|r| r.at() == from) {
                 Some(idx) => readers.swap_remove(idx),
-                None => Reader::new(
-                    self.log.clone(),
-                    self.address.clone(),
-                    self.view.clone(),
-                    // Only a slave applies what it reads.
-                    self.role == Role::Slave,
-                ),
+                None => Reader::new(self.log.clone(), self.address.clone(), self.view.clone()),
             }
         };
-        let events = reader.read(from).await?;
+        // Only a slave applies what it reads, and only what it follows as it comes: a read
+        // of older events (catching up, a verification's replay) is of headers only, and
+        // the content of what it applies then comes from the content stream.
+        let live = self.role == Role::Slave && from >= self.frontier.load(Ordering::Relaxed);
+        let events = reader.read(from, live).await?;
+        self.frontier.fetch_max(reader.at(), Ordering::Relaxed);
         for event in &events {
             self.judge(event, reader.author(event));
         }

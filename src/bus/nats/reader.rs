@@ -52,21 +52,15 @@ pub(super) struct Reader {
     messages: Option<consumer::pull::Ordered>,
     /// Who published each event read, newest few (a link's rules learn from them).
     authors: BTreeMap<u64, Author>,
-    /// Whether it reads the content notifies carry; if not, headers only.
+    /// Whether its consumer reads the content notifies carry; if not, headers only.
     with_content: bool,
     /// The content carried by events of the last read, by `seq`.
     carried: BTreeMap<u64, bytes::Bytes>,
 }
 
 impl Reader {
-    /// A reader of `view`'s subjects (none: of the whole log), `with_content` or headers
-    /// only.
-    pub(super) fn new(
-        log: stream::Stream,
-        address: NatsAddress,
-        view: Vec<String>,
-        with_content: bool,
-    ) -> Reader {
+    /// A reader of `view`'s subjects (none: of the whole log).
+    pub(super) fn new(log: stream::Stream, address: NatsAddress, view: Vec<String>) -> Reader {
         Reader {
             log,
             address,
@@ -74,7 +68,7 @@ impl Reader {
             next: 0,
             messages: None,
             authors: BTreeMap::new(),
-            with_content,
+            with_content: false,
             carried: BTreeMap::new(),
         }
     }
@@ -99,8 +93,19 @@ impl Reader {
     /// consumer that fails (its stream's leader lost, an election under way) is made again
     /// from where the reading stopped, for up to `STREAM_PATIENCE`; a log out of order or
     /// a line that is not an event fails at once.
-    pub(super) async fn read(&mut self, from: u64) -> Result<Vec<Event>, ClientError> {
+    ///
+    /// `with_content`: with the content notifies carry (a consumer reading headers only is
+    /// made again to read them), or headers only.
+    pub(super) async fn read(
+        &mut self,
+        from: u64,
+        with_content: bool,
+    ) -> Result<Vec<Event>, ClientError> {
         self.carried.clear();
+        if with_content != self.with_content {
+            self.with_content = with_content;
+            self.messages = None;
+        }
         let started = tokio::time::Instant::now();
         loop {
             match self.try_read(from).await {

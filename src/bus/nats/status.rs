@@ -30,10 +30,10 @@ pub(super) async fn report(link: &Inner) -> Result<StatusReport, ClientError> {
     };
     let mut backlog = Backlog::default();
     let mut errors: HashMap<u64, String> = HashMap::new();
-    let mut reader = Reader::new(link.log.clone(), link.address.clone(), Vec::new(), false);
+    let mut reader = Reader::new(link.log.clone(), link.address.clone(), Vec::new());
     let mut next = from;
     while next <= head {
-        for event in reader.read(next).await? {
+        for event in reader.read(next, false).await? {
             next = event.seq + 1;
             link.judge(&event, reader.author(&event));
             backlog.observe(&event);
