@@ -7,9 +7,11 @@
 //!
 //! - A master's notify of a small file does not wait for its content's acknowledgement
 //!   before it is sent: the log message holds the content itself, in the same synced write.
-//!   The content is stored in the content stream too, as before (acknowledged on its own),
-//!   so that anything asked for by address later (a slave restoring a file edited behind
-//!   its back) is found there.
+//!   The content is stored in the content stream too, after the notify (acknowledged on
+//!   its own), so that anything asked for by address later (a slave restoring a file
+//!   edited behind its back) is found there. A master whose connection is lost between
+//!   the two leaves that content in the log only: every slave following the log has it,
+//!   but a lookup by address fails until the file changes again.
 //! - A slave following the log as it comes reads the content with the notify, and asks
 //!   for nothing (`Recent` keeps what it read until it is applied).
 //! - Every other read is of headers only, so the log costs it its events, not its content:
