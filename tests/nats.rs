@@ -426,3 +426,53 @@ async fn a_notify_carrying_other_bytes_than_it_names_is_not_trusted() {
         "the content its address names, not the payload"
     );
 }
+
+/// A slave catching up reads older notifies without the content they carry, and takes it
+/// from the content stream; where the content stream lacks it (its copy lost with the
+/// master's connection, here purged), from the notify that carried it. Nothing is an
+/// error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_missing_by_address_is_read_from_the_notify_that_carried_it() {
+    let mut c = cluster_on(Backend::Nats, "nats-inline-carrier", 1).await;
+    must(c.stop_slave(0));
+    let content = b"only in its notify".to_vec();
+    fs::write(c.master_dir().join("away.txt"), &content).expect("write");
+    must(
+        c.events
+            .expect(Pattern::notify().by("master").put().path("away.txt"))
+            .await,
+    );
+    let js = jetstream(&c).await;
+    let subject = format!(
+        "filesync.content.{}",
+        filesync_master::hash::sha256_hex(&content)
+    );
+    // Its copy by address is stored after the notify: wait for it, then take it away.
+    let store = js
+        .get_stream("filesync_CONTENT")
+        .await
+        .expect("the content stream");
+    for _ in 0..100 {
+        if store
+            .get_last_raw_message_by_subject(&subject)
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    store.purge().filter(&subject).await.expect("purged");
+    assert!(store
+        .get_last_raw_message_by_subject(&subject)
+        .await
+        .is_err());
+    must(c.start_slave(0).await);
+    must(
+        c.events
+            .expect(Pattern::consume().by("slave").put().path("away.txt"))
+            .await,
+    );
+    let mirrored = fs::read(c.slaves[0].dir.join("away.txt")).expect("mirrored");
+    assert_eq!(mirrored, content);
+}

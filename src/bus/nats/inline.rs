@@ -8,10 +8,12 @@
 //! - A master's notify of a small file does not wait for its content's acknowledgement
 //!   before it is sent: the log message holds the content itself, in the same synced write.
 //!   The content is stored in the content stream too, after the notify (acknowledged on
-//!   its own), so that anything asked for by address later (a slave restoring a file
-//!   edited behind its back) is found there. A master whose connection is lost between
-//!   the two leaves that content in the log only: every slave following the log has it,
-//!   but a lookup by address fails until the file changes again.
+//!   its own: a copy lost with the connection makes the link's next event fail, and the
+//!   agent reconnects), so that anything asked for by address later (a slave restoring a
+//!   file edited behind its back, catching up) is found there. Where the content stream
+//!   lacks it (its copy not stored yet, or lost), a slave reads it from the notify that
+//!   carried it, if it is among the newest [`NOTED`] carrying notifies its link has read
+//!   (every one, from the log's start, when it connected).
 //! - A slave following the log as it comes reads the content with the notify, and asks
 //!   for nothing (`Recent` keeps what it read until it is applied).
 //! - Every other read is of headers only, so the log costs it its events, not its content:
@@ -21,13 +23,13 @@
 //!
 //! A log written before this layout (the event as the payload, no header) is still read.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use filesync_master::hash::ContentHash;
 
-use crate::event::{Draft, Op, Tag};
+use crate::event::{Draft, Event, Op, Tag};
 
 /// The most bytes of content that ride with their notify: a file this small goes out in
 /// one synced write with its notify, and reaches a slave with no request of its own. Most
@@ -44,6 +46,9 @@ const SIZE_HEADER: &str = "Nats-Msg-Size";
 /// The content read with notifies that a slave's link keeps, oldest let go first, so that
 /// the applying of a long backlog never holds more than this.
 const RECENT_BYTES: usize = 32 << 20;
+
+/// How many carrying notifies a slave's link remembers the `seq` of (about 50 bytes each).
+const NOTED: usize = 1 << 16;
 
 /// Whether content `address` rides with `draft`: a notify of a put of a whole file (no
 /// manifest) whose `sha256` it is.
@@ -62,8 +67,9 @@ pub(super) fn rides(draft: &Draft, address: &ContentHash) -> bool {
 pub(super) enum Carrying<'a> {
     /// The event is in the header; the payload (empty, or content the notify names).
     Header { event: &'a str, content: &'a Bytes },
-    /// Read headers only: the event is in the header, the payload left out.
-    HeaderOnly { event: &'a str },
+    /// Read headers only: the event is in the header, and the payload (`size` bytes) left
+    /// out.
+    HeaderOnly { event: &'a str, size: usize },
     /// Written before the event moved to a header: the payload is the event.
     Payload(&'a Bytes),
 }
@@ -73,7 +79,10 @@ impl<'a> Carrying<'a> {
     pub(super) fn of(headers: Option<&'a HeaderMap>, payload: &'a Bytes) -> Carrying<'a> {
         let header = |name| headers.and_then(|h| h.get(name)).map(|v| v.as_str());
         match (header(EVENT_HEADER), header(SIZE_HEADER)) {
-            (Some(event), Some(_)) if payload.is_empty() => Carrying::HeaderOnly { event },
+            (Some(event), Some(size)) if payload.is_empty() => Carrying::HeaderOnly {
+                event,
+                size: size.parse().unwrap_or(0),
+            },
             (Some(event), _) => Carrying::Header {
                 event,
                 content: payload,
@@ -83,12 +92,17 @@ impl<'a> Carrying<'a> {
     }
 }
 
-/// Content read with recent notifies, by address, within [`RECENT_BYTES`].
+/// Content read with recent notifies, by address, within [`RECENT_BYTES`]; and where the
+/// newest [`NOTED`] notifies carrying content are in the log, read with it or not, so that
+/// content the content stream lacks (its copy not stored yet, or never: a master cut off
+/// between the two) is read from the notify that carried it.
 #[derive(Default)]
 pub(super) struct Recent {
     by_address: HashMap<ContentHash, Bytes>,
     order: VecDeque<ContentHash>,
     bytes: usize,
+    carriers: HashMap<ContentHash, u64>,
+    noted: VecDeque<ContentHash>,
 }
 
 impl Recent {
@@ -115,6 +129,46 @@ impl Recent {
     /// content, until it is let go).
     pub(super) fn get(&self, address: &ContentHash) -> Option<Bytes> {
         self.by_address.get(address).cloned()
+    }
+
+    /// Notes that the notify `#seq` carries content `address`, letting the oldest noted go
+    /// beyond [`NOTED`].
+    pub(super) fn note(&mut self, address: ContentHash, seq: u64) {
+        if self.carriers.insert(address, seq).is_none() {
+            self.noted.push_back(address);
+        }
+        while self.noted.len() > NOTED {
+            if let Some(oldest) = self.noted.pop_front() {
+                self.carriers.remove(&oldest);
+            }
+        }
+    }
+
+    /// Takes in what `events` carried (`Reader::take_carried`): where each carrying notify
+    /// is, and the content read with it.
+    pub(super) fn take_in(&mut self, events: &[Event], mut carried: BTreeMap<u64, Option<Bytes>>) {
+        for event in events {
+            let Some(content) = carried.remove(&event.seq) else {
+                continue;
+            };
+            let Some(address) = event
+                .body
+                .sha256
+                .as_deref()
+                .and_then(ContentHash::parse_hex)
+            else {
+                continue;
+            };
+            self.note(address, event.seq);
+            if let Some(content) = content {
+                self.keep(address, content);
+            }
+        }
+    }
+
+    /// The newest noted notify carrying `address`.
+    pub(super) fn carrier(&self, address: &ContentHash) -> Option<u64> {
+        self.carriers.get(address).copied()
     }
 }
 
@@ -164,6 +218,25 @@ mod tests {
     }
 
     #[test]
+    fn the_newest_carrier_of_content_is_remembered_within_its_bound() {
+        let mut recent = Recent::default();
+        let first = ContentHash::of(b"first");
+        recent.note(first, 3);
+        recent.note(first, 9);
+        assert_eq!(
+            recent.carrier(&first),
+            Some(9),
+            "the newest notify carrying it"
+        );
+        for seq in 0..NOTED as u64 {
+            recent.note(ContentHash::of(&seq.to_le_bytes()), 100 + seq);
+        }
+        assert_eq!(recent.carrier(&first), None, "the oldest is let go");
+        assert_eq!(recent.carriers.len(), NOTED);
+        assert_eq!(recent.noted.len(), NOTED);
+    }
+
+    #[test]
     fn a_message_says_where_its_event_is() {
         let payload = Bytes::from_static(b"content");
         let mut headers = HeaderMap::new();
@@ -176,7 +249,7 @@ mod tests {
         headers.insert(SIZE_HEADER, "7");
         assert!(matches!(
             Carrying::of(Some(&headers), &empty),
-            Carrying::HeaderOnly { .. }
+            Carrying::HeaderOnly { size: 7, .. }
         ));
         assert!(matches!(
             Carrying::of(None, &payload),

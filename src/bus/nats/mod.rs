@@ -245,8 +245,14 @@ impl NatsDial {
         let in_order = |author: &Author| NatsAddress::in_order(role, name, author);
         let view = self.address.view(role, name);
         let in_view = |author: &Author| NatsAddress::in_view(role, name, author);
+        // Where a slave's content can be read from if the content stream lacks it.
+        let mut recent = inline::Recent::default();
         while next <= head {
-            for event in reader.read(next, false).await? {
+            let events = reader.read(next, false).await?;
+            if role == Role::Slave {
+                recent.take_in(&events, reader.take_carried());
+            }
+            for event in events {
                 next = event.seq + 1;
                 let author = reader.author(&event);
                 if author.as_ref().is_some_and(in_order) {
@@ -325,7 +331,7 @@ impl NatsDial {
             log,
             leases: tokio::sync::Mutex::new(leases),
             refused: Mutex::new(refused),
-            recent: Mutex::new(inline::Recent::default()),
+            recent: Mutex::new(recent),
             frontier: AtomicU64::new(view_head + 1),
         };
         if !(hello.quiet && hello.role == Role::Listener) {
@@ -451,10 +457,16 @@ struct Pending {
     content: Vec<Stored>,
     /// Small content put last, which rides with the next event if that is its notify
     /// (stored by address after it; before it, and awaited, if it does not ride).
-    inline: Option<(ContentHash, Vec<u8>)>,
+    inline: Option<Held>,
     /// For a master: the `seq` of its join (before it joined, of the last master's), which
     /// each of its events expects to be the newest join in the log.
     claim: u64,
+}
+
+/// Small content held for the next event (`Pending::inline`).
+struct Held {
+    address: ContentHash,
+    content: Vec<u8>,
 }
 
 /// One agent's link to a NATS bus.
@@ -549,6 +561,10 @@ impl Inner {
                 .check(self.role, &self.name, &draft, &rules::Unseen)
                 .map_err(ClientError::Refused)?;
         }
+        // Content lost with the connection (a copy nothing awaits, say): so is the link.
+        if self.content_outbox.is_broken() {
+            return Err(ClientError::Lost);
+        }
         let event = serde_json::to_string(&draft).map_err(protocol)?;
         let event = event.parse::<async_nats::HeaderValue>().map_err(protocol)?;
         // A small file's content rides with the notify naming it (`inline.rs`), and is
@@ -557,12 +573,13 @@ impl Inner {
         // stored first and waited for, as any other.
         let mut copy = None;
         let payload = match pending.inline.take() {
-            Some((address, content)) if inline::rides(&draft, &address) => {
-                copy = Some((address, content.clone()));
-                content
+            Some(held) if inline::rides(&draft, &held.address) => {
+                let payload = held.content.clone();
+                copy = Some(held);
+                payload
             }
-            Some((address, content)) => {
-                let stored = self.store(address, content)?;
+            Some(held) => {
+                let stored = self.store(held.address, held.content)?;
                 pending.content.push(stored);
                 Vec::new()
             }
@@ -608,9 +625,10 @@ impl Inner {
             pace,
             sent,
         })?;
-        if let Some((address, content)) = copy {
-            // Its fate is not the notify's: the notify holds the content itself.
-            drop(self.store(address, content)?);
+        if let Some(held) = copy {
+            // Its fate is not the notify's (the notify holds the content itself); a copy
+            // lost with the connection makes the next event fail (`Outbox::is_broken`).
+            drop(self.store(held.address, held.content)?);
         }
         let one_at_a_time = self.one_at_a_time.clone();
         Ok(api::Reply::new(async move {
@@ -674,18 +692,9 @@ impl Inner {
             self.judge(event, reader.author(event));
         }
         let carried = reader.take_carried();
-        if !carried.is_empty() {
+        if self.role == Role::Slave && !carried.is_empty() {
             let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-            for event in &events {
-                let address = event
-                    .body
-                    .sha256
-                    .as_deref()
-                    .and_then(ContentHash::parse_hex);
-                if let (Some(content), Some(address)) = (carried.get(&event.seq), address) {
-                    recent.keep(address, content.clone());
-                }
-            }
+            recent.take_in(&events, carried);
         }
         let mut readers = self.readers.lock().unwrap_or_else(|p| p.into_inner());
         readers.push(reader);
@@ -708,11 +717,7 @@ impl Inner {
     }
 
     /// The content under `address`, if any: carried by a notify read lately (`inline.rs`),
-    /// or stored in the content stream. Any replica answers a direct get, and
-    /// one that has not caught up yet finds nothing, while one cut off from the cluster
-    /// answers nothing until its routes time out (minutes): a miss, or no answer within
-    /// `DIRECT_PATIENCE`, is asked of the stream's leader, which has everything
-    /// acknowledged.
+    /// stored in the content stream, or in the log message of a notify that carried it.
     async fn fetch(&self, address: &ContentHash) -> Result<Option<bytes::Bytes>, ClientError> {
         let recent = self
             .recent
@@ -723,6 +728,39 @@ impl Inner {
         if let Some(content) = recent.filter(|content| ContentHash::of(content) == *address) {
             return Ok(Some(content));
         }
+        if let Some(content) = self.fetch_stored(address).await? {
+            return Ok(Some(content));
+        }
+        // Not stored (yet, or ever: a master cut off between a notify and its copy): read
+        // from the notify that carried it, if this link has read one.
+        let carrier = self
+            .recent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .carrier(address);
+        let Some(seq) = carrier else {
+            return Ok(None);
+        };
+        let message = self.log.get_raw_message(seq).await.map_err(lost)?;
+        Ok(
+            match inline::Carrying::of(Some(&message.headers), &message.payload) {
+                inline::Carrying::Header { content, .. } if !content.is_empty() => {
+                    Some(content.clone())
+                }
+                _ => None,
+            },
+        )
+    }
+
+    /// The content stream's copy of `address`, if it holds one. Any replica answers a
+    /// direct get, and one that has not caught up yet finds nothing, while one cut off
+    /// from the cluster answers nothing until its routes time out (minutes): a miss, or no
+    /// answer within `DIRECT_PATIENCE`, is asked of the stream's leader, which has
+    /// everything acknowledged.
+    async fn fetch_stored(
+        &self,
+        address: &ContentHash,
+    ) -> Result<Option<bytes::Bytes>, ClientError> {
         let subject = self.address.content_subject(address);
         let direct = self.content.direct_get_last_for_subject(subject.clone());
         match tokio::time::timeout(DIRECT_PATIENCE, direct).await {
@@ -769,16 +807,16 @@ impl Inner {
             )));
         }
         let mut pending = self.pending.lock().await;
-        // Small: it may ride with its notify (`send`), and is stored by address then.
-        if let Some((earlier, held)) = pending.inline.take() {
-            let stored = self.store(earlier, held)?;
+        if let Some(earlier) = pending.inline.take() {
+            let stored = self.store(earlier.address, earlier.content)?;
             pending.content.push(stored);
         }
-        if content.len() <= inline::INLINE_MAX {
-            pending.inline = Some((address, content));
-        } else {
+        if content.len() > inline::INLINE_MAX {
             let stored = self.store(address, content)?;
             pending.content.push(stored);
+        } else {
+            // Small: it may ride with its notify (`send`), and is stored by address then.
+            pending.inline = Some(Held { address, content });
         }
         Ok(api::Reply::ready(Ok(())))
     }

@@ -54,8 +54,8 @@ pub(super) struct Reader {
     authors: BTreeMap<u64, Author>,
     /// Whether its consumer reads the content notifies carry; if not, headers only.
     with_content: bool,
-    /// The content carried by events of the last read, by `seq`.
-    carried: BTreeMap<u64, bytes::Bytes>,
+    /// The events of the last read that carry content, by `seq`, with it when it was read.
+    carried: BTreeMap<u64, Option<bytes::Bytes>>,
 }
 
 impl Reader {
@@ -73,9 +73,9 @@ impl Reader {
         }
     }
 
-    /// The content the events of the last read carried, by `seq` (none when reading
-    /// headers only).
-    pub(super) fn take_carried(&mut self) -> BTreeMap<u64, bytes::Bytes> {
+    /// The events of the last read that carry content, by `seq`, with the content when it
+    /// was read (not when reading headers only).
+    pub(super) fn take_carried(&mut self) -> BTreeMap<u64, Option<bytes::Bytes>> {
         std::mem::take(&mut self.carried)
     }
 
@@ -210,12 +210,17 @@ impl Reader {
         })?;
         let body: Draft = match Carrying::of(message.headers.as_ref(), &message.payload) {
             Carrying::Header { event, content } => {
-                if self.with_content && !content.is_empty() {
-                    self.carried.insert(seq, content.clone());
+                if !content.is_empty() {
+                    self.carried.insert(seq, Some(content.clone()));
                 }
                 parse(seq, event.as_bytes())?
             }
-            Carrying::HeaderOnly { event } => parse(seq, event.as_bytes())?,
+            Carrying::HeaderOnly { event, size } => {
+                if size > 0 {
+                    self.carried.insert(seq, None);
+                }
+                parse(seq, event.as_bytes())?
+            }
             // Written before the event moved to a header, and read headers only: the
             // payload, the event, is read on its own.
             Carrying::Payload(payload) if payload.is_empty() && !self.with_content => {

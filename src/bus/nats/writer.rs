@@ -114,6 +114,8 @@ pub(super) enum Sent {
 pub(super) struct Outbox {
     queue: mpsc::UnboundedSender<Outgoing>,
     task: tokio::task::JoinHandle<()>,
+    /// Set once a message was lost with the connection: nothing more is sent.
+    broken: Arc<AtomicBool>,
 }
 
 impl Outbox {
@@ -125,8 +127,18 @@ impl Outbox {
         order: Option<Order>,
     ) -> Outbox {
         let (queue, next) = mpsc::unbounded_channel::<Outgoing>();
-        let task = tokio::spawn(send_all(js, next, one_at_a_time, order));
-        Outbox { queue, task }
+        let broken = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn(send_all(js, next, one_at_a_time, order, broken.clone()));
+        Outbox {
+            queue,
+            task,
+            broken,
+        }
+    }
+
+    /// Whether a message it sent was lost with the connection (it sends nothing more).
+    pub(super) fn is_broken(&self) -> bool {
+        self.broken.load(Ordering::Relaxed)
     }
 
     /// Queues `out`; a link whose task ended is lost.
@@ -180,21 +192,23 @@ async fn send_all(
     mut next: mpsc::UnboundedReceiver<Outgoing>,
     one_at_a_time: Arc<AtomicBool>,
     mut order: Option<Order>,
+    broken: Arc<AtomicBool>,
 ) {
     let mut held = None;
-    // Once a batch is lost, nothing after it is sent: the link is done (its agent connects
-    // again and reads the log), so no later batch can land after a hole.
-    let mut broken = false;
+    // Once a message is lost, nothing after it is sent: the link is done (its agent
+    // connects again and reads the log), so no later batch can land after a hole.
     while let Some(first) = match held.take() {
         Some(out) => Some(out),
         None => next.recv().await,
     } {
-        if broken {
+        if broken.load(Ordering::Relaxed) {
             let _ = first.sent.send(Err(ClientError::Lost));
             continue;
         }
         if first.pace != Pace::Batched {
-            send_one(&js, first, &one_at_a_time).await;
+            if !send_one(&js, first, &one_at_a_time).await {
+                broken.store(true, Ordering::Relaxed);
+            }
             continue;
         }
         let mut bytes = first.size();
@@ -212,7 +226,9 @@ async fn send_all(
                 Err(_) => break,
             }
         }
-        broken = !send_batch(&js, batch, &one_at_a_time, order.as_mut()).await;
+        if !send_batch(&js, batch, &one_at_a_time, order.as_mut()).await {
+            broken.store(true, Ordering::Relaxed);
+        }
     }
 }
 
@@ -230,7 +246,9 @@ async fn stored(outs: &mut [Outgoing]) -> Result<(), ClientError> {
     Ok(())
 }
 
-async fn send_one(js: &jetstream::Context, mut out: Outgoing, one_at_a_time: &AtomicBool) {
+/// `out` alone; false when the link is lost (as far as is known when it returns: a
+/// pipelined acknowledgement comes later, to whoever awaits it).
+async fn send_one(js: &jetstream::Context, mut out: Outgoing, one_at_a_time: &AtomicBool) -> bool {
     let sent = match stored(std::slice::from_mut(&mut out)).await {
         Ok(()) => {
             out.expect();
@@ -245,7 +263,12 @@ async fn send_one(js: &jetstream::Context, mut out: Outgoing, one_at_a_time: &At
         Ok(ack) => Ok(Sent::Acked(acked(ack.await, one_at_a_time))),
         Err(err) => Err(err),
     };
+    let lost = match &sent {
+        Err(err) | Ok(Sent::Acked(Err(err))) => err.is_connection(),
+        Ok(_) => false,
+    };
     let _ = out.sent.send(sent);
+    !lost
 }
 
 /// `batch` as one atomic batch (ADR-50): every message but the last sent without a reply,
