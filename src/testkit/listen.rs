@@ -7,6 +7,8 @@
 //! rule with [`EventStream::allow_errors`]: errors are never silently tolerated.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -52,6 +54,9 @@ pub struct EventStream {
     closed: Option<String>,
     /// The unmet patterns of the last failed expectation, for the failure picture.
     last_unmet: std::cell::RefCell<Vec<String>>,
+    /// The `seq` the stream went on from after retention removed events it had not read
+    /// yet (0: never).
+    skipped_to: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -82,6 +87,8 @@ impl EventStream {
         let dial = crate::bus::dial(addr, tls.cloned());
         let (client, _) = dial.dial(&hello).await?;
         let (tx, rx) = mpsc::unbounded_channel();
+        let skipped_to = Arc::new(AtomicU64::new(0));
+        let skipped = skipped_to.clone();
         let task = tokio::spawn(async move {
             let mut subscription = Subscription::new(client, from);
             loop {
@@ -90,6 +97,7 @@ impl EventStream {
                     // the log's start on are what a test can expect.
                     Err(ClientError::Truncated { start }) if start > subscription.position() => {
                         subscription.skip_to(start);
+                        skipped.fetch_max(start, Ordering::Relaxed);
                         continue;
                     }
                     next => next.map_err(|err| err.to_string()),
@@ -109,6 +117,7 @@ impl EventStream {
             errors_allowed: false,
             closed: None,
             last_unmet: Default::default(),
+            skipped_to,
             task,
         })
     }
@@ -123,12 +132,20 @@ impl EventStream {
         self.errors_allowed |= older.errors_allowed;
         self.quiet = older.quiet;
         self.deadline = older.deadline;
+        self.skipped_to
+            .fetch_max(older.skipped_to(), Ordering::Relaxed);
     }
 
     /// Lifts the implicit "no error events" rule (for tests that provoke errors).
     pub fn allow_errors(&mut self) -> &mut EventStream {
         self.errors_allowed = true;
         self
+    }
+
+    /// Where the stream last went on from after retention removed events before it read
+    /// them (0: it never had to): what came before may hold events it never saw.
+    pub fn skipped_to(&self) -> u64 {
+        self.skipped_to.load(Ordering::Relaxed)
     }
 
     /// Every event received so far.
