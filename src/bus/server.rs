@@ -1525,13 +1525,12 @@ async fn poll(
                     .map_or(0, |(idx, _)| idx + 1);
                 lines.truncate(if allowed == 0 { 0 } else { cut });
             }
-            // A reader given everything up to the head is not behind (it polls from the
-            // head next, which retention never reaches); one given less reads on from here.
+            // It reads on from here, and is waited for (`READER_GRACE`) until it polls
+            // again: even one given everything up to the head, since events appended
+            // meanwhile may be checkpointed and truncated before its next poll.
             let sent = lines.iter().filter(|&&b| b == b'\n').count() as u64;
             let mut sessions = lock(&shared.sessions);
-            if from + sent > head.seq {
-                sessions.reading.remove(&session);
-            } else if let Some(reading) = sessions.reading.get_mut(&session) {
+            if let Some(reading) = sessions.reading.get_mut(&session) {
                 reading.next = from + sent;
                 reading.at = Instant::now();
             }
