@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use filesync::check::CheckOptions;
 use filesync::event::Event;
 use filesync::testkit::{Backend, Cluster, Exit, Pattern};
+use futures_util::StreamExt;
 
 use crate::util::{assert_refused, cluster_on, exported, jetstream, must, run};
 
@@ -453,21 +454,26 @@ async fn content_missing_by_address_is_read_from_the_notify_that_carried_it() {
         "filesync.content.{}",
         filesync_master::hash::sha256_hex(&content)
     );
-    // Its copy by address is stored after the notify: wait for it, then take it away.
+    // Its copy by address is stored after the notify: awaited as a message of the content
+    // stream (a consumer of its subject), then taken away.
     let store = js
         .get_stream("filesync_CONTENT")
         .await
         .expect("the content stream");
-    for _ in 0..100 {
-        if store
-            .get_last_raw_message_by_subject(&subject)
-            .await
-            .is_ok()
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let copies = store
+        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
+            filter_subject: subject.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("a consumer of the copy's subject");
+    let mut copies = copies.messages().await.expect("its messages");
+    let copy = tokio::time::timeout(Duration::from_secs(10), copies.next())
+        .await
+        .expect("the copy stored within 10 s")
+        .expect("a message")
+        .expect("the copy");
+    assert_eq!(copy.payload.as_ref(), content.as_slice());
     store.purge().filter(&subject).await.expect("purged");
     assert!(store
         .get_last_raw_message_by_subject(&subject)

@@ -10,14 +10,13 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
-use std::task::Poll;
 use std::time::Duration;
 
 use anyhow::Context;
 use filesync_master::hash::ContentHash;
 use filesync_master::{Change, Kind};
 use filesync_slave::{Applied, Applier, FileStart, StagedFile};
+use futures_util::FutureExt;
 
 use super::chunked::{apply_chunked, Transfer};
 use super::follow::Follower;
@@ -265,9 +264,7 @@ async fn settle_arrived(
     retries: &mut Retries,
 ) -> Result<Option<u64>, ClientError> {
     while let Some(front) = in_flight.front_mut() {
-        let arrived =
-            std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut front.reply).poll(cx))).await;
-        let Poll::Ready(outcome) = arrived else {
+        let Some(outcome) = (&mut front.reply).now_or_never() else {
             return Ok(Some(front.cause));
         };
         if let Some(sent) = in_flight.pop_front() {

@@ -716,23 +716,39 @@ impl Inner {
         refused.get(&seq).cloned()
     }
 
-    /// The content under `address`, if any: carried by a notify read lately (`inline.rs`),
-    /// stored in the content stream, or in the log message of a notify that carried it.
+    /// The content under `address`, verified against it, if any: carried by a notify read
+    /// lately (`inline.rs`), stored in the content stream, or in the log message of a
+    /// notify that carried it. Content found there that hashes otherwise is refused.
     async fn fetch(&self, address: &ContentHash) -> Result<Option<bytes::Bytes>, ClientError> {
+        let verified = |content: &bytes::Bytes| ContentHash::of(content) == *address;
         let recent = self
             .recent
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(address);
         // A notify's payload is whatever its publisher sent: taken only if it is the content.
-        if let Some(content) = recent.filter(|content| ContentHash::of(content) == *address) {
+        if let Some(content) = recent.filter(verified) {
             return Ok(Some(content));
         }
-        if let Some(content) = self.fetch_stored(address).await? {
-            return Ok(Some(content));
+        let found = match self.fetch_stored(address).await? {
+            Some(content) => Some(content),
+            None => self.fetch_carried(address).await?,
+        };
+        match found {
+            Some(content) if !verified(&content) => Err(ClientError::Refused(format!(
+                "the content stored under {address} hashes otherwise"
+            ))),
+            found => Ok(found),
         }
-        // Not stored (yet, or ever: a master cut off between a notify and its copy): read
-        // from the notify that carried it, if this link has read one.
+    }
+
+    /// Content the content stream lacks (its copy not stored yet, or never: a master cut
+    /// off between a notify and its copy), from the notify that carried it, if this link
+    /// has read one.
+    async fn fetch_carried(
+        &self,
+        address: &ContentHash,
+    ) -> Result<Option<bytes::Bytes>, ClientError> {
         let carrier = self
             .recent
             .lock()
@@ -849,11 +865,6 @@ impl Inner {
                 "no blob {address}"
             )))));
         };
-        if ContentHash::of(&content) != address {
-            return Ok(api::Reply::ready(Err(ClientError::Refused(format!(
-                "the content stored under {address} hashes otherwise"
-            )))));
-        }
         let start = usize::try_from(offset)
             .unwrap_or(usize::MAX)
             .min(content.len());
