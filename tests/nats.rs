@@ -343,6 +343,84 @@ async fn an_event_against_the_rules_is_never_applied_and_is_flagged() {
     }
 }
 
+/// A reader whose consumer goes away before it delivered anything (deleted here; a
+/// server killed under it in the fault tests) goes on from where it was reading. async-nats
+/// makes such an ordered consumer again from the log's first message (from where the last
+/// delivery was, when there was one), so `filesync listen --from` past the head was given
+/// #1 and stopped on "the log's stream gave #1 where #9 comes next": a reader must take
+/// that for a consumer started over, not for a broken log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_whose_consumer_started_over_goes_on_from_where_it_was() {
+    let mut c = cluster_on(Backend::Nats, "nats-consumer-over", 1).await;
+    fs::write(c.master_dir().join("before.txt"), b"before").expect("write");
+    must(
+        c.events
+            .expect(Pattern::consume().by("slave").put().path("before.txt"))
+            .await,
+    );
+    // Past the head's next: a link's first reading of the log ends at the head, and a
+    // poll from there would go on with that reading's consumer; from one further, the
+    // listener makes a consumer of its own, which delivers nothing until the log grows.
+    let from = exported(&c).lines().count() + 2;
+    let js = jetstream(&c).await;
+    let log = js.get_stream("filesync_LOG").await.expect("the log");
+    let consumers = || async {
+        let names: Vec<String> = log
+            .consumer_names()
+            .map(|name| name.expect("a consumer's name"))
+            .collect()
+            .await;
+        names
+    };
+    let before = consumers().await.len();
+    let mut listen = std::process::Command::new(crate::util::bin())
+        .args(["listen", "--bus", &c.addr, "--json", "--from"])
+        .arg(from.to_string())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("filesync listen");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while consumers().await.len() <= before {
+        assert!(Instant::now() < deadline, "listen made no consumer");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Every reader's consumer, the idle listener's among them, taken away.
+    for name in consumers().await {
+        log.delete_consumer(&name).await.expect("deleted");
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    fs::write(c.master_dir().join("after.txt"), b"after").expect("write");
+    must(
+        c.events
+            .expect(Pattern::consume().by("slave").put().path("after.txt"))
+            .await,
+    );
+    let stdout = listen.stdout.take().expect("listen's output");
+    let first = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).map(|_| line)
+    });
+    let first = tokio::time::timeout(Duration::from_secs(10), first)
+        .await
+        .expect("listen printed an event within 10 s")
+        .expect("joined")
+        .expect("read");
+    let _ = listen.kill();
+    let output = listen.wait_with_output().expect("listen ended");
+    let event: Event = serde_json::from_str(&first).unwrap_or_else(|err| {
+        panic!(
+            "listen's first line is an event ({err}): {first:?}; stderr: {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    assert_eq!(
+        event.seq, from as u64,
+        "where listen was asked to start: {first}"
+    );
+    c.assert_checks(CheckOptions::default());
+}
+
 /// A small file's content rides with its notify: the log message's payload is the content,
 /// its header `Filesync-Event` the event, so the notify is one synced write and the slave
 /// asks for nothing. A file above 16 KiB leaves the payload empty (its content is only in

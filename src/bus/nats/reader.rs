@@ -35,6 +35,33 @@ enum Failure {
     Broken(ClientError),
 }
 
+/// Where a message read stands against the `seq` expected next.
+#[derive(Debug, PartialEq, Eq)]
+enum Place {
+    /// Next in order: a whole log's events come contiguous, a view's in increasing order
+    /// (its consumer, an ordered one, starts again by itself where a message of the view
+    /// went missing).
+    Next,
+    /// Read already: the consumer started over from the log's start. An ordered consumer
+    /// that async-nats makes again (two heartbeats missed, its server gone) before it
+    /// delivered anything starts from the stream's first message, not where it was asked
+    /// to (`DeliverPolicy::All`, async-nats 0.51): a new consumer is made from where the
+    /// reading is. Seen on a 3-node cluster whose leader was killed as a slave started.
+    Again,
+    /// Past a message of the whole log never read: the log has a hole.
+    Gap,
+}
+
+/// Where `seq` stands for a reader expecting `next`, of the whole log or a view.
+fn placed(whole_log: bool, next: u64, seq: u64) -> Place {
+    match seq.cmp(&next) {
+        std::cmp::Ordering::Less => Place::Again,
+        std::cmp::Ordering::Equal => Place::Next,
+        std::cmp::Ordering::Greater if whole_log => Place::Gap,
+        std::cmp::Ordering::Greater => Place::Next,
+    }
+}
+
 impl Failure {
     fn stream(err: impl std::fmt::Display) -> Failure {
         Failure::Stream(err.to_string())
@@ -185,22 +212,24 @@ impl Reader {
 
     /// One message as a log line: `seq` and `time` from the stream, the agent from the
     /// subject, the body from the event header (or, in a log written before it, the
-    /// payload), and the content it carries kept aside. Out of order is a broken log: a
-    /// whole log's events come contiguous, a view's in increasing order (its consumer, an
-    /// ordered one, starts again by itself where a message of the view went missing).
+    /// payload), and the content it carries kept aside; its place judged by [`placed`].
     async fn decode(&mut self, message: &jetstream::Message) -> Result<Event, Failure> {
         let info = message.info().map_err(protocol).map_err(Failure::Broken)?;
         let seq = info.stream_sequence;
-        let in_order = if self.view.is_empty() {
-            seq == self.next
-        } else {
-            seq >= self.next
-        };
-        if !in_order {
-            return Err(Failure::Broken(ClientError::Protocol(format!(
-                "the log's stream gave #{seq} where #{} comes next",
-                self.next
-            ))));
+        match placed(self.view.is_empty(), self.next, seq) {
+            Place::Next => {}
+            Place::Again => {
+                return Err(Failure::stream(format!(
+                    "the consumer started over: #{seq} where #{} comes next",
+                    self.next
+                )))
+            }
+            Place::Gap => {
+                return Err(Failure::Broken(ClientError::Protocol(format!(
+                    "the log's stream gave #{seq} where #{} comes next",
+                    self.next
+                ))))
+            }
         }
         let subject = message.subject.to_string();
         let author = self.address.author_of(&subject).ok_or_else(|| {
@@ -273,4 +302,22 @@ async fn holds_from(log: &stream::Stream, view: &[String], from: u64) -> Result<
         }
     }
     Ok(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_read_again_means_a_new_consumer_and_a_hole_a_broken_log() {
+        assert_eq!(placed(true, 5, 5), Place::Next);
+        assert_eq!(
+            placed(false, 5, 9),
+            Place::Next,
+            "a view skips others' events"
+        );
+        assert_eq!(placed(true, 5, 9), Place::Gap, "the whole log has no holes");
+        assert_eq!(placed(true, 5, 2), Place::Again);
+        assert_eq!(placed(false, 5, 2), Place::Again);
+    }
 }
