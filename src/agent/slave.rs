@@ -156,8 +156,6 @@ const LOOKAHEAD: usize = 128;
 /// ... and at most this many bytes of it, so a run of 1 MiB files keeps 8 of them coming,
 /// not 128.
 const LOOKAHEAD_BYTES: u64 = 8 << 20;
-/// How many consumes may be on their way to the bus, unacknowledged, at once.
-const IN_FLIGHT: usize = 256;
 
 /// An event taken from the subscription, with its content already requested.
 struct Ahead {
@@ -718,10 +716,12 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
-    /// Keeps at most `IN_FLIGHT` answers unacknowledged, and records the position every
-    /// `POSITION_EVERY` events.
+    /// Keeps at most the bus's publish window of answers unacknowledged (a window of
+    /// 256 on NATS left the slave waiting for a batch's commit behind the master's batches,
+    /// doing a tenth of its pace while the master published: docs/BENCHMARKS.md), and
+    /// records the position every `POSITION_EVERY` events.
     async fn bound_and_save(&mut self) -> Result<(), Interrupt> {
-        while self.in_flight.len() > IN_FLIGHT {
+        while self.in_flight.len() > self.client.publish_window() {
             settle_oldest(&mut self.in_flight, &mut self.retries).await?;
         }
         if self.since_saved >= POSITION_EVERY {

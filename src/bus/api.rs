@@ -153,10 +153,11 @@ pub trait BusApi: Send + Sync {
         true
     }
 
-    /// How many publishes a master keeps sent and not yet acknowledged to keep this
-    /// backend busy. A window lets a burst stream instead of waiting a round trip per
-    /// event; the embedded bus streams them with [`PUBLISH_WINDOW`], and a backend that
-    /// stores events in batches wants a whole batch gathering while the last is stored.
+    /// How many publishes an agent keeps sent and not yet acknowledged to keep this
+    /// backend busy (a master's notifies, a slave's answers). A window lets a burst stream
+    /// instead of waiting a round trip per event; the embedded bus streams them with
+    /// [`PUBLISH_WINDOW`], and a backend that stores events in batches wants a whole batch
+    /// gathering while the last is stored.
     fn publish_window(&self) -> usize {
         PUBLISH_WINDOW
     }
