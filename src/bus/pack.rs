@@ -543,9 +543,16 @@ impl Packs {
 }
 
 /// Writes a record's header and content in one `writev` (no copy of the content to join
-/// them), finishing with plain writes in the rare case the kernel takes only part.
+/// them), finishing with plain writes in the rare case the kernel takes only part; a
+/// `writev` interrupted by a signal before it wrote anything is asked again.
 fn write_record_once(file: &mut File, header: &[u8], content: &[u8]) -> io::Result<()> {
-    let mut done = file.write_vectored(&[io::IoSlice::new(header), io::IoSlice::new(content)])?;
+    let slices = [io::IoSlice::new(header), io::IoSlice::new(content)];
+    let mut done = loop {
+        match file.write_vectored(&slices) {
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            written => break written?,
+        }
+    };
     if done < header.len() {
         file.write_all(&header[done..])?;
         done = header.len();
