@@ -6,8 +6,11 @@
 //! - A file being written (`Written`) is looked at once it has been quiet for `quiet`, or at
 //!   the latest `max_delay` after the first write (a hash of a still-changing file fails and
 //!   is retried, so a busy log file is published in stable snapshots).
-//! - A closed file, a removal or a chmod is looked at after `settle`: long enough to see a
-//!   rename that immediately follows (editors' saves), short enough for low latency.
+//! - A closed file is looked at after `closed`: long enough to see a rename that the same
+//!   program makes right after its close (a save through a temporary file), short enough
+//!   for low latency. A program that syncs before it renames (vim) takes milliseconds, so
+//!   no short wait sees that rename; its file is published and then moved, correct either
+//!   way. A chmod or a removal is looked at after `settle`.
 //! - Two rename halves with the same tracker become one `Move`; a half left alone for
 //!   `pair` becomes a plain refresh (moved in from, or out to, somewhere unwatched).
 //! - A removal is looked at after `settle`, unless many are pending (`rm -rf` of a tree):
@@ -24,6 +27,7 @@ use crate::RelPath;
 /// The delays, tuned for low latency without publishing half-written files.
 #[derive(Debug, Clone, Copy)]
 pub struct Timing {
+    pub closed: Duration,
     pub settle: Duration,
     pub quiet: Duration,
     pub max_delay: Duration,
@@ -33,6 +37,9 @@ pub struct Timing {
 impl Default for Timing {
     fn default() -> Timing {
         Timing {
+            // W1's latency is this wait plus about a millisecond: 1 ms here made the wait
+            // half of it (docs/BENCHMARKS.md).
+            closed: Duration::from_micros(200),
             settle: Duration::from_millis(1),
             quiet: Duration::from_millis(50),
             max_delay: Duration::from_secs(1),
@@ -103,9 +110,8 @@ impl Coalescer {
             Signal::Written(path) => {
                 self.mark(path, now, |first| (now + t.quiet).min(first + t.max_delay))
             }
-            Signal::Closed(path) | Signal::Touched(path) => {
-                self.mark(path, now, |_| now + t.settle)
-            }
+            Signal::Closed(path) => self.mark(path, now, |_| now + t.closed),
+            Signal::Touched(path) => self.mark(path, now, |_| now + t.settle),
             Signal::Removed(path) => {
                 let first = self.removals.map_or(now, |(first, _)| first);
                 self.removals = Some((first, now));
@@ -268,6 +274,45 @@ mod tests {
         c.observe(Signal::Closed(p("f")), t0 + ms(100));
         assert_eq!(c.take_due(t0 + ms(101)), [Work::Refresh(p("f"))]);
         assert!(c.is_idle());
+    }
+
+    #[test]
+    fn a_closed_file_waits_less_than_a_chmod_and_a_rename_right_after_is_seen() {
+        let t0 = Instant::now();
+        let timing = Timing::default();
+        assert!(timing.closed < timing.settle);
+        let mut c = Coalescer::new(timing);
+        c.observe(Signal::Closed(p("f")), t0);
+        c.observe(Signal::Touched(p("g")), t0);
+        assert_eq!(c.next_deadline(), Some(t0 + timing.closed));
+        assert_eq!(c.take_due(t0 + timing.closed), [Work::Refresh(p("f"))]);
+        assert_eq!(c.take_due(t0 + timing.settle), [Work::Refresh(p("g"))]);
+        // A temporary file renamed over its target within the wait: one move, no refresh
+        // of the temporary name.
+        c.observe(Signal::Closed(p("t.swp")), t0);
+        c.observe(
+            Signal::RenamedFrom {
+                tracker: 1,
+                path: p("t.swp"),
+            },
+            t0 + Duration::from_micros(50),
+        );
+        c.observe(
+            Signal::RenamedTo {
+                tracker: 1,
+                path: p("t"),
+            },
+            t0 + Duration::from_micros(50),
+        );
+        let due = c.take_due(t0 + timing.settle + ms(1));
+        assert!(!due.contains(&Work::Refresh(p("t.swp"))), "{due:?}");
+        assert!(
+            due.contains(&Work::Move {
+                from: p("t.swp"),
+                to: p("t")
+            }),
+            "{due:?}"
+        );
     }
 
     #[test]
