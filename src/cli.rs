@@ -644,9 +644,8 @@ pub struct GcArgs {
 pub struct HistoryArgs {
     /// The path, relative to the synced directory.
     pub path: String,
-    /// The bus's state directory (the master's when it hosts the bus).
-    #[arg(long, value_name = "SDIR")]
-    pub state: Option<PathBuf>,
+    #[command(flatten)]
+    pub source: HistorySourceArgs,
 }
 
 #[derive(Debug, Args)]
@@ -659,9 +658,43 @@ pub struct RestoreArgs {
     /// The new file to write it to.
     #[arg(long, value_name = "FILE")]
     pub to: PathBuf,
+    #[command(flatten)]
+    pub source: HistorySourceArgs,
+}
+
+/// Where `history` and `restore` read: a bus's state directory, or a bus they ask.
+#[derive(Debug, Args)]
+pub struct HistorySourceArgs {
     /// The bus's state directory (the master's when it hosts the bus).
-    #[arg(long, value_name = "SDIR")]
+    #[arg(long, value_name = "SDIR", conflicts_with = "bus")]
     pub state: Option<PathBuf>,
+    /// Or ask this bus, as a quiet listener: a `nats://` bus, which has no state directory,
+    /// or an embedded one on another machine (whose log retention has not shortened).
+    #[arg(long, value_name = "ADDR")]
+    pub bus: Option<String>,
+    #[command(flatten)]
+    pub token: TokenArgs,
+    #[command(flatten)]
+    pub bus_id: BusIdArgs,
+}
+
+impl HistorySourceArgs {
+    /// The history of the bus asked, or of the state directory (the default bus's).
+    async fn open(self) -> anyhow::Result<crate::history::History> {
+        let Some(bus) = self.bus else {
+            return crate::history::History::open(&bus_state(self.state));
+        };
+        let reader = ReaderArgs {
+            bus,
+            token: self.token,
+            bus_id: self.bus_id,
+            state: None,
+        };
+        let (hello, tls) = reader.hello("history", false)?;
+        let dial = crate::bus::dial(&reader.address()?, tls);
+        let (link, welcome) = dial.dial(&hello).await?;
+        crate::history::History::ask(link, &welcome).await
+    }
 }
 
 /// Resolves when Ctrl-C or SIGTERM arrives.
@@ -722,8 +755,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Check(args) => run_check(args),
         Command::Gc(args) => run_gc(args),
         Command::Id(args) => run_id(args),
-        Command::History(args) => run_history(args),
-        Command::Restore(args) => run_restore(args),
+        Command::History(args) => run_history(args).await,
+        Command::Restore(args) => run_restore(args).await,
         Command::Demo { keep } => crate::demo::run(keep).await,
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
@@ -967,24 +1000,27 @@ fn run_gc(args: GcArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-fn run_history(args: HistoryArgs) -> anyhow::Result<i32> {
+async fn run_history(args: HistoryArgs) -> anyhow::Result<i32> {
     let path = filesync_master::RelPath::new(&args.path)
         .with_context(|| format!("{:?} is not a path inside the synced directory", args.path))?;
-    let history = crate::history::History::open(&bus_state(args.state))?;
+    let history = args.source.open().await?;
     let versions = history.versions(&path)?;
-    print!("{}", crate::history::render(&path, &versions, &history));
+    print!(
+        "{}",
+        crate::history::render(&path, &versions, &history).await?
+    );
     Ok(0)
 }
 
-fn run_restore(args: RestoreArgs) -> anyhow::Result<i32> {
+async fn run_restore(args: RestoreArgs) -> anyhow::Result<i32> {
     let path = filesync_master::RelPath::new(&args.path)
         .with_context(|| format!("{:?} is not a path inside the synced directory", args.path))?;
-    let history = crate::history::History::open(&bus_state(args.state))?;
+    let history = args.source.open().await?;
     let version = history.at(&path, args.at)?;
     if version.entry.is_none() {
         anyhow::bail!("{path} did not exist at #{}", args.at);
     }
-    let written = history.restore(&version, &args.to)?;
+    let written = history.restore(&version, &args.to).await?;
     println!(
         "restored {path} as of #{} ({written} bytes, sha256 verified) to {}",
         args.at,

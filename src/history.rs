@@ -5,7 +5,9 @@
 //! bus: the log (every retained segment, and the checkpoint covering what retention
 //! removed) says what each path was at each `seq`; the content store (opened read-only)
 //! holds the bytes, whole or in chunks, for as long as the history window keeps the events
-//! that name them (`bus/gc.rs`).
+//! that name them (`bus/gc.rs`). Or they ask a bus, as a quiet listener: its log from #1
+//! (a NATS bus keeps it whole; a log retention shortened needs its checkpoint, on the bus's
+//! machine) and its content by address, as a slave would fetch it.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -18,11 +20,12 @@ use filesync_master::hash::{ContentHash, PieceHasher};
 use crate::bus::protocol::PIECE_SIZE;
 use filesync_master::{Entry, Kind, RelPath};
 
-use crate::bus::blobs::BlobStore;
+use crate::bus::api::{call, Link};
+use crate::bus::blobs::{BlobError, BlobStore, MANIFEST_LIMIT};
+use crate::bus::{ClientError, Subscription};
 use crate::check::LogFile;
 use crate::checkpoint::Snapshot;
 use crate::event::Tag;
-use crate::rules::Content;
 
 /// One version of a path: what it became at `seq`.
 #[derive(Debug, Clone)]
@@ -35,10 +38,16 @@ pub struct Version {
     pub manifest: Option<ContentHash>,
 }
 
-/// A state directory's log and content, read-only.
+/// A log and the content it names, read-only.
 pub struct History {
     log: LogFile,
-    store: BlobStore,
+    content: Content,
+}
+
+/// Where a history's content is: a state directory's store, read in place, or a bus, asked.
+enum Content {
+    Store(Box<BlobStore>),
+    Bus(Link),
 }
 
 impl History {
@@ -54,7 +63,35 @@ impl History {
             .with_context(|| format!("cannot read the log in {}", state_dir.display()))?;
         let store = BlobStore::open_read_only(&state_dir.join("blobs"))
             .with_context(|| format!("cannot open the content in {}", state_dir.display()))?;
-        Ok(History { log, store })
+        Ok(History {
+            log,
+            content: Content::Store(Box::new(store)),
+        })
+    }
+
+    /// The history a bus holds, read over `link` (dialled as a quiet listener): its log
+    /// from #1 to the head it welcomed us with.
+    pub async fn ask(link: Link, welcome: &crate::bus::Welcome) -> anyhow::Result<History> {
+        if welcome.start > 1 {
+            bail!(
+                "the bus's log starts at #{} (retention removed what came before, and its checkpoint is on the bus's machine): run this there with --state",
+                welcome.start
+            );
+        }
+        let mut subscription = Subscription::new(link.clone(), 1);
+        let mut events = Vec::new();
+        while subscription.position() <= welcome.head {
+            events.push(
+                subscription
+                    .next()
+                    .await
+                    .context("cannot read the bus's log")?,
+            );
+        }
+        Ok(History {
+            log: LogFile { base: None, events },
+            content: Content::Bus(link),
+        })
     }
 
     /// The state before the first retained event.
@@ -104,23 +141,28 @@ impl History {
         Ok(version_in(&state, path))
     }
 
-    /// Whether the store holds every byte of `version`'s content.
-    pub fn is_held(&self, version: &Version) -> bool {
+    /// Whether the store (or the bus) holds every byte of `version`'s content.
+    pub async fn is_held(&self, version: &Version) -> anyhow::Result<bool> {
         let Some(sha256) = version.entry.as_ref().and_then(|e| e.sha256) else {
-            return false;
+            return Ok(false);
         };
-        match version.manifest {
-            Some(address) => match self.store.manifest(&address) {
-                Some(Ok(manifest)) => manifest.chunks().iter().all(|c| self.store.has(&c.sha256)),
-                _ => false,
-            },
-            None => self.store.has(&sha256),
+        let Some(address) = version.manifest else {
+            return self.content.has(&sha256).await;
+        };
+        let Some(manifest) = self.content.manifest(&address).await? else {
+            return Ok(false);
+        };
+        for chunk in manifest.chunks() {
+            if !self.content.has(&chunk.sha256).await? {
+                return Ok(false);
+            }
         }
+        Ok(true)
     }
 
     /// Writes `version`'s content to `to` (which must not exist), verified against its
     /// SHA-256 before it takes that name.
-    pub fn restore(&self, version: &Version, to: &Path) -> anyhow::Result<u64> {
+    pub async fn restore(&self, version: &Version, to: &Path) -> anyhow::Result<u64> {
         let Some(entry) = version.entry.as_ref().filter(|e| e.kind == Kind::File) else {
             bail!("that version is not a file");
         };
@@ -148,13 +190,14 @@ impl History {
         };
         match version.manifest {
             Some(address) => {
-                let manifest = match self.store.manifest(&address) {
-                    Some(Ok(manifest)) => manifest,
-                    _ => bail!("the bus no longer holds that version (manifest {address})"),
+                let Some(manifest) = self.content.manifest(&address).await? else {
+                    bail!("the bus no longer holds that version (manifest {address})");
                 };
-                self.copy_chunks(&manifest, &mut sink)?;
+                for chunk in manifest.chunks() {
+                    self.content.copy(&chunk.sha256, &mut sink).await?;
+                }
             }
-            None => self.copy_blob(&sha256, &mut sink)?,
+            None => self.content.copy(&sha256, &mut sink).await?,
         }
         let actual = hasher.finish()?;
         if actual != sha256 || written != entry.size {
@@ -166,30 +209,71 @@ impl History {
             .with_context(|| format!("cannot create {}", to.display()))?;
         Ok(written)
     }
+}
 
-    fn copy_chunks(
-        &self,
-        manifest: &Manifest,
-        sink: &mut dyn FnMut(Vec<u8>) -> anyhow::Result<()>,
-    ) -> anyhow::Result<()> {
-        for chunk in manifest.chunks() {
-            self.copy_blob(&chunk.sha256, sink)?;
+impl Content {
+    async fn has(&self, address: &ContentHash) -> anyhow::Result<bool> {
+        match self {
+            Content::Store(store) => Ok(crate::rules::Content::has(store.as_ref(), address)),
+            Content::Bus(link) => call(link.has(*address))
+                .await
+                .context("cannot ask the bus for content"),
         }
-        Ok(())
     }
 
-    fn copy_blob(
+    /// The piece of `address` from `offset` on, and whether it ends the content; `None`
+    /// when none is held under that address.
+    async fn piece(
+        &self,
+        address: &ContentHash,
+        offset: u64,
+    ) -> anyhow::Result<Option<(Vec<u8>, bool)>> {
+        let found = match self {
+            Content::Store(store) => match store.read(&address.to_hex(), offset, PIECE_SIZE as u64)
+            {
+                Err(BlobError::Missing(_)) => return Ok(None),
+                read => read.map_err(anyhow::Error::from),
+            },
+            Content::Bus(link) => match call(link.get(*address, offset)).await {
+                // The bus's answer for content it does not hold.
+                Err(ClientError::Refused(_)) => return Ok(None),
+                got => got.context("cannot fetch content from the bus"),
+            },
+        };
+        found.map(Some)
+    }
+
+    /// The manifest stored under `address`, if held.
+    async fn manifest(&self, address: &ContentHash) -> anyhow::Result<Option<Manifest>> {
+        let mut bytes = Vec::new();
+        loop {
+            let Some((piece, eof)) = self.piece(address, bytes.len() as u64).await? else {
+                return Ok(None);
+            };
+            bytes.extend_from_slice(&piece);
+            if eof || piece.is_empty() {
+                break;
+            }
+            if bytes.len() as u64 > MANIFEST_LIMIT {
+                bail!("manifest {address} is larger than {MANIFEST_LIMIT} bytes");
+            }
+        }
+        let manifest = Manifest::decode(&bytes)
+            .map_err(|err| anyhow::anyhow!("manifest {address} is not one: {err}"))?;
+        Ok(Some(manifest))
+    }
+
+    /// Every byte of `address`, piece by piece, into `sink`.
+    async fn copy(
         &self,
         address: &ContentHash,
         sink: &mut dyn FnMut(Vec<u8>) -> anyhow::Result<()>,
     ) -> anyhow::Result<()> {
-        let hex = address.to_hex();
         let mut offset = 0;
         loop {
-            let (piece, eof) = self
-                .store
-                .read(&hex, offset, PIECE_SIZE as u64)
-                .with_context(|| format!("the bus no longer holds that version ({hex})"))?;
+            let Some((piece, eof)) = self.piece(address, offset).await? else {
+                bail!("the bus no longer holds that version ({address})");
+            };
             offset += piece.len() as u64;
             let empty = piece.is_empty();
             sink(piece)?;
@@ -216,11 +300,15 @@ fn version_in(state: &Snapshot, path: &RelPath) -> Version {
 }
 
 /// `filesync history`'s table.
-pub fn render(path: &RelPath, versions: &[Version], history: &History) -> String {
+pub async fn render(
+    path: &RelPath,
+    versions: &[Version],
+    history: &History,
+) -> anyhow::Result<String> {
     let mut out = String::new();
     if versions.is_empty() {
         let _ = writeln!(out, "{path}: no version in the retained history");
-        return out;
+        return Ok(out);
     }
     let _ = writeln!(
         out,
@@ -231,7 +319,7 @@ pub fn render(path: &RelPath, versions: &[Version], history: &History) -> String
         let (what, size, content) = match &version.entry {
             None => ("gone", String::new(), String::new()),
             Some(entry) if entry.kind == Kind::File => {
-                let held = if history.is_held(version) {
+                let held = if history.is_held(version).await? {
                     "held"
                 } else {
                     "not held"
@@ -254,5 +342,5 @@ pub fn render(path: &RelPath, versions: &[Version], history: &History) -> String
             size
         );
     }
-    out
+    Ok(out)
 }

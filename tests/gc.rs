@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use filesync::bus::crash::STEPS;
 use filesync::check::CheckOptions;
-use filesync::testkit::{Cluster, Exit, Pattern};
+use filesync::testkit::{Backend, Cluster, Exit, Pattern};
 
-use crate::util::{bin, cluster, must};
+use crate::util::{bin, cluster_on, must};
 use filesync::testkit::noise;
 
 fn sha(bytes: &[u8]) -> String {
@@ -30,9 +30,11 @@ fn filesync(args: &[&str]) -> (i32, String, String) {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn history_lists_every_version_and_restore_returns_its_exact_bytes() {
-    let mut c = cluster("gc-history", 1).await;
+on_each_backend! {
+/// `history` and `restore` read the bus's state directory, or ask the bus itself: a NATS
+/// bus has no state directory, and an embedded one may be on another machine.
+async fn history_lists_every_version_and_restore_returns_its_exact_bytes(backend) {
+    let mut c = cluster_on(backend, "gc-history", 1).await;
     let m = c.master_dir();
     let small = [b"first draft\n".to_vec(), b"second draft\n".to_vec()];
     let big = [noise(3 << 20, 1), {
@@ -66,10 +68,20 @@ async fn history_lists_every_version_and_restore_returns_its_exact_bytes() {
     );
     must(c.settle().await);
 
-    let state = c.master_state();
-    let state = state.to_str().expect("utf-8 path");
-    let (code, listed, err) = filesync(&["history", "doc.txt", "--state", state]);
+    let state = c.master_state().to_str().expect("utf-8 path").to_owned();
+    let asked = ["--bus", c.addr.as_str()];
+    let source = match backend {
+        Backend::Embedded => ["--state", state.as_str()],
+        _ => asked,
+    };
+    let with = |args: &[&str]| filesync(&[args, &source[..]].concat());
+    let (code, listed, err) = with(&["history", "doc.txt"]);
     assert_eq!(code, 0, "{err}");
+    if backend == Backend::Embedded {
+        // The same history, asked of the bus.
+        let (code, told, err) = filesync(&[&["history", "doc.txt"][..], &asked[..]].concat());
+        assert_eq!((code, told.as_str()), (0, listed.as_str()), "{err}");
+    }
     for (doc, _) in &seqs {
         let line = listed
             .lines()
@@ -90,15 +102,13 @@ async fn history_lists_every_version_and_restore_returns_its_exact_bytes() {
         ] {
             let to = out.path().join(format!("{path}.{version}"));
             let at = seq.to_string();
-            let (code, said, err) = filesync(&[
+            let (code, said, err) = with(&[
                 "restore",
                 path,
                 "--at",
                 &at,
                 "--to",
                 to.to_str().expect("utf-8"),
-                "--state",
-                state,
             ]);
             assert_eq!(code, 0, "{said}{err}");
             assert!(said.contains("sha256 verified"), "{said}");
@@ -111,34 +121,31 @@ async fn history_lists_every_version_and_restore_returns_its_exact_bytes() {
     // Never over an existing file; never a version that was not there.
     let taken = out.path().join("doc.txt.0");
     let at = seqs[0].0.to_string();
-    let (code, _, err) = filesync(&[
+    let (code, _, err) = with(&[
         "restore",
         "doc.txt",
         "--at",
         &at,
         "--to",
         taken.to_str().expect("utf-8"),
-        "--state",
-        state,
     ]);
     assert_eq!(code, 2);
     assert!(err.contains("exists"), "{err}");
     let at = deleted.seq.to_string();
     let to = out.path().join("none");
-    let (code, _, err) = filesync(&[
+    let (code, _, err) = with(&[
         "restore",
         "doc.txt",
         "--at",
         &at,
         "--to",
         to.to_str().expect("utf-8"),
-        "--state",
-        state,
     ]);
     assert_eq!(code, 2);
     assert!(err.contains("did not exist"), "{err}");
     assert!(!to.exists());
     c.assert_checks(CheckOptions::default());
+}
 }
 
 /// Retention and collection as eager as they can be: no history, no grace, a pass every
