@@ -10,7 +10,9 @@
 //!   program makes right after its close (a save through a temporary file), short enough
 //!   for low latency. A program that syncs before it renames (vim) takes milliseconds, so
 //!   no short wait sees that rename; its file is published and then moved, correct either
-//!   way. A chmod or a removal is looked at after `settle`.
+//!   way. A chmod or a removal is looked at after `settle`, and a closed file never before
+//!   a removal or a move signalled earlier: changes reach the log in the order they were
+//!   made (`rm a; write b` is a delete, then a put).
 //! - Two rename halves with the same tracker become one `Move`; a half left alone for
 //!   `pair` becomes a plain refresh (moved in from, or out to, somewhere unwatched).
 //! - A removal is looked at after `settle`, unless many are pending (`rm -rf` of a tree):
@@ -110,7 +112,10 @@ impl Coalescer {
             Signal::Written(path) => {
                 self.mark(path, now, |first| (now + t.quiet).min(first + t.max_delay))
             }
-            Signal::Closed(path) => self.mark(path, now, |_| now + t.closed),
+            Signal::Closed(path) => {
+                let due = self.after_earlier_removals_and_moves(now + t.closed);
+                self.mark(path, now, |_| due)
+            }
             Signal::Touched(path) => self.mark(path, now, |_| now + t.settle),
             Signal::Removed(path) => {
                 let first = self.removals.map_or(now, |(first, _)| first);
@@ -132,6 +137,15 @@ impl Coalescer {
                 self.rescan = Some(now + t.settle);
             }
         }
+    }
+
+    /// `due`, or later: when the last removal or move signalled before is due, so that a
+    /// closed file, which waits less, is never published before them (`rm a; write b`
+    /// reaches the log in that order).
+    fn after_earlier_removals_and_moves(&self, due: Instant) -> Instant {
+        let removals = self.paths.values().filter(|p| p.removal).map(|p| p.due);
+        let moves = self.moves.iter().map(|m| m.due);
+        removals.chain(moves).fold(due, Instant::max)
     }
 
     /// Asks for `path` to be looked at again once quiet (its hash was unstable).
@@ -312,6 +326,51 @@ mod tests {
                 to: p("t")
             }),
             "{due:?}"
+        );
+    }
+
+    #[test]
+    fn a_closed_file_is_not_published_before_an_earlier_removal_or_move() {
+        let t0 = Instant::now();
+        let timing = Timing::default();
+        let mut c = Coalescer::new(timing);
+        c.observe(Signal::Removed(p("gone")), t0);
+        c.observe(Signal::Closed(p("new")), t0 + Duration::from_micros(10));
+        assert!(
+            c.take_due(t0 + timing.closed + Duration::from_micros(10))
+                .is_empty(),
+            "the close waits for the removal before it"
+        );
+        assert_eq!(
+            c.take_due(t0 + timing.settle),
+            [Work::Refresh(p("gone")), Work::Refresh(p("new"))]
+        );
+        let t1 = t0 + ms(10);
+        c.observe(
+            Signal::RenamedFrom {
+                tracker: 2,
+                path: p("a"),
+            },
+            t1,
+        );
+        c.observe(
+            Signal::RenamedTo {
+                tracker: 2,
+                path: p("b"),
+            },
+            t1,
+        );
+        c.observe(Signal::Closed(p("c")), t1);
+        assert!(c.take_due(t1 + timing.closed).is_empty());
+        assert_eq!(
+            c.take_due(t1 + timing.settle),
+            [
+                Work::Move {
+                    from: p("a"),
+                    to: p("b")
+                },
+                Work::Refresh(p("c"))
+            ]
         );
     }
 
