@@ -269,6 +269,14 @@ impl Coalescer {
 mod tests {
     use super::*;
 
+    /// Both halves of a rename, signalled at `at`.
+    fn renamed(c: &mut Coalescer, tracker: usize, from: &str, to: &str, at: Instant) {
+        let path = p(from);
+        c.observe(Signal::RenamedFrom { tracker, path }, at);
+        let path = p(to);
+        c.observe(Signal::RenamedTo { tracker, path }, at);
+    }
+
     fn p(s: &str) -> RelPath {
         RelPath::new(s).expect("valid test path")
     }
@@ -304,20 +312,7 @@ mod tests {
         // A temporary file renamed over its target within the wait: one move, no refresh
         // of the temporary name.
         c.observe(Signal::Closed(p("t.swp")), t0);
-        c.observe(
-            Signal::RenamedFrom {
-                tracker: 1,
-                path: p("t.swp"),
-            },
-            t0 + Duration::from_micros(50),
-        );
-        c.observe(
-            Signal::RenamedTo {
-                tracker: 1,
-                path: p("t"),
-            },
-            t0 + Duration::from_micros(50),
-        );
+        renamed(&mut c, 1, "t.swp", "t", t0 + Duration::from_micros(50));
         let due = c.take_due(t0 + timing.settle + ms(1));
         assert!(!due.contains(&Work::Refresh(p("t.swp"))), "{due:?}");
         assert!(
@@ -346,20 +341,7 @@ mod tests {
             [Work::Refresh(p("gone")), Work::Refresh(p("new"))]
         );
         let t1 = t0 + ms(10);
-        c.observe(
-            Signal::RenamedFrom {
-                tracker: 2,
-                path: p("a"),
-            },
-            t1,
-        );
-        c.observe(
-            Signal::RenamedTo {
-                tracker: 2,
-                path: p("b"),
-            },
-            t1,
-        );
+        renamed(&mut c, 2, "a", "b", t1);
         c.observe(Signal::Closed(p("c")), t1);
         assert!(c.take_due(t1 + timing.closed).is_empty());
         assert_eq!(
@@ -394,20 +376,7 @@ mod tests {
     fn rename_halves_pair_into_one_move() {
         let t0 = Instant::now();
         let mut c = Coalescer::new(Timing::default());
-        c.observe(
-            Signal::RenamedFrom {
-                tracker: 7,
-                path: p("a"),
-            },
-            t0,
-        );
-        c.observe(
-            Signal::RenamedTo {
-                tracker: 7,
-                path: p("b"),
-            },
-            t0,
-        );
+        renamed(&mut c, 7, "a", "b", t0);
         assert_eq!(
             c.take_due(t0 + ms(5)),
             [Work::Move {
@@ -449,20 +418,7 @@ mod tests {
         let mut c = Coalescer::new(Timing::default());
         c.observe(Signal::Created(p("first")), t0);
         c.observe(Signal::Written(p("dir/f")), t0);
-        c.observe(
-            Signal::RenamedFrom {
-                tracker: 1,
-                path: p("dir"),
-            },
-            t0,
-        );
-        c.observe(
-            Signal::RenamedTo {
-                tracker: 1,
-                path: p("new"),
-            },
-            t0,
-        );
+        renamed(&mut c, 1, "dir", "new", t0);
         assert_eq!(
             c.take_due(t0 + ms(5)),
             [
