@@ -93,12 +93,12 @@ pub enum Command {
     Gc(GcArgs),
     /// The versions of a path the bus still holds (within its history window).
     #[command(
-        after_help = "Examples:\n  filesync history notes/todo.txt\n  filesync history big.iso --state /var/lib/filesync"
+        after_help = "Examples:\n  filesync history notes/todo.txt\n  filesync history big.iso --state /var/lib/filesync\n  filesync history notes/todo.txt --bus nats://127.0.0.1:4222"
     )]
     History(HistoryArgs),
     /// Write one version of a path out to a new file, verified against its SHA-256.
     #[command(
-        after_help = "Examples:\n  filesync restore notes/todo.txt --at 1234 --to /tmp/todo.txt"
+        after_help = "Examples:\n  filesync restore notes/todo.txt --at 1234 --to /tmp/todo.txt\n  filesync restore notes/todo.txt --at 1234 --to /tmp/todo.txt --bus nats://127.0.0.1:4222"
     )]
     Restore(RestoreArgs),
     /// What the bus knows: every agent, its position and lag, open errors, the log's and

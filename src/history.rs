@@ -20,8 +20,9 @@ use filesync_master::hash::{ContentHash, PieceHasher};
 use crate::bus::protocol::PIECE_SIZE;
 use filesync_master::{Entry, Kind, RelPath};
 
+use crate::agent::chunked::fetch_content;
 use crate::bus::api::{call, Link};
-use crate::bus::blobs::{BlobError, BlobStore, MANIFEST_LIMIT};
+use crate::bus::blobs::{BlobError, BlobStore};
 use crate::bus::{ClientError, Subscription};
 use crate::check::LogFile;
 use crate::checkpoint::Snapshot;
@@ -243,24 +244,21 @@ impl Content {
         found.map(Some)
     }
 
-    /// The manifest stored under `address`, if held.
+    /// The manifest stored under `address`; `None` when it is not held or is not a
+    /// manifest (the version is then not held either).
     async fn manifest(&self, address: &ContentHash) -> anyhow::Result<Option<Manifest>> {
-        let mut bytes = Vec::new();
-        loop {
-            let Some((piece, eof)) = self.piece(address, bytes.len() as u64).await? else {
-                return Ok(None);
-            };
-            bytes.extend_from_slice(&piece);
-            if eof || piece.is_empty() {
-                break;
+        let bytes = match self {
+            Content::Store(store) => {
+                return Ok(
+                    crate::rules::Content::manifest(store.as_ref(), address).and_then(Result::ok)
+                )
             }
-            if bytes.len() as u64 > MANIFEST_LIMIT {
-                bail!("manifest {address} is larger than {MANIFEST_LIMIT} bytes");
-            }
-        }
-        let manifest = Manifest::decode(&bytes)
-            .map_err(|err| anyhow::anyhow!("manifest {address} is not one: {err}"))?;
-        Ok(Some(manifest))
+            Content::Bus(link) => match fetch_content(link, *address).await {
+                Err(ClientError::Refused(_)) => return Ok(None),
+                got => got.context("cannot fetch content from the bus")?,
+            },
+        };
+        Ok(Manifest::decode(&bytes).ok())
     }
 
     /// Every byte of `address`, piece by piece, into `sink`.

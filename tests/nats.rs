@@ -389,7 +389,6 @@ async fn a_reader_whose_consumer_started_over_goes_on_from_where_it_was() {
     for name in consumers().await {
         log.delete_consumer(&name).await.expect("deleted");
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
     fs::write(c.master_dir().join("after.txt"), b"after").expect("write");
     must(
         c.events

@@ -411,7 +411,7 @@ impl BlobStore {
 }
 
 /// Manifests larger than this are not read (a 64 MiB manifest lists a 140 GiB file).
-pub(crate) const MANIFEST_LIMIT: u64 = 64 << 20;
+const MANIFEST_LIMIT: u64 = 64 << 20;
 
 impl crate::rules::Content for BlobStore {
     fn has(&self, address: &ContentHash) -> bool {
