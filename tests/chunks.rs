@@ -210,6 +210,44 @@ async fn a_copy_edited_on_the_slave_still_ends_with_the_masters_bytes(backend) {
 }
 }
 
+/// The slave's copy was edited behind its back without a trace in its metadata (same size,
+/// modification time and inode): the slave takes the chunks it remembers writing on trust,
+/// the new version fails its whole-file check, and the slave builds it again from the copy
+/// as it is. The log shows the consume with the master's bytes and no error; the slave's
+/// own log says what happened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_edited_without_a_trace_still_ends_with_the_masters_bytes() {
+    let mut c = cluster("chunks-hidden-edit", 1).await;
+    let mut data = noise(16 << 20, 10);
+    save(&c.master_dir(), "big.bin", &data);
+    mirrored(&mut c, "big.bin", &data).await;
+    let copy = c.slaves[0].dir.join("big.bin");
+    let before = fs::metadata(&copy).expect("the slave's copy");
+    let mine = fs::OpenOptions::new()
+        .write(true)
+        .open(&copy)
+        .expect("open the slave's copy");
+    std::os::unix::fs::FileExt::write_all_at(&mine, &[0u8; 4096], 1 << 20).expect("edit");
+    mine.set_modified(before.modified().expect("mtime"))
+        .expect("put the mtime back");
+    drop(mine);
+    data[(10 << 20)..(10 << 20) + 100].copy_from_slice(&noise(100, 11));
+    save(&c.master_dir(), "big.bin", &data);
+    let (_, consume) = mirrored(&mut c, "big.bin", &data).await;
+    assert!(
+        fetched(&consume) <= 2 * MIB,
+        "the edited chunk and the changed one: {consume:?}"
+    );
+    assert_eq!(fs::read(&copy).expect("read"), data);
+    let stderr = fs::read_to_string(c.logs_dir().join("slave")).expect("the slave's stderr");
+    assert!(
+        stderr.contains("changed behind the slave's back"),
+        "the slave trusted its record, then read the copy: {stderr}"
+    );
+    must(c.settle().await);
+    c.assert_checks(CheckOptions::default());
+}
+
 /// The pack the bus appends to: the one with the highest number.
 fn newest_pack(packs: &Path) -> std::path::PathBuf {
     let mut paths: Vec<_> = fs::read_dir(packs)

@@ -24,6 +24,7 @@ use filesync_master::TEMP_PREFIX;
 use filesync_master::{Change, Entry, Kind, RelPath};
 use sha2::{Digest, Sha256};
 
+use crate::known::{Known, KnownCopies};
 use crate::safety::resolve;
 use crate::ApplyError;
 
@@ -43,6 +44,7 @@ pub struct Applied {
 pub struct Applier {
     root: PathBuf,
     umask: Umask,
+    known: KnownCopies,
 }
 
 impl Applier {
@@ -50,6 +52,24 @@ impl Applier {
         Applier {
             root: root.to_path_buf(),
             umask: Umask::read(),
+            known: KnownCopies::default(),
+        }
+    }
+
+    /// What is known of the large files at `path`, while they are as written.
+    pub fn known(&self) -> &KnownCopies {
+        &self.known
+    }
+
+    /// `path` was just given `known` (committed or adopted): remembered with the file's
+    /// metadata as it is now.
+    pub fn remember(&self, path: &RelPath, known: Known) {
+        let meta = resolve(&self.root, path, false)
+            .ok()
+            .and_then(|target| fs::symlink_metadata(target).ok());
+        match meta {
+            Some(meta) => self.known.remember(path, known, &meta),
+            None => self.known.forget(path),
         }
     }
 
@@ -60,6 +80,10 @@ impl Applier {
     /// Applies a change that needs no content: a directory or symlink put, a delete, a move.
     /// File puts go through `start_file` (or `stage_file`).
     pub fn apply(&self, change: &Change) -> Result<Applied, ApplyError> {
+        match change {
+            Change::Move { from, to, .. } => self.known.moved(from, to),
+            Change::Put { path, .. } | Change::Delete { path, .. } => self.known.forget(path),
+        }
         match change {
             Change::Put { path, entry } => match entry.kind {
                 Kind::Dir => self.put_dir(path, entry.mode),
@@ -200,6 +224,7 @@ impl Applier {
             mode_set: mode_at_creation.is_some(),
             replaces_dir: replaces == Replaces::Dir,
             committed: false,
+            known: self.known.clone(),
         })
     }
 
@@ -367,6 +392,8 @@ pub struct StagedFile {
     /// The target was a directory when staging began.
     replaces_dir: bool,
     committed: bool,
+    /// Told when the target is replaced.
+    known: KnownCopies,
 }
 
 /// How a file put begins; see [`Applier::start_file`].
@@ -469,6 +496,7 @@ impl StagedFile {
                 .map_err(io_error("link into place", &self.path))?,
         }
         self.committed = true;
+        self.known.forget(&self.path);
         Ok(Applied {
             sha256: Some(actual),
             bytes_written: self.written,

@@ -6,6 +6,8 @@
 //!
 //! - [`safety`]: resolving a path under the root, refusing to cross symlinks.
 //! - [`apply`]: `Applier` and `StagedFile`, the writes themselves.
+//! - [`known`]: the manifest of each large file the slave wrote, while the file is as it
+//!   was written.
 //! - [`rebuild`]: a new version of a file in chunks, from its current copy's chunks and
 //!   fetched ones.
 //! - [`received`]: content received before its destination is known (`LooseFile`), put in
@@ -14,6 +16,7 @@
 //!   and how it differs from the state applied.
 
 pub mod apply;
+pub mod known;
 pub mod rebuild;
 pub mod received;
 pub mod safety;

@@ -5,7 +5,9 @@
 //! the new version found there is copied from it; the rest comes from the bus ([`plan`]).
 //! Nothing is reused that was not just read and hashed, so a copy edited behind the slave's
 //! back costs more fetching, never a wrong file; and the whole file is still verified
-//! against its SHA-256 before it is put in place (`StagedFile::commit`).
+//! against its SHA-256 before it is put in place (`StagedFile::commit`). A copy the slave
+//! wrote itself and nobody touched since is not read to find its chunks: its manifest says
+//! where they are ([`LocalChunks::from_manifest`], `crate::known`).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -55,6 +57,25 @@ impl LocalChunks {
             whole: whole.finish()?,
             size: at,
         })
+    }
+
+    /// The chunks of `file` as `manifest` lists them, and its hash and size as recorded,
+    /// without reading it: for a copy this slave wrote from that manifest and nobody has
+    /// touched since (`crate::known`). The new version built from it is verified whole all
+    /// the same.
+    pub fn from_manifest(file: File, manifest: &Manifest, whole: ContentHash) -> LocalChunks {
+        let mut chunks = HashMap::new();
+        let mut at = 0u64;
+        for chunk in manifest.chunks() {
+            chunks.entry(chunk.sha256).or_insert((at, chunk.len));
+            at += u64::from(chunk.len);
+        }
+        LocalChunks {
+            file,
+            chunks,
+            whole,
+            size: at,
+        }
     }
 
     /// The SHA-256 of the whole copy, as read.

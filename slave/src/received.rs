@@ -87,6 +87,7 @@ impl Applier {
             source,
         })?;
         received.adopted = true;
+        self.known().forget(path);
         Ok(Applied {
             sha256: Some(expected),
             bytes_written: received.size,

@@ -1,15 +1,18 @@
-//! The slave's side of a file stored in chunks: the manifest fetched, the slave's current
-//! copy cut and hashed (`filesync_slave::rebuild`), every chunk found there copied from it
-//! and the rest fetched from the bus, into a staged file that is verified whole before it
-//! is put in place. What came from where is counted for the consume (`fetched`, `reused`).
+//! The slave's side of a file stored in chunks: the manifest fetched, the chunks of the
+//! slave's current copy found (from the manifest it wrote that copy from, while the copy is
+//! untouched: `filesync_slave::known`; otherwise by cutting and hashing it:
+//! `filesync_slave::rebuild`), every chunk found there copied from it and the rest fetched
+//! from the bus, into a staged file that is verified whole before it is put in place. What
+//! came from where is counted for the consume (`fetched`, `reused`).
 
 use std::collections::VecDeque;
 
 use filesync_master::chunk::Manifest;
 use filesync_master::hash::ContentHash;
 use filesync_master::{Entry, RelPath};
+use filesync_slave::known::Known;
 use filesync_slave::rebuild::{plan, LocalChunks, Source};
-use filesync_slave::{Applied, Applier, ApplyError};
+use filesync_slave::{Applied, Applier, ApplyError, StagedFile};
 
 use super::follow::Follower;
 use super::progress::Progress;
@@ -53,6 +56,23 @@ pub(super) async fn apply_chunked(
     entry: &Entry,
     address: &str,
 ) -> Result<(Applied, Transfer), ApplyFailure> {
+    let failed = |err: ApplyError| ApplyFailure::Change(err.to_string());
+    let manifest_address = ContentHash::parse_hex(address).ok_or_else(|| {
+        ApplyFailure::Change(format!(
+            "the manifest of {path} is not a sha256: {address:?}"
+        ))
+    })?;
+    let known = entry.sha256.map(|sha256| Known {
+        manifest: manifest_address,
+        sha256,
+        size: entry.size,
+    });
+    let remember = |applied: Applied, transfer: Transfer| {
+        if let Some(known) = known {
+            applier.remember(path, known);
+        }
+        (applied, transfer)
+    };
     // Received while it was uploaded, if it is this file's (see `follow`).
     if let (Some(follower), Some(sha256)) = (follower, entry.sha256) {
         if let Some(received) = follower.claim(sha256).await {
@@ -60,35 +80,15 @@ pub(super) async fn apply_chunked(
                 Ok(applied) => {
                     tracing::debug!("{path}: received while it was uploaded");
                     let fetched = entry.size;
-                    return Ok((applied, Transfer { fetched, reused: 0 }));
+                    return Ok(remember(applied, Transfer { fetched, reused: 0 }));
                 }
                 Err(err) => tracing::debug!("{path}: what was followed is not used: {err}"),
             }
         }
     }
-    let fetch_failed = |what: String, err: ClientError| {
-        if err.is_connection() {
-            ApplyFailure::Bus(err)
-        } else {
-            ApplyFailure::Change(format!("cannot fetch {what} of {path}: {err}"))
-        }
-    };
-    let failed = |err: ApplyError| ApplyFailure::Change(err.to_string());
-    let manifest_address = ContentHash::parse_hex(address).ok_or_else(|| {
-        ApplyFailure::Change(format!(
-            "the manifest of {path} is not a sha256: {address:?}"
-        ))
-    })?;
-    let bytes = fetch_content(client, manifest_address)
+    let manifest = fetch_manifest(client, manifest_address)
         .await
-        .map_err(|err| fetch_failed(format!("manifest {address}"), err))?;
-    if ContentHash::of(&bytes) != manifest_address {
-        return Err(ApplyFailure::Change(format!(
-            "manifest {address} of {path} arrived with other content"
-        )));
-    }
-    let manifest = Manifest::decode(&bytes)
-        .map_err(|err| ApplyFailure::Change(format!("manifest of {path}: {err}")))?;
+        .map_err(|err| err.for_file(path))?;
     if manifest.size() != entry.size {
         return Err(ApplyFailure::Change(format!(
             "manifest of {path} describes {} bytes, not {}",
@@ -96,16 +96,86 @@ pub(super) async fn apply_chunked(
             entry.size
         )));
     }
-    let local = local_chunks(applier, path).await.map_err(failed)?;
+    let (local, trusted) = local_chunks(applier, client, path).await.map_err(failed)?;
     if let Some(local) = &local {
         if Some(local.whole()) == entry.sha256 && local.size() == entry.size {
             let applied = applier.confirm(path, entry).map_err(failed)?;
             let reused = entry.size;
-            return Ok((applied, Transfer { fetched: 0, reused }));
+            return Ok(remember(applied, Transfer { fetched: 0, reused }));
         }
     }
+    let (staged, transfer) = build(applier, client, path, entry, &manifest, local.as_ref()).await?;
+    match staged.commit() {
+        Ok(applied) => Ok(remember(applied, transfer)),
+        // The copy was changed in a way its metadata does not show: build again from what
+        // it really holds.
+        Err(ApplyError::ContentMismatch { .. }) if trusted => {
+            tracing::warn!("{path}: the copy changed behind the slave's back; reading it again");
+            applier.known().forget(path);
+            let local = indexed_copy(applier, path).await.map_err(failed)?;
+            let (staged, transfer) =
+                build(applier, client, path, entry, &manifest, local.as_ref()).await?;
+            let applied = staged.commit().map_err(failed)?;
+            Ok(remember(applied, transfer))
+        }
+        Err(err) => Err(failed(err)),
+    }
+}
+
+/// Why fetching something a file needs failed.
+struct FetchFailed {
+    what: String,
+    err: ClientError,
+}
+
+impl FetchFailed {
+    fn for_file(self, path: &RelPath) -> ApplyFailure {
+        if self.err.is_connection() {
+            ApplyFailure::Bus(self.err)
+        } else {
+            ApplyFailure::Change(format!(
+                "cannot fetch {} of {path}: {}",
+                self.what, self.err
+            ))
+        }
+    }
+}
+
+/// The manifest at `address`, fetched and checked against its address.
+async fn fetch_manifest(client: &Link, address: ContentHash) -> Result<Manifest, FetchFailed> {
+    let failed = |err| FetchFailed {
+        what: format!("manifest {address}"),
+        err,
+    };
+    let bytes = fetch_content(client, address).await.map_err(failed)?;
+    if ContentHash::of(&bytes) != address {
+        return Err(failed(ClientError::Protocol(
+            "the manifest arrived with other content".into(),
+        )));
+    }
+    Manifest::decode(&bytes).map_err(|err| failed(ClientError::Protocol(err.to_string())))
+}
+
+/// Writes the version `manifest` lists into a staged file: each chunk from `local` where it
+/// has it, the rest fetched, a few asked for ahead. The caller commits it.
+async fn build(
+    applier: &Applier,
+    client: &Link,
+    path: &RelPath,
+    entry: &Entry,
+    manifest: &Manifest,
+    local: Option<&LocalChunks>,
+) -> Result<(Box<StagedFile>, Transfer), ApplyFailure> {
+    let failed = |err: ApplyError| ApplyFailure::Change(err.to_string());
+    let fetch_failed = |sha256: ContentHash, err| {
+        FetchFailed {
+            what: format!("chunk {sha256}"),
+            err,
+        }
+        .for_file(path)
+    };
     let mut staged = Box::new(applier.stage_file(path, entry).map_err(failed)?);
-    let steps = plan(&manifest, local.as_ref());
+    let steps = plan(manifest, local);
     let mut transfer = Transfer::default();
     let mut progress = Progress::file("receiving", &path.to_string(), Some(entry.size));
     let mut asked: VecDeque<Reply<Piece>> = VecDeque::new();
@@ -120,12 +190,12 @@ pub(super) async fn apply_chunked(
                 let reply = client
                     .get(ahead.sha256, 0)
                     .await
-                    .map_err(|err| fetch_failed(format!("chunk {}", ahead.sha256), err))?;
+                    .map_err(|err| fetch_failed(ahead.sha256, err))?;
                 asked.push_back(reply);
             }
             next_ask += 1;
         }
-        let data = match (source, &local) {
+        let data = match (source, local) {
             (Source::Local(offset), Some(local)) => {
                 transfer.reused += u64::from(chunk.len);
                 local.read(*offset, chunk.len).map_err(|source| {
@@ -143,9 +213,7 @@ pub(super) async fn apply_chunked(
                         chunk.sha256
                     ))
                 })?;
-                let (data, _) = reply
-                    .await
-                    .map_err(|err| fetch_failed(format!("chunk {}", chunk.sha256), err))?;
+                let (data, _) = reply.await.map_err(|err| fetch_failed(chunk.sha256, err))?;
                 transfer.fetched += data.len() as u64;
                 data
             }
@@ -177,29 +245,62 @@ pub(super) async fn apply_chunked(
     if let Some(progress) = progress {
         progress.finish();
     }
-    let applied = staged.commit().map_err(failed)?;
-    Ok((applied, transfer))
+    Ok((staged, transfer))
 }
 
-/// The chunks of the current copy at `path`, read off the runtime's thread.
+/// The chunks of the current copy at `path`, and whether they are taken on trust: from
+/// the manifest this slave wrote the copy from, when the copy is as it was written
+/// (`filesync_slave::known`); otherwise read, cut and hashed.
 async fn local_chunks(
+    applier: &Applier,
+    client: &Link,
+    path: &RelPath,
+) -> Result<(Option<LocalChunks>, bool), ApplyError> {
+    let Some(file) = applier.current_copy(path)? else {
+        return Ok((None, false));
+    };
+    let known = file
+        .metadata()
+        .ok()
+        .and_then(|meta| applier.known().recall(path, &meta));
+    if let Some(known) = known {
+        match fetch_manifest(client, known.manifest).await {
+            Ok(old) if old.size() == known.size => {
+                return Ok((
+                    Some(LocalChunks::from_manifest(file, &old, known.sha256)),
+                    true,
+                ));
+            }
+            Ok(_) => tracing::debug!("{path}: the manifest of the copy lists another size"),
+            Err(FetchFailed { what, err }) => tracing::debug!("{path}: no {what}: {err}"),
+        }
+    }
+    Ok((index(file, path).await, false))
+}
+
+/// The current copy at `path`, read, cut and hashed.
+async fn indexed_copy(
     applier: &Applier,
     path: &RelPath,
 ) -> Result<Option<LocalChunks>, ApplyError> {
-    let Some(file) = applier.current_copy(path)? else {
-        return Ok(None);
-    };
-    let indexed = tokio::task::spawn_blocking(move || LocalChunks::index(file)).await;
-    match indexed {
-        Ok(Ok(local)) => Ok(Some(local)),
+    match applier.current_copy(path)? {
+        Some(file) => Ok(index(file, path).await),
+        None => Ok(None),
+    }
+}
+
+/// `file` read, cut and hashed off the runtime's thread; `None` when it cannot be read.
+async fn index(file: std::fs::File, path: &RelPath) -> Option<LocalChunks> {
+    match tokio::task::spawn_blocking(move || LocalChunks::index(file)).await {
+        Ok(Ok(local)) => Some(local),
         // A copy that cannot be read is simply not reused.
         Ok(Err(err)) => {
             tracing::debug!("{path}: current copy not reusable: {err}");
-            Ok(None)
+            None
         }
         Err(err) => {
             tracing::debug!("{path}: indexing stopped: {err}");
-            Ok(None)
+            None
         }
     }
 }
