@@ -266,6 +266,7 @@ async fn local_chunks(
     if let Some(known) = known {
         match fetch_manifest(client, known.manifest).await {
             Ok(old) if old.size() == known.size => {
+                tracing::debug!("{path}: the copy's chunks are where its manifest says");
                 return Ok((
                     Some(LocalChunks::from_manifest(file, &old, known.sha256)),
                     true,
@@ -275,6 +276,7 @@ async fn local_chunks(
             Err(FetchFailed { what, err }) => tracing::debug!("{path}: no {what}: {err}"),
         }
     }
+    tracing::debug!("{path}: reading the copy to find its chunks");
     Ok((index(file, path).await, false))
 }
 
