@@ -15,8 +15,9 @@
 //! again from a freshly indexed copy. Nothing is kept across restarts: the first change
 //! after one indexes the copy, as before. Memory: one record per large file written.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::fs::Metadata;
+use std::ops::Bound::Excluded;
 use std::os::unix::fs::MetadataExt;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -42,10 +43,10 @@ struct Record {
 
 /// The records, shared by every clone of the slave's `Applier`.
 #[derive(Debug, Clone, Default)]
-pub struct KnownCopies(Arc<Mutex<HashMap<RelPath, Record>>>);
+pub struct KnownCopies(Arc<Mutex<BTreeMap<RelPath, Record>>>);
 
 impl KnownCopies {
-    fn records(&self) -> MutexGuard<'_, HashMap<RelPath, Record>> {
+    fn records(&self) -> MutexGuard<'_, BTreeMap<RelPath, Record>> {
         // Every change is one insert or removal: consistent even after a panic.
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -73,24 +74,48 @@ impl KnownCopies {
 
     /// `path` and everything beneath it are no longer as written.
     pub fn forget(&self, path: &RelPath) {
-        self.records().retain(|known, _| !known.starts_with(path));
+        let mut records = self.records();
+        for gone in subtree(&records, path) {
+            records.remove(&gone);
+        }
     }
 
     /// `from` (and everything beneath it) was renamed to `to`, replacing what was there.
     pub fn moved(&self, from: &RelPath, to: &RelPath) {
         let mut records = self.records();
-        records.retain(|known, _| !known.starts_with(to));
-        let moving: Vec<RelPath> = records
-            .keys()
-            .filter(|known| known.starts_with(from))
-            .cloned()
-            .collect();
-        for old in moving {
+        for gone in subtree(&records, to) {
+            records.remove(&gone);
+        }
+        for old in subtree(&records, from) {
             if let (Some(record), Some(new)) = (records.remove(&old), old.rebase(from, to)) {
                 records.insert(new, record);
             }
         }
     }
+}
+
+/// The recorded paths at `path` or beneath it, found without going through the others
+/// (every change of the slave's directory asks).
+fn subtree(records: &BTreeMap<RelPath, Record>, path: &RelPath) -> Vec<RelPath> {
+    let mut found: Vec<RelPath> = records
+        .contains_key(path)
+        .then(|| path.clone())
+        .into_iter()
+        .collect();
+    // What lies beneath `path` sorts after it and before `path` + "0" ('/' comes just
+    // before '0'), among names that merely share its beginning (`a.txt` beside `a/`).
+    let mut end = path.as_bytes().to_vec();
+    end.push(b'0');
+    if let Ok(end) = RelPath::from_bytes(&end) {
+        found.extend(
+            records
+                .range::<RelPath, _>((Excluded(path), Excluded(&end)))
+                .map(|(known, _)| known)
+                .filter(|known| known.starts_with(path))
+                .cloned(),
+        );
+    }
+    found
 }
 
 fn stamp(meta: &Metadata) -> i64 {
@@ -146,7 +171,12 @@ mod tests {
         assert_eq!(back.len(), 10);
         assert_eq!(copies.recall(&p("e/big"), &back), None);
 
+        // Forgetting a directory leaves its neighbours that merely share its beginning.
+        copies.remember(&p("e.txt"), known, &meta);
+        copies.remember(&p("e-2/big"), known, &meta);
         copies.forget(&p("e"));
         assert_eq!(copies.recall(&p("e/big"), &meta), None);
+        assert_eq!(copies.recall(&p("e.txt"), &meta), Some(known));
+        assert_eq!(copies.recall(&p("e-2/big"), &meta), Some(known));
     }
 }
