@@ -7,7 +7,7 @@
 
 use std::collections::VecDeque;
 
-use filesync_master::chunk::Manifest;
+use filesync_master::chunk::{ChunkRef, Manifest};
 use filesync_master::hash::ContentHash;
 use filesync_master::{Entry, RelPath};
 use filesync_slave::known::Known;
@@ -176,25 +176,20 @@ async fn build(
     };
     let mut staged = Box::new(applier.stage_file(path, entry).map_err(failed)?);
     let steps = plan(manifest, local);
+    let mut fetches = Fetches {
+        steps: &steps,
+        asked: VecDeque::new(),
+        next: 0,
+    };
     let mut transfer = Transfer::default();
     let mut progress = Progress::file("receiving", &path.to_string(), Some(entry.size));
-    let mut asked: VecDeque<Reply<Piece>> = VecDeque::new();
-    let mut next_ask = 0;
     let mut batch: Vec<u8> = Vec::with_capacity(WRITE_BATCH);
     for (idx, (chunk, source)) in steps.iter().enumerate() {
         // Keep the bus busy with the next chunks while this one is written.
-        next_ask = next_ask.max(idx);
-        while asked.len() < FETCHES_AHEAD && next_ask < steps.len() {
-            let (ahead, ahead_source) = &steps[next_ask];
-            if *ahead_source == Source::Bus {
-                let reply = client
-                    .get(ahead.sha256, 0)
-                    .await
-                    .map_err(|err| fetch_failed(ahead.sha256, err))?;
-                asked.push_back(reply);
-            }
-            next_ask += 1;
-        }
+        fetches
+            .ask_ahead(client, idx)
+            .await
+            .map_err(|(sha256, err)| fetch_failed(sha256, err))?;
         let data = match (source, local) {
             (Source::Local(offset), Some(local)) => {
                 transfer.reused += u64::from(chunk.len);
@@ -207,7 +202,7 @@ async fn build(
                 })?
             }
             _ => {
-                let reply = asked.pop_front().ok_or_else(|| {
+                let reply = fetches.asked.pop_front().ok_or_else(|| {
                     ApplyFailure::Change(format!(
                         "{path}: chunk {} was not asked for",
                         chunk.sha256
@@ -246,6 +241,38 @@ async fn build(
         progress.finish();
     }
     Ok((staged, transfer))
+}
+
+/// The chunks a build takes from the bus, asked for up to [`FETCHES_AHEAD`] ahead of the
+/// one being written, their replies in the order of the steps.
+struct Fetches<'a> {
+    steps: &'a [(ChunkRef, Source)],
+    asked: VecDeque<Reply<Piece>>,
+    /// The first step not looked at yet.
+    next: usize,
+}
+
+impl Fetches<'_> {
+    /// Asks for the bus's chunks among the steps from `at` on, as far ahead as allowed.
+    async fn ask_ahead(
+        &mut self,
+        client: &Link,
+        at: usize,
+    ) -> Result<(), (ContentHash, ClientError)> {
+        self.next = self.next.max(at);
+        while self.asked.len() < FETCHES_AHEAD && self.next < self.steps.len() {
+            let (ahead, source) = &self.steps[self.next];
+            if *source == Source::Bus {
+                let reply = client
+                    .get(ahead.sha256, 0)
+                    .await
+                    .map_err(|err| (ahead.sha256, err))?;
+                self.asked.push_back(reply);
+            }
+            self.next += 1;
+        }
+        Ok(())
+    }
 }
 
 /// The chunks of the current copy at `path`, and whether they are taken on trust: from
