@@ -248,6 +248,43 @@ async fn a_copy_edited_without_a_trace_still_ends_with_the_masters_bytes() {
     c.assert_checks(CheckOptions::default());
 }
 
+/// A slave stopped cleanly and started again still knows the large copies it wrote: the
+/// next version's reusable chunks are found from the manifest the copy was written from
+/// (its debug log says so), not by reading the copy, and the mirror checks out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_slave_still_knows_the_copies_it_wrote() {
+    let mut c = cluster("chunks-known-restart", 1).await;
+    let mut data = noise(16 << 20, 12);
+    save(&c.master_dir(), "big.bin", &data);
+    mirrored(&mut c, "big.bin", &data).await;
+    must(c.stop_slave(0));
+    must(c.start_slave(0).await);
+    data[(5 << 20)..(5 << 20) + 100].copy_from_slice(&noise(100, 13));
+    save(&c.master_dir(), "big.bin", &data);
+    let (_, consume) = mirrored(&mut c, "big.bin", &data).await;
+    assert!(
+        fetched(&consume) <= 2 * MIB,
+        "the changed chunks: {consume:?}"
+    );
+    let mut logs = String::new();
+    for entry in fs::read_dir(c.logs_dir()).expect("logs") {
+        let entry = entry.expect("log");
+        if entry.file_name().to_string_lossy().starts_with("slave") {
+            logs += &fs::read_to_string(entry.path()).expect("a slave's log");
+        }
+    }
+    assert!(
+        logs.contains("big.bin: the copy's chunks are where its manifest says"),
+        "the restarted slave knew its copy: {logs}"
+    );
+    assert!(
+        !logs.contains("big.bin: reading the copy to find its chunks"),
+        "the copy was not read to find its chunks: {logs}"
+    );
+    must(c.settle().await);
+    c.assert_checks(CheckOptions::default());
+}
+
 /// The pack the bus appends to: the one with the highest number.
 fn newest_pack(packs: &Path) -> std::path::PathBuf {
     let mut paths: Vec<_> = fs::read_dir(packs)

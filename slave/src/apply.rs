@@ -56,6 +56,11 @@ impl Applier {
         }
     }
 
+    /// The same directory, with records of large copies kept from before (`known.rs`).
+    pub fn knowing(self, known: KnownCopies) -> Applier {
+        Applier { known, ..self }
+    }
+
     /// What is known of the large files at `path`, while they are as written.
     pub fn known(&self) -> &KnownCopies {
         &self.known

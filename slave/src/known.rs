@@ -12,13 +12,16 @@
 //! Trust is bounded twice: an edit that keeps size, mtime and inode (the blind spot of
 //! git's index and of the slave's verification alike) is still caught, because the new
 //! version is verified whole before it is put in place, and the caller then builds it
-//! again from a freshly indexed copy. Nothing is kept across restarts: the first change
-//! after one indexes the copy, as before. Memory: one record per large file written.
+//! again from a freshly indexed copy. The records are saved when the slave stops cleanly
+//! (`SDIR/known`) and read when it starts; a slave killed loses them, and its first change
+//! to each large file indexes the copy, as before. Memory: one record per large file.
 
 use std::collections::BTreeMap;
 use std::fs::Metadata;
+use std::io::{self, BufRead, BufReader, Write};
 use std::ops::Bound::Excluded;
 use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use filesync_master::hash::ContentHash;
@@ -92,6 +95,74 @@ impl KnownCopies {
             }
         }
     }
+}
+
+impl KnownCopies {
+    /// The records saved in `file` (none when it is missing or unreadable; a damaged line
+    /// is skipped: a record only ever saves reading a copy).
+    pub fn load(file: &Path) -> KnownCopies {
+        let copies = KnownCopies::default();
+        let Ok(opened) = std::fs::File::open(file) else {
+            return copies;
+        };
+        let mut records = copies.records();
+        for line in BufReader::new(opened).lines() {
+            let Ok(line) = line else { break };
+            if let Some((path, record)) = parse(&line) {
+                records.insert(path, record);
+            }
+        }
+        drop(records);
+        copies
+    }
+
+    /// Writes the records to `file` (through a temporary file beside it), one line each:
+    /// `manifest sha256 size mtime_ns ino hex(path)`.
+    pub fn save(&self, file: &Path) -> io::Result<()> {
+        let temp = file.with_extension("tmp");
+        let mut out = io::BufWriter::new(std::fs::File::create(&temp)?);
+        for (path, record) in self.records().iter() {
+            let Record {
+                known,
+                mtime_ns,
+                ino,
+            } = record;
+            writeln!(
+                out,
+                "{} {} {} {mtime_ns} {ino} {}",
+                known.manifest.to_hex(),
+                known.sha256.to_hex(),
+                known.size,
+                hex::encode(path.as_bytes())
+            )?;
+        }
+        out.into_inner().map_err(|err| err.into_error())?;
+        std::fs::rename(temp, file)
+    }
+}
+
+/// One line of a saved file.
+fn parse(line: &str) -> Option<(RelPath, Record)> {
+    let mut fields = line.split(' ');
+    let manifest = ContentHash::parse_hex(fields.next()?)?;
+    let sha256 = ContentHash::parse_hex(fields.next()?)?;
+    let size = fields.next()?.parse().ok()?;
+    let mtime_ns = fields.next()?.parse().ok()?;
+    let ino = fields.next()?.parse().ok()?;
+    let path = RelPath::from_bytes(&hex::decode(fields.next()?).ok()?).ok()?;
+    let known = Known {
+        manifest,
+        sha256,
+        size,
+    };
+    Some((
+        path,
+        Record {
+            known,
+            mtime_ns,
+            ino,
+        },
+    ))
 }
 
 /// The recorded paths at `path` or beneath it, found without going through the others
@@ -178,5 +249,18 @@ mod tests {
         assert_eq!(copies.recall(&p("e/big"), &meta), None);
         assert_eq!(copies.recall(&p("e.txt"), &meta), Some(known));
         assert_eq!(copies.recall(&p("e-2/big"), &meta), Some(known));
+
+        // Saved and read again (a damaged line skipped), as a restarted slave does.
+        let saved = dir.path().join("known");
+        copies.save(&saved).expect("save");
+        let mut text = std::fs::read_to_string(&saved).expect("read");
+        text.push_str("not a record\n");
+        std::fs::write(&saved, text).expect("damage");
+        let again = KnownCopies::load(&saved);
+        assert_eq!(again.recall(&p("e.txt"), &meta), Some(known));
+        assert_eq!(again.recall(&p("e-2/big"), &meta), Some(known));
+        assert_eq!(again.recall(&p("e/big"), &meta), None);
+        let absent = KnownCopies::load(&dir.path().join("absent"));
+        assert_eq!(absent.recall(&p("e.txt"), &meta), None);
     }
 }

@@ -15,6 +15,7 @@ use std::time::Duration;
 use anyhow::Context;
 use filesync_master::hash::ContentHash;
 use filesync_master::{Change, Kind};
+use filesync_slave::known::KnownCopies;
 use filesync_slave::{Applied, Applier, FileStart, StagedFile};
 use futures_util::FutureExt;
 
@@ -131,9 +132,14 @@ pub async fn run(options: SlaveOptions, shutdown: impl Future<Output = ()>) -> a
         verify_every: options.verify_every,
         verify_now: true,
     };
+    // What the slave knows of the large files it wrote lasts across sessions, and across
+    // clean restarts in `SDIR/known`.
+    let known_file = state_path.join("known");
+    let applier = Applier::new(&dir).knowing(KnownCopies::load(&known_file));
     while let Some((client, welcome)) = next {
         let ended = session(
             &verifier,
+            &applier,
             &position_file,
             client,
             welcome,
@@ -141,7 +147,12 @@ pub async fn run(options: SlaveOptions, shutdown: impl Future<Output = ()>) -> a
             &mut shutdown,
         );
         match ended.await? {
-            SessionEnd::Stopped => return Ok(()),
+            SessionEnd::Stopped => {
+                if let Err(err) = applier.known().save(&known_file) {
+                    tracing::warn!("cannot save {}: {err}", known_file.display());
+                }
+                return Ok(());
+            }
             SessionEnd::BusLost(err) => tracing::warn!("{err}; reconnecting"),
         }
         next = connector.connect(&mut shutdown).await?;
@@ -421,6 +432,7 @@ impl From<anyhow::Error> for Interrupt {
 /// retry and verify, then follow the log until a stop or a lost bus.
 async fn session(
     verifier: &Verifier<'_>,
+    applier: &Applier,
     position_file: &Path,
     client: Link,
     welcome: Welcome,
@@ -429,7 +441,7 @@ async fn session(
 ) -> anyhow::Result<SessionEnd> {
     let ended = async {
         let (mut session, subscription) =
-            Session::start(verifier, position_file, client, welcome, schedule).await?;
+            Session::start(verifier, applier, position_file, client, welcome, schedule).await?;
         session.follow(subscription, schedule, shutdown).await
     };
     match ended.await {
@@ -471,12 +483,13 @@ impl<'a> Session<'a> {
     /// run, and the first verification.
     async fn start(
         verifier: &'a Verifier<'a>,
+        applier: &Applier,
         position_file: &'a Path,
         client: Link,
         welcome: Welcome,
         schedule: &mut Schedule,
     ) -> Result<(Session<'a>, Subscription), Interrupt> {
-        let applier = Applier::new(verifier.dir);
+        let applier = applier.clone();
         let follower = Follower::start(client.clone(), applier.clone());
         let mut position = read_position(position_file)?;
         if position > welcome.head {
