@@ -567,7 +567,7 @@ impl<'a> Session<'a> {
         );
         let verifier = self.verifier;
         let resynced = verifier
-            .resync(checkpoint, &self.client, &self.applier)
+            .resync(checkpoint, self.at, &self.client, &self.applier)
             .await?;
         let mut done = Draft::tagged(Tag::Ready);
         done.resync = Some(checkpoint);

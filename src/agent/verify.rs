@@ -108,15 +108,27 @@ impl Verifier<'_> {
     /// `keep_local` says, since most are changes the slave missed, and said in the log as a
     /// `consume` (or `error`) with `resync`. The caller then publishes the `ready` that ends
     /// the resync and follows the log from the next `seq`.
+    ///
+    /// Paths that notifies after the checkpoint touch, up to `answered` (the last notify
+    /// the log says this slave answered), are left as they are: the slave applied those
+    /// notifies already (its position file lagged behind its answers, as after a kill), and
+    /// will not answer them again; restoring the checkpoint's version would undo them with
+    /// nothing in the log to redo them.
     pub async fn resync(
         &self,
         checkpoint: u64,
+        answered: u64,
         client: &Link,
         applier: &Applier,
     ) -> Result<Verified, ClientError> {
         let expected: Replayed = call(client.checkpoint(checkpoint)).await?.into();
+        let applied = match answered > checkpoint {
+            true => later_paths(client, checkpoint, answered).await?,
+            false => Vec::new(),
+        };
         let basis = Basis::Resync { checkpoint };
-        self.restore(&expected, &[], basis, client, applier).await
+        self.restore(&expected, &applied, basis, client, applier)
+            .await
     }
 
     /// Scans the directory, restores (or reports) each difference with `expected` outside

@@ -528,4 +528,31 @@ mod tests {
             "{report}"
         );
     }
+
+    /// A slave that resyncs from the checkpoint after it answered some of this log's
+    /// notifies keeps what those answers did (it will not answer them again): its replay
+    /// does too, and agrees with the master's.
+    #[test]
+    fn a_resync_keeps_what_the_slave_answered_in_this_log() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/logs/valid.jsonl");
+        let events = read_log(&path).expect("read");
+        // Cut before the first notify: every answer is in the tail.
+        let cut = events
+            .iter()
+            .position(|e| e.tag() == Some(Tag::Notify))
+            .expect("a notify");
+        let mut base = Snapshot::new();
+        for event in &events[..cut] {
+            base.observe(event);
+        }
+        let mut tail = events[cut..].to_vec();
+        let mut ready = tail[tail.len() - 1].clone();
+        ready.seq += 1;
+        ready.agent = "slave".into();
+        ready.body = Draft::tagged(Tag::Ready);
+        ready.body.resync = Some(base.seq);
+        tail.push(ready);
+        let report = check_log_from(Some(&base), &tail, CheckOptions::default());
+        assert!(report.is_ok(), "{report}");
+    }
 }

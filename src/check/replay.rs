@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use filesync_master::{Model, RelPath};
+use filesync_master::{Change, Model, RelPath};
 
 use super::answers::AnsweredOnce;
 use super::reading::{Answer, Reading, Step};
@@ -19,6 +19,9 @@ struct Replayed {
     state: Model,
     /// Paths an error left in an unknown state on this slave.
     errored: Vec<RelPath>,
+    /// What its answers to this log's notifies did, in order: a resync leaves those paths
+    /// as the answers made them.
+    answered: Vec<Change>,
 }
 
 pub struct ReplaysAgree {
@@ -50,6 +53,7 @@ impl ReplaysAgree {
             let replayed = Replayed {
                 state: base.model.clone(),
                 errored,
+                answered: Vec::new(),
             };
             replays.slaves.insert(name.clone(), replayed);
         }
@@ -66,17 +70,19 @@ impl ReplaysAgree {
             // A resync brings a slave to the state of a checkpoint the log was cut at: at
             // most the one this log goes on from, the only one whose state the checker
             // knows. A slave holds it once it has answered up to it (answers to the removed
-            // notifies have their effect in it), so that is its state from the resync on.
+            // notifies have their effect in it), except where it answered this log's
+            // notifies already: those paths it leaves as its answers made them (it will not
+            // answer those notifies again). So that is its state from the resync on.
             (Some(Tag::Ready), _) if event.body.resync.is_some() => {
                 if let Some(slave) = self.slaves.get_mut(&event.agent) {
-                    slave.state = reading.base_model.clone();
+                    slave.resynced(&reading.base_model);
                 }
             }
             (Some(tag), Some(Answer::Resync { .. })) => {
                 let Some(slave) = self.slaves.get_mut(&event.agent) else {
                     return;
                 };
-                slave.state = reading.base_model.clone();
+                slave.resynced(&reading.base_model);
                 if tag == Tag::Error {
                     slave.errored(step);
                 }
@@ -103,6 +109,9 @@ impl ReplaysAgree {
                     slave.errored(step);
                 } else if notify.is_some() {
                     slave.consume(event, out);
+                    if let Ok(change) = event.body.change() {
+                        slave.answered.push(change);
+                    }
                 }
             }
             _ => {}
@@ -157,6 +166,16 @@ impl ReplaysAgree {
 }
 
 impl Replayed {
+    /// A resync from the checkpoint `base`: its state, with what this slave's answers to
+    /// this log's notifies did (replayed again; a change that does not fit was reported
+    /// when it was answered).
+    fn resynced(&mut self, base: &Model) {
+        self.state = base.clone();
+        for change in &self.answered {
+            let _ = self.state.apply(change);
+        }
+    }
+
     /// An error leaves the paths of its change undecided on this slave.
     fn errored(&mut self, step: &Step<'_>) {
         if let Some(change) = Reading::errored_change(step) {
