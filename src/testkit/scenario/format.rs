@@ -127,6 +127,25 @@ pub struct Scenario {
     pub bus_args: Vec<String>,
 }
 
+impl Scenario {
+    /// How long the bus's collector takes to free what a change superseded, by the
+    /// scenario's own settings: its interval plus the grace period (zero when the scenario
+    /// leaves them to the bus's defaults, an hour's grace).
+    pub fn collector_pass(&self) -> std::time::Duration {
+        let setting = |flag: &str| {
+            self.bus_args
+                .iter()
+                .position(|arg| arg == flag)
+                .and_then(|at| self.bus_args.get(at + 1))
+                .and_then(|text| humantime::parse_duration(text).ok())
+        };
+        match (setting("--gc-interval"), setting("--gc-grace")) {
+            (Some(interval), Some(grace)) => interval + grace,
+            _ => std::time::Duration::ZERO,
+        }
+    }
+}
+
 /// Why a scenario file is not valid: where, and what to do about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScenarioError {
