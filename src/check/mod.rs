@@ -498,27 +498,15 @@ mod tests {
         // Cut after every event in turn: the checkpoint there and the rest check out, and
         // give the same master state as the whole log.
         for cut in 1..events.len() {
-            let mut base = Snapshot::new();
-            for event in &events[..cut] {
-                base.observe(event);
-            }
+            let base = checkpoint_of(&events[..cut]);
             let tail = check_log_from(Some(&base), &events[cut..], CheckOptions::default());
             assert!(tail.is_ok(), "cut after #{}:\n{tail}", events[cut - 1].seq);
             assert_eq!(tail.master_state, whole.master_state);
         }
         // A resync must name a checkpoint the log was cut at.
         let cut = events.len() / 2;
-        let mut base = Snapshot::new();
-        for event in &events[..cut] {
-            base.observe(event);
-        }
-        let mut tail = events[cut..].to_vec();
-        let mut ready = tail[tail.len() - 1].clone();
-        ready.seq += 1;
-        ready.agent = "slave".into();
-        ready.body = Draft::tagged(Tag::Ready);
-        ready.body.resync = Some(base.seq + 1);
-        tail.push(ready);
+        let base = checkpoint_of(&events[..cut]);
+        let tail = with_resync(&events[cut..], base.seq + 1);
         let report = check_log_from(Some(&base), &tail, CheckOptions::default());
         assert!(
             report
@@ -541,18 +529,30 @@ mod tests {
             .iter()
             .position(|e| e.tag() == Some(Tag::Notify))
             .expect("a notify");
+        let base = checkpoint_of(&events[..cut]);
+        let tail = with_resync(&events[cut..], base.seq);
+        let report = check_log_from(Some(&base), &tail, CheckOptions::default());
+        assert!(report.is_ok(), "{report}");
+    }
+
+    /// The checkpoint a bus would have written after `events`.
+    fn checkpoint_of(events: &[Event]) -> Snapshot {
         let mut base = Snapshot::new();
-        for event in &events[..cut] {
+        for event in events {
             base.observe(event);
         }
-        let mut tail = events[cut..].to_vec();
+        base
+    }
+
+    /// `tail`, and after it slave `slave`'s `ready` ending a resync from `checkpoint`.
+    fn with_resync(tail: &[Event], checkpoint: u64) -> Vec<Event> {
+        let mut tail = tail.to_vec();
         let mut ready = tail[tail.len() - 1].clone();
         ready.seq += 1;
         ready.agent = "slave".into();
         ready.body = Draft::tagged(Tag::Ready);
-        ready.body.resync = Some(base.seq);
+        ready.body.resync = Some(checkpoint);
         tail.push(ready);
-        let report = check_log_from(Some(&base), &tail, CheckOptions::default());
-        assert!(report.is_ok(), "{report}");
+        tail
     }
 }
