@@ -95,9 +95,7 @@ impl KnownCopies {
             }
         }
     }
-}
 
-impl KnownCopies {
     /// The records saved in `file` (none when it is missing or unreadable; a damaged line
     /// is skipped: a record only ever saves reading a copy).
     pub fn load(file: &Path) -> KnownCopies {

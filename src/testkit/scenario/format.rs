@@ -100,6 +100,13 @@ pub struct StateBound {
     pub plus_mib: f64,
 }
 
+impl StateBound {
+    /// Whether a state of `state` bytes is within the bound for a tree of `tree` bytes.
+    pub fn allows(&self, state: u64, tree: u64) -> bool {
+        state as f64 <= self.max_ratio * tree as f64 + self.plus_mib * (1 << 20) as f64
+    }
+}
+
 /// What the log must show at the end.
 #[derive(Debug, Clone, Serialize)]
 pub struct Expect {

@@ -13,7 +13,7 @@ use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use super::actions::{self, ActionCtx};
-use super::format::{ActionSpec, Scenario};
+use super::format::{ActionSpec, Scenario, StateBound};
 use crate::check::CheckOptions;
 use crate::event::{Event, Tag};
 use crate::state::dir_bytes;
@@ -111,25 +111,37 @@ struct SizeWatch {
     task: tokio::task::JoinHandle<Vec<(f64, u64, u64)>>,
     /// When the first sample was taken, to place the log's events among the samples.
     began: SystemTime,
+    paths: (PathBuf, PathBuf),
+}
+
+/// The state's and the tree's bytes now, read off the runtime's threads.
+async fn sizes((state, tree): &(PathBuf, PathBuf)) -> Option<(u64, u64)> {
+    let (state, tree) = (state.clone(), tree.clone());
+    tokio::task::spawn_blocking(move || (dir_bytes(&state), dir_bytes(&tree)))
+        .await
+        .ok()
 }
 
 impl SizeWatch {
     fn start(state: PathBuf, tree: PathBuf) -> SizeWatch {
         let stop = CancellationToken::new();
         let token = stop.clone();
+        let paths = (state, tree);
+        let watched = paths.clone();
         let task = tokio::spawn(async move {
             let started = Instant::now();
             let mut samples = Vec::new();
             loop {
-                let (state, tree) = (state.clone(), tree.clone());
-                let sizes =
-                    tokio::task::spawn_blocking(move || (dir_bytes(&state), dir_bytes(&tree)))
-                        .await;
-                if let Ok((s, t)) = sizes {
+                let stopped = token.is_cancelled();
+                if let Some((s, t)) = sizes(&watched).await {
                     samples.push((started.elapsed().as_secs_f64(), s, t));
                 }
+                if stopped {
+                    return samples;
+                }
                 tokio::select! {
-                    _ = token.cancelled() => return samples,
+                    // One more sample, as things are when the run is judged.
+                    _ = token.cancelled() => {}
                     _ = tokio::time::sleep(SIZE_EVERY) => {}
                 }
             }
@@ -138,10 +150,22 @@ impl SizeWatch {
             stop,
             task,
             began: SystemTime::now(),
+            paths,
         }
     }
 
-    /// Every sample taken, and when the first was.
+    /// Waits until the state is within `bound` for the tree, or `patience` has passed.
+    async fn until_within(&self, bound: StateBound, patience: Duration) {
+        let deadline = Instant::now() + patience;
+        while Instant::now() < deadline {
+            match sizes(&self.paths).await {
+                Some((state, tree)) if bound.allows(state, tree) => return,
+                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    /// Every sample taken (the last one now), and when the first was.
     async fn finish(self) -> (Vec<(f64, u64, u64)>, SystemTime) {
         self.stop.cancel();
         (self.task.await.unwrap_or_default(), self.began)
@@ -209,9 +233,9 @@ fn judge_state(
         }
     }
     if let Some(bound) = scenario.expect.state {
-        let over = samples.iter().find(|(_, state, tree)| {
-            *state as f64 > bound.max_ratio * *tree as f64 + bound.plus_mib * (1 << 20) as f64
-        });
+        let over = samples
+            .iter()
+            .find(|(_, state, tree)| !bound.allows(*state, *tree));
         if let Some((t, state, tree)) = over {
             report.failures.push(format!(
                 "the bus's state was {:.1} MiB at {t:.1} s, over {}x the tree ({:.1} MiB) + {} MiB",
@@ -379,11 +403,13 @@ pub async fn run_with(
         .map_err(|_| "an action still holds the cluster".to_owned())?
         .into_inner();
     let settled = cluster.settle().await;
-    if options.timing_reported_only {
+    if let (true, Some(bound)) = (options.timing_reported_only, scenario.expect.state) {
         // Judged once settled, and the collector's part of settling is its next passes:
         // what the run superseded last waits out its grace before it goes (a 2 s churn
-        // ended with 33 MiB of it waiting, freed 200 ms later).
-        tokio::time::sleep(3 * scenario.collector_pass()).await;
+        // ended with 33 MiB of it waiting, freed 200 ms later). Up to three of them.
+        sizes
+            .until_within(bound, 3 * scenario.collector_pass())
+            .await;
     }
     let sizes = sizes.finish().await;
     // What the stream saw: the whole run, even where retention truncated the log.
