@@ -20,7 +20,7 @@ use filesync_master::hash::{ContentHash, PieceHasher};
 use crate::bus::protocol::PIECE_SIZE;
 use filesync_master::{Entry, Kind, RelPath};
 
-use crate::agent::chunked::fetch_content;
+use crate::agent::chunked::{fetch_manifest, FetchFailed};
 use crate::bus::api::{call, Link};
 use crate::bus::blobs::{BlobError, BlobStore};
 use crate::bus::{ClientError, Subscription};
@@ -42,11 +42,11 @@ pub struct Version {
 /// A log and the content it names, read-only.
 pub struct History {
     log: LogFile,
-    content: Content,
+    content: ContentSource,
 }
 
 /// Where a history's content is: a state directory's store, read in place, or a bus, asked.
-enum Content {
+enum ContentSource {
     Store(Box<BlobStore>),
     Bus(Link),
 }
@@ -66,7 +66,7 @@ impl History {
             .with_context(|| format!("cannot open the content in {}", state_dir.display()))?;
         Ok(History {
             log,
-            content: Content::Store(Box::new(store)),
+            content: ContentSource::Store(Box::new(store)),
         })
     }
 
@@ -91,7 +91,7 @@ impl History {
         }
         Ok(History {
             log: LogFile { base: None, events },
-            content: Content::Bus(link),
+            content: ContentSource::Bus(link),
         })
     }
 
@@ -148,17 +148,13 @@ impl History {
             return Ok(false);
         };
         let Some(address) = version.manifest else {
-            return self.content.has(&sha256).await;
+            return self.content.holds_all(&[sha256]).await;
         };
         let Some(manifest) = self.content.manifest(&address).await? else {
             return Ok(false);
         };
-        for chunk in manifest.chunks() {
-            if !self.content.has(&chunk.sha256).await? {
-                return Ok(false);
-            }
-        }
-        Ok(true)
+        let chunks: Vec<ContentHash> = manifest.chunks().iter().map(|c| c.sha256).collect();
+        self.content.holds_all(&chunks).await
     }
 
     /// Writes `version`'s content to `to` (which must not exist), verified against its
@@ -212,14 +208,40 @@ impl History {
     }
 }
 
-impl Content {
-    async fn has(&self, address: &ContentHash) -> anyhow::Result<bool> {
-        match self {
-            Content::Store(store) => Ok(crate::rules::Content::has(store.as_ref(), address)),
-            Content::Bus(link) => call(link.has(*address))
-                .await
-                .context("cannot ask the bus for content"),
+/// Questions about content a bus is asked ahead of the oldest answer (a 1 GiB file has
+/// about 16,000 chunks: one round trip each made `history --bus` wait on every one).
+const ASKED_AHEAD: usize = 16;
+
+impl ContentSource {
+    /// Whether every one of `addresses` is held.
+    async fn holds_all(&self, addresses: &[ContentHash]) -> anyhow::Result<bool> {
+        let link = match self {
+            ContentSource::Store(store) => {
+                let store = store.as_ref();
+                return Ok(addresses
+                    .iter()
+                    .all(|address| crate::rules::Content::has(store, address)));
+            }
+            ContentSource::Bus(link) => link,
+        };
+        let asking = "cannot ask the bus for content";
+        let mut asked = std::collections::VecDeque::new();
+        for address in addresses {
+            asked.push_back(link.has(*address).await.context(asking)?);
+            if asked.len() > ASKED_AHEAD {
+                if let Some(oldest) = asked.pop_front() {
+                    if !oldest.await.context(asking)? {
+                        return Ok(false);
+                    }
+                }
+            }
         }
+        for reply in asked {
+            if !reply.await.context(asking)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// The piece of `address` from `offset` on, and whether it ends the content; `None`
@@ -230,12 +252,13 @@ impl Content {
         offset: u64,
     ) -> anyhow::Result<Option<(Vec<u8>, bool)>> {
         let found = match self {
-            Content::Store(store) => match store.read(&address.to_hex(), offset, PIECE_SIZE as u64)
-            {
-                Err(BlobError::Missing(_)) => return Ok(None),
-                read => read.map_err(anyhow::Error::from),
-            },
-            Content::Bus(link) => match call(link.get(*address, offset)).await {
+            ContentSource::Store(store) => {
+                match store.read(&address.to_hex(), offset, PIECE_SIZE as u64) {
+                    Err(BlobError::Missing(_)) => return Ok(None),
+                    read => read.map_err(anyhow::Error::from),
+                }
+            }
+            ContentSource::Bus(link) => match call(link.get(*address, offset)).await {
                 // The bus's answer for content it does not hold.
                 Err(ClientError::Refused(_)) => return Ok(None),
                 got => got.context("cannot fetch content from the bus"),
@@ -247,18 +270,23 @@ impl Content {
     /// The manifest stored under `address`; `None` when it is not held or is not a
     /// manifest (the version is then not held either).
     async fn manifest(&self, address: &ContentHash) -> anyhow::Result<Option<Manifest>> {
-        let bytes = match self {
-            Content::Store(store) => {
-                return Ok(
-                    crate::rules::Content::manifest(store.as_ref(), address).and_then(Result::ok)
-                )
+        match self {
+            ContentSource::Store(store) => {
+                Ok(crate::rules::Content::manifest(store.as_ref(), address).and_then(Result::ok))
             }
-            Content::Bus(link) => match fetch_content(link, *address).await {
-                Err(ClientError::Refused(_)) => return Ok(None),
-                got => got.context("cannot fetch content from the bus")?,
-            },
-        };
-        Ok(Manifest::decode(&bytes).ok())
+            // Checked against its address and decoded as a slave does.
+            ContentSource::Bus(link) => {
+                match fetch_manifest(link, *address).await {
+                    Ok(manifest) => Ok(Some(manifest)),
+                    Err(FetchFailed {
+                        err: ClientError::Refused(_) | ClientError::Protocol(_),
+                        ..
+                    }) => Ok(None),
+                    Err(FetchFailed { what, err }) => Err(anyhow::Error::new(err)
+                        .context(format!("cannot fetch {what} from the bus"))),
+                }
+            }
+        }
     }
 
     /// Every byte of `address`, piece by piece, into `sink`.

@@ -123,9 +123,9 @@ pub(super) async fn apply_chunked(
 }
 
 /// Why fetching something a file needs failed.
-struct FetchFailed {
-    what: String,
-    err: ClientError,
+pub(crate) struct FetchFailed {
+    pub what: String,
+    pub err: ClientError,
 }
 
 impl FetchFailed {
@@ -142,7 +142,10 @@ impl FetchFailed {
 }
 
 /// The manifest at `address`, fetched and checked against its address.
-async fn fetch_manifest(client: &Link, address: ContentHash) -> Result<Manifest, FetchFailed> {
+pub(crate) async fn fetch_manifest(
+    client: &Link,
+    address: ContentHash,
+) -> Result<Manifest, FetchFailed> {
     let failed = |err| FetchFailed {
         what: format!("manifest {address}"),
         err,
