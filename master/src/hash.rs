@@ -8,6 +8,7 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 
 use crate::chunk::{is_chunked, ChunkRef, Chunker, Manifest};
+use crate::memo::ChunkMemo;
 
 /// Content is read and hashed in pieces of this size: memory never depends on file size.
 pub const CHUNK_SIZE: usize = 1 << 20;
@@ -114,7 +115,7 @@ pub fn open_file(path: &Path) -> io::Result<(File, std::fs::Metadata)> {
 /// hashing it and it is read once; `Hashed::manifest` lists them. When this fails
 /// (`Unstable`: the file changed while read) what was handed over must be thrown away.
 /// Smaller files are not cut; their content comes back in `Hashed::content`.
-pub fn hash_file_chunked(path: &Path, chunks: ChunkSink<'_>) -> Result<Hashed, HashError> {
+pub fn hash_file_chunked(path: &Path, chunks: Chunking<'_>) -> Result<Hashed, HashError> {
     let (file, before) = open_file(path)?;
     hash_opened(file, &before, Some(chunks))
 }
@@ -123,13 +124,20 @@ pub fn hash_file_chunked(path: &Path, chunks: ChunkSink<'_>) -> Result<Hashed, H
 /// soon as it is cut (so its upload overlaps the reading and hashing of the rest).
 pub type ChunkSink<'a> = &'a mut dyn FnMut(ChunkRef, Vec<u8>);
 
+/// What cutting a large file while hashing it needs: where its chunks go, and the
+/// addresses of chunks hashed before.
+pub struct Chunking<'a> {
+    pub memo: &'a mut ChunkMemo,
+    pub sink: ChunkSink<'a>,
+}
+
 /// Hashes a file opened by [`open_file`]; `before` is what it was when opened. A file
 /// stored in chunks (see [`crate::chunk`]) is also cut into chunks in the same read when
 /// `chunks` is given: each goes to `chunks`, and the result carries the manifest.
 pub fn hash_opened(
     mut file: File,
     before: &std::fs::Metadata,
-    mut chunks: Option<ChunkSink<'_>>,
+    mut chunks: Option<Chunking<'_>>,
 ) -> Result<Hashed, HashError> {
     if !before.is_file() {
         return Err(HashError::Io(io::Error::other("not a regular file")));
@@ -147,12 +155,12 @@ pub fn hash_opened(
         _ => None,
     };
     let mut cut = |chunk: &[u8], manifest: &mut Manifest| {
-        let chunk_ref = ChunkRef {
-            sha256: ContentHash::of(chunk),
-            len: chunk.len() as u32,
-        };
-        manifest.push(chunk_ref);
-        if let Some(sink) = chunks.as_mut() {
+        if let Some(Chunking { memo, sink }) = chunks.as_mut() {
+            let chunk_ref = ChunkRef {
+                sha256: memo.sha256_of(chunk),
+                len: chunk.len() as u32,
+            };
+            manifest.push(chunk_ref);
             sink(chunk_ref, chunk.to_vec());
         }
     };
@@ -347,12 +355,17 @@ mod tests {
         std::fs::write(&path, &data).expect("write");
         let mut streamed = Vec::new();
         let mut refs = Vec::new();
-        let hashed = hash_file_chunked(&path, &mut |chunk_ref, chunk| {
+        let mut memo = ChunkMemo::new();
+        let mut sink = |chunk_ref: ChunkRef, chunk: Vec<u8>| {
             assert_eq!(ContentHash::of(&chunk), chunk_ref.sha256);
             refs.push(chunk_ref);
             streamed.extend_from_slice(&chunk);
-        })
-        .expect("hash");
+        };
+        let chunking = Chunking {
+            memo: &mut memo,
+            sink: &mut sink,
+        };
+        let hashed = hash_file_chunked(&path, chunking).expect("hash");
         assert_eq!(streamed, data);
         assert_eq!(hashed.sha256, ContentHash::of(&data));
         assert!(hashed.content.is_none());
@@ -369,7 +382,11 @@ mod tests {
         // A small file is kept, not cut.
         std::fs::write(&path, b"small").expect("write");
         let mut pieces = 0;
-        let hashed = hash_file_chunked(&path, &mut |_, _| pieces += 1).expect("hash");
+        let chunking = Chunking {
+            memo: &mut memo,
+            sink: &mut |_, _| pieces += 1,
+        };
+        let hashed = hash_file_chunked(&path, chunking).expect("hash");
         assert_eq!(pieces, 0);
         assert!(hashed.manifest.is_none());
         assert_eq!(hashed.content.as_deref(), Some(&b"small"[..]));

@@ -13,6 +13,7 @@
 //! - [`model`]: `Kind`, `Entry`, `Change` and `Model`, the state a sequence of changes implies.
 //! - [`hash`]: SHA-256 of files in bounded memory, refusing files that change mid-read.
 //! - [`chunk`]: content-defined chunks and the manifests that list them (protocol sizes).
+//! - [`memo`]: `ChunkMemo`, the addresses of chunks cut before, so an edit hashes once.
 //! - [`ignore`]: `.filesyncignore` (gitignore syntax).
 //! - [`tree`]: `Tree`, which compares the disk with the model and yields changes.
 //! - [`watch`]: `DirWatcher`, inotify through `notify`, reduced to a few signals.
@@ -27,6 +28,7 @@ pub mod guard;
 pub mod hash;
 #[cfg(feature = "watch")]
 pub mod ignore;
+pub mod memo;
 pub mod model;
 pub mod relpath;
 #[cfg(feature = "watch")]

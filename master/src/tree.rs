@@ -15,8 +15,9 @@ use std::path::{Path, PathBuf};
 use walkdir::WalkDir;
 
 use crate::chunk::{ChunkRef, Manifest};
-use crate::hash::{hash_opened, open_file, ContentHash, HashError};
+use crate::hash::{hash_opened, open_file, Chunking, ContentHash, HashError};
 use crate::ignore::IgnoreRules;
+use crate::memo::ChunkMemo;
 use crate::model::{Change, Entry, Kind, Model, Stamp};
 use crate::RelPath;
 
@@ -81,6 +82,8 @@ pub struct Tree {
     ignore: IgnoreRules,
     /// `--exclude` patterns, kept beside `.filesyncignore`'s across reloads.
     excludes: Vec<String>,
+    /// The addresses of chunks cut before, so an edit hashes its file once.
+    memo: ChunkMemo,
 }
 
 impl Tree {
@@ -91,6 +94,7 @@ impl Tree {
             model,
             ignore: IgnoreRules::load(root),
             excludes: Vec::new(),
+            memo: ChunkMemo::new(),
         }
     }
 
@@ -478,15 +482,19 @@ impl Tree {
                 }
                 let mut streamed = false;
                 let new_file = old.is_none();
-                let mut chunks = |chunk_ref, chunk| {
+                let mut sink = |chunk_ref, chunk| {
                     streamed = true;
                     out(Outcome::Chunk(chunk_ref, chunk, new_file));
                 };
+                let chunks = Chunking {
+                    memo: &mut self.memo,
+                    sink: &mut sink,
+                };
                 let hashed = match opened {
-                    Some(file) => hash_opened(file, meta, Some(&mut chunks)),
+                    Some(file) => hash_opened(file, meta, Some(chunks)),
                     None => open_file(&full)
                         .map_err(HashError::from)
-                        .and_then(|(file, before)| hash_opened(file, &before, Some(&mut chunks))),
+                        .and_then(|(file, before)| hash_opened(file, &before, Some(chunks))),
                 };
                 let look = self.look_at_file(path, &full, hashed);
                 if streamed {
