@@ -92,11 +92,16 @@ impl LocalChunks {
         self.chunks.get(sha256).map(|&(offset, _)| offset)
     }
 
-    /// Reads `len` bytes at `offset` of the copy.
-    pub fn read(&self, offset: u64, len: u32) -> io::Result<Vec<u8>> {
-        let mut buf = vec![0u8; len as usize];
-        self.file.read_exact_at(&mut buf, offset)?;
-        Ok(buf)
+    /// Reads `len` bytes at `offset` of the copy onto the end of `out` (read where they
+    /// are going: a rebuild gathers a batch of chunks to write).
+    pub fn read_into(&self, offset: u64, len: u32, out: &mut Vec<u8>) -> io::Result<()> {
+        let start = out.len();
+        out.resize(start + len as usize, 0);
+        let read = self.file.read_exact_at(&mut out[start..], offset);
+        if read.is_err() {
+            out.truncate(start);
+        }
+        read
     }
 }
 
@@ -162,10 +167,11 @@ mod tests {
         for (chunk, source) in plan(manifest, local) {
             match source {
                 Source::Local(offset) => {
-                    let bytes = local.expect("local").read(offset, chunk.len).expect("read");
-                    assert_eq!(ContentHash::of(&bytes), chunk.sha256);
+                    let start = out.len();
+                    let local = local.expect("local");
+                    local.read_into(offset, chunk.len, &mut out).expect("read");
+                    assert_eq!(ContentHash::of(&out[start..]), chunk.sha256);
                     reused += u64::from(chunk.len);
-                    out.extend_from_slice(&bytes);
                 }
                 Source::Bus => out.extend_from_slice(by_address[&chunk.sha256]),
             }

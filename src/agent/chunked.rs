@@ -16,7 +16,8 @@ use filesync_slave::{Applied, Applier, ApplyError, StagedFile};
 
 use super::follow::Follower;
 use super::progress::Progress;
-use super::slave::{write_piece, ApplyFailure};
+use super::slave::ApplyFailure;
+use super::write_behind::WriteBehind;
 use crate::bus::api::{call, Link, Piece, Reply};
 use crate::bus::protocol::PIECE_SIZE;
 use crate::bus::ClientError;
@@ -177,7 +178,8 @@ async fn build(
         }
         .for_file(path)
     };
-    let mut staged = Box::new(applier.stage_file(path, entry).map_err(failed)?);
+    let staged = Box::new(applier.stage_file(path, entry).map_err(failed)?);
+    let mut staged = WriteBehind::new(staged, path, entry.size);
     let steps = plan(manifest, local);
     let mut fetches = Fetches {
         steps: &steps,
@@ -193,16 +195,19 @@ async fn build(
             .ask_ahead(client, idx)
             .await
             .map_err(|(sha256, err)| fetch_failed(sha256, err))?;
-        let data = match (source, local) {
+        let took = match (source, local) {
             (Source::Local(offset), Some(local)) => {
+                local
+                    .read_into(*offset, chunk.len, &mut batch)
+                    .map_err(|source| {
+                        failed(ApplyError::Io {
+                            action: "read the current copy of",
+                            path: path.clone(),
+                            source,
+                        })
+                    })?;
                 transfer.reused += u64::from(chunk.len);
-                local.read(*offset, chunk.len).map_err(|source| {
-                    failed(ApplyError::Io {
-                        action: "read the current copy of",
-                        path: path.clone(),
-                        source,
-                    })
-                })?
+                chunk.len as usize
             }
             _ => {
                 let reply = fetches.asked.pop_front().ok_or_else(|| {
@@ -213,37 +218,31 @@ async fn build(
                 })?;
                 let (data, _) = reply.await.map_err(|err| fetch_failed(chunk.sha256, err))?;
                 transfer.fetched += data.len() as u64;
-                data
+                batch.extend_from_slice(&data);
+                data.len()
             }
         };
-        if data.len() != chunk.len as usize {
+        if took != chunk.len as usize {
             return Err(ApplyFailure::Change(format!(
-                "chunk {} of {path} is {} bytes, not {}",
-                chunk.sha256,
-                data.len(),
-                chunk.len
+                "chunk {} of {path} is {took} bytes, not {}",
+                chunk.sha256, chunk.len
             )));
         }
         if let Some(progress) = &mut progress {
-            progress.add_bytes(data.len() as u64);
+            progress.add_bytes(took as u64);
         }
-        batch.extend_from_slice(&data);
         if batch.len() >= WRITE_BATCH {
             let full = std::mem::replace(&mut batch, Vec::with_capacity(WRITE_BATCH));
-            staged = write_piece(staged, full, path, entry.size)
-                .await
-                .map_err(failed)?;
+            staged.write(full).await.map_err(failed)?;
         }
     }
     if !batch.is_empty() {
-        staged = write_piece(staged, batch, path, entry.size)
-            .await
-            .map_err(failed)?;
+        staged.write(batch).await.map_err(failed)?;
     }
     if let Some(progress) = progress {
         progress.finish();
     }
-    Ok((staged, transfer))
+    Ok((staged.finish().await.map_err(failed)?, transfer))
 }
 
 /// The chunks a build takes from the bus, asked for up to [`FETCHES_AHEAD`] ahead of the

@@ -8,6 +8,7 @@
 //! - [`chunked`]: a slave applies a file stored in chunks, reusing those it holds.
 //! - [`follow`]: an idle slave receives a new large file while it is being uploaded.
 //! - [`progress`]: bars for long work, on a terminal only.
+//! - `write_behind`: a staged file written one piece behind whoever fills it.
 
 pub mod chunked;
 pub mod follow;
@@ -17,6 +18,7 @@ pub mod retry;
 pub mod slave;
 pub mod upload;
 pub mod verify;
+mod write_behind;
 
 #[cfg(test)]
 mod tests;

@@ -16,7 +16,7 @@ use anyhow::Context;
 use filesync_master::hash::ContentHash;
 use filesync_master::{Change, Kind};
 use filesync_slave::known::KnownCopies;
-use filesync_slave::{Applied, Applier, FileStart, StagedFile};
+use filesync_slave::{Applied, Applier, FileStart};
 use futures_util::FutureExt;
 
 use super::chunked::{apply_chunked, Transfer};
@@ -24,6 +24,7 @@ use super::follow::Follower;
 use super::progress::Progress;
 use super::retry::{Failed, Retries};
 use super::verify::Verifier;
+use super::write_behind::WriteBehind;
 use super::{Connector, SessionEnd};
 use crate::bus::api::{call, Dial, Link, Piece, Reply};
 use crate::bus::client::PIECES_IN_FLIGHT;
@@ -965,7 +966,7 @@ async fn apply_whole(
         fetched: entry.size,
         reused: 0,
     };
-    let mut staged = match applier.start_file(path, entry).map_err(failed)? {
+    let staged = match applier.start_file(path, entry).map_err(failed)? {
         FileStart::Done(applied) => {
             let reused = Transfer {
                 fetched: 0,
@@ -975,6 +976,7 @@ async fn apply_whole(
         }
         FileStart::Stage(staged) => staged,
     };
+    let mut staged = WriteBehind::new(staged, path, entry.size);
     let Some(address) = entry.sha256 else {
         return Err(ApplyFailure::Change(format!(
             "{path}: a file put without content"
@@ -1003,39 +1005,13 @@ async fn apply_whole(
         };
         let (data, last) = piece.await.map_err(fetch_failed)?;
         let whole = data.len() == PIECE_SIZE || staged.written() + data.len() as u64 == entry.size;
-        staged = write_piece(staged, data, path, entry.size)
-            .await
-            .map_err(failed)?;
+        staged.write(data).await.map_err(failed)?;
         if last || !whole {
             break;
         }
     }
+    let staged = staged.finish().await.map_err(failed)?;
     Ok((staged.commit().map_err(failed)?, fetched))
-}
-
-/// Writes one piece. For a large file the write runs on a blocking thread, so that this
-/// (single-threaded) runtime goes on receiving the next pieces meanwhile, while the file's
-/// own hasher thread hashes the previous one: receiving, writing and hashing overlap.
-pub(super) async fn write_piece(
-    mut staged: Box<StagedFile>,
-    piece: Vec<u8>,
-    path: &filesync_master::RelPath,
-    file_size: u64,
-) -> Result<Box<StagedFile>, filesync_slave::ApplyError> {
-    if file_size <= PIECE_SIZE as u64 {
-        staged.write_owned(piece)?;
-        return Ok(staged);
-    }
-    tokio::task::spawn_blocking(move || staged.write_owned(piece).map(|()| staged))
-        .await
-        .unwrap_or_else(|join_error| {
-            // Only a panic in the write (a bug) or a runtime shutting down gets here.
-            Err(filesync_slave::ApplyError::Io {
-                action: "write",
-                path: path.clone(),
-                source: std::io::Error::other(join_error.to_string()),
-            })
-        })
 }
 
 /// At most this many applied events go unrecorded in the position file.
