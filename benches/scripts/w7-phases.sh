@@ -10,7 +10,8 @@
 #   B=target/release/filesync benches/scripts/w7-phases.sh
 #   PERFSLAVE=1 (or PERFMASTER=1) ... records `perf` of that process into $OUT/<side>.data
 #
-# Nothing is deleted (see docs/BENCHMARKS.md): every run leaves about 5 GiB under $OUT.
+# The run's large files are truncated at the end (its logs stay): a few large files can go
+# without the slow-create spell that deleting many leaves (docs/BENCHMARKS.md).
 set -euo pipefail
 B=${B:-target/release/filesync}
 OUT=${OUT:-${TMPDIR:-/tmp}/filesync-w7}
@@ -66,3 +67,4 @@ for side in master:$MP slave:$SP; do
 done
 kill $MP $SP
 wait 2>/dev/null || true
+find "$R" -type f -size +10M -exec truncate -s 0 {} +

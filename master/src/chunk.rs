@@ -86,9 +86,20 @@ impl Chunker {
 
     /// Adds `data`; hands each chunk completed by it to `out`.
     pub fn push(&mut self, data: &[u8], out: &mut dyn FnMut(&[u8])) {
+        self.push_to(data, &mut Unaided(out));
+    }
+
+    /// The end of the stream: hands over the chunks left.
+    pub fn finish(self, out: &mut dyn FnMut(&[u8])) {
+        self.finish_to(&mut Unaided(out));
+    }
+
+    /// Adds `data`; hands each chunk completed by it to `sink`, which may know where a
+    /// chunk ends before the bytes are scanned ([`CutSink::predict`]).
+    pub fn push_to(&mut self, data: &[u8], sink: &mut dyn CutSink) {
         self.pending.extend_from_slice(data);
         while self.pending.len() - self.start >= self.sizes.2 {
-            self.cut_one(out);
+            self.cut_one(sink);
         }
         // Keep the held bytes at the front now and then, not at every chunk.
         if self.start > self.pending.len() / 2 {
@@ -97,30 +108,77 @@ impl Chunker {
         }
     }
 
-    /// The end of the stream: hands over the chunks left.
-    pub fn finish(mut self, out: &mut dyn FnMut(&[u8])) {
+    /// The end of the stream: hands the chunks left to `sink`.
+    pub fn finish_to(mut self, sink: &mut dyn CutSink) {
         while self.pending.len() > self.start {
-            self.cut_one(out);
+            self.cut_one(sink);
         }
     }
 
-    fn cut_one(&mut self, out: &mut dyn FnMut(&[u8])) {
+    fn cut_one(&mut self, sink: &mut dyn CutSink) {
         let rest = &self.pending[self.start..];
         let (mask_s, mask_l) = self.masks;
         let (min, avg, max) = self.sizes;
-        let (_, len) = cut(
-            rest,
-            min,
-            avg,
-            max,
-            mask_s,
-            mask_l,
-            mask_s << 1,
-            mask_l << 1,
-        );
-        let len = len.clamp(1, rest.len());
-        out(&rest[..len]);
+        // With `max` bytes in view, where the chunk ends depends on its bytes and the one
+        // after it only (the scan stops at `max`, and looks one byte past a cut).
+        let fixed = rest.len() >= max;
+        let predicted = fixed
+            .then(|| sink.predict(rest))
+            .flatten()
+            .filter(|&len| len > 0 && len <= max);
+        let len = predicted.unwrap_or_else(|| {
+            let (_, len) = cut(
+                rest,
+                min,
+                avg,
+                max,
+                mask_s,
+                mask_l,
+                mask_s << 1,
+                mask_l << 1,
+            );
+            len.clamp(1, rest.len())
+        });
+        let end = match fixed {
+            true => End::Fixed(rest.get(len).copied().filter(|_| len < max)),
+            false => End::Open,
+        };
+        sink.cut(&rest[..len], end);
         self.start += len;
+    }
+}
+
+/// Where a chunk ended, as the chunker tells its [`CutSink`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// Where its bytes and the byte after them (given, unless the chunk is [`CHUNK_MAX`]
+    /// long and so ends whatever follows) say: the same bytes cut anywhere, in any file,
+    /// with that byte after them, end there too.
+    Fixed(Option<u8>),
+    /// Where the stream ended, or near it: more bytes could have moved the cut.
+    Open,
+}
+
+/// Where a [`Chunker`] hands its chunks, and whom it asks first where the next one ends.
+pub trait CutSink {
+    /// The length of the chunk at the start of `rest` (which holds at least [`CHUNK_MAX`]
+    /// bytes), when known without scanning: it must be where the scan would cut, or the
+    /// chunks stop meeting the store's. `None` scans.
+    fn predict(&mut self, rest: &[u8]) -> Option<usize> {
+        let _ = rest;
+        None
+    }
+
+    /// The next chunk, and what decided where it ends.
+    fn cut(&mut self, chunk: &[u8], end: End);
+}
+
+/// A closure that takes chunks and knows nothing ahead.
+struct Unaided<'a>(&'a mut dyn FnMut(&[u8]));
+
+impl CutSink for Unaided<'_> {
+    fn cut(&mut self, chunk: &[u8], _: End) {
+        (self.0)(chunk)
     }
 }
 

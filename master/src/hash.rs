@@ -137,7 +137,7 @@ pub struct Chunking<'a> {
 pub fn hash_opened(
     mut file: File,
     before: &std::fs::Metadata,
-    mut chunks: Option<Chunking<'_>>,
+    chunks: Option<Chunking<'_>>,
 ) -> Result<Hashed, HashError> {
     if !before.is_file() {
         return Err(HashError::Io(io::Error::other("not a regular file")));
@@ -150,20 +150,25 @@ pub fn hash_opened(
     let mut buffer = vec![0u8; piece_size];
     let mut size: u64 = 0;
     let mut keep = before.len() <= CHUNK_SIZE as u64;
-    let mut chunking = match chunks.as_mut() {
-        Some(_) if is_chunked(before.len()) => Some((Chunker::new(), Manifest::new())),
-        _ => None,
+    // A large file's chunks: each with its address (remembered or hashed) into the
+    // manifest and on to the caller's sink.
+    let (memo, mut sink) = match chunks {
+        Some(Chunking { memo, sink }) if is_chunked(before.len()) => (Some(memo), Some(sink)),
+        _ => (None, None),
     };
-    let mut cut = |chunk: &[u8], manifest: &mut Manifest| {
-        if let Some(Chunking { memo, sink }) = chunks.as_mut() {
-            let chunk_ref = ChunkRef {
-                sha256: memo.sha256_of(chunk),
-                len: chunk.len() as u32,
-            };
-            manifest.push(chunk_ref);
+    let chunked = memo.is_some();
+    let mut manifest = Manifest::new();
+    let mut then = |chunk: &[u8], sha256: ContentHash| {
+        let chunk_ref = ChunkRef {
+            sha256,
+            len: chunk.len() as u32,
+        };
+        manifest.push(chunk_ref);
+        if let Some(sink) = sink.as_mut() {
             sink(chunk_ref, chunk.to_vec());
         }
     };
+    let mut chunking = memo.map(|memo| (Chunker::new(), memo.file(&mut then)));
     loop {
         // Stop at the size the file had when opened, without a read to see the end: if it
         // grew meanwhile, the size check below says so (one system call less per file).
@@ -178,8 +183,8 @@ pub fn hash_opened(
         };
         hasher.update(&buffer[..n]);
         size += n as u64;
-        if let Some((chunker, manifest)) = chunking.as_mut() {
-            chunker.push(&buffer[..n], &mut |chunk| cut(chunk, manifest));
+        if let Some((chunker, cuts)) = chunking.as_mut() {
+            chunker.push_to(&buffer[..n], cuts);
         } else if keep {
             if size <= CHUNK_SIZE as u64 {
                 content.extend_from_slice(&buffer[..n]);
@@ -189,10 +194,10 @@ pub fn hash_opened(
             }
         }
     }
-    let manifest = chunking.map(|(chunker, mut manifest)| {
-        chunker.finish(&mut |chunk| cut(chunk, &mut manifest));
-        manifest
-    });
+    if let Some((chunker, mut cuts)) = chunking {
+        chunker.finish_to(&mut cuts);
+    }
+    let manifest = chunked.then_some(manifest);
     let after = file.metadata()?;
     if size != before.len() || after.len() != before.len() || mtime_ns(&after) != mtime_ns(before) {
         return Err(HashError::Unstable);
