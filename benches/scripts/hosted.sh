@@ -1,7 +1,10 @@
-# Sourced by w2-phases.sh and w3-phases.sh: a master hosting its bus and a slave beside it,
-# from the binary in $B, in a new run directory under $OUT (set by the caller). Sets R (the
+# Sourced by w2-phases.sh, w3-phases.sh and w7-phases.sh: a master hosting its bus and a
+# slave beside it, from the binary in $B, in a new run directory under $OUT (set by the
+# caller). Sets R (the
 # run's directory: m/ the master's, s/ the slave's, stage/ for the workload), MP and SP
-# (the processes), and returns once the slave's `ready` is in the bus's log.
+# (the processes), and returns once the slave's `ready` is in the bus's log. Defines
+# perf_start / perf_stop: `perf` of the master (PERFMASTER=1) or the slave (PERFSLAVE=1)
+# into $OUT/<side>.data, around the workload.
 mkdir -p "$OUT"
 R=$(mktemp -d "$OUT/run.XXXX")
 mkdir -p "$R/m" "$R/s" "$R/stage"
@@ -15,3 +18,13 @@ for _ in $(seq 100); do
   grep -q '"agent":"slave","tag":"ready"' "$R/mstate/events.jsonl" 2>/dev/null && break
   sleep 0.1
 done
+
+PP=""
+perf_start() {  # [samples per second, 497 unless given]
+  local hz=${1:-497}
+  if [ -n "${PERFMASTER:-}" ]; then perf record -p $MP --call-graph dwarf,16384 -F $hz -o "$OUT/master.data" 2>/dev/null & PP=$!; fi
+  if [ -n "${PERFSLAVE:-}" ]; then perf record -p $SP --call-graph dwarf,16384 -F $hz -o "$OUT/slave.data" 2>/dev/null & PP=$!; fi
+}
+perf_stop() {
+  if [ -n "$PP" ]; then kill -INT $PP; sleep 2; fi
+}

@@ -14,9 +14,7 @@ set -euo pipefail
 B=${B:-target/release/filesync}
 OUT=${OUT:-${TMPDIR:-/tmp}/filesync-w2}
 . "$(dirname "$0")/hosted.sh"
-PP=""
-if [ -n "${PERFMASTER:-}" ]; then perf record -p $MP --call-graph dwarf,16384 -F 997 -o "$OUT/master.data" 2>/dev/null & PP=$!; fi
-if [ -n "${PERFSLAVE:-}" ]; then perf record -p $SP --call-graph dwarf,16384 -F 997 -o "$OUT/slave.data" 2>/dev/null & PP=$!; fi
+perf_start 997
 SCRIPTS=$(dirname "$0") python3 - "$R" <<'PY'
 import os, subprocess, sys, time
 R = sys.argv[1]
@@ -37,7 +35,7 @@ while consumed() < 10000:
 print("total %.3f s" % (time.time() - t0))
 phases.report(R + "/mstate/events.jsonl", t0)
 PY
-if [ -n "$PP" ]; then kill -INT $PP; sleep 2; fi
+perf_stop
 echo "cpu s: slave $(awk '{print ($14+$15)/100}' /proc/$SP/stat) master $(awk '{print ($14+$15)/100}' /proc/$MP/stat)"
 kill $MP $SP
 wait 2>/dev/null || true

@@ -18,9 +18,7 @@ head -c $((1 << 30)) /dev/urandom > "$R/stage/big.bin"
 sync
 T=$(date +%s.%N); rsync -a "$R/stage/big.bin" "$R/rsync.bin"; echo "rsync -a $(echo "$(date +%s.%N) - $T" | bc) s"
 sync
-PP=""
-if [ -n "${PERFMASTER:-}" ]; then perf record -p $MP --call-graph dwarf,16384 -F 497 -o "$OUT/master.data" 2>/dev/null & PP=$!; fi
-if [ -n "${PERFSLAVE:-}" ]; then perf record -p $SP --call-graph dwarf,16384 -F 497 -o "$OUT/slave.data" 2>/dev/null & PP=$!; fi
+perf_start
 python3 - "$R" <<'PY'
 import json, os, sys, time
 from datetime import datetime
@@ -39,7 +37,7 @@ for l in open(R + "/mstate/events.jsonl"):
         ts = datetime.fromisoformat(e["time"].replace("Z", "+00:00")).timestamp() - t0
         print(e["tag"], "+%.3f" % ts)
 PY
-if [ -n "$PP" ]; then kill -INT $PP; sleep 2; fi
+perf_stop
 for side in master:$MP slave:$SP; do
   pid=${side#*:}
   echo "cpu s ${side%:*}: $(awk '{print ($14+$15)/100}' /proc/$pid/stat) =" \

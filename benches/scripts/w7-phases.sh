@@ -34,9 +34,7 @@ cp "$R/m/big.bin" /dev/null
 cpu() { for t in /proc/$1/task/*; do awk '{printf "%s %d\n", $2, $14+$15}' $t/stat; done
         awk '{printf "all %d\n", $14+$15}' /proc/$1/stat; }
 cpu $MP > "$R/master.cpu0"; cpu $SP > "$R/slave.cpu0"
-PP=""
-if [ -n "${PERFMASTER:-}" ]; then perf record -p $MP --call-graph dwarf,16384 -F 497 -o "$OUT/master.data" 2>/dev/null & PP=$!; fi
-if [ -n "${PERFSLAVE:-}" ]; then perf record -p $SP --call-graph dwarf,16384 -F 497 -o "$OUT/slave.data" 2>/dev/null & PP=$!; fi
+perf_start
 python3 - "$R" <<'PY'
 import json, os, sys, time
 from datetime import datetime
@@ -56,7 +54,7 @@ for l in open(R + "/mstate/events.jsonl"):
         if ts > 0:
             print(e["tag"], "+%.3f" % ts, "fetched" in e and "fetched %s" % e["fetched"] or "")
 PY
-if [ -n "$PP" ]; then kill -INT $PP; sleep 2; fi
+perf_stop
 for side in master:$MP slave:$SP; do
   pid=${side#*:}
   cpu $pid | awk -v before="$R/${side%:*}.cpu0" -v name="${side%:*}" '

@@ -281,7 +281,7 @@ impl fmt::Display for Manifest {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Deterministic bytes that look random to the chunker.

@@ -202,19 +202,8 @@ impl CutSink for FileCuts<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::chunk::tests::noise;
     use crate::chunk::{chunks_of, Chunker, CHUNK_MAX};
-
-    fn noise(len: usize, seed: u64) -> Vec<u8> {
-        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..len)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                state as u8
-            })
-            .collect()
-    }
 
     /// `data` cut with the memo's help, fed in pieces of `piece` bytes: each chunk's
     /// length and SHA-256, and how many ends were predicted.
