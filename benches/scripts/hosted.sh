@@ -1,8 +1,8 @@
 # Sourced by w2-phases.sh, w3-phases.sh and w7-phases.sh: a master hosting its bus and a
 # slave beside it, from the binary in $B, in a new run directory under $OUT (set by the
-# caller). Sets R (the
-# run's directory: m/ the master's, s/ the slave's, stage/ for the workload), MP and SP
-# (the processes), and returns once the slave's `ready` is in the bus's log. Defines
+# caller). Sets R (the run's directory: m/ the master's, s/ the slave's, stage/ for the
+# workload), MP and SP (the processes), and returns once the slave's `ready` is in the
+# bus's log. Defines
 # perf_start / perf_stop: `perf` of the master (PERFMASTER=1) or the slave (PERFSLAVE=1)
 # into $OUT/<side>.data, around the workload.
 mkdir -p "$OUT"
