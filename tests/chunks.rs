@@ -253,11 +253,49 @@ async fn a_copy_edited_without_a_trace_still_ends_with_the_masters_bytes() {
 /// (its debug log says so), not by reading the copy, and the mirror checks out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_slave_still_knows_the_copies_it_wrote() {
-    let mut c = cluster("chunks-known-restart", 1).await;
+    a_slave_knows_its_copies_after(Stop::Clean).await;
+}
+
+/// The same for a slave killed (SIGKILL) once its position is saved: what it knows of its
+/// copies is saved with its position.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_slave_still_knows_the_copies_it_wrote() {
+    a_slave_knows_its_copies_after(Stop::Killed).await;
+}
+
+enum Stop {
+    Clean,
+    Killed,
+}
+
+async fn a_slave_knows_its_copies_after(stop: Stop) {
+    let name = match stop {
+        Stop::Clean => "chunks-known-restart",
+        Stop::Killed => "chunks-known-killed",
+    };
+    let mut c = cluster(name, 1).await;
     let mut data = noise(16 << 20, 12);
     save(&c.master_dir(), "big.bin", &data);
     mirrored(&mut c, "big.bin", &data).await;
-    must(c.stop_slave(0));
+    match stop {
+        Stop::Clean => must(c.stop_slave(0)),
+        Stop::Killed => {
+            // Saved with the position once the consume is acknowledged: moments after the
+            // consume is in the log. The record's last field is the path, in hex.
+            let known = c.slaves[0].state.join("known");
+            let saved = || fs::read_to_string(&known).is_ok_and(|t| t.contains("6269672e62696e"));
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while !saved() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{} never saved",
+                    known.display()
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            must(c.crash_slave(0));
+        }
+    }
     must(c.start_slave(0).await);
     data[(5 << 20)..(5 << 20) + 100].copy_from_slice(&noise(100, 13));
     save(&c.master_dir(), "big.bin", &data);

@@ -12,16 +12,18 @@
 //! Trust is bounded twice: an edit that keeps size, mtime and inode (the blind spot of
 //! git's index and of the slave's verification alike) is still caught, because the new
 //! version is verified whole before it is put in place, and the caller then builds it
-//! again from a freshly indexed copy. The records are saved when the slave stops cleanly
-//! (`SDIR/known`) and read when it starts; a slave killed loses them, and its first change
-//! to each large file indexes the copy, as before. Memory: one record per large file.
+//! again from a freshly indexed copy. The records are saved in `SDIR/known` when they
+//! changed, each time the slave records its position and when it stops, and read when it
+//! starts; a slave killed keeps what was saved with its last position (a record is checked
+//! against the file before it is trusted, so one older than the file is merely unused).
+//! Memory: one record per large file.
 
 use std::collections::BTreeMap;
 use std::fs::Metadata;
 use std::io::{self, BufRead, BufReader, Write};
 use std::ops::Bound::Excluded;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use filesync_master::hash::ContentHash;
@@ -44,14 +46,28 @@ struct Record {
     ino: u64,
 }
 
-/// The records, shared by every clone of the slave's `Applier`.
+/// The records, shared by every clone of the slave's `Applier`, and the file they are
+/// kept in (none: kept in memory only).
 #[derive(Debug, Clone, Default)]
-pub struct KnownCopies(Arc<Mutex<BTreeMap<RelPath, Record>>>);
+pub struct KnownCopies(Arc<Shared>);
+
+#[derive(Debug, Default)]
+struct Shared {
+    file: Option<PathBuf>,
+    records: Mutex<Records>,
+}
+
+#[derive(Debug, Default)]
+struct Records {
+    by_path: BTreeMap<RelPath, Record>,
+    /// Changed since last saved.
+    unsaved: bool,
+}
 
 impl KnownCopies {
-    fn records(&self) -> MutexGuard<'_, BTreeMap<RelPath, Record>> {
-        // Every change is one insert or removal: consistent even after a panic.
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    fn records(&self) -> MutexGuard<'_, Records> {
+        // Every change is one insert or removal and a flag: consistent even after a panic.
+        self.0.records.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// `path` now holds `known`, as `meta` (its metadata once in place) describes it.
@@ -61,13 +77,15 @@ impl KnownCopies {
             mtime_ns: stamp(meta),
             ino: meta.ino(),
         };
-        self.records().insert(path.clone(), record);
+        let mut records = self.records();
+        records.by_path.insert(path.clone(), record);
+        records.unsaved = true;
     }
 
     /// What `path` holds, if the file `meta` describes is still the one written.
     pub fn recall(&self, path: &RelPath, meta: &Metadata) -> Option<Known> {
         let records = self.records();
-        let record = records.get(path)?;
+        let record = records.by_path.get(path)?;
         let same = meta.is_file()
             && meta.len() == record.known.size
             && meta.ino() == record.ino
@@ -78,64 +96,85 @@ impl KnownCopies {
     /// `path` and everything beneath it are no longer as written.
     pub fn forget(&self, path: &RelPath) {
         let mut records = self.records();
-        for gone in subtree(&records, path) {
-            records.remove(&gone);
+        for gone in subtree(&records.by_path, path) {
+            records.by_path.remove(&gone);
+            records.unsaved = true;
         }
     }
 
     /// `from` (and everything beneath it) was renamed to `to`, replacing what was there.
     pub fn moved(&self, from: &RelPath, to: &RelPath) {
         let mut records = self.records();
-        for gone in subtree(&records, to) {
-            records.remove(&gone);
+        for gone in subtree(&records.by_path, to) {
+            records.by_path.remove(&gone);
+            records.unsaved = true;
         }
-        for old in subtree(&records, from) {
-            if let (Some(record), Some(new)) = (records.remove(&old), old.rebase(from, to)) {
-                records.insert(new, record);
+        for old in subtree(&records.by_path, from) {
+            records.unsaved = true;
+            let record = records.by_path.remove(&old);
+            if let (Some(record), Some(new)) = (record, old.rebase(from, to)) {
+                records.by_path.insert(new, record);
             }
         }
     }
 
     /// The records saved in `file` (none when it is missing or unreadable; a damaged line
-    /// is skipped: a record only ever saves reading a copy).
+    /// is skipped: a record only ever saves reading a copy), kept in `file` from now on.
     pub fn load(file: &Path) -> KnownCopies {
-        let copies = KnownCopies::default();
-        let Ok(opened) = std::fs::File::open(file) else {
-            return copies;
-        };
-        let mut records = copies.records();
-        for line in BufReader::new(opened).lines() {
-            let Ok(line) = line else { break };
-            if let Some((path, record)) = parse(&line) {
-                records.insert(path, record);
+        let mut by_path = BTreeMap::new();
+        if let Ok(opened) = std::fs::File::open(file) {
+            for line in BufReader::new(opened).lines() {
+                let Ok(line) = line else { break };
+                if let Some((path, record)) = parse(&line) {
+                    by_path.insert(path, record);
+                }
             }
         }
-        drop(records);
-        copies
+        KnownCopies(Arc::new(Shared {
+            file: Some(file.to_path_buf()),
+            records: Mutex::new(Records {
+                by_path,
+                unsaved: false,
+            }),
+        }))
     }
 
-    /// Writes the records to `file` (through a temporary file beside it), one line each:
-    /// `manifest sha256 size mtime_ns ino hex(path)`.
-    pub fn save(&self, file: &Path) -> io::Result<()> {
-        let temp = file.with_extension("tmp");
-        let mut out = io::BufWriter::new(std::fs::File::create(&temp)?);
-        for (path, record) in self.records().iter() {
-            let Record {
-                known,
-                mtime_ns,
-                ino,
-            } = record;
-            writeln!(
-                out,
-                "{} {} {} {mtime_ns} {ino} {}",
-                known.manifest.to_hex(),
-                known.sha256.to_hex(),
-                known.size,
-                hex::encode(path.as_bytes())
-            )?;
+    /// Writes the records to their file if they changed since last written (through a
+    /// temporary file beside it), one line each: `manifest sha256 size mtime_ns ino
+    /// hex(path)`.
+    pub fn save_changes(&self) -> io::Result<()> {
+        let Some(file) = &self.0.file else {
+            return Ok(());
+        };
+        let mut text = Vec::new();
+        {
+            let mut records = self.records();
+            if !records.unsaved {
+                return Ok(());
+            }
+            for (path, record) in records.by_path.iter() {
+                let Record {
+                    known,
+                    mtime_ns,
+                    ino,
+                } = record;
+                writeln!(
+                    text,
+                    "{} {} {} {mtime_ns} {ino} {}",
+                    known.manifest.to_hex(),
+                    known.sha256.to_hex(),
+                    known.size,
+                    hex::encode(path.as_bytes())
+                )?;
+            }
+            records.unsaved = false;
         }
-        out.into_inner().map_err(|err| err.into_error())?;
-        std::fs::rename(temp, file)
+        let temp = file.with_extension("tmp");
+        let written = std::fs::write(&temp, text).and_then(|()| std::fs::rename(temp, file));
+        if written.is_err() {
+            self.records().unsaved = true;
+        }
+        written
     }
 }
 
@@ -248,9 +287,16 @@ mod tests {
         assert_eq!(copies.recall(&p("e.txt"), &meta), Some(known));
         assert_eq!(copies.recall(&p("e-2/big"), &meta), Some(known));
 
-        // Saved and read again (a damaged line skipped), as a restarted slave does.
+        // Saved and read again (a damaged line skipped), as a restarted slave does; saved
+        // only when something changed.
         let saved = dir.path().join("known");
-        copies.save(&saved).expect("save");
+        let kept = KnownCopies::load(&saved);
+        kept.save_changes().expect("nothing to save");
+        assert!(!saved.exists(), "nothing changed, nothing written");
+        for path in ["e.txt", "e-2/big"] {
+            kept.remember(&p(path), known, &meta);
+        }
+        kept.save_changes().expect("save");
         let mut text = std::fs::read_to_string(&saved).expect("read");
         text.push_str("not a record\n");
         std::fs::write(&saved, text).expect("damage");

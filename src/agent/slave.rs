@@ -134,7 +134,7 @@ pub async fn run(options: SlaveOptions, shutdown: impl Future<Output = ()>) -> a
         verify_now: true,
     };
     // What the slave knows of the large files it wrote lasts across sessions, and across
-    // clean restarts in `SDIR/known`.
+    // restarts in `SDIR/known` (saved with the position, and at a clean stop).
     let known_file = state_path.join("known");
     let applier = Applier::new(&dir).knowing(KnownCopies::load(&known_file));
     while let Some((client, welcome)) = next {
@@ -149,9 +149,7 @@ pub async fn run(options: SlaveOptions, shutdown: impl Future<Output = ()>) -> a
         );
         match ended.await? {
             SessionEnd::Stopped => {
-                if let Err(err) = applier.known().save(&known_file) {
-                    tracing::warn!("cannot save {}: {err}", known_file.display());
-                }
+                save_known(&applier);
                 return Ok(());
             }
             SessionEnd::BusLost(err) => tracing::warn!("{err}; reconnecting"),
@@ -758,6 +756,7 @@ impl<'a> Session<'a> {
                 .filter(|&at| at > 0),
         };
         save(self.position_file, &mut upto)?;
+        save_known(&self.applier);
         self.since_saved = 0;
         Ok(())
     }
@@ -766,6 +765,7 @@ impl<'a> Session<'a> {
     async fn settle_and_save(&mut self) -> Result<(), Interrupt> {
         settle_all(&mut self.in_flight, &mut self.retries).await?;
         save(self.position_file, &mut self.unsaved)?;
+        save_known(&self.applier);
         self.since_saved = 0;
         Ok(())
     }
@@ -1016,6 +1016,14 @@ async fn apply_whole(
 
 /// At most this many applied events go unrecorded in the position file.
 const POSITION_EVERY: u32 = 256;
+
+/// Saves what the slave knows of its large copies, if it changed; a failure costs only a
+/// read of a copy later, so it is reported and the slave goes on.
+fn save_known(applier: &Applier) {
+    if let Err(err) = applier.known().save_changes() {
+        tracing::warn!("cannot save what the slave knows of its copies: {err}");
+    }
+}
 
 fn save(file: &Path, unsaved: &mut Option<u64>) -> anyhow::Result<()> {
     match unsaved.take() {
