@@ -118,6 +118,16 @@ async fn history_lists_every_version_and_restore_returns_its_exact_bytes(backend
             );
         }
     }
+    if backend == Backend::Embedded {
+        // A version in chunks, asked of the bus (its chunks asked for ahead).
+        let to = out.path().join("big.bin.asked");
+        let at = seqs[1].1.to_string();
+        let to_arg = to.to_str().expect("utf-8");
+        let restore = ["restore", "big.bin", "--at", &at, "--to", to_arg];
+        let (code, said, err) = filesync(&[&restore[..], &asked[..]].concat());
+        assert_eq!(code, 0, "{said}{err}");
+        assert!(fs::read(&to).expect("restored") == big[1], "big.bin from the bus");
+    }
     // Never over an existing file; never a version that was not there.
     let taken = out.path().join("doc.txt.0");
     let at = seqs[0].0.to_string();
