@@ -9,6 +9,9 @@
 #
 #   B=target/release/filesync benches/scripts/w7-phases.sh
 #   PERFSLAVE=1 (or PERFMASTER=1) ... records `perf` of that process into $OUT/<side>.data
+#   WARM=3 ... writes and deletes 3 GiB just before the timed part, so that `rsync` and
+#     filesync write into memory the guest touched lately (docs/BENCHMARKS.md: memory it
+#     has not touched for a while costs a trip to the host, up to 10x)
 #
 # The run's large files are truncated at the end (its logs stay): a few large files can go
 # without the slow-create spell that deleting many leaves (docs/BENCHMARKS.md).
@@ -27,6 +30,10 @@ cp "$R/m/big.bin" "$R/stage/edited.bin"
 head -c $((1 << 20)) /dev/urandom |
   dd of="$R/stage/edited.bin" bs=1M seek=$((512 << 20))B conv=notrunc status=none
 sync
+if [ -n "${WARM:-}" ]; then
+  dd if=/dev/zero of="$R/warm" bs=1M count=$((WARM << 10)) status=none
+  rm "$R/warm"
+fi
 T=$(date +%s.%N); rsync -a --no-whole-file "$R/stage/edited.bin" "$R/rsync.bin"
 echo "rsync --no-whole-file $(echo "$(date +%s.%N) - $T" | bc) s"
 cp "$R/m/big.bin" /dev/null
