@@ -139,10 +139,13 @@ fn peak_rss_mib(pid: u32) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-/// Writes and deletes `gib` GiB in `dir`, so that the tools timed next write into memory
-/// the guest touched lately: memory it has not touched for a while costs a trip to the
-/// host, and moved W7's `rsync` between 1.4 and 4.5 s (docs/BENCHMARKS.md).
-fn warm_memory(dir: &Path, gib: usize) {
+/// The same ground for the tool timed next: memory the guest touched lately, and no
+/// dirty pages left by the tools before it. It writes and deletes `gib` GiB in `dir`
+/// (memory the guest has not touched for a while costs a trip to the host, and moved W7's
+/// `rsync` between 1.4 and 4.5 s), then flushes every file system: the outputs each tool
+/// leaves behind (W3's add up to 4 GiB) otherwise push the next writer past the kernel's
+/// dirty limit, where its writes wait for the disk (docs/BENCHMARKS.md).
+fn level_ground(dir: &Path, gib: usize) {
     let path = dir.join("warm");
     let mut file = fs::File::create(&path).expect("create");
     let block = vec![0u8; 1 << 20];
@@ -151,6 +154,8 @@ fn warm_memory(dir: &Path, gib: usize) {
     }
     drop(file);
     fs::remove_file(&path).expect("remove");
+    let synced = std::process::Command::new("sync").status();
+    assert!(synced.is_ok_and(|s| s.success()), "sync failed");
 }
 
 /// Writes `len` random-looking bytes (a xorshift stream from `seed`) to `path`.
@@ -531,7 +536,10 @@ async fn w3(rows: &mut Vec<Row>) {
     // Random bytes, as in a video or an archive: nothing in it repeats, so chunks store and
     // move all of it (mostly-zero content would flatter filesync, whose chunks dedupe it).
     write_noise(&source, 1 << 30, 3);
+    // Each tool on the same ground (see `level_ground`).
+    level_ground(&stage, 2);
     let cp = timed("cp", &[os(&source), os(&stage.join("cp.bin"))]);
+    level_ground(&stage, 2);
     let rsync = timed(
         "rsync",
         &[
@@ -540,6 +548,7 @@ async fn w3(rows: &mut Vec<Row>) {
             os(&stage.join("rsync.bin")),
         ],
     );
+    level_ground(&stage, 2);
     let floor = floor(
         &source,
         &stage.join("floor-store"),
@@ -551,6 +560,7 @@ async fn w3(rows: &mut Vec<Row>) {
     let master = c.master_pid().unwrap_or(0);
     let wrote_before = wchar(pid);
     let all_before = wrote_before + wchar(master);
+    level_ground(&stage, 2);
     let started = Instant::now();
     fs::rename(&source, c.master_dir().join("big.bin")).expect("move in");
     let took = arrivals.wait_for(&slave_dir.join("big.bin"), Duration::from_secs(900)) - started;
@@ -846,7 +856,7 @@ async fn w7_w8(rows: &mut Vec<Row>, insert: bool) {
         std::os::unix::fs::FileExt::write_all_at(&file, &patch, middle as u64).expect("write");
         file.sync_all().expect("sync");
     }
-    warm_memory(c.dir(), 3);
+    level_ground(c.dir(), 2);
     let rsync = timed(
         "rsync",
         &[
