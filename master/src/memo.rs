@@ -7,7 +7,8 @@
 //! same bytes last time, and taken only where the scan would have cut ([`FileCuts`]).
 //!
 //! A chunk is remembered under a 128-bit XXH3 fingerprint of its bytes and its length.
-//! XXH3 runs at memory speed, 20-30 times faster than SHA-256 here. The fingerprint is
+//! XXH3 costs a small part of SHA-256's time (on an edited 1 GiB file the master's worker
+//! spent 0.31-0.40 CPU-s with it, reading included, against 0.73-0.79). The fingerprint is
 //! seeded with a random number drawn when the master starts, so whoever writes files into
 //! the master's directory cannot aim a collision at it; and a collision, however reached,
 //! could not tear a mirror: the slave builds each new version from the manifest and
