@@ -2,9 +2,11 @@
 # slave beside it, from the binary in $B, in a new run directory under $OUT (set by the
 # caller). Sets R (the run's directory: m/ the master's, s/ the slave's, stage/ for the
 # workload), MP and SP (the processes), and returns once the slave's `ready` is in the
-# bus's log. Defines
-# perf_start / perf_stop: `perf` of the master (PERFMASTER=1) or the slave (PERFSLAVE=1)
-# into $OUT/<side>.data, around the workload.
+# bus's log. Defines perf_start / perf_stop: `perf` of the master (PERFMASTER=1) or the
+# slave (PERFSLAVE=1) into $OUT/<side>.data, around the workload; and level_ground, the
+# bench's `level_ground`: with WARM=GiB set, that much written and deleted (memory the
+# guest touched lately), then `sync` (no dirty backlog), before each timed tool; and
+# end_run: stops both agents and truncates the run's large files (its logs stay).
 mkdir -p "$OUT"
 R=$(mktemp -d "$OUT/run.XXXX")
 mkdir -p "$R/m" "$R/s" "$R/stage"
@@ -27,4 +29,16 @@ perf_start() {  # [samples per second, 497 unless given]
 }
 perf_stop() {
   if [ -n "$PP" ]; then kill -INT $PP; sleep 2; fi
+}
+level_ground() {
+  if [ -n "${WARM:-}" ]; then
+    dd if=/dev/zero of="$R/warm" bs=1M count=$((WARM << 10)) status=none
+    rm "$R/warm"
+  fi
+  sync
+}
+end_run() {
+  kill $MP $SP
+  wait 2>/dev/null || true
+  find "$R" -type f -size +10M -exec truncate -s 0 {} +
 }

@@ -8,16 +8,17 @@
 #
 #   B=target/release/filesync benches/scripts/w3-phases.sh
 #   PERFSLAVE=1 (or PERFMASTER=1) ... records `perf` of that process into $OUT/<side>.data
+#   WARM=2 ... writes and deletes 2 GiB before each timed tool (hosted.sh's level_ground)
 #
-# Nothing is deleted (see docs/BENCHMARKS.md): every run leaves about 4 GiB under $OUT.
+# The run's large files are truncated at the end (its logs stay).
 set -euo pipefail
 B=${B:-target/release/filesync}
 OUT=${OUT:-${TMPDIR:-/tmp}/filesync-w3}
 . "$(dirname "$0")/hosted.sh"
 head -c $((1 << 30)) /dev/urandom > "$R/stage/big.bin"
-sync
+level_ground
 T=$(date +%s.%N); rsync -a "$R/stage/big.bin" "$R/rsync.bin"; echo "rsync -a $(echo "$(date +%s.%N) - $T" | bc) s"
-sync
+level_ground
 perf_start
 python3 - "$R" <<'PY'
 import json, os, sys, time
@@ -43,5 +44,4 @@ for side in master:$MP slave:$SP; do
   echo "cpu s ${side%:*}: $(awk '{print ($14+$15)/100}' /proc/$pid/stat) =" \
     $(for t in /proc/$pid/task/*; do awk '{c=($14+$15)/100; if (c > 0.05) printf "%s %.2f, ", $2, c}' $t/stat; done)
 done
-kill $MP $SP
-wait 2>/dev/null || true
+end_run

@@ -9,9 +9,7 @@
 #
 #   B=target/release/filesync benches/scripts/w7-phases.sh
 #   PERFSLAVE=1 (or PERFMASTER=1) ... records `perf` of that process into $OUT/<side>.data
-#   WARM=3 ... writes and deletes 3 GiB just before the timed part, so that `rsync` and
-#     filesync write into memory the guest touched lately (docs/BENCHMARKS.md: memory it
-#     has not touched for a while costs a trip to the host, up to 10x)
+#   WARM=2 ... writes and deletes 2 GiB before each timed tool (hosted.sh's level_ground)
 #
 # The run's large files are truncated at the end (its logs stay): a few large files can go
 # without the slow-create spell that deleting many leaves (docs/BENCHMARKS.md).
@@ -29,13 +27,10 @@ done
 cp "$R/m/big.bin" "$R/stage/edited.bin"
 head -c $((1 << 20)) /dev/urandom |
   dd of="$R/stage/edited.bin" bs=1M seek=$((512 << 20))B conv=notrunc status=none
-sync
-if [ -n "${WARM:-}" ]; then
-  dd if=/dev/zero of="$R/warm" bs=1M count=$((WARM << 10)) status=none
-  rm "$R/warm"
-fi
+level_ground
 T=$(date +%s.%N); rsync -a --no-whole-file "$R/stage/edited.bin" "$R/rsync.bin"
 echo "rsync --no-whole-file $(echo "$(date +%s.%N) - $T" | bc) s"
+level_ground
 cp "$R/m/big.bin" /dev/null
 # Per thread, and the whole process (which counts threads that ended, such as hashers).
 cpu() { for t in /proc/$1/task/*; do awk '{printf "%s %d\n", $2, $14+$15}' $t/stat; done
@@ -70,6 +65,4 @@ for side in master:$MP slave:$SP; do
     END { out = ""; for (t in n) { c = (n[t] - b[t]) / 100; if (t != "all" && c > 0.02) out = out sprintf("%s %.2f, ", t, c) }
           printf "cpu s %s: %.2f = %s\n", name, (n["all"] - b["all"]) / 100, out }'
 done
-kill $MP $SP
-wait 2>/dev/null || true
-find "$R" -type f -size +10M -exec truncate -s 0 {} +
+end_run
