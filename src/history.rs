@@ -16,11 +16,12 @@ use std::path::Path;
 use anyhow::{bail, Context};
 use filesync_master::chunk::{ChunkRef, Manifest};
 use filesync_master::hash::{ContentHash, PieceHasher};
+use filesync_slave::rebuild::Source;
 
 use crate::bus::protocol::PIECE_SIZE;
 use filesync_master::{Entry, Kind, RelPath};
 
-use crate::agent::chunked::{fetch_manifest, FetchFailed};
+use crate::agent::chunked::{fetch_manifest, FetchFailed, Fetches};
 use crate::bus::api::{call, Link};
 use crate::bus::blobs::{BlobError, BlobStore};
 use crate::bus::{ClientError, Subscription};
@@ -290,8 +291,8 @@ impl ContentSource {
     }
 
     /// Every byte of each chunk, in order, into `sink`. From a bus, chunks are asked for
-    /// [`ASKED_AHEAD`] ahead of the one written (a chunk fits in one piece): one at a time,
-    /// a 512 MiB file's 8,000 chunks each waited a round trip.
+    /// ahead of the one written, as a slave's build does (`agent::chunked::Fetches`): one
+    /// at a time, a 512 MiB file's 8,000 chunks each waited a round trip.
     async fn copy_chunks(
         &self,
         chunks: &[ChunkRef],
@@ -303,36 +304,23 @@ impl ContentSource {
             }
             return Ok(());
         };
-        let fetching = "cannot fetch content from the bus";
-        let mut asked = std::collections::VecDeque::new();
-        let mut ahead = chunks.iter();
-        for chunk in chunks {
-            while asked.len() <= ASKED_AHEAD {
-                let Some(next) = ahead.next() else { break };
-                asked.push_back(link.get(next.sha256, 0).await.context(fetching)?);
-            }
-            let Some(reply) = asked.pop_front() else {
-                bail!("chunk {} was not asked for", chunk.sha256);
+        let steps: Vec<(ChunkRef, Source)> = chunks.iter().map(|c| (*c, Source::Bus)).collect();
+        let mut fetches = Fetches::new(&steps);
+        for (idx, (chunk, _)) in steps.iter().enumerate() {
+            let fetched = match fetches.ask_ahead(link, idx).await {
+                Ok(()) => fetches.next_chunk(chunk).await,
+                Err(failed) => Err(failed),
             };
-            let piece = match reply.await {
-                Ok((piece, _)) => piece,
-                Err(ClientError::Refused(_)) => {
-                    bail!(
-                        "the bus no longer holds that version (chunk {})",
-                        chunk.sha256
-                    )
+            match fetched {
+                Ok(piece) => sink(piece)?,
+                Err((sha256, ClientError::Refused(_))) => {
+                    bail!("the bus no longer holds that version (chunk {sha256})")
                 }
-                Err(err) => return Err(anyhow::Error::new(err).context(fetching)),
-            };
-            if piece.len() != chunk.len as usize {
-                bail!(
-                    "chunk {} arrived with {} bytes, not {}",
-                    chunk.sha256,
-                    piece.len(),
-                    chunk.len
-                );
+                Err((sha256, err)) => {
+                    return Err(anyhow::Error::new(err)
+                        .context(format!("cannot fetch chunk {sha256} from the bus")))
+                }
             }
-            sink(piece)?;
         }
         Ok(())
     }

@@ -181,11 +181,7 @@ async fn build(
     let staged = Box::new(applier.stage_file(path, entry).map_err(failed)?);
     let mut staged = WriteBehind::new(staged, path, entry.size);
     let steps = plan(manifest, local);
-    let mut fetches = Fetches {
-        steps: &steps,
-        asked: VecDeque::new(),
-        next: 0,
-    };
+    let mut fetches = Fetches::new(&steps);
     let mut transfer = Transfer::default();
     let mut progress = Progress::file("receiving", &path.to_string(), Some(entry.size));
     let mut batch: Vec<u8> = Vec::with_capacity(WRITE_BATCH);
@@ -195,7 +191,7 @@ async fn build(
             .ask_ahead(client, idx)
             .await
             .map_err(|(sha256, err)| fetch_failed(sha256, err))?;
-        let took = match (source, local) {
+        match (source, local) {
             (Source::Local(offset), Some(local)) => {
                 local
                     .read_into(*offset, chunk.len, &mut batch)
@@ -207,29 +203,18 @@ async fn build(
                         })
                     })?;
                 transfer.reused += u64::from(chunk.len);
-                chunk.len as usize
             }
             _ => {
-                let reply = fetches.asked.pop_front().ok_or_else(|| {
-                    ApplyFailure::Change(format!(
-                        "{path}: chunk {} was not asked for",
-                        chunk.sha256
-                    ))
-                })?;
-                let (data, _) = reply.await.map_err(|err| fetch_failed(chunk.sha256, err))?;
+                let data = fetches
+                    .next_chunk(chunk)
+                    .await
+                    .map_err(|(sha256, err)| fetch_failed(sha256, err))?;
                 transfer.fetched += data.len() as u64;
                 batch.extend_from_slice(&data);
-                data.len()
             }
-        };
-        if took != chunk.len as usize {
-            return Err(ApplyFailure::Change(format!(
-                "chunk {} of {path} is {took} bytes, not {}",
-                chunk.sha256, chunk.len
-            )));
         }
         if let Some(progress) = &mut progress {
-            progress.add_bytes(took as u64);
+            progress.add_bytes(u64::from(chunk.len));
         }
         if batch.len() >= WRITE_BATCH {
             let full = std::mem::replace(&mut batch, Vec::with_capacity(WRITE_BATCH));
@@ -245,26 +230,35 @@ async fn build(
     Ok((staged.finish().await.map_err(failed)?, transfer))
 }
 
-/// The chunks a build takes from the bus, asked for up to [`FETCHES_AHEAD`] ahead of the
-/// one being written, their replies in the order of the steps.
-struct Fetches<'a> {
+/// The chunks a build (or a restore) takes from the bus, asked for up to
+/// [`FETCHES_AHEAD`] ahead of the one being written, their replies in the order of the
+/// steps, each checked for its length.
+pub(crate) struct Fetches<'a> {
     steps: &'a [(ChunkRef, Source)],
     asked: VecDeque<Reply<Piece>>,
     /// The first step not looked at yet.
     next: usize,
 }
 
-impl Fetches<'_> {
+impl<'a> Fetches<'a> {
+    pub(crate) fn new(steps: &'a [(ChunkRef, Source)]) -> Fetches<'a> {
+        Fetches {
+            steps,
+            asked: VecDeque::new(),
+            next: 0,
+        }
+    }
+
     /// Asks for the bus's chunks among the steps from `at` on, as far ahead as allowed.
-    async fn ask_ahead(
+    pub(crate) async fn ask_ahead(
         &mut self,
         client: &Link,
         at: usize,
     ) -> Result<(), (ContentHash, ClientError)> {
         self.next = self.next.max(at);
         while self.asked.len() < FETCHES_AHEAD && self.next < self.steps.len() {
-            let (ahead, source) = &self.steps[self.next];
-            if *source == Source::Bus {
+            let (ahead, source) = self.steps[self.next];
+            if source == Source::Bus {
                 let reply = client
                     .get(ahead.sha256, 0)
                     .await
@@ -274,6 +268,23 @@ impl Fetches<'_> {
             self.next += 1;
         }
         Ok(())
+    }
+
+    /// `chunk`, the next of the steps from the bus, whole (a chunk fits in one piece).
+    pub(crate) async fn next_chunk(
+        &mut self,
+        chunk: &ChunkRef,
+    ) -> Result<Vec<u8>, (ContentHash, ClientError)> {
+        let Some(reply) = self.asked.pop_front() else {
+            let none = ClientError::Protocol("it was not asked for".into());
+            return Err((chunk.sha256, none));
+        };
+        let (data, _) = reply.await.map_err(|err| (chunk.sha256, err))?;
+        if data.len() != chunk.len as usize {
+            let short = format!("it arrived with {} bytes, not {}", data.len(), chunk.len);
+            return Err((chunk.sha256, ClientError::Protocol(short)));
+        }
+        Ok(data)
     }
 }
 
