@@ -184,30 +184,59 @@ on_each_backend! {
 /// reused only where they still hash right, and the mirror ends with the master's bytes.
 async fn a_copy_edited_on_the_slave_still_ends_with_the_masters_bytes(backend) {
     let mut c = cluster_on(backend, "chunks-local-edit", 1).await;
-    let mut data = noise(16 << 20, 8);
+    edit_the_copy_then_the_file(&mut c, 8, Trace::Left).await;
+    must(c.settle().await);
+    c.assert_checks(CheckOptions::default());
+}
+}
+
+/// Whether an edit of the slave's copy shows in its metadata.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Trace {
+    Left,
+    /// The copy's modification time is put back (size and inode never change).
+    Hidden,
+}
+
+/// big.bin (16 MiB of noise from `seed`) mirrored; the slave's copy then gets 4 KiB of
+/// zeros at 1 MiB, and the master's file 100 new bytes at 10 MiB. The slave must end with
+/// the master's bytes, having fetched at most 2 MiB (the edited chunk and the changed one).
+async fn edit_the_copy_then_the_file(c: &mut Cluster, seed: u64, trace: Trace) {
+    let mut data = noise(16 << 20, seed);
     save(&c.master_dir(), "big.bin", &data);
-    mirrored(&mut c, "big.bin", &data).await;
-    let mut mine = fs::OpenOptions::new()
+    mirrored(c, "big.bin", &data).await;
+    let copy = c.slaves[0].dir.join("big.bin");
+    let before = fs::metadata(&copy).expect("the slave's copy");
+    let mine = fs::OpenOptions::new()
         .write(true)
-        .open(c.slaves[0].dir.join("big.bin"))
+        .open(&copy)
         .expect("open the slave's copy");
-    mine.seek(SeekFrom::Start(1 << 20)).expect("seek");
-    mine.write_all(&[0u8; 4096]).expect("edit");
+    std::os::unix::fs::FileExt::write_all_at(&mine, &[0u8; 4096], 1 << 20).expect("edit");
+    if trace == Trace::Hidden {
+        mine.set_modified(before.modified().expect("mtime"))
+            .expect("put the mtime back");
+    }
     drop(mine);
-    data[(10 << 20)..(10 << 20) + 100].copy_from_slice(&noise(100, 9));
+    data[(10 << 20)..(10 << 20) + 100].copy_from_slice(&noise(100, seed + 1));
     save(&c.master_dir(), "big.bin", &data);
-    let (_, consume) = mirrored(&mut c, "big.bin", &data).await;
+    let (_, consume) = mirrored(c, "big.bin", &data).await;
     assert!(
         fetched(&consume) <= 2 * MIB,
         "the edited chunk and the changed one: {consume:?}"
     );
-    assert_eq!(
-        fs::read(c.slaves[0].dir.join("big.bin")).expect("read"),
-        data
-    );
-    must(c.settle().await);
-    c.assert_checks(CheckOptions::default());
+    assert_eq!(fs::read(&copy).expect("read"), data);
 }
+
+/// Everything the slaves wrote to stderr, restarts included.
+fn slave_logs(c: &Cluster) -> String {
+    let mut logs = String::new();
+    for entry in fs::read_dir(c.logs_dir()).expect("logs") {
+        let entry = entry.expect("log");
+        if entry.file_name().to_string_lossy().starts_with("slave") {
+            logs += &fs::read_to_string(entry.path()).expect("a slave's log");
+        }
+    }
+    logs
 }
 
 /// The slave's copy was edited behind its back without a trace in its metadata (same size,
@@ -218,28 +247,8 @@ async fn a_copy_edited_on_the_slave_still_ends_with_the_masters_bytes(backend) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_edited_without_a_trace_still_ends_with_the_masters_bytes() {
     let mut c = cluster("chunks-hidden-edit", 1).await;
-    let mut data = noise(16 << 20, 10);
-    save(&c.master_dir(), "big.bin", &data);
-    mirrored(&mut c, "big.bin", &data).await;
-    let copy = c.slaves[0].dir.join("big.bin");
-    let before = fs::metadata(&copy).expect("the slave's copy");
-    let mine = fs::OpenOptions::new()
-        .write(true)
-        .open(&copy)
-        .expect("open the slave's copy");
-    std::os::unix::fs::FileExt::write_all_at(&mine, &[0u8; 4096], 1 << 20).expect("edit");
-    mine.set_modified(before.modified().expect("mtime"))
-        .expect("put the mtime back");
-    drop(mine);
-    data[(10 << 20)..(10 << 20) + 100].copy_from_slice(&noise(100, 11));
-    save(&c.master_dir(), "big.bin", &data);
-    let (_, consume) = mirrored(&mut c, "big.bin", &data).await;
-    assert!(
-        fetched(&consume) <= 2 * MIB,
-        "the edited chunk and the changed one: {consume:?}"
-    );
-    assert_eq!(fs::read(&copy).expect("read"), data);
-    let stderr = fs::read_to_string(c.logs_dir().join("slave")).expect("the slave's stderr");
+    edit_the_copy_then_the_file(&mut c, 10, Trace::Hidden).await;
+    let stderr = slave_logs(&c);
     assert!(
         stderr.contains("changed behind the slave's back"),
         "the slave trusted its record, then read the copy: {stderr}"
@@ -304,13 +313,7 @@ async fn a_slave_knows_its_copies_after(stop: Stop) {
         fetched(&consume) <= 2 * MIB,
         "the changed chunks: {consume:?}"
     );
-    let mut logs = String::new();
-    for entry in fs::read_dir(c.logs_dir()).expect("logs") {
-        let entry = entry.expect("log");
-        if entry.file_name().to_string_lossy().starts_with("slave") {
-            logs += &fs::read_to_string(entry.path()).expect("a slave's log");
-        }
-    }
+    let logs = slave_logs(&c);
     assert!(
         logs.contains("big.bin: the copy's chunks are where its manifest says"),
         "the restarted slave knew its copy: {logs}"
