@@ -5,8 +5,10 @@
 # bus's log. Defines perf_start / perf_stop: `perf` of the master (PERFMASTER=1) or the
 # slave (PERFSLAVE=1) into $OUT/<side>.data, around the workload; and level_ground, the
 # bench's `level_ground`: with WARM=GiB set, that much written and deleted (memory the
-# guest touched lately), then `sync` (no dirty backlog), before each timed tool; and
-# end_run: stops both agents and truncates the run's large files (its logs stay).
+# guest touched lately), then `sync` (no dirty backlog), before each timed tool;
+# cpu_mark / cpu_report: each agent's CPU seconds from the mark on, per thread and in all
+# (ended threads, such as hashers, counted in all); and end_run: stops both agents and
+# truncates the run's large files (its logs stay).
 mkdir -p "$OUT"
 R=$(mktemp -d "$OUT/run.XXXX")
 mkdir -p "$R/m" "$R/s" "$R/stage"
@@ -36,6 +38,19 @@ level_ground() {
     rm "$R/warm"
   fi
   sync
+}
+# Per thread, and the whole process (which counts threads that ended).
+cpu_of() { for t in /proc/$1/task/*; do awk '{printf "%s %d\n", $2, $14+$15}' $t/stat; done
+           awk '{printf "all %d\n", $14+$15}' /proc/$1/stat; }
+cpu_mark() { cpu_of $MP > "$R/master.cpu0"; cpu_of $SP > "$R/slave.cpu0"; }
+cpu_report() {
+  for side in master:$MP slave:$SP; do
+    cpu_of ${side#*:} | awk -v before="$R/${side%:*}.cpu0" -v name="${side%:*}" '
+      BEGIN { while ((getline l < before) > 0) { split(l, f, " "); b[f[1]] += f[2] } }
+      { n[$1] += $2 }
+      END { out = ""; for (t in n) { c = (n[t] - b[t]) / 100; if (t != "all" && c > 0.02) out = out sprintf("%s %.2f, ", t, c) }
+            printf "cpu s %s: %.2f = %s\n", name, (n["all"] - b["all"]) / 100, out }'
+  done
 }
 end_run() {
   kill $MP $SP

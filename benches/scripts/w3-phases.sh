@@ -19,29 +19,9 @@ head -c $((1 << 30)) /dev/urandom > "$R/stage/big.bin"
 level_ground
 T=$(date +%s.%N); rsync -a "$R/stage/big.bin" "$R/rsync.bin"; echo "rsync -a $(echo "$(date +%s.%N) - $T" | bc) s"
 level_ground
+cpu_mark
 perf_start
-python3 - "$R" <<'PY'
-import json, os, sys, time
-from datetime import datetime
-R = sys.argv[1]
-t0 = time.time()
-os.rename(R + "/stage/big.bin", R + "/m/big.bin")
-def has(tag):
-    with open(R + "/mstate/events.jsonl") as log:
-        return any(f'"{tag}"' in l and 'big.bin' in l for l in log)
-while not has("consume"):
-    time.sleep(0.02)
-print("total %.3f s" % (time.time() - t0))
-for l in open(R + "/mstate/events.jsonl"):
-    e = json.loads(l)
-    if e["tag"] in ("notify", "consume") and "big.bin" in l:
-        ts = datetime.fromisoformat(e["time"].replace("Z", "+00:00")).timestamp() - t0
-        print(e["tag"], "+%.3f" % ts)
-PY
+"$(dirname "$0")/move-in.py" "$R" big.bin 1
 perf_stop
-for side in master:$MP slave:$SP; do
-  pid=${side#*:}
-  echo "cpu s ${side%:*}: $(awk '{print ($14+$15)/100}' /proc/$pid/stat) =" \
-    $(for t in /proc/$pid/task/*; do awk '{c=($14+$15)/100; if (c > 0.05) printf "%s %.2f, ", $2, c}' $t/stat; done)
-done
+cpu_report
 end_run

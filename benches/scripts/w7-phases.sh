@@ -32,37 +32,9 @@ T=$(date +%s.%N); rsync -a --no-whole-file "$R/stage/edited.bin" "$R/rsync.bin"
 echo "rsync --no-whole-file $(echo "$(date +%s.%N) - $T" | bc) s"
 level_ground
 cp "$R/m/big.bin" /dev/null
-# Per thread, and the whole process (which counts threads that ended, such as hashers).
-cpu() { for t in /proc/$1/task/*; do awk '{printf "%s %d\n", $2, $14+$15}' $t/stat; done
-        awk '{printf "all %d\n", $14+$15}' /proc/$1/stat; }
-cpu $MP > "$R/master.cpu0"; cpu $SP > "$R/slave.cpu0"
+cpu_mark
 perf_start
-python3 - "$R" <<'PY'
-import json, os, sys, time
-from datetime import datetime
-R = sys.argv[1]
-t0 = time.time()
-os.rename(R + "/stage/edited.bin", R + "/m/big.bin")
-def consumes():
-    with open(R + "/mstate/events.jsonl") as log:
-        return sum('"consume"' in l and 'big.bin' in l for l in log)
-while consumes() < 2:
-    time.sleep(0.01)
-print("total %.3f s" % (time.time() - t0))
-for l in open(R + "/mstate/events.jsonl"):
-    e = json.loads(l)
-    if e["tag"] in ("notify", "consume") and "big.bin" in l:
-        ts = datetime.fromisoformat(e["time"].replace("Z", "+00:00")).timestamp() - t0
-        if ts > 0:
-            print(e["tag"], "+%.3f" % ts, "fetched" in e and "fetched %s" % e["fetched"] or "")
-PY
+"$(dirname "$0")/move-in.py" "$R" edited.bin 2
 perf_stop
-for side in master:$MP slave:$SP; do
-  pid=${side#*:}
-  cpu $pid | awk -v before="$R/${side%:*}.cpu0" -v name="${side%:*}" '
-    BEGIN { while ((getline l < before) > 0) { split(l, f, " "); b[f[1]] += f[2] } }
-    { n[$1] += $2 }
-    END { out = ""; for (t in n) { c = (n[t] - b[t]) / 100; if (t != "all" && c > 0.02) out = out sprintf("%s %.2f, ", t, c) }
-          printf "cpu s %s: %.2f = %s\n", name, (n["all"] - b["all"]) / 100, out }'
-done
+cpu_report
 end_run
