@@ -866,6 +866,7 @@ async fn w7_w8(rows: &mut Vec<Row>, insert: bool) {
             os(&rsync_target),
         ],
     );
+    level_ground(c.dir(), 2);
     let state_before = filesync::state::dir_bytes(&c.master_state());
     let started = Instant::now();
     fs::rename(&edited, &path).expect("move in");
